@@ -1,0 +1,291 @@
+//! The target's sampling distribution for one logits row, without materialising it.
+//!
+//! With temperature `T > 0`, top-k `k` and top-p `P` (applied in that order, as Hugging Face does), the
+//! distribution is `p(x) = exp((l_x - max) / T) / Z` over the tokens whose logit is at least a single cut
+//! `l_x >= cut`, because both filters keep a prefix of the tokens sorted by logit:
+//!
+//! - top-k keeps every token whose logit is at least the k-th largest (ties at the boundary are kept);
+//! - top-p then keeps every token whose strictly-more-probable tokens hold less than `P` of the mass
+//!   (the smallest prefix reaching `P`, ties kept together).
+//!
+//! Both cuts are found exactly with a three-pass radix search over the logits' order-preserving bit keys,
+//! so nothing is sorted and nothing is allocated.
+
+use super::Sampling;
+use crate::error::Error;
+use crate::math::exp_nonpositive;
+
+/// Order-preserving map from `f32` to `u32` (larger float, larger key).
+#[inline(always)]
+fn key(x: f32) -> u32 {
+    let b = x.to_bits();
+    if b & 0x8000_0000 != 0 {
+        !b
+    } else {
+        b | 0x8000_0000
+    }
+}
+
+/// Inverse of [`key`].
+fn unkey(k: u32) -> f32 {
+    if k & 0x8000_0000 != 0 {
+        f32::from_bits(k & 0x7fff_ffff)
+    } else {
+        f32::from_bits(!k)
+    }
+}
+
+/// Radix digits: 11 + 11 + 10 bits, most significant first.
+const DIGITS: [(u32, u32); 3] = [(21, 11), (10, 11), (0, 10)];
+
+/// Sum of `exp((l - max) * inv_t)` over `l >= cut`, in eight fixed lanes so the loop vectorises and the
+/// result is the same on every platform.
+fn mass(row: &[f32], max: f32, inv_t: f32, cut: f32) -> f64 {
+    let mut lanes = [0f64; 8];
+    let chunks = row.chunks_exact(8);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (lane, &l) in lanes.iter_mut().zip(c) {
+            let e = exp_nonpositive((l - max) * inv_t);
+            *lane += if l >= cut { e as f64 } else { 0.0 };
+        }
+    }
+    for (lane, &l) in lanes.iter_mut().zip(tail) {
+        let e = exp_nonpositive((l - max) * inv_t);
+        *lane += if l >= cut { e as f64 } else { 0.0 };
+    }
+    lanes.iter().sum()
+}
+
+/// The target distribution of one row; see the [module docs](self).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RowDist {
+    max: f32,
+    inv_t: f32,
+    cut: f32,
+    z: f64,
+}
+
+impl RowDist {
+    /// Validates `row` (no NaN, no `+inf`, at least one finite value) and finds the cut and normaliser.
+    /// `row_index` only labels errors.
+    pub(crate) fn new(row: &[f32], s: &Sampling, row_index: usize) -> Result<Self, Error> {
+        let max = row_max(row, row_index)?;
+        let inv_t = 1.0 / s.temperature;
+        let mut cut = f32::NEG_INFINITY;
+        let k = s.top_k as usize;
+        if s.top_k > 0 && k < row.len() {
+            cut = kth_largest(row, k);
+        }
+        let mut z = mass(row, max, inv_t, cut);
+        if s.top_p < 1.0 {
+            let p_cut = top_p_cut(row, max, inv_t, cut, s.top_p as f64 * z);
+            if p_cut > cut {
+                cut = p_cut;
+                z = mass(row, max, inv_t, cut);
+            }
+        }
+        Ok(RowDist { max, inv_t, cut, z })
+    }
+
+    /// Unnormalised weight of a token (0 outside the kept set).
+    #[inline(always)]
+    pub(crate) fn weight(&self, logit: f32) -> f64 {
+        if logit >= self.cut {
+            exp_nonpositive((logit - self.max) * self.inv_t) as f64
+        } else {
+            0.0
+        }
+    }
+
+    /// Normalised probability of a token with this logit.
+    pub(crate) fn prob(&self, logit: f32) -> f64 {
+        self.weight(logit) / self.z
+    }
+
+    /// Samples a token by inverse CDF over the vocabulary in index order, skipping the tokens in
+    /// `excluded` (ascending, distinct, each `< row.len()`). `u` is in `[0, 1)`. Returns `None` when the
+    /// remaining mass is zero (everything kept is excluded).
+    pub(crate) fn sample_excluding(
+        &self,
+        row: &[f32],
+        excluded: impl Iterator<Item = usize> + Clone,
+        u: f64,
+    ) -> Option<usize> {
+        let excluded_mass: f64 = excluded.clone().map(|tok| self.weight(row[tok])).sum();
+        let rest = self.z - excluded_mass;
+        if rest <= 0.0 {
+            return None;
+        }
+        let target = u * rest;
+        let mut acc = 0.0f64;
+        let mut last = None;
+        let mut ex = excluded.peekable();
+        for (j, &l) in row.iter().enumerate() {
+            if ex.peek() == Some(&j) {
+                ex.next();
+                continue;
+            }
+            let w = self.weight(l);
+            if w > 0.0 {
+                acc += w;
+                last = Some(j);
+                if acc > target {
+                    return Some(j);
+                }
+            }
+        }
+        // Rounding left the running sum just short of the target: take the last token with mass.
+        last
+    }
+}
+
+/// Maximum of a row, rejecting NaN and `+inf` (`-inf` is a masked token and allowed).
+pub(crate) fn row_max(row: &[f32], row_index: usize) -> Result<f32, Error> {
+    let mut max = f32::NEG_INFINITY;
+    let mut bad = false;
+    for &l in row {
+        bad |= l.is_nan() | (l == f32::INFINITY);
+        max = if l > max { l } else { max };
+    }
+    if bad {
+        let col = row
+            .iter()
+            .position(|l| l.is_nan() || *l == f32::INFINITY)
+            .unwrap_or(0);
+        return Err(Error::NonFinite {
+            what: "logits",
+            row: row_index,
+            col,
+        });
+    }
+    if max == f32::NEG_INFINITY {
+        return Err(Error::InvalidArgument(
+            "a logits row is entirely -inf: no token can be sampled",
+        ));
+    }
+    Ok(max)
+}
+
+/// Index of the largest logit (the first one on ties). The row must already be validated.
+pub(crate) fn argmax(row: &[f32]) -> usize {
+    let mut best = 0;
+    for (j, &l) in row.iter().enumerate() {
+        if l > row[best] {
+            best = j;
+        }
+    }
+    best
+}
+
+/// The k-th largest value of `row` (1-based `k <= row.len()`), by radix search on bit keys.
+fn kth_largest(row: &[f32], k: usize) -> f32 {
+    let mut prefix = 0u32; // key bits fixed so far
+    let mut prefix_mask = 0u32;
+    let mut remaining = k; // rank still to find inside the current prefix
+    for (shift, bits) in DIGITS {
+        let mut hist = [0u32; 2048];
+        let digit_mask = (1u32 << bits) - 1;
+        for &l in row {
+            let kk = key(l);
+            if kk & prefix_mask == prefix {
+                hist[((kk >> shift) & digit_mask) as usize] += 1;
+            }
+        }
+        let mut d = digit_mask as usize;
+        loop {
+            let c = hist[d] as usize;
+            if c >= remaining || d == 0 {
+                break;
+            }
+            remaining -= c;
+            d -= 1;
+        }
+        prefix |= (d as u32) << shift;
+        prefix_mask |= digit_mask << shift;
+    }
+    unkey(prefix)
+}
+
+/// The top-p cut: the largest logit value `v` such that the kept tokens with logit `>= v` hold at least
+/// `target` mass (unnormalised), searched over tokens with logit `>= cut`.
+fn top_p_cut(row: &[f32], max: f32, inv_t: f32, cut: f32, target: f64) -> f32 {
+    let mut prefix = 0u32;
+    let mut prefix_mask = 0u32;
+    let mut above = 0.0f64; // mass of tokens whose key is above the current prefix range
+    let mut lowest_nonempty = None;
+    for (shift, bits) in DIGITS {
+        let mut hist = [0f64; 2048];
+        let mut seen = [false; 2048];
+        let digit_mask = (1u32 << bits) - 1;
+        for &l in row {
+            let kk = key(l);
+            if l >= cut && kk & prefix_mask == prefix {
+                let d = ((kk >> shift) & digit_mask) as usize;
+                hist[d] += exp_nonpositive((l - max) * inv_t) as f64;
+                seen[d] = true;
+            }
+        }
+        let mut chosen = None;
+        for d in (0..=digit_mask as usize).rev() {
+            if !seen[d] {
+                continue;
+            }
+            lowest_nonempty = Some(d);
+            if above + hist[d] >= target {
+                chosen = Some(d);
+                break;
+            }
+            above += hist[d];
+        }
+        // Summation order can leave the total a hair below the target: keep everything down to the
+        // lowest non-empty bucket.
+        let d = match chosen.or(lowest_nonempty) {
+            Some(d) => d,
+            None => return cut,
+        };
+        prefix |= (d as u32) << shift;
+        prefix_mask |= digit_mask << shift;
+    }
+    unkey(prefix)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::vec::Vec;
+
+    #[test]
+    fn key_preserves_order() {
+        let xs = [
+            f32::NEG_INFINITY,
+            -3.5,
+            -1e-30,
+            -0.0,
+            0.0,
+            1e-30,
+            2.0,
+            f32::MAX,
+        ];
+        for w in xs.windows(2) {
+            assert!(key(w[0]) <= key(w[1]), "{} {}", w[0], w[1]);
+            assert_eq!(unkey(key(w[0])).to_bits(), w[0].to_bits());
+        }
+    }
+
+    #[test]
+    fn kth_largest_matches_sort() {
+        let rng = crate::rng::CounterRng::new(5);
+        for trial in 0..50u64 {
+            let n = 1 + (rng.bits(trial * 1000) % 300) as usize;
+            let row: Vec<f32> = (0..n)
+                .map(|i| ((rng.uniform(trial * 1000 + 1 + i as u64) * 40.0 - 20.0) as f32).round())
+                .collect();
+            let mut sorted = row.clone();
+            sorted.sort_by(|a, b| b.total_cmp(a));
+            for k in [1, n / 2 + 1, n] {
+                assert_eq!(kth_largest(&row, k), sorted[k - 1], "n={n} k={k}");
+            }
+        }
+    }
+}
