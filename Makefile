@@ -1,0 +1,83 @@
+# specblock — the two README commands are `make demo` and `make test`.
+SHELL := /bin/bash
+CARGO ?= cargo
+PREFIX ?= /usr/local
+RELEASE_DIR := target/release
+NOSTD_DIR := target/nostd
+# The staticlib needs these system libraries (`cargo rustc --crate-type staticlib -- --print native-static-libs`).
+STATIC_LIBS := -lpthread -ldl -lm
+
+.PHONY: all build demo test deps check-tools fmt-check clippy cargo-test nostd header bench install clean
+
+all: build
+
+build:
+	$(CARGO) build --release
+
+## demo: build the library and run the C example against the static library.
+demo: build
+	@mkdir -p target/demo
+	cc -std=c11 -O2 -Wall -Wextra -Wpedantic -Werror -Iinclude examples/c/tree_demo.c \
+		$(RELEASE_DIR)/libspecblock.a $(STATIC_LIBS) -o target/demo/tree_demo
+	./target/demo/tree_demo
+
+## test: everything CI runs, from a fresh machine (installs what it needs).
+test: deps fmt-check clippy cargo-test nostd
+	@echo "make test: all checks passed"
+
+## deps: system packages the C tests need (clang-14 with sanitizer runtimes, valgrind).
+deps:
+	@need=""; \
+	command -v cc >/dev/null 2>&1 || need="$$need gcc g++"; \
+	command -v c++ >/dev/null 2>&1 || need="$$need g++"; \
+	command -v clang-14 >/dev/null 2>&1 || need="$$need clang-14"; \
+	ls /usr/lib/llvm-14/lib/clang/14*/lib/linux/libclang_rt.asan-x86_64.a >/dev/null 2>&1 || need="$$need libclang-rt-14-dev"; \
+	command -v valgrind >/dev/null 2>&1 || need="$$need valgrind"; \
+	command -v pkg-config >/dev/null 2>&1 || need="$$need pkg-config"; \
+	if [ -n "$$need" ]; then \
+		echo "installing:$$need"; \
+		if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$need >/dev/null \
+			|| { echo "error: could not install$$need (apt-get failed)"; exit 1; }; \
+	fi
+	@command -v $(CARGO) >/dev/null 2>&1 || { echo "error: cargo not found; install Rust (rustup)"; exit 1; }
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+clippy:
+	$(CARGO) clippy --all-targets -- -D warnings
+
+## cargo-test: Rust unit/integration/doc tests, the header check, and the C tests (gcc, ASan+UBSan, valgrind).
+cargo-test:
+	SPECBLOCK_REQUIRE_C_TOOLS=1 $(CARGO) test
+
+## nostd: the core builds without std, and links into a no_std staticlib with its own panic handler.
+nostd:
+	CARGO_TARGET_DIR=$(NOSTD_DIR) $(CARGO) rustc --lib --no-default-features --features alloc \
+		--crate-type rlib -- -C panic=abort -D warnings
+	rustc --edition 2024 --crate-type staticlib -C panic=abort -D warnings \
+		--crate-name specblock_nostd_check tools/nostd-check/src/lib.rs \
+		--extern specblock=$(NOSTD_DIR)/debug/libspecblock.rlib -L $(NOSTD_DIR)/debug/deps \
+		-o $(NOSTD_DIR)/libspecblock_nostd_check.a
+	@echo "no_std check: core links without std"
+
+## header: regenerate include/specblock.h from the sources (commit the result).
+header:
+	SPECBLOCK_UPDATE_HEADER=1 $(CARGO) build
+
+## bench: core benchmarks (finalize + layouts + verify); run on an idle machine.
+bench:
+	$(CARGO) bench --bench core
+
+## install: library, header and pkg-config file under $(PREFIX).
+install: build
+	install -d $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig
+	install -m 644 $(RELEASE_DIR)/libspecblock.a $(DESTDIR)$(PREFIX)/lib/
+	install -m 755 $(RELEASE_DIR)/libspecblock.so $(DESTDIR)$(PREFIX)/lib/
+	install -m 644 include/specblock.h $(DESTDIR)$(PREFIX)/include/
+	sed -e 's|^prefix=.*|prefix=$(PREFIX)|' -e 's|^libdir=.*|libdir=$${prefix}/lib|' \
+		$(RELEASE_DIR)/specblock.pc > $(DESTDIR)$(PREFIX)/lib/pkgconfig/specblock.pc
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,60 @@
+//! The committed C header must equal what build.rs generates from the sources, and its version macros
+//! must match Cargo.toml.
+
+const GENERATED: &str = include_str!(concat!(env!("OUT_DIR"), "/specblock.h"));
+const COMMITTED: &str = include_str!("../include/specblock.h");
+
+#[test]
+fn committed_header_is_up_to_date() {
+    if GENERATED != COMMITTED {
+        let line = GENERATED
+            .lines()
+            .zip(COMMITTED.lines())
+            .position(|(a, b)| a != b)
+            .map_or_else(
+                || GENERATED.lines().count().min(COMMITTED.lines().count()) + 1,
+                |i| i + 1,
+            );
+        panic!(
+            "include/specblock.h is stale (first difference at line {line}); regenerate it with `make header` and commit it"
+        );
+    }
+}
+
+#[test]
+fn header_version_matches_cargo() {
+    let version = env!("CARGO_PKG_VERSION");
+    assert!(COMMITTED.contains(&format!("#define SB_VERSION \"{version}\"")));
+    let mut parts = version.split('.');
+    for name in ["MAJOR", "MINOR", "PATCH"] {
+        let want = format!("#define SB_VERSION_{name} {}", parts.next().unwrap());
+        assert!(COMMITTED.contains(&want), "missing `{want}`");
+    }
+}
+
+#[test]
+fn every_export_is_declared_and_documented() {
+    // Each `sb_*` function in the header is preceded by a doc comment.
+    let lines: Vec<&str> = COMMITTED.lines().collect();
+    let mut functions = 0;
+    for (i, line) in lines.iter().enumerate() {
+        let is_fn =
+            line.contains(" sb_") && line.contains('(') && !line.trim_start().starts_with('*');
+        if is_fn {
+            functions += 1;
+            let prev = lines[..i]
+                .iter()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap();
+            assert!(
+                prev.trim_end().ends_with("*/"),
+                "undocumented declaration: {line}"
+            );
+        }
+    }
+    assert!(
+        functions >= 25,
+        "only {functions} functions found in the header"
+    );
+}
