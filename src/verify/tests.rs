@@ -91,15 +91,12 @@ fn reference_kept(row: &[f32], t: f32, k: usize, p: f64) -> Vec<bool> {
 #[test]
 fn top_k_top_p_cut_matches_sorting_reference() {
     let rng = crate::rng::CounterRng::new(11);
-    let mut c = 0u64;
+    let mut draws = (0u64..).map(|c| rng.uniform(c));
     for trial in 0..300 {
-        let n = 2 + (rng.bits(c) % 60) as usize;
-        c += 1;
+        let n = 2 + (draws.next().unwrap() * 60.0) as usize;
         let row: Vec<f32> = (0..n)
-            .map(|_| {
-                c += 1;
-                ((rng.uniform(c) * 16.0 - 8.0) as f32 * 4.0).round() / 4.0 // ties on purpose
-            })
+            // Quarter steps so ties are common.
+            .map(|_| ((draws.next().unwrap() * 16.0 - 8.0) as f32 * 4.0).round() / 4.0)
             .collect();
         let s = Sampling {
             temperature: [0.5f32, 1.0, 1.7][trial % 3],
