@@ -155,7 +155,9 @@ fn main() {
         );
     }
 
-    println!("\nSampling verify, vocab {VOCAB}, budget 64 (the walk reads only the rows it visits):\n");
+    println!(
+        "\nSampling verify, vocab {VOCAB}, budget 64 (the walk reads only the rows it visits):\n"
+    );
     println!("| sampling | accepted (mean) | ns per verify | ns per visited row |");
     println!("|---|---:|---:|---:|");
     let cands = candidates(128, 64);
