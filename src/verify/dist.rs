@@ -106,6 +106,9 @@ impl RowDist {
     /// Samples a token by inverse CDF over the vocabulary in index order, skipping the tokens in
     /// `excluded` (ascending, distinct, each `< row.len()`). `u` is in `[0, 1)`. Returns `None` when the
     /// remaining mass is zero (everything kept is excluded).
+    ///
+    /// Two levels keep it one vectorised pass: chunk masses first, then a scalar scan of the one chunk
+    /// where the running sum crosses the target.
     pub(crate) fn sample_excluding(
         &self,
         row: &[f32],
@@ -119,9 +122,46 @@ impl RowDist {
         }
         let target = u * rest;
         let mut acc = 0.0f64;
-        let mut last = None;
         let mut ex = excluded.peekable();
-        for (j, &l) in row.iter().enumerate() {
+        let mut last_nonempty = None;
+        for (ci, chunk) in row.chunks(SAMPLE_CHUNK).enumerate() {
+            let base = ci * SAMPLE_CHUNK;
+            let end = base + chunk.len();
+            let ex_in_chunk = ex.clone();
+            let mut m = mass(chunk, self.max, self.inv_t, self.cut);
+            while let Some(&tok) = ex.peek().filter(|&&tok| tok < end) {
+                m -= self.weight(row[tok]);
+                ex.next();
+            }
+            if m <= 0.0 {
+                continue;
+            }
+            last_nonempty = Some((base, ex_in_chunk.clone()));
+            if acc + m > target {
+                return self.scan_chunk(row, base, end, ex_in_chunk, target - acc);
+            }
+            acc += m;
+        }
+        // Rounding left the running sum just short of the target: take the last token with mass.
+        let (base, ex_in_chunk) = last_nonempty?;
+        let end = (base + SAMPLE_CHUNK).min(row.len());
+        self.scan_chunk(row, base, end, ex_in_chunk, f64::INFINITY)
+    }
+
+    /// Scans `row[base..end]` for the first non-excluded token at which the running weight exceeds
+    /// `target`; if none does (rounding, or an infinite target), the last token with weight.
+    fn scan_chunk(
+        &self,
+        row: &[f32],
+        base: usize,
+        end: usize,
+        excluded: impl Iterator<Item = usize>,
+        target: f64,
+    ) -> Option<usize> {
+        let mut ex = excluded.peekable();
+        let mut acc = 0.0f64;
+        let mut last = None;
+        for (j, &l) in row.iter().enumerate().take(end).skip(base) {
             if ex.peek() == Some(&j) {
                 ex.next();
                 continue;
@@ -135,10 +175,12 @@ impl RowDist {
                 }
             }
         }
-        // Rounding left the running sum just short of the target: take the last token with mass.
         last
     }
 }
+
+/// Vocabulary chunk for two-level residual sampling.
+const SAMPLE_CHUNK: usize = 1024;
 
 /// Maximum of a row, rejecting NaN and `+inf` (`-inf` is a masked token and allowed).
 pub(crate) fn row_max(row: &[f32], row_index: usize) -> Result<f32, Error> {
