@@ -49,7 +49,9 @@ clippy:
 	$(CARGO) clippy --all-targets -- -D warnings
 
 ## cargo-test: Rust unit/integration/doc tests, the header check, and the C tests (gcc, ASan+UBSan, valgrind).
+## `cargo test` does not build the staticlib/cdylib the C tests link, so build them first.
 cargo-test:
+	$(CARGO) build
 	SPECBLOCK_REQUIRE_C_TOOLS=1 $(CARGO) test
 
 ## nostd: the core builds without std, and links into a no_std staticlib with its own panic handler.

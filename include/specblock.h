@@ -320,8 +320,8 @@ enum sb_status sb_tree_mask_flat_bits(const struct sb_tree *tree,
 
 /**
  * Root-to-leaf paths (EAGLE `retrieve_indices`): one row of `row_width` node ids per leaf (see
- * `sb_tree_num_leaves`), padded with -1, in lexicographic order. `row_width` >= `sb_tree_depth + 1`;
- * `cap` >= leaves * row_width. Writes the number of rows to `*out_rows` (may be NULL).
+ * `sb_tree_num_leaves`), padded with -1, in lexicographic order. `row_width` >= `sb_tree_depth + 1`
+ * and `cap` >= leaves * row_width, else `SB_STATUS_BUFFER_TOO_SMALL`. Writes the number of rows to `*out_rows` (may be NULL).
  */
 enum sb_status sb_tree_retrieve_paths(const struct sb_tree *tree,
                                       uint32_t row_width,
@@ -333,7 +333,8 @@ enum sb_status sb_tree_retrieve_paths(const struct sb_tree *tree,
  * llama.cpp multi-sequence encoding: leaf `k` (in `sb_tree_retrieve_paths` order) is sequence
  * `first_seq_id + k`; node `i` belongs to sequences `out_first[i] .. out_first[i] + out_count[i] - 1`
  * (the leaves below it). Give batch token `i` those `out_count[i]` ids. Fails with
- * `SB_STATUS_CAPACITY` if `first_seq_id + leaves > max_seq` (llama.cpp's `n_seq_max`). Both buffers hold
+ * `SB_STATUS_CAPACITY` if `first_seq_id + leaves > max_seq` (llama.cpp's `n_seq_max`) and
+ * `SB_STATUS_INVALID_ARGUMENT` if `first_seq_id` is negative or the last id would pass `INT32_MAX`. Both buffers hold
  * `cap` >= `sb_tree_len` entries.
  */
 enum sb_status sb_tree_seq_ranges(const struct sb_tree *tree,
@@ -424,9 +425,12 @@ uint32_t sb_tree_num_leaves(const struct sb_tree *tree);
 uint32_t sb_tree_depth(const struct sb_tree *tree);
 
 /**
- * Cumulative draft log-probability of each node (root 0). `cap` >= `sb_tree_len`.
+ * Cumulative draft log-probability of each node (root 0): the sum along the path it was added under;
+ * a node that dedup moved under a better duplicate keeps its value. `cap` >= `sb_tree_len`.
  */
-enum sb_status sb_tree_cum_logprobs(const struct sb_tree *tree, float *out, uint32_t cap);
+enum sb_status sb_tree_cum_logprobs(const struct sb_tree *tree,
+                                    float *out,
+                                    uint32_t cap);
 
 /**
  * Drafter metadata of each node. `cap` >= `sb_tree_len`.
@@ -449,7 +453,8 @@ struct sb_sampling sb_sampling_default(void);
 
 /**
  * Greedy acceptance. `target_argmax[i]` is the target's argmax after node `i` of the finalized tree;
- * `n` must equal `sb_tree_len`. The result equals plain greedy decoding.
+ * `n` must equal `sb_tree_len` (else `SB_STATUS_SHAPE_MISMATCH`); a negative entry gives
+ * `SB_STATUS_INVALID_ARGUMENT`. The result equals plain greedy decoding.
  */
 enum sb_status sb_verify_greedy(const struct sb_tree *tree,
                                 const int32_t *target_argmax,
@@ -461,7 +466,8 @@ enum sb_status sb_verify_greedy(const struct sb_tree *tree,
  * `i`), `n` must equal `sb_tree_len`. Temperature, top-k and top-p from `sampling` define the target
  * distribution; the emitted tokens are distributed exactly as plain sampling from it. Same inputs and
  * `seed` give the same result on every platform. Only the rows the walk visits are read and checked:
- * NaN or +inf there gives `SB_STATUS_NON_FINITE` (-inf is a masked token).
+ * NaN or +inf there gives `SB_STATUS_NON_FINITE` (-inf is a masked token) and a row with no finite
+ * value `SB_STATUS_INVALID_ARGUMENT`. A temperature whose reciprocal overflows (subnormal) acts as 0.
  */
 enum sb_status sb_verify_sample(const struct sb_tree *tree,
                                 const float *logits,

@@ -67,10 +67,37 @@ fn dirs() -> &'static Dirs {
                 path.display()
             );
         }
+        assert_fresh(&profile.join("libspecblock.a"));
         let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("c_api");
         fs::create_dir_all(&out).unwrap_or_else(|e| panic!("create {}: {e}", out.display()));
         Dirs { profile, out }
     })
+}
+
+/// Fails if `lib` is older than any source file: `cargo test` does not rebuild the staticlib, so a
+/// stale one would test old code (`make test` runs `cargo build` first).
+fn assert_fresh(lib: &Path) {
+    fn newest(dir: &Path, best: &mut std::time::SystemTime) {
+        for entry in fs::read_dir(dir).unwrap_or_else(|e| panic!("read {}: {e}", dir.display())) {
+            let path = entry.expect("dir entry").path();
+            if path.is_dir() {
+                newest(&path, best);
+            } else if let Ok(m) = path.metadata().and_then(|m| m.modified()) {
+                *best = (*best).max(m);
+            }
+        }
+    }
+    let mut src = std::time::SystemTime::UNIX_EPOCH;
+    newest(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &mut src);
+    let built = lib
+        .metadata()
+        .and_then(|m| m.modified())
+        .expect("library mtime");
+    assert!(
+        built >= src,
+        "{} is older than the sources: run `cargo build` before `cargo test` (make test does)",
+        lib.display()
+    );
 }
 
 /// Whether `tool` runs. If not: fails the test when `SPECBLOCK_REQUIRE_C_TOOLS=1`, else prints a skip

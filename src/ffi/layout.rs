@@ -166,8 +166,8 @@ pub unsafe extern "C" fn sb_tree_mask_flat_bits(
 }
 
 /// Root-to-leaf paths (EAGLE `retrieve_indices`): one row of `row_width` node ids per leaf (see
-/// `sb_tree_num_leaves`), padded with -1, in lexicographic order. `row_width` >= `sb_tree_depth + 1`;
-/// `cap` >= leaves * row_width. Writes the number of rows to `*out_rows` (may be NULL).
+/// `sb_tree_num_leaves`), padded with -1, in lexicographic order. `row_width` >= `sb_tree_depth + 1`
+/// and `cap` >= leaves * row_width, else `SB_STATUS_BUFFER_TOO_SMALL`. Writes the number of rows to `*out_rows` (may be NULL).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn sb_tree_retrieve_paths(
     tree: *const sb_tree,
@@ -194,7 +194,8 @@ pub unsafe extern "C" fn sb_tree_retrieve_paths(
 /// llama.cpp multi-sequence encoding: leaf `k` (in `sb_tree_retrieve_paths` order) is sequence
 /// `first_seq_id + k`; node `i` belongs to sequences `out_first[i] .. out_first[i] + out_count[i] - 1`
 /// (the leaves below it). Give batch token `i` those `out_count[i]` ids. Fails with
-/// `SB_STATUS_CAPACITY` if `first_seq_id + leaves > max_seq` (llama.cpp's `n_seq_max`). Both buffers hold
+/// `SB_STATUS_CAPACITY` if `first_seq_id + leaves > max_seq` (llama.cpp's `n_seq_max`) and
+/// `SB_STATUS_INVALID_ARGUMENT` if `first_seq_id` is negative or the last id would pass `INT32_MAX`. Both buffers hold
 /// `cap` >= `sb_tree_len` entries.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn sb_tree_seq_ranges(

@@ -213,7 +213,8 @@ pub(crate) unsafe fn copy_node_array<T: Copy>(
     })
 }
 
-/// Cumulative draft log-probability of each node (root 0). `cap` >= `sb_tree_len`.
+/// Cumulative draft log-probability of each node (root 0): the sum along the path it was added under;
+/// a node that dedup moved under a better duplicate keeps its value. `cap` >= `sb_tree_len`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn sb_tree_cum_logprobs(
     tree: *const sb_tree,

@@ -66,7 +66,8 @@ pub extern "C" fn sb_sampling_default() -> sb_sampling {
 }
 
 /// Greedy acceptance. `target_argmax[i]` is the target's argmax after node `i` of the finalized tree;
-/// `n` must equal `sb_tree_len`. The result equals plain greedy decoding.
+/// `n` must equal `sb_tree_len` (else `SB_STATUS_SHAPE_MISMATCH`); a negative entry gives
+/// `SB_STATUS_INVALID_ARGUMENT`. The result equals plain greedy decoding.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn sb_verify_greedy(
     tree: *const sb_tree,
@@ -91,7 +92,8 @@ pub unsafe extern "C" fn sb_verify_greedy(
 /// `i`), `n` must equal `sb_tree_len`. Temperature, top-k and top-p from `sampling` define the target
 /// distribution; the emitted tokens are distributed exactly as plain sampling from it. Same inputs and
 /// `seed` give the same result on every platform. Only the rows the walk visits are read and checked:
-/// NaN or +inf there gives `SB_STATUS_NON_FINITE` (-inf is a masked token).
+/// NaN or +inf there gives `SB_STATUS_NON_FINITE` (-inf is a masked token) and a row with no finite
+/// value `SB_STATUS_INVALID_ARGUMENT`. A temperature whose reciprocal overflows (subnormal) acts as 0.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn sb_verify_sample(
     tree: *const sb_tree,

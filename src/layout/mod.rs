@@ -307,16 +307,23 @@ pub fn seq_ranges(
             capacity: max_seq as usize,
         });
     }
+    // The last id handed out is first_seq_id + leaves - 1; it must be an i32.
+    if first_seq_id as i64 + leaves as i64 - 1 > i32::MAX as i64 {
+        return Err(Error::InvalidArgument(
+            "first_seq_id + leaves - 1 exceeds i32::MAX (llama_seq_id is 32-bit)",
+        ));
+    }
     let fc = t.first_child();
-    let mut next_leaf = first_seq_id;
+    // One past the last id handed out; i64 because it reaches i32::MAX + 1 after the last leaf.
+    let mut next_leaf = first_seq_id as i64;
     walk(t, |node, entering| {
         if entering {
-            first[node] = next_leaf;
+            first[node] = next_leaf as i32;
             if fc[node] < 0 {
                 next_leaf += 1;
             }
         } else {
-            count[node] = next_leaf - first[node];
+            count[node] = (next_leaf - first[node] as i64) as i32;
         }
     });
     Ok(leaves)

@@ -289,7 +289,9 @@ impl DraftTree {
         &self.depth[..self.len]
     }
 
-    /// Cumulative draft log-probability of every node (sum along its path; the root's is 0).
+    /// Cumulative draft log-probability of every node as inserted (the sum along the path it was added
+    /// under; the root's is 0). A node that dedup moved under a better duplicate keeps its value, which
+    /// is still at most its new parent's.
     pub fn cum_logprobs(&self) -> &[f32] {
         &self.cum[..self.len]
     }

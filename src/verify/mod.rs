@@ -28,6 +28,7 @@ use dist::RowDist;
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Sampling {
     /// Temperature; 0 means greedy (argmax, ties to the lowest id). Must be finite and >= 0.
+    /// Subnormal temperatures whose reciprocal overflows `f32` (below about 2.9e-39) act as 0.
     pub temperature: f32,
     /// Keep only the `top_k` most likely tokens; 0 turns it off. Must be >= 0.
     pub top_k: i32,
@@ -201,7 +202,8 @@ pub fn sample(
         });
     }
     let row = |node: usize| &logits[node * vocab..(node + 1) * vocab];
-    if sampling.temperature == 0.0 {
+    // A subnormal temperature has an infinite reciprocal: the distribution is one-hot, i.e. greedy.
+    if sampling.temperature == 0.0 || (1.0 / sampling.temperature).is_infinite() {
         return walk_greedy(t, |node| {
             let r = row(node);
             dist::row_max(r, node)?;
