@@ -11,14 +11,17 @@ const ROUND_MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23: adding and subtracting it 
 #[inline(always)]
 pub fn exp_nonpositive(x: f32) -> f32 {
     let clamped = if x < -87.0 { -87.0 } else { x };
-    let n = (clamped * LOG2E + ROUND_MAGIC) - ROUND_MAGIC;
+    // `shifted`'s low mantissa bits hold n: reading them avoids a (saturating, unvectorisable) cast.
+    let shifted = clamped * LOG2E + ROUND_MAGIC;
+    let n = shifted - ROUND_MAGIC;
     let r = (clamped - n * LN2_HI) - n * LN2_LO;
     // Taylor polynomial of e^r for |r| <= ln2/2, Horner form.
     let p = 1.0
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    let n_bits = shifted.to_bits().wrapping_sub(ROUND_MAGIC.to_bits());
+    let scale = f32::from_bits(n_bits.wrapping_add(127) << 23);
     if x < -87.0 { 0.0 } else { p * scale }
 }
 

@@ -156,7 +156,7 @@ pub fn mask_bits(t: &DraftTree, prefix_len: u32, out: &mut [u32]) -> Result<usiz
 /// Sets bits `start..end` of a little-endian `u32` bit string.
 fn set_bit_range_u32(words: &mut [u32], start: usize, end: usize) {
     let mut c = start;
-    while c < end && c % 32 != 0 {
+    while c < end && !c.is_multiple_of(32) {
         words[c / 32] |= 1 << (c % 32);
         c += 1;
     }
@@ -173,7 +173,7 @@ fn set_bit_range_u32(words: &mut [u32], start: usize, end: usize) {
 /// Sets bits `start..end` of a little-endian byte bit string.
 fn set_bit_range_u8(bytes: &mut [u8], start: usize, end: usize) {
     let mut c = start;
-    while c < end && c % 8 != 0 {
+    while c < end && !c.is_multiple_of(8) {
         bytes[c / 8] |= 1 << (c % 8);
         c += 1;
     }

@@ -35,26 +35,172 @@ fn unkey(k: u32) -> f32 {
     }
 }
 
+/// Capacity of the candidate buffer of the fast top-k / top-p paths (4 KiB on the stack).
+const CAND_CAP: usize = 1024;
+/// Largest top-k the candidate path serves, and the probe size for top-p.
+const FAST_K: usize = 256;
+
+/// The largest logits of a row, sorted descending: a one-pass filter that keeps a running threshold
+/// (the k-th largest seen so far), so almost every logit costs one vector compare.
+struct Candidates {
+    buf: [f32; CAND_CAP],
+    len: usize,
+}
+
+impl Candidates {
+    fn new() -> Self {
+        Candidates {
+            buf: [0.0; CAND_CAP],
+            len: 0,
+        }
+    }
+
+    /// Collects every logit `>= v`, where `v` is the k-th largest logit `>= floor` (or the smallest such
+    /// logit when fewer than k are), sorted descending, and returns `v`. `None` (and an empty buffer)
+    /// when ties at the threshold overflow the buffer. `1 <= k <= FAST_K`.
+    fn fill(&mut self, row: &[f32], k: usize, floor: f32) -> Option<f32> {
+        debug_assert!((1..=FAST_K).contains(&k));
+        let desc = |a: &f32, b: &f32| b.total_cmp(a);
+        let mut n = 0;
+        let mut thresh = floor;
+        self.len = 0;
+        for chunk in row.chunks(LANES) {
+            if !chunk.iter().fold(false, |any, &l| any | (l >= thresh)) {
+                continue;
+            }
+            for &l in chunk {
+                if l < thresh {
+                    continue;
+                }
+                if n == CAND_CAP {
+                    // Keep the k largest and their ties; the final k-th largest is at least this.
+                    self.buf.select_nth_unstable_by(k - 1, desc);
+                    thresh = self.buf[k - 1];
+                    n = compact_at_least(&mut self.buf, thresh);
+                    if n + LANES > CAND_CAP {
+                        return None;
+                    }
+                    if l < thresh {
+                        continue;
+                    }
+                }
+                self.buf[n] = l;
+                n += 1;
+            }
+        }
+        let kept = &mut self.buf[..n];
+        kept.sort_unstable_by(desc);
+        let v = match n {
+            0 => return Some(floor),
+            _ => kept[k.min(n) - 1],
+        };
+        self.len = kept.partition_point(|&l| l >= v);
+        Some(v)
+    }
+
+    /// The top-p cut among the candidates: the value of the first tie group at which the mass of the
+    /// groups so far reaches `target`. `None` if the candidates never reach it.
+    fn top_p_cut(&self, max: f32, inv_t: f32, target: f64) -> Option<f32> {
+        let sorted = &self.buf[..self.len];
+        let mut above = 0.0f64;
+        let mut i = 0;
+        while i < sorted.len() {
+            let v = sorted[i];
+            let mut group = 0.0f64;
+            while i < sorted.len() && sorted[i] == v {
+                group += exp_nonpositive((sorted[i] - max) * inv_t) as f64;
+                i += 1;
+            }
+            if above + group >= target {
+                return Some(v);
+            }
+            above += group;
+        }
+        None
+    }
+}
+
+/// Moves the values `>= thresh` to the front of `buf` and returns how many there are.
+fn compact_at_least(buf: &mut [f32], thresh: f32) -> usize {
+    let mut n = 0;
+    for i in 0..buf.len() {
+        if buf[i] >= thresh {
+            buf[n] = buf[i];
+            n += 1;
+        }
+    }
+    n
+}
+
 /// Radix digits: 11 + 11 + 10 bits, most significant first.
 const DIGITS: [(u32, u32); 3] = [(21, 11), (10, 11), (0, 10)];
 
-/// Sum of `exp((l - max) * inv_t)` over `l >= cut`, in eight fixed lanes so the loop vectorises and the
-/// result is the same on every platform.
-fn mass(row: &[f32], max: f32, inv_t: f32, cut: f32) -> f64 {
-    let mut lanes = [0f64; 8];
-    let chunks = row.chunks_exact(8);
-    let tail = chunks.remainder();
-    for c in chunks {
-        for (lane, &l) in lanes.iter_mut().zip(c) {
-            let e = exp_nonpositive((l - max) * inv_t);
-            *lane += if l >= cut { e as f64 } else { 0.0 };
+/// f32 lanes of the mass loop: one AVX-512 register, two AVX2 or four SSE2 registers.
+const LANES: usize = 16;
+/// Elements summed in f32 lanes before flushing to f64 (16 per lane: error far below sampling noise).
+const FLUSH: usize = 256;
+
+/// Sum of `exp((l - max) * inv_t)` over `l >= cut`. The summation order is fixed (16 lanes, flushed to
+/// f64 every 256 elements, lanes added in order), so the result is the same on every platform and with
+/// every instruction set; only the speed differs.
+#[inline(always)]
+fn mass_portable(row: &[f32], max: f32, inv_t: f32, cut: f32) -> f64 {
+    let mut total = [0f64; LANES];
+    let mut acc = [0f32; LANES];
+    let blocks = row.chunks_exact(FLUSH);
+    let tail = blocks.remainder();
+    for block in blocks {
+        for c in block.chunks_exact(LANES) {
+            for i in 0..LANES {
+                let l = c[i];
+                let e = exp_nonpositive((l - max) * inv_t);
+                acc[i] += if l >= cut { e } else { 0.0 };
+            }
+        }
+        for i in 0..LANES {
+            total[i] += acc[i] as f64;
+            acc[i] = 0.0;
         }
     }
-    for (lane, &l) in lanes.iter_mut().zip(tail) {
+    for (j, &l) in tail.iter().enumerate() {
         let e = exp_nonpositive((l - max) * inv_t);
-        *lane += if l >= cut { e as f64 } else { 0.0 };
+        acc[j % LANES] += if l >= cut { e } else { 0.0 };
     }
-    lanes.iter().sum()
+    for i in 0..LANES {
+        total[i] += acc[i] as f64;
+    }
+    total.iter().sum()
+}
+
+/// [`mass_portable`] compiled for AVX2 (same operations, no FMA contraction, so the same result).
+#[cfg(all(feature = "std", target_arch = "x86_64"))]
+#[target_feature(enable = "avx2")]
+fn mass_avx2(row: &[f32], max: f32, inv_t: f32, cut: f32) -> f64 {
+    mass_portable(row, max, inv_t, cut)
+}
+
+/// [`mass_portable`] compiled for AVX-512.
+#[cfg(all(feature = "std", target_arch = "x86_64"))]
+#[target_feature(enable = "avx512f")]
+fn mass_avx512(row: &[f32], max: f32, inv_t: f32, cut: f32) -> f64 {
+    mass_portable(row, max, inv_t, cut)
+}
+
+/// Sum of `exp((l - max) * inv_t)` over `l >= cut`, with the widest vector unit the CPU has (std builds
+/// on x86-64 detect it at run time; the result does not depend on which one runs).
+fn mass(row: &[f32], max: f32, inv_t: f32, cut: f32) -> f64 {
+    #[cfg(all(feature = "std", target_arch = "x86_64"))]
+    {
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F (checked above).
+            return unsafe { mass_avx512(row, max, inv_t, cut) };
+        }
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked above).
+            return unsafe { mass_avx2(row, max, inv_t, cut) };
+        }
+    }
+    mass_portable(row, max, inv_t, cut)
 }
 
 /// The target distribution of one row; see the [module docs](self).
@@ -74,12 +220,31 @@ impl RowDist {
         let inv_t = 1.0 / s.temperature;
         let mut cut = f32::NEG_INFINITY;
         let k = s.top_k as usize;
+        // The candidates >= cut, sorted descending, when the fast path found them all.
+        let mut cands = Candidates::new();
+        let mut have_all_above_cut = false;
         if s.top_k > 0 && k < row.len() {
-            cut = kth_largest(row, k);
+            match cands.fill(row, k, f32::NEG_INFINITY) {
+                Some(c) => {
+                    cut = c;
+                    have_all_above_cut = true;
+                }
+                None => cut = kth_largest(row, k),
+            }
         }
         let mut z = mass(row, max, inv_t, cut);
         if s.top_p < 1.0 {
-            let p_cut = top_p_cut(row, max, inv_t, cut, s.top_p as f64 * z);
+            let target = s.top_p as f64 * z;
+            // Top-p keeps a prefix of the sorted order, so if the FAST_K largest tokens already reach
+            // the target, the cut lies among them; otherwise fall back to the radix search.
+            if !have_all_above_cut && cands.fill(row, FAST_K, cut).is_some() {
+                have_all_above_cut = cands.len < FAST_K;
+            }
+            let p_cut = match cands.top_p_cut(max, inv_t, target) {
+                Some(c) => c,
+                None if have_all_above_cut => cut,
+                None => top_p_cut(row, max, inv_t, cut, target),
+            };
             if p_cut > cut {
                 cut = p_cut;
                 z = mass(row, max, inv_t, cut);
@@ -295,6 +460,7 @@ fn top_p_cut(row: &[f32], max: f32, inv_t: f32, cut: f32, target: f64) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::vec;
     use std::vec::Vec;
 
     #[test]
@@ -327,6 +493,99 @@ mod tests {
             sorted.sort_by(|a, b| b.total_cmp(a));
             for k in [1, n / 2 + 1, n] {
                 assert_eq!(kth_largest(&row, k), sorted[k - 1], "n={n} k={k}");
+            }
+        }
+    }
+
+    /// Rows of a few shapes: heavy ties, masked (-inf) entries, long rows that force compaction.
+    fn test_rows() -> Vec<Vec<f32>> {
+        let rng = crate::rng::CounterRng::new(11);
+        let mut rows = Vec::new();
+        for trial in 0..40u64 {
+            let n = [5usize, 300, 3000, 20_000][trial as usize % 4];
+            let levels = [4.0f64, 40.0, 4000.0][trial as usize % 3];
+            let row: Vec<f32> = (0..n)
+                .map(|i| {
+                    let u = rng.uniform(trial * 100_000 + i as u64);
+                    if u < 0.05 {
+                        f32::NEG_INFINITY
+                    } else {
+                        ((u * levels).round() / levels * 16.0 - 8.0) as f32
+                    }
+                })
+                .collect();
+            rows.push(row);
+        }
+        rows.push(vec![f32::NEG_INFINITY; 2000]);
+        rows.push(vec![1.5; 2000]);
+        rows
+    }
+
+    #[test]
+    fn candidate_top_k_matches_radix() {
+        for row in test_rows() {
+            for k in [1usize, 2, 7, 50, 256] {
+                if k >= row.len() {
+                    continue;
+                }
+                let mut c = Candidates::new();
+                let want = kth_largest(&row, k);
+                match c.fill(&row, k, f32::NEG_INFINITY) {
+                    Some(v) => {
+                        assert_eq!(v, want, "k={k} n={}", row.len());
+                        let above = row.iter().filter(|&&l| l >= v).count();
+                        assert_eq!(c.len, above, "every logit >= the cut is collected");
+                        assert!(c.buf[..c.len].windows(2).all(|w| w[0] >= w[1]));
+                    }
+                    // Only a tie overflow may refuse.
+                    None => assert!(row.iter().filter(|&&l| l >= want).count() > CAND_CAP - LANES),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn candidate_top_p_matches_radix() {
+        for row in test_rows() {
+            let max = row.iter().fold(f32::NEG_INFINITY, |m, &l| m.max(l));
+            if max == f32::NEG_INFINITY {
+                continue;
+            }
+            for inv_t in [0.5f32, 1.0, 4.0] {
+                let z = mass(&row, max, inv_t, f32::NEG_INFINITY);
+                for p in [0.05f64, 0.5, 0.9, 0.99] {
+                    let mut c = Candidates::new();
+                    if c.fill(&row, FAST_K, f32::NEG_INFINITY).is_none() {
+                        continue;
+                    }
+                    if let Some(fast) = c.top_p_cut(max, inv_t, p * z) {
+                        let slow = top_p_cut(&row, max, inv_t, f32::NEG_INFINITY, p * z);
+                        assert_eq!(fast, slow, "p={p} inv_t={inv_t} n={}", row.len());
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn mass_is_the_same_with_every_instruction_set() {
+        for row in test_rows() {
+            let max = row.iter().fold(f32::NEG_INFINITY, |m, &l| m.max(l));
+            if max == f32::NEG_INFINITY {
+                continue; // rejected by row_max before any mass is taken
+            }
+            for cut in [f32::NEG_INFINITY, 0.0] {
+                let portable = mass_portable(&row, max, 0.7, cut);
+                assert_eq!(mass(&row, max, 0.7, cut).to_bits(), portable.to_bits());
+                let exact: f64 = row
+                    .iter()
+                    .filter(|&&l| l >= cut)
+                    .map(|&l| (((l - max) * 0.7) as f64).exp())
+                    .sum();
+                assert!(
+                    (portable - exact).abs() <= 1e-5 * exact.max(1e-30),
+                    "{portable} {exact}"
+                );
             }
         }
     }
