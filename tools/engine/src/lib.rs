@@ -1,0 +1,11 @@
+//! Reference Llama engine for specblock: loads SmolLM2-135M-Instruct (GGUF or a Hugging Face directory),
+//! tokenizes with its byte-level BPE and chat template, and runs plain decoding and tree verification on
+//! the CPU. It is a client of the `specblock` library and uses only its public API.
+#![deny(missing_docs)]
+
+pub mod error;
+pub mod gguf;
+pub mod quant;
+pub mod weights;
+
+pub use error::{Error, Result};

@@ -1,0 +1,6 @@
+//! The `specblock` command line.
+
+fn main() {
+    eprintln!("specblock: no command yet");
+    std::process::exit(2);
+}
