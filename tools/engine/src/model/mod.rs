@@ -1,0 +1,431 @@
+//! The Llama forward pass (RMSNorm, rotate-half RoPE, GQA attention, SwiGLU, tied LM head) over one or
+//! several sequences at once, with a KV cache per sequence, an arbitrary ancestor mask among the new
+//! tokens (tree verification), and capture of intermediate layers' outputs.
+
+pub mod kernels;
+pub mod kv;
+pub mod pool;
+
+use kernels::{Matrix, SendPtr, matmul, rms_norm, swiglu};
+pub use kv::KvCache;
+use pool::Pool;
+
+use crate::error::{Error, Result};
+use crate::weights::{LlamaConfig, LoadedModel};
+
+/// Weight storage of the matmuls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightFormat {
+    /// f32 weights (538 MB for SmolLM2-135M).
+    F32,
+    /// bf16 weights, f32 accumulation (half the bytes to read per token).
+    Bf16,
+}
+
+struct Layer {
+    attn_norm: Vec<f32>,
+    /// q, k and v projections stacked: `[(n_heads + 2 n_kv_heads) * head_dim, hidden]`.
+    wqkv: Matrix,
+    wo: Matrix,
+    ffn_norm: Vec<f32>,
+    /// gate and up stacked: `[2 ffn, hidden]`.
+    w_gate_up: Matrix,
+    w_down: Matrix,
+}
+
+/// A loaded Llama model ready to run.
+pub struct Llama {
+    cfg: LlamaConfig,
+    embed: Vec<f32>,
+    layers: Vec<Layer>,
+    norm: Vec<f32>,
+    lm_head: Matrix,
+    /// RoPE inverse frequencies, `head_dim / 2`.
+    inv_freq: Vec<f64>,
+    pool: Pool,
+}
+
+/// Which new tokens of a sequence may attend to which (all cached rows are always visible).
+#[derive(Clone, Copy, Debug)]
+pub enum Mask<'a> {
+    /// Token `i` sees new tokens `0..=i` (plain decoding and prefill).
+    Causal,
+    /// Dense `n x n` ancestor-or-self mask, row-major: token `i` sees new token `j` iff
+    /// `mask[i * n + j] != 0` (the library's `layout::mask_dense`).
+    Tree(&'a [u8]),
+}
+
+/// Which rows get logits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    /// Every new token.
+    All,
+    /// Only the last new token.
+    Last,
+    /// None.
+    None,
+}
+
+/// The new tokens of one sequence in a forward pass.
+pub struct Segment<'a> {
+    /// That sequence's cache; the new tokens are appended after its rows.
+    pub kv: &'a mut KvCache,
+    /// New token ids.
+    pub tokens: &'a [u32],
+    /// Their RoPE positions.
+    pub positions: &'a [u32],
+    /// Visibility among the new tokens.
+    pub mask: Mask<'a>,
+    /// Rows that get logits.
+    pub logits: Logits,
+}
+
+/// What to capture besides logits.
+#[derive(Clone, Debug, Default)]
+pub struct Capture {
+    /// Decoder layer indices (0-based) whose output (the residual stream after the layer) is captured
+    /// for every new token, concatenated in this order: `rows x (layers.len() * hidden)`.
+    pub layers: Vec<usize>,
+    /// Capture the final normed hidden state (the LM head's input) of every new token.
+    pub final_hidden: bool,
+}
+
+/// Results of a forward pass, rows in segment order.
+#[derive(Clone, Debug, Default)]
+pub struct Output {
+    /// `rows x vocab` logits for the rows each segment asked for.
+    pub logits: Vec<f32>,
+    /// Per segment: how many logits rows it got.
+    pub logits_rows: Vec<usize>,
+    /// `tokens x (capture.layers.len() * hidden)`, if layers were asked for.
+    pub features: Vec<f32>,
+    /// `tokens x hidden`, if asked for.
+    pub final_hidden: Vec<f32>,
+}
+
+impl Llama {
+    /// Builds the model from loaded tensors, using `threads` threads for every pass.
+    pub fn new(mut m: LoadedModel, format: WeightFormat, threads: usize) -> Result<Self> {
+        let c = m.config.clone();
+        if c.n_heads == 0 || c.n_kv_heads == 0 || c.n_heads % c.n_kv_heads != 0 || c.head_dim % 2 != 0 || c.head_dim > 256 {
+            return Err(Error::Unsupported(format!(
+                "heads {}/{} with head_dim {}",
+                c.n_heads, c.n_kv_heads, c.head_dim
+            )));
+        }
+        let bf16 = format == WeightFormat::Bf16;
+        let (h, qd, kvd) = (c.hidden, c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
+        let embed = m.take("model.embed_tokens.weight", &[c.vocab, h])?;
+        let mut layers = Vec::with_capacity(c.n_layers);
+        for i in 0..c.n_layers {
+            let p = |s: &str| format!("model.layers.{i}.{s}.weight");
+            let mut wqkv = m.take(&p("self_attn.q_proj"), &[qd, h])?;
+            wqkv.extend(m.take(&p("self_attn.k_proj"), &[kvd, h])?);
+            wqkv.extend(m.take(&p("self_attn.v_proj"), &[kvd, h])?);
+            let mut gate_up = m.take(&p("mlp.gate_proj"), &[c.ffn, h])?;
+            gate_up.extend(m.take(&p("mlp.up_proj"), &[c.ffn, h])?);
+            layers.push(Layer {
+                attn_norm: m.take(&p("input_layernorm"), &[h])?,
+                wqkv: Matrix::new(wqkv, bf16),
+                wo: Matrix::new(m.take(&p("self_attn.o_proj"), &[h, qd])?, bf16),
+                ffn_norm: m.take(&p("post_attention_layernorm"), &[h])?,
+                w_gate_up: Matrix::new(gate_up, bf16),
+                w_down: Matrix::new(m.take(&p("mlp.down_proj"), &[h, c.ffn])?, bf16),
+            });
+        }
+        let norm = m.take("model.norm.weight", &[h])?;
+        let lm_head = if m.tensors.contains_key("lm_head.weight") {
+            Matrix::new(m.take("lm_head.weight", &[c.vocab, h])?, bf16)
+        } else if c.tie_embeddings {
+            Matrix::new(embed.clone(), bf16)
+        } else {
+            return Err(Error::Format("lm_head.weight is missing and embeddings are not tied".into()));
+        };
+        let inv_freq = (0..c.head_dim / 2)
+            .map(|i| 1.0 / (c.rope_theta as f64).powf(2.0 * i as f64 / c.head_dim as f64))
+            .collect();
+        Ok(Llama {
+            cfg: c,
+            embed,
+            layers,
+            norm,
+            lm_head,
+            inv_freq,
+            pool: Pool::new(threads),
+        })
+    }
+
+    /// The model's hyper-parameters.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.cfg
+    }
+
+    /// Bytes of weights read per forward pass (the matmuls and the LM head).
+    pub fn weight_bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .map(|l| l.wqkv.bytes() + l.wo.bytes() + l.w_gate_up.bytes() + l.w_down.bytes())
+            .sum::<usize>()
+            + self.lm_head.bytes()
+    }
+
+    /// A new empty KV cache for `capacity` tokens.
+    pub fn new_cache(&self, capacity: usize) -> KvCache {
+        KvCache::new(&self.cfg, capacity)
+    }
+
+    /// Runs one sequence's new tokens (see [`Llama::forward_batch`]).
+    pub fn forward(&self, seg: Segment<'_>, capture: &Capture) -> Result<Output> {
+        self.forward_batch(&mut [seg], capture)
+    }
+
+    /// One forward pass over the new tokens of several independent sequences: their rows share every
+    /// matmul, attention stays within each sequence. Appends the new keys/values to each cache.
+    /// On error nothing is appended.
+    pub fn forward_batch(&self, segs: &mut [Segment<'_>], capture: &Capture) -> Result<Output> {
+        let c = &self.cfg;
+        let (h, hd) = (c.hidden, c.head_dim);
+        let (nh, nkv) = (c.n_heads, c.n_kv_heads);
+        let (qd, kvd) = (nh * hd, nkv * hd);
+        // Validate everything before touching a cache.
+        for (s, seg) in segs.iter().enumerate() {
+            let n = seg.tokens.len();
+            if seg.positions.len() != n {
+                return Err(Error::InvalidArgument(format!(
+                    "segment {s}: {n} tokens but {} positions",
+                    seg.positions.len()
+                )));
+            }
+            if let Some(&t) = seg.tokens.iter().find(|&&t| t as usize >= c.vocab) {
+                return Err(Error::InvalidArgument(format!(
+                    "segment {s}: token {t} outside the vocabulary ({})",
+                    c.vocab
+                )));
+            }
+            if let Mask::Tree(m) = seg.mask {
+                if m.len() != n * n {
+                    return Err(Error::InvalidArgument(format!(
+                        "segment {s}: tree mask has {} entries, expected {n} x {n}",
+                        m.len()
+                    )));
+                }
+                if (0..n).any(|i| m[i * n + i] == 0) {
+                    return Err(Error::InvalidArgument(format!(
+                        "segment {s}: tree mask must let every token see itself"
+                    )));
+                }
+            }
+            if seg.kv.len() + n > seg.kv.capacity() {
+                return Err(Error::InvalidArgument(format!(
+                    "segment {s}: KV cache holds {} rows, {} used + {n} new exceed it",
+                    seg.kv.capacity(),
+                    seg.kv.len()
+                )));
+            }
+            if seg.kv.row != kvd {
+                return Err(Error::InvalidArgument(format!("segment {s}: KV cache of another model")));
+            }
+        }
+        if let Some(&l) = capture.layers.iter().find(|&&l| l >= c.n_layers) {
+            return Err(Error::InvalidArgument(format!("capture layer {l} >= {} layers", c.n_layers)));
+        }
+        let total: usize = segs.iter().map(|s| s.tokens.len()).sum();
+        let mut out = Output::default();
+        if total == 0 {
+            out.logits_rows = vec![0; segs.len()];
+            return Ok(out);
+        }
+        // Row offsets of each segment and where its new KV rows start.
+        let mut row0 = Vec::with_capacity(segs.len());
+        let mut kv0 = Vec::with_capacity(segs.len());
+        let mut r = 0;
+        for seg in segs.iter_mut() {
+            row0.push(r);
+            r += seg.tokens.len();
+            kv0.push(seg.kv.grow(seg.tokens.len())?);
+        }
+
+        let mut x = vec![0f32; total * h];
+        for (i, &t) in segs.iter().flat_map(|s| s.tokens.iter()).enumerate() {
+            x[i * h..(i + 1) * h].copy_from_slice(&self.embed[t as usize * h..(t as usize + 1) * h]);
+        }
+        // RoPE tables per row.
+        let half = hd / 2;
+        let mut cos = vec![0f32; total * half];
+        let mut sin = vec![0f32; total * half];
+        for (i, &p) in segs.iter().flat_map(|s| s.positions.iter()).enumerate() {
+            for (j, f) in self.inv_freq.iter().enumerate() {
+                let a = ((p as f32) * (*f as f32)) as f64;
+                cos[i * half + j] = a.cos() as f32;
+                sin[i * half + j] = a.sin() as f32;
+            }
+        }
+        if !capture.layers.is_empty() {
+            out.features = vec![0f32; total * capture.layers.len() * h];
+        }
+        let mut xn = vec![0f32; total * h];
+        let mut qkv = vec![0f32; total * (qd + 2 * kvd)];
+        let mut attn = vec![0f32; total * qd];
+        let mut tmp = vec![0f32; total * h];
+        let mut gu = vec![0f32; total * 2 * c.ffn];
+        let mut act = vec![0f32; total * c.ffn];
+
+        for (li, layer) in self.layers.iter().enumerate() {
+            rms_norm(&x, &layer.attn_norm, c.rms_eps, &mut xn);
+            matmul(&self.pool, &layer.wqkv, qd + 2 * kvd, h, &xn, total, &mut qkv);
+            // RoPE on q and k, then append k and v to the caches.
+            for row in 0..total {
+                let base = row * (qd + 2 * kvd);
+                let (cs, sn) = (&cos[row * half..(row + 1) * half], &sin[row * half..(row + 1) * half]);
+                for head in 0..nh + nkv {
+                    let v = &mut qkv[base + head * hd..base + (head + 1) * hd];
+                    for j in 0..half {
+                        let (a, b) = (v[j], v[j + half]);
+                        v[j] = a * cs[j] - b * sn[j];
+                        v[j + half] = b * cs[j] + a * sn[j];
+                    }
+                }
+            }
+            for (s, seg) in segs.iter_mut().enumerate() {
+                let kv = &mut *seg.kv;
+                let off = li * kv.layer_stride;
+                for i in 0..seg.tokens.len() {
+                    let src = (row0[s] + i) * (qd + 2 * kvd);
+                    let dst = off + (kv0[s] + i) * kvd;
+                    kv.k[dst..dst + kvd].copy_from_slice(&qkv[src + qd..src + qd + kvd]);
+                    kv.v[dst..dst + kvd].copy_from_slice(&qkv[src + qd + kvd..src + qd + 2 * kvd]);
+                }
+            }
+            self.attention(segs, li, &row0, &kv0, &qkv, &mut attn);
+            matmul(&self.pool, &layer.wo, h, qd, &attn, total, &mut tmp);
+            for (a, b) in x.iter_mut().zip(&tmp) {
+                *a += b;
+            }
+            rms_norm(&x, &layer.ffn_norm, c.rms_eps, &mut xn);
+            matmul(&self.pool, &layer.w_gate_up, 2 * c.ffn, h, &xn, total, &mut gu);
+            for row in 0..total {
+                let g = &gu[row * 2 * c.ffn..(row + 1) * 2 * c.ffn];
+                let a = &mut act[row * c.ffn..(row + 1) * c.ffn];
+                a.copy_from_slice(&g[..c.ffn]);
+                swiglu(a, &g[c.ffn..]);
+            }
+            matmul(&self.pool, &layer.w_down, h, c.ffn, &act, total, &mut tmp);
+            for (a, b) in x.iter_mut().zip(&tmp) {
+                *a += b;
+            }
+            for (slot, _) in capture.layers.iter().enumerate().filter(|(_, l)| **l == li) {
+                let w = capture.layers.len() * h;
+                for row in 0..total {
+                    out.features[row * w + slot * h..row * w + (slot + 1) * h]
+                        .copy_from_slice(&x[row * h..(row + 1) * h]);
+                }
+            }
+        }
+        rms_norm(&x, &self.norm, c.rms_eps, &mut xn);
+        // Gather the rows that get logits.
+        let mut rows = Vec::new();
+        for (s, seg) in segs.iter().enumerate() {
+            let n = seg.tokens.len();
+            let picked: Vec<usize> = match seg.logits {
+                Logits::All => (0..n).map(|i| row0[s] + i).collect(),
+                Logits::Last if n > 0 => vec![row0[s] + n - 1],
+                _ => Vec::new(),
+            };
+            out.logits_rows.push(picked.len());
+            rows.extend(picked);
+        }
+        if !rows.is_empty() {
+            let mut sel = vec![0f32; rows.len() * h];
+            for (i, &r) in rows.iter().enumerate() {
+                sel[i * h..(i + 1) * h].copy_from_slice(&xn[r * h..(r + 1) * h]);
+            }
+            out.logits = vec![0f32; rows.len() * c.vocab];
+            matmul(&self.pool, &self.lm_head, c.vocab, h, &sel, rows.len(), &mut out.logits);
+        }
+        if capture.final_hidden {
+            out.final_hidden = xn;
+        }
+        Ok(out)
+    }
+
+    /// Causal/tree attention of every new row over its own sequence's cache, split by (row, head)
+    /// over the pool's threads.
+    fn attention(&self, segs: &[Segment<'_>], li: usize, row0: &[usize], kv0: &[usize], qkv: &[f32], attn: &mut [f32]) {
+        let c = &self.cfg;
+        let (hd, nh, nkv) = (c.head_dim, c.n_heads, c.n_kv_heads);
+        let (qd, kvd) = (nh * hd, nkv * hd);
+        let group = nh / nkv;
+        let scale = 1.0 / (hd as f32).sqrt();
+        // Work items: (segment, new-token index, head).
+        let mut items = Vec::new();
+        for (s, seg) in segs.iter().enumerate() {
+            for i in 0..seg.tokens.len() {
+                for head in 0..nh {
+                    items.push((s as u32, i as u32, head as u32));
+                }
+            }
+        }
+        let threads = self.pool.threads();
+        let ap = SendPtr(attn.as_mut_ptr());
+        let items = &items;
+        self.pool.run(&|t| {
+            let ap = ap;
+            let range = pool::split(items.len(), t, threads, 1);
+            let mut scores: Vec<f32> = Vec::new();
+            for &(s, i, head) in &items[range] {
+                let (s, i, head) = (s as usize, i as usize, head as usize);
+                let seg = &segs[s];
+                let kv = &*seg.kv;
+                let n = seg.tokens.len();
+                let row = row0[s] + i;
+                let q = &qkv[row * (qd + 2 * kvd) + head * hd..row * (qd + 2 * kvd) + (head + 1) * hd];
+                let kvh = head / group;
+                let off = li * kv.layer_stride;
+                let visible = |j: usize| -> bool {
+                    if j < kv0[s] {
+                        return true;
+                    }
+                    let jj = j - kv0[s];
+                    match seg.mask {
+                        Mask::Causal => jj <= i,
+                        Mask::Tree(m) => m[i * n + jj] != 0,
+                    }
+                };
+                let len = kv0[s] + n;
+                scores.clear();
+                scores.resize(len, f32::NEG_INFINITY);
+                let mut max = f32::NEG_INFINITY;
+                for (j, sc) in scores.iter_mut().enumerate() {
+                    if !visible(j) {
+                        continue;
+                    }
+                    let k = &kv.k[off + j * kvd + kvh * hd..off + j * kvd + (kvh + 1) * hd];
+                    let d: f32 = q.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * scale;
+                    *sc = d;
+                    max = max.max(d);
+                }
+                let mut sum = 0f32;
+                for sc in scores.iter_mut() {
+                    *sc = if *sc == f32::NEG_INFINITY { 0.0 } else { (*sc - max).exp() };
+                    sum += *sc;
+                }
+                let mut o = [0f32; 256];
+                let o = &mut o[..hd];
+                for (j, &p) in scores.iter().enumerate() {
+                    if p == 0.0 {
+                        continue;
+                    }
+                    let v = &kv.v[off + j * kvd + kvh * hd..off + j * kvd + (kvh + 1) * hd];
+                    for (a, &b) in o.iter_mut().zip(v) {
+                        *a += p * b;
+                    }
+                }
+                let inv = 1.0 / sum;
+                for (d, a) in o.iter().enumerate() {
+                    // SAFETY: each (row, head) is written by exactly one thread, inside attn's bounds.
+                    unsafe { *ap.0.add(row * qd + head * hd + d) = a * inv };
+                }
+            }
+        });
+    }
+}

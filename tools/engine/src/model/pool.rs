@@ -1,0 +1,182 @@
+//! A tiny fork-join pool for the forward pass: the caller plus `n - 1` pinned-in-spirit helper threads
+//! that spin briefly on an epoch counter, so a parallel matmul costs a few hundred nanoseconds to
+//! start instead of a thread spawn. One job runs at a time (the engine is single-stream).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// A job: called once per thread with the thread's index `0..n`.
+type Job = dyn Fn(usize) + Sync;
+
+struct Shared {
+    /// Incremented to publish a job; helpers run each epoch once.
+    epoch: AtomicUsize,
+    /// Helpers that finished the current epoch.
+    done: AtomicUsize,
+    /// The current job as a raw fat pointer (valid while `run` waits for `done`).
+    job: Mutex<Option<JobPtr>>,
+    /// Wakes sleeping helpers.
+    wake: Condvar,
+    sleep_lock: Mutex<()>,
+    stop: AtomicUsize,
+}
+
+#[derive(Clone, Copy)]
+struct JobPtr(*const Job);
+// SAFETY: the pointer is only dereferenced while `Pool::run` keeps the job alive and blocks.
+unsafe impl Send for JobPtr {}
+
+/// Fork-join pool with a fixed number of threads (the caller counts as thread 0).
+pub struct Pool {
+    n: usize,
+    shared: Arc<Shared>,
+    helpers: Vec<JoinHandle<()>>,
+}
+
+/// How long a helper spins for the next job before sleeping: long enough to cover the gap between
+/// the matmuls of one forward pass.
+const SPIN: Duration = Duration::from_millis(2);
+
+impl Pool {
+    /// A pool of `n >= 1` threads.
+    pub fn new(n: usize) -> Self {
+        let n = n.max(1);
+        let shared = Arc::new(Shared {
+            epoch: AtomicUsize::new(0),
+            done: AtomicUsize::new(0),
+            job: Mutex::new(None),
+            wake: Condvar::new(),
+            sleep_lock: Mutex::new(()),
+            stop: AtomicUsize::new(0),
+        });
+        let helpers = (1..n)
+            .map(|index| {
+                let shared = Arc::clone(&shared);
+                std::thread::spawn(move || helper_loop(&shared, index))
+            })
+            .collect();
+        Pool { n, shared, helpers }
+    }
+
+    /// Threads in the pool, the caller included.
+    pub fn threads(&self) -> usize {
+        self.n
+    }
+
+    /// Runs `f(i)` for every thread index `i` in `0..threads()`, in parallel, and returns when all
+    /// are done. A panic in a helper aborts the process (the engine's kernels do not panic).
+    pub fn run(&self, f: &(dyn Fn(usize) + Sync)) {
+        if self.n == 1 {
+            f(0);
+            return;
+        }
+        // SAFETY: the job outlives its use: helpers only call it before incrementing `done`, and this
+        // function does not return until `done` reaches n - 1.
+        let ptr: *const Job = unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync), &Job>(f) };
+        *self.shared.job.lock().unwrap_or_else(|e| e.into_inner()) = Some(JobPtr(ptr));
+        self.shared.done.store(0, Ordering::SeqCst);
+        self.shared.epoch.fetch_add(1, Ordering::SeqCst);
+        {
+            let _g = self.shared.sleep_lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.shared.wake.notify_all();
+        }
+        f(0);
+        while self.shared.done.load(Ordering::Acquire) < self.n - 1 {
+            std::hint::spin_loop();
+        }
+    }
+}
+
+fn helper_loop(shared: &Shared, index: usize) {
+    let mut seen = 0usize;
+    loop {
+        let start = Instant::now();
+        let mut spins = 0u32;
+        loop {
+            if shared.stop.load(Ordering::Relaxed) != 0 {
+                return;
+            }
+            if shared.epoch.load(Ordering::Acquire) != seen {
+                break;
+            }
+            spins = spins.wrapping_add(1);
+            if spins % 1024 == 0 && start.elapsed() > SPIN {
+                let g = shared.sleep_lock.lock().unwrap_or_else(|e| e.into_inner());
+                if shared.epoch.load(Ordering::Acquire) == seen
+                    && shared.stop.load(Ordering::Relaxed) == 0
+                {
+                    let _g = shared
+                        .wake
+                        .wait_timeout(g, Duration::from_millis(50))
+                        .unwrap_or_else(|e| e.into_inner());
+                }
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+        seen = shared.epoch.load(Ordering::Acquire);
+        let job = *shared.job.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(JobPtr(ptr)) = job {
+            // SAFETY: `run` keeps the job alive until every helper has incremented `done`.
+            unsafe { (*ptr)(index) };
+        }
+        shared.done.fetch_add(1, Ordering::Release);
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.shared.stop.store(1, Ordering::SeqCst);
+        {
+            let _g = self.shared.sleep_lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.shared.wake.notify_all();
+        }
+        for h in self.helpers.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+/// The range of `0..len` that thread `t` of `n` handles, in multiples of `align`.
+pub fn split(len: usize, t: usize, n: usize, align: usize) -> std::ops::Range<usize> {
+    let blocks = len.div_ceil(align);
+    let lo = (blocks * t / n * align).min(len);
+    let hi = (blocks * (t + 1) / n * align).min(len);
+    lo..hi
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_thread_runs_each_job_once() {
+        let pool = Pool::new(3);
+        for round in 0..200 {
+            let hits: Vec<AtomicUsize> = (0..3).map(|_| AtomicUsize::new(0)).collect();
+            pool.run(&|t| {
+                hits[t].fetch_add(round + 1, Ordering::Relaxed);
+            });
+            for h in &hits {
+                assert_eq!(h.load(Ordering::Relaxed), round + 1);
+            }
+        }
+    }
+
+    #[test]
+    fn split_covers_the_range() {
+        for len in [0, 1, 7, 64, 100, 1537] {
+            for n in 1..4 {
+                let mut next = 0;
+                for t in 0..n {
+                    let r = split(len, t, n, 8);
+                    assert_eq!(r.start, next);
+                    next = r.end;
+                }
+                assert_eq!(next, len);
+            }
+        }
+    }
+}
