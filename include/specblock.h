@@ -477,6 +477,19 @@ enum sb_status sb_verify_sample(const struct sb_tree *tree,
                                 uint64_t seed,
                                 struct sb_accept *out);
 
+/**
+ * Plain decoding's sampler: writes one token drawn from the target distribution of one logits row
+ * (`vocab` values) under `sampling` to `*out_token`. It is the distribution `sb_verify_sample` accepts
+ * against, so a speculative run and a plain run emit tokens with the same law. The coin is the
+ * counter-based generator at (`seed`, `counter`). Temperature 0 gives the argmax (ties to the lowest id).
+ */
+enum sb_status sb_sample_token(const float *logits,
+                               uint32_t vocab,
+                               const struct sb_sampling *sampling,
+                               uint64_t seed,
+                               uint64_t counter,
+                               int32_t *out_token);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif  // __cplusplus

@@ -128,3 +128,34 @@ pub unsafe extern "C" fn sb_verify_sample(
         unsafe { write_out(out, a.into()) }
     })
 }
+
+/// Plain decoding's sampler: writes one token drawn from the target distribution of one logits row
+/// (`vocab` values) under `sampling` to `*out_token`. It is the distribution `sb_verify_sample` accepts
+/// against, so a speculative run and a plain run emit tokens with the same law. The coin is the
+/// counter-based generator at (`seed`, `counter`). Temperature 0 gives the argmax (ties to the lowest id).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sb_sample_token(
+    logits: *const f32,
+    vocab: u32,
+    sampling: *const sb_sampling,
+    seed: u64,
+    counter: u64,
+    out_token: *mut i32,
+) -> Status {
+    guard(|| {
+        // SAFETY: caller contract for every pointer.
+        let s = unsafe { read_params(sampling) }?;
+        let row = unsafe { slice_ref(logits, vocab as usize) }?;
+        if out_token.is_null() {
+            return Err(Status::NullArgument);
+        }
+        let sampling = Sampling {
+            temperature: s.temperature,
+            top_k: s.top_k,
+            top_p: s.top_p,
+        };
+        let t = verify::sample_row(row, &sampling, seed, counter)?;
+        // SAFETY: checked non-NULL.
+        unsafe { write_out(out_token, t as i32) }
+    })
+}

@@ -169,6 +169,28 @@ fn walk_greedy(
     }
 }
 
+/// Plain decoding's sampler: one token from the target distribution of `row` (temperature, top-k,
+/// top-p as in [`sample`], whose emitted tokens follow exactly this distribution). Temperature 0 (or a
+/// subnormal one) is the argmax, ties to the lowest id. The coin is `CounterRng::new(seed)` at
+/// `counter`, so a run is reproducible. Errors on an empty row, NaN or `+inf`, or no finite value.
+pub fn sample_row(row: &[f32], sampling: &Sampling, seed: u64, counter: u64) -> Result<u32, Error> {
+    sampling.validate()?;
+    if row.is_empty() {
+        return Err(Error::InvalidArgument("empty logits row"));
+    }
+    if sampling.temperature == 0.0 || (1.0 / sampling.temperature).is_infinite() {
+        dist::row_max(row, 0)?;
+        return Ok(dist::argmax(row) as u32);
+    }
+    let p = RowDist::new(row, sampling, 0)?;
+    let u = CounterRng::new(seed).uniform(counter);
+    p.sample_excluding(row, core::iter::empty(), u)
+        .map(|t| t as u32)
+        .ok_or(Error::InvalidArgument(
+            "a logits row gives no token positive probability",
+        ))
+}
+
 /// Lossless sampling acceptance from the target's logits after every node: `logits` is row-major
 /// `t.len() x vocab`. Only the rows the walk visits are read and validated (at most `deepest + 1`).
 pub fn sample(
