@@ -184,7 +184,9 @@ impl<'a> Reader<'a> {
             8 => MetaValue::String(self.string(what)?),
             9 => {
                 if depth > 4 {
-                    return Err(Error::Format(format!("GGUF {what}: arrays nested too deep")));
+                    return Err(Error::Format(format!(
+                        "GGUF {what}: arrays nested too deep"
+                    )));
                 }
                 let elem = self.u32(what)?;
                 let min = match elem {
@@ -272,7 +274,9 @@ impl GgufFile {
                 .iter()
                 .try_fold(1u64, |acc, &d| acc.checked_mul(d))
                 .and_then(|n| usize::try_from(n).ok())
-                .ok_or_else(|| Error::Format(format!("tensor {name}: dimensions {dims:?} overflow")))?;
+                .ok_or_else(|| {
+                    Error::Format(format!("tensor {name}: dimensions {dims:?} overflow"))
+                })?;
             let n_bytes = ty
                 .bytes_for(n_values)
                 .map_err(|e| Error::Format(format!("tensor {name}: {e}")))?;
@@ -340,7 +344,9 @@ impl GgufFile {
     pub fn meta_str(&self, key: &str) -> Result<&str> {
         match self.require(key)? {
             MetaValue::String(s) => Ok(s),
-            v => Err(Error::Format(format!("GGUF metadata {key} is {v:?}, not a string"))),
+            v => Err(Error::Format(format!(
+                "GGUF metadata {key} is {v:?}, not a string"
+            ))),
         }
     }
 
@@ -348,7 +354,9 @@ impl GgufFile {
     pub fn meta_u64(&self, key: &str) -> Result<u64> {
         let v = self.require(key)?;
         v.as_u64().ok_or_else(|| {
-            Error::Format(format!("GGUF metadata {key} is {v:?}, not a non-negative integer"))
+            Error::Format(format!(
+                "GGUF metadata {key} is {v:?}, not a non-negative integer"
+            ))
         })
     }
 

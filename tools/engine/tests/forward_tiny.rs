@@ -29,7 +29,9 @@ fn tiny_model(seed: u64) -> LoadedModel {
     let c = tiny_config();
     let mut state = seed;
     let mut rnd = |scale: f32| {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (((state >> 40) as f32 / (1u64 << 24) as f32) - 0.5) * 2.0 * scale
     };
     let mut tensors = BTreeMap::new();
@@ -39,7 +41,12 @@ fn tiny_model(seed: u64) -> LoadedModel {
         tensors.insert(name, Tensor { shape, data });
     };
     let (h, qd, kvd) = (c.hidden, c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
-    put("model.embed_tokens.weight".into(), vec![c.vocab, h], 1.0, 0.0);
+    put(
+        "model.embed_tokens.weight".into(),
+        vec![c.vocab, h],
+        1.0,
+        0.0,
+    );
     put("model.norm.weight".into(), vec![h], 0.1, 1.0);
     for i in 0..c.n_layers {
         let p = |s: &str| format!("model.layers.{i}.{s}.weight");
@@ -63,7 +70,10 @@ fn model(format: WeightFormat) -> Llama {
 fn close(a: &[f32], b: &[f32], tol: f32, what: &str) {
     assert_eq!(a.len(), b.len(), "{what}: lengths");
     for (i, (x, y)) in a.iter().zip(b).enumerate() {
-        assert!((x - y).abs() <= tol * (1.0 + y.abs()), "{what}[{i}]: {x} vs {y}");
+        assert!(
+            (x - y).abs() <= tol * (1.0 + y.abs()),
+            "{what}[{i}]: {x} vs {y}"
+        );
     }
 }
 
@@ -73,7 +83,13 @@ fn plain_logits(m: &Llama, prefix: &[u32], tokens: &[u32]) -> Vec<Vec<f32>> {
     let pos: Vec<u32> = (0..prefix.len() as u32).collect();
     let mut last = m
         .forward(
-            Segment { kv: &mut kv, tokens: prefix, positions: &pos, mask: Mask::Causal, logits: Logits::Last },
+            Segment {
+                kv: &mut kv,
+                tokens: prefix,
+                positions: &pos,
+                mask: Mask::Causal,
+                logits: Logits::Last,
+            },
             &Capture::default(),
         )
         .unwrap()
@@ -84,7 +100,13 @@ fn plain_logits(m: &Llama, prefix: &[u32], tokens: &[u32]) -> Vec<Vec<f32>> {
         let p = [kv.len() as u32];
         last = m
             .forward(
-                Segment { kv: &mut kv, tokens: &[t], positions: &p, mask: Mask::Causal, logits: Logits::Last },
+                Segment {
+                    kv: &mut kv,
+                    tokens: &[t],
+                    positions: &p,
+                    mask: Mask::Causal,
+                    logits: Logits::Last,
+                },
                 &Capture::default(),
             )
             .unwrap()
@@ -102,14 +124,25 @@ fn prefill_equals_token_by_token() {
     let pos: Vec<u32> = (0..8).collect();
     let all = m
         .forward(
-            Segment { kv: &mut kv, tokens: &tokens, positions: &pos, mask: Mask::Causal, logits: Logits::All },
+            Segment {
+                kv: &mut kv,
+                tokens: &tokens,
+                positions: &pos,
+                mask: Mask::Causal,
+                logits: Logits::All,
+            },
             &Capture::default(),
         )
         .unwrap();
     let steps = plain_logits(&m, &tokens[..1], &tokens[1..]);
     let v = m.config().vocab;
     for (i, step) in steps.iter().enumerate() {
-        close(&all.logits[i * v..(i + 1) * v], step, 1e-4, &format!("row {i}"));
+        close(
+            &all.logits[i * v..(i + 1) * v],
+            step,
+            1e-4,
+            &format!("row {i}"),
+        );
     }
 }
 
@@ -119,7 +152,11 @@ fn tree_verify_equals_plain_decoding_on_every_path_and_compaction_keeps_the_path
     let v = m.config().vocab;
     let prefix: Vec<u32> = vec![5, 17, 33, 2, 71];
     // A tree with branching at several depths and a duplicate token on different branches.
-    let mut tree = DraftTree::new(TreeParams { max_nodes: 32, max_depth: 8 }).unwrap();
+    let mut tree = DraftTree::new(TreeParams {
+        max_nodes: 32,
+        max_depth: 8,
+    })
+    .unwrap();
     tree.reset(40).unwrap();
     let a = tree.add(0, 11, -0.1).unwrap();
     let b = tree.add(0, 12, -0.5).unwrap();
@@ -137,7 +174,13 @@ fn tree_verify_equals_plain_decoding_on_every_path_and_compaction_keeps_the_path
     let mut kv = m.new_cache(64);
     let pos: Vec<u32> = (0..prefix.len() as u32).collect();
     m.forward(
-        Segment { kv: &mut kv, tokens: &prefix, positions: &pos, mask: Mask::Causal, logits: Logits::None },
+        Segment {
+            kv: &mut kv,
+            tokens: &prefix,
+            positions: &pos,
+            mask: Mask::Causal,
+            logits: Logits::None,
+        },
         &Capture::default(),
     )
     .unwrap();
@@ -148,7 +191,13 @@ fn tree_verify_equals_plain_decoding_on_every_path_and_compaction_keeps_the_path
     let tokens: Vec<u32> = tree.tokens().iter().map(|&t| t as u32).collect();
     let out = m
         .forward(
-            Segment { kv: &mut kv, tokens: &tokens, positions: &positions, mask: Mask::Tree(&mask), logits: Logits::All },
+            Segment {
+                kv: &mut kv,
+                tokens: &tokens,
+                positions: &positions,
+                mask: Mask::Tree(&mask),
+                logits: Logits::All,
+            },
             &Capture::default(),
         )
         .unwrap();
@@ -167,7 +216,12 @@ fn tree_verify_equals_plain_decoding_on_every_path_and_compaction_keeps_the_path
         let mut full = prefix.clone();
         full.push(path_tokens[0]);
         let plain = plain_logits(&m, &full, &path_tokens[1..]);
-        close(&out.logits[node * v..(node + 1) * v], plain.last().unwrap(), 1e-4, &format!("node {node}"));
+        close(
+            &out.logits[node * v..(node + 1) * v],
+            plain.last().unwrap(),
+            1e-4,
+            &format!("node {node}"),
+        );
     }
     // Accept the deepest branch: root, a, a1, a11, a111 and compact; continuing must equal plain decoding.
     let accepted: Vec<u32> = {
@@ -194,28 +248,48 @@ fn tree_verify_equals_plain_decoding_on_every_path_and_compaction_keeps_the_path
     let p = [kv.len() as u32];
     let cont = m
         .forward(
-            Segment { kv: &mut kv, tokens: &[next], positions: &p, mask: Mask::Causal, logits: Logits::Last },
+            Segment {
+                kv: &mut kv,
+                tokens: &[next],
+                positions: &p,
+                mask: Mask::Causal,
+                logits: Logits::Last,
+            },
             &Capture::default(),
         )
         .unwrap();
     let mut full = prefix.clone();
     full.extend(accepted.iter().map(|&i| tokens[i as usize]));
     let plain = plain_logits(&m, &full, &[next]);
-    close(&cont.logits, plain.last().unwrap(), 1e-4, "after compaction");
+    close(
+        &cont.logits,
+        plain.last().unwrap(),
+        1e-4,
+        "after compaction",
+    );
 }
 
 #[test]
 fn batched_sequences_equal_separate_runs_and_capture_layers() {
     let m = model(WeightFormat::F32);
     let seqs: Vec<Vec<u32>> = vec![vec![1, 2, 3], vec![50, 60, 70, 80, 90], vec![7]];
-    let cap = Capture { layers: vec![0, 2], final_hidden: true };
+    let cap = Capture {
+        layers: vec![0, 2],
+        final_hidden: true,
+    };
     let mut caches: Vec<_> = seqs.iter().map(|_| m.new_cache(16)).collect();
     let positions: Vec<Vec<u32>> = seqs.iter().map(|s| (0..s.len() as u32).collect()).collect();
     let mut segs: Vec<Segment> = caches
         .iter_mut()
         .zip(&seqs)
         .zip(&positions)
-        .map(|((kv, t), p)| Segment { kv, tokens: t, positions: p, mask: Mask::Causal, logits: Logits::All })
+        .map(|((kv, t), p)| Segment {
+            kv,
+            tokens: t,
+            positions: p,
+            mask: Mask::Causal,
+            logits: Logits::All,
+        })
         .collect();
     let batched = m.forward_batch(&mut segs, &cap).unwrap();
     assert_eq!(batched.logits_rows, vec![3, 5, 1]);
@@ -224,12 +298,36 @@ fn batched_sequences_equal_separate_runs_and_capture_layers() {
     for (s, p) in seqs.iter().zip(&positions) {
         let mut kv = m.new_cache(16);
         let one = m
-            .forward(Segment { kv: &mut kv, tokens: s, positions: p, mask: Mask::Causal, logits: Logits::All }, &cap)
+            .forward(
+                Segment {
+                    kv: &mut kv,
+                    tokens: s,
+                    positions: p,
+                    mask: Mask::Causal,
+                    logits: Logits::All,
+                },
+                &cap,
+            )
             .unwrap();
         let k = s.len();
-        close(&batched.logits[row * v..(row + k) * v], &one.logits, 1e-5, "batched logits");
-        close(&batched.features[row * 2 * h..(row + k) * 2 * h], &one.features, 1e-5, "features");
-        close(&batched.final_hidden[row * h..(row + k) * h], &one.final_hidden, 1e-5, "final hidden");
+        close(
+            &batched.logits[row * v..(row + k) * v],
+            &one.logits,
+            1e-5,
+            "batched logits",
+        );
+        close(
+            &batched.features[row * 2 * h..(row + k) * 2 * h],
+            &one.features,
+            1e-5,
+            "features",
+        );
+        close(
+            &batched.final_hidden[row * h..(row + k) * h],
+            &one.final_hidden,
+            1e-5,
+            "final hidden",
+        );
         row += k;
     }
 }
@@ -242,7 +340,13 @@ fn bf16_weights_stay_close_to_f32() {
     let run = |m: &Llama| {
         let mut kv = m.new_cache(8);
         m.forward(
-            Segment { kv: &mut kv, tokens: &tokens, positions: &pos, mask: Mask::Causal, logits: Logits::All },
+            Segment {
+                kv: &mut kv,
+                tokens: &tokens,
+                positions: &pos,
+                mask: Mask::Causal,
+                logits: Logits::All,
+            },
             &Capture::default(),
         )
         .unwrap()
@@ -250,7 +354,10 @@ fn bf16_weights_stay_close_to_f32() {
     };
     let (x, y) = (run(&a), run(&b));
     let max = x.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let err = x.iter().zip(&y).fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+    let err = x
+        .iter()
+        .zip(&y)
+        .fold(0f32, |m, (p, q)| m.max((p - q).abs()));
     assert!(err < 0.05 * max, "bf16 error {err} vs scale {max}");
     assert!(err > 0.0, "bf16 must actually round the weights");
 }
@@ -261,17 +368,55 @@ fn bad_inputs_are_errors_and_leave_the_cache_unchanged() {
     let mut kv = m.new_cache(4);
     let cap = Capture::default();
     let mut run = |tokens: &[u32], positions: &[u32], mask: Mask| {
-        m.forward(Segment { kv: &mut kv, tokens, positions, mask, logits: Logits::All }, &cap).map(|_| ())
+        m.forward(
+            Segment {
+                kv: &mut kv,
+                tokens,
+                positions,
+                mask,
+                logits: Logits::All,
+            },
+            &cap,
+        )
+        .map(|_| ())
     };
-    assert!(run(&[1, 2], &[0], Mask::Causal).is_err(), "positions length");
-    assert!(run(&[1000], &[0], Mask::Causal).is_err(), "token out of vocab");
-    assert!(run(&[1, 2], &[0, 1], Mask::Tree(&[1, 0, 1])).is_err(), "mask shape");
-    assert!(run(&[1, 2], &[0, 1], Mask::Tree(&[1, 0, 1, 0])).is_err(), "token must see itself");
-    assert!(run(&[1, 2, 3, 4, 5], &[0, 1, 2, 3, 4], Mask::Causal).is_err(), "capacity");
-    let bad_layer = Capture { layers: vec![3], final_hidden: false };
-    assert!(m
-        .forward(Segment { kv: &mut kv, tokens: &[1], positions: &[0], mask: Mask::Causal, logits: Logits::All }, &bad_layer)
-        .is_err());
+    assert!(
+        run(&[1, 2], &[0], Mask::Causal).is_err(),
+        "positions length"
+    );
+    assert!(
+        run(&[1000], &[0], Mask::Causal).is_err(),
+        "token out of vocab"
+    );
+    assert!(
+        run(&[1, 2], &[0, 1], Mask::Tree(&[1, 0, 1])).is_err(),
+        "mask shape"
+    );
+    assert!(
+        run(&[1, 2], &[0, 1], Mask::Tree(&[1, 0, 1, 0])).is_err(),
+        "token must see itself"
+    );
+    assert!(
+        run(&[1, 2, 3, 4, 5], &[0, 1, 2, 3, 4], Mask::Causal).is_err(),
+        "capacity"
+    );
+    let bad_layer = Capture {
+        layers: vec![3],
+        final_hidden: false,
+    };
+    assert!(
+        m.forward(
+            Segment {
+                kv: &mut kv,
+                tokens: &[1],
+                positions: &[0],
+                mask: Mask::Causal,
+                logits: Logits::All
+            },
+            &bad_layer
+        )
+        .is_err()
+    );
     assert_eq!(kv.len(), 0);
     assert!(kv.compact(0, &[0]).is_err(), "keep beyond the rows in use");
 }

@@ -203,7 +203,15 @@ unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
 /// `y[n, out] = x[n, k] * w[out, k]^T`, weight rows split over the pool's threads.
-pub fn matmul(pool: &super::pool::Pool, w: &Matrix, out: usize, k: usize, x: &[f32], n: usize, y: &mut [f32]) {
+pub fn matmul(
+    pool: &super::pool::Pool,
+    w: &Matrix,
+    out: usize,
+    k: usize,
+    x: &[f32],
+    n: usize,
+    y: &mut [f32],
+) {
     assert!(x.len() >= n * k && y.len() >= n * out, "matmul shapes");
     match w {
         Matrix::F32(d) => assert_eq!(d.len(), out * k, "matmul weight shape"),
@@ -269,7 +277,9 @@ mod tests {
         let mut y = vec![0f32; n * out];
         for c in 0..n {
             for r in 0..out {
-                y[c * out + r] = (0..k).map(|j| w[r * k + j] as f64 * x[c * k + j] as f64).sum::<f64>() as f32;
+                y[c * out + r] = (0..k)
+                    .map(|j| w[r * k + j] as f64 * x[c * k + j] as f64)
+                    .sum::<f64>() as f32;
             }
         }
         y
@@ -280,10 +290,18 @@ mod tests {
         let pool = Pool::new(2);
         let mut seed = 1u64;
         let mut rnd = || {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
         };
-        for &(out, k, n) in &[(1, 1, 1), (5, 17, 3), (13, 576, 7), (64, 33, 1), (9, 48, 13)] {
+        for &(out, k, n) in &[
+            (1, 1, 1),
+            (5, 17, 3),
+            (13, 576, 7),
+            (64, 33, 1),
+            (9, 48, 13),
+        ] {
             let w: Vec<f32> = (0..out * k).map(|_| rnd()).collect();
             let x: Vec<f32> = (0..n * k).map(|_| rnd()).collect();
             let want = reference(&w, out, k, &x, n);
@@ -298,7 +316,10 @@ mod tests {
                 let mut y = vec![f32::NAN; n * out];
                 matmul(&pool, &m, out, k, &x, n, &mut y);
                 for (a, b) in y.iter().zip(&want) {
-                    assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{out}x{k} n={n} bf16={bf16}: {a} vs {b}");
+                    assert!(
+                        (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                        "{out}x{k} n={n} bf16={bf16}: {a} vs {b}"
+                    );
                 }
             }
         }

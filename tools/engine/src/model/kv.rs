@@ -81,7 +81,10 @@ impl KvCache {
         for layer in 0..layers {
             let off = layer * self.layer_stride;
             for (dst, &src) in keep.iter().enumerate() {
-                let (d, s) = (off + (base + dst) * self.row, off + (base + src as usize) * self.row);
+                let (d, s) = (
+                    off + (base + dst) * self.row,
+                    off + (base + src as usize) * self.row,
+                );
                 if d != s {
                     self.k.copy_within(s..s + self.row, d);
                     self.v.copy_within(s..s + self.row, d);

@@ -107,7 +107,12 @@ impl Llama {
     /// Builds the model from loaded tensors, using `threads` threads for every pass.
     pub fn new(mut m: LoadedModel, format: WeightFormat, threads: usize) -> Result<Self> {
         let c = m.config.clone();
-        if c.n_heads == 0 || c.n_kv_heads == 0 || c.n_heads % c.n_kv_heads != 0 || c.head_dim % 2 != 0 || c.head_dim > 256 {
+        if c.n_heads == 0
+            || c.n_kv_heads == 0
+            || c.n_heads % c.n_kv_heads != 0
+            || c.head_dim % 2 != 0
+            || c.head_dim > 256
+        {
             return Err(Error::Unsupported(format!(
                 "heads {}/{} with head_dim {}",
                 c.n_heads, c.n_kv_heads, c.head_dim
@@ -139,7 +144,9 @@ impl Llama {
         } else if c.tie_embeddings {
             Matrix::new(embed.clone(), bf16)
         } else {
-            return Err(Error::Format("lm_head.weight is missing and embeddings are not tied".into()));
+            return Err(Error::Format(
+                "lm_head.weight is missing and embeddings are not tied".into(),
+            ));
         };
         let inv_freq = (0..c.head_dim / 2)
             .map(|i| 1.0 / (c.rope_theta as f64).powf(2.0 * i as f64 / c.head_dim as f64))
@@ -223,11 +230,16 @@ impl Llama {
                 )));
             }
             if seg.kv.row != kvd {
-                return Err(Error::InvalidArgument(format!("segment {s}: KV cache of another model")));
+                return Err(Error::InvalidArgument(format!(
+                    "segment {s}: KV cache of another model"
+                )));
             }
         }
         if let Some(&l) = capture.layers.iter().find(|&&l| l >= c.n_layers) {
-            return Err(Error::InvalidArgument(format!("capture layer {l} >= {} layers", c.n_layers)));
+            return Err(Error::InvalidArgument(format!(
+                "capture layer {l} >= {} layers",
+                c.n_layers
+            )));
         }
         let total: usize = segs.iter().map(|s| s.tokens.len()).sum();
         let mut out = Output::default();
@@ -247,7 +259,8 @@ impl Llama {
 
         let mut x = vec![0f32; total * h];
         for (i, &t) in segs.iter().flat_map(|s| s.tokens.iter()).enumerate() {
-            x[i * h..(i + 1) * h].copy_from_slice(&self.embed[t as usize * h..(t as usize + 1) * h]);
+            x[i * h..(i + 1) * h]
+                .copy_from_slice(&self.embed[t as usize * h..(t as usize + 1) * h]);
         }
         // RoPE tables per row.
         let half = hd / 2;
@@ -272,11 +285,22 @@ impl Llama {
 
         for (li, layer) in self.layers.iter().enumerate() {
             rms_norm(&x, &layer.attn_norm, c.rms_eps, &mut xn);
-            matmul(&self.pool, &layer.wqkv, qd + 2 * kvd, h, &xn, total, &mut qkv);
+            matmul(
+                &self.pool,
+                &layer.wqkv,
+                qd + 2 * kvd,
+                h,
+                &xn,
+                total,
+                &mut qkv,
+            );
             // RoPE on q and k, then append k and v to the caches.
             for row in 0..total {
                 let base = row * (qd + 2 * kvd);
-                let (cs, sn) = (&cos[row * half..(row + 1) * half], &sin[row * half..(row + 1) * half]);
+                let (cs, sn) = (
+                    &cos[row * half..(row + 1) * half],
+                    &sin[row * half..(row + 1) * half],
+                );
                 for head in 0..nh + nkv {
                     let v = &mut qkv[base + head * hd..base + (head + 1) * hd];
                     for j in 0..half {
@@ -302,7 +326,15 @@ impl Llama {
                 *a += b;
             }
             rms_norm(&x, &layer.ffn_norm, c.rms_eps, &mut xn);
-            matmul(&self.pool, &layer.w_gate_up, 2 * c.ffn, h, &xn, total, &mut gu);
+            matmul(
+                &self.pool,
+                &layer.w_gate_up,
+                2 * c.ffn,
+                h,
+                &xn,
+                total,
+                &mut gu,
+            );
             for row in 0..total {
                 let g = &gu[row * 2 * c.ffn..(row + 1) * 2 * c.ffn];
                 let a = &mut act[row * c.ffn..(row + 1) * c.ffn];
@@ -340,7 +372,15 @@ impl Llama {
                 sel[i * h..(i + 1) * h].copy_from_slice(&xn[r * h..(r + 1) * h]);
             }
             out.logits = vec![0f32; rows.len() * c.vocab];
-            matmul(&self.pool, &self.lm_head, c.vocab, h, &sel, rows.len(), &mut out.logits);
+            matmul(
+                &self.pool,
+                &self.lm_head,
+                c.vocab,
+                h,
+                &sel,
+                rows.len(),
+                &mut out.logits,
+            );
         }
         if capture.final_hidden {
             out.final_hidden = xn;
@@ -350,7 +390,15 @@ impl Llama {
 
     /// Causal/tree attention of every new row over its own sequence's cache, split by (row, head)
     /// over the pool's threads.
-    fn attention(&self, segs: &[Segment<'_>], li: usize, row0: &[usize], kv0: &[usize], qkv: &[f32], attn: &mut [f32]) {
+    fn attention(
+        &self,
+        segs: &[Segment<'_>],
+        li: usize,
+        row0: &[usize],
+        kv0: &[usize],
+        qkv: &[f32],
+        attn: &mut [f32],
+    ) {
         let c = &self.cfg;
         let (hd, nh, nkv) = (c.head_dim, c.n_heads, c.n_kv_heads);
         let (qd, kvd) = (nh * hd, nkv * hd);
@@ -378,7 +426,8 @@ impl Llama {
                 let kv = &*seg.kv;
                 let n = seg.tokens.len();
                 let row = row0[s] + i;
-                let q = &qkv[row * (qd + 2 * kvd) + head * hd..row * (qd + 2 * kvd) + (head + 1) * hd];
+                let q =
+                    &qkv[row * (qd + 2 * kvd) + head * hd..row * (qd + 2 * kvd) + (head + 1) * hd];
                 let kvh = head / group;
                 let off = li * kv.layer_stride;
                 let visible = |j: usize| -> bool {
@@ -406,7 +455,11 @@ impl Llama {
                 }
                 let mut sum = 0f32;
                 for sc in scores.iter_mut() {
-                    *sc = if *sc == f32::NEG_INFINITY { 0.0 } else { (*sc - max).exp() };
+                    *sc = if *sc == f32::NEG_INFINITY {
+                        0.0
+                    } else {
+                        (*sc - max).exp()
+                    };
                     sum += *sc;
                 }
                 let mut o = [0f32; 256];

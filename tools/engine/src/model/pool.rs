@@ -79,7 +79,11 @@ impl Pool {
         self.shared.done.store(0, Ordering::SeqCst);
         self.shared.epoch.fetch_add(1, Ordering::SeqCst);
         {
-            let _g = self.shared.sleep_lock.lock().unwrap_or_else(|e| e.into_inner());
+            let _g = self
+                .shared
+                .sleep_lock
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             self.shared.wake.notify_all();
         }
         f(0);
@@ -130,7 +134,11 @@ impl Drop for Pool {
     fn drop(&mut self) {
         self.shared.stop.store(1, Ordering::SeqCst);
         {
-            let _g = self.shared.sleep_lock.lock().unwrap_or_else(|e| e.into_inner());
+            let _g = self
+                .shared
+                .sleep_lock
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             self.shared.wake.notify_all();
         }
         for h in self.helpers.drain(..) {
