@@ -5,6 +5,7 @@
 
 pub mod error;
 pub mod gguf;
+pub mod load;
 pub mod model;
 pub mod quant;
 pub mod weights;
