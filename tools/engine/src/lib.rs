@@ -4,10 +4,12 @@
 #![deny(missing_docs)]
 
 pub mod error;
+pub mod fetch;
 pub mod gguf;
 pub mod load;
 pub mod model;
 pub mod quant;
+pub mod sha256;
 pub mod weights;
 
 pub use error::{Error, Result};
