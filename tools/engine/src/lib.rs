@@ -6,9 +6,11 @@
 pub mod error;
 pub mod fetch;
 pub mod gguf;
+pub mod hf;
 pub mod load;
 pub mod model;
 pub mod quant;
+pub mod safetensors;
 pub mod sha256;
 pub mod weights;
 
