@@ -1,6 +1,185 @@
-//! The `specblock` command line.
+//! The `specblock` command line: fetch the model, generate text, benchmark the engine.
 
-fn main() {
-    eprintln!("specblock: no command yet");
-    std::process::exit(2);
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use specblock_engine::bench;
+use specblock_engine::error::{Error, Result};
+use specblock_engine::gguf::GgufFile;
+use specblock_engine::model::{Llama, WeightFormat};
+
+const USAGE: &str = "\
+specblock — SpecBlock speculative decoding, reference engine (SmolLM2-135M-Instruct on the CPU)
+
+USAGE:
+  specblock fetch-model [--models-dir DIR]
+  specblock generate [OPTIONS] [--prompt TEXT]
+  specblock bench [OPTIONS]
+
+OPTIONS:
+  --model PATH        GGUF file (default: models/SmolLM2-135M-Instruct.Q4_1.gguf, or $SPECBLOCK_MODEL)
+  --models-dir DIR    where fetch-model puts the model (default: models)
+  --bf16              bf16 weights (f32 accumulation) instead of f32
+  --threads N         threads (default: all cores)
+  --prompt TEXT       user message (generate; default: a short question)
+  --raw               do not apply the chat template (generate)
+  --max-tokens N      tokens to generate (default 128)
+  --temperature T     0 = greedy (default 0)
+  --top-k K           0 = off (default 0)
+  --top-p P           1 = off (default 1)
+  --seed S            sampling seed (default 0)
+";
+
+/// Parsed command-line options.
+struct Opts {
+    command: String,
+    model: PathBuf,
+    models_dir: PathBuf,
+    bf16: bool,
+    threads: usize,
+    prompt: String,
+    raw: bool,
+    max_tokens: usize,
+    temperature: f32,
+    top_k: i32,
+    top_p: f32,
+    seed: u64,
+}
+
+fn parse_args() -> Result<Opts> {
+    let mut args = std::env::args().skip(1);
+    let command = args.next().unwrap_or_default();
+    let default_model = std::env::var_os("SPECBLOCK_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("models/SmolLM2-135M-Instruct.Q4_1.gguf"));
+    let mut o = Opts {
+        command,
+        model: default_model,
+        models_dir: PathBuf::from("models"),
+        bf16: false,
+        threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        prompt: "What is the capital of France? Answer in one sentence.".into(),
+        raw: false,
+        max_tokens: 128,
+        temperature: 0.0,
+        top_k: 0,
+        top_p: 1.0,
+        seed: 0,
+    };
+    fn value<T: std::str::FromStr>(flag: &str, v: Option<String>) -> Result<T> {
+        let v = v.ok_or_else(|| Error::InvalidArgument(format!("{flag} needs a value")))?;
+        v.parse()
+            .map_err(|_| Error::InvalidArgument(format!("{flag}: cannot parse {v:?}")))
+    }
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--model" => o.model = value::<String>(&a, args.next())?.into(),
+            "--models-dir" => o.models_dir = value::<String>(&a, args.next())?.into(),
+            "--bf16" => o.bf16 = true,
+            "--threads" => o.threads = value(&a, args.next())?,
+            "--prompt" => o.prompt = value(&a, args.next())?,
+            "--raw" => o.raw = true,
+            "--max-tokens" => o.max_tokens = value(&a, args.next())?,
+            "--temperature" => o.temperature = value(&a, args.next())?,
+            "--top-k" => o.top_k = value(&a, args.next())?,
+            "--top-p" => o.top_p = value(&a, args.next())?,
+            "--seed" => o.seed = value(&a, args.next())?,
+            "-h" | "--help" => {
+                print!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => {
+                return Err(Error::InvalidArgument(format!(
+                    "unknown option {other:?} (see --help)"
+                )));
+            }
+        }
+    }
+    if o.threads == 0 {
+        return Err(Error::InvalidArgument("--threads must be >= 1".into()));
+    }
+    Ok(o)
+}
+
+fn load_model(o: &Opts) -> Result<(Llama, GgufFile)> {
+    if !o.model.is_file() {
+        return Err(Error::Io(format!(
+            "model file {} not found: run `specblock fetch-model` (or `make model`) first",
+            o.model.display()
+        )));
+    }
+    let t = std::time::Instant::now();
+    let (loaded, gguf) = specblock_engine::load::load_gguf(&o.model)?;
+    let format = if o.bf16 {
+        WeightFormat::Bf16
+    } else {
+        WeightFormat::F32
+    };
+    let m = Llama::new(loaded, format, o.threads)?;
+    eprintln!(
+        "loaded {} ({:?} weights, {:.0} MB per token, {} threads) in {:.1} s",
+        o.model.display(),
+        format,
+        m.weight_bytes() as f64 / 1e6,
+        o.threads,
+        t.elapsed().as_secs_f64()
+    );
+    Ok((m, gguf))
+}
+
+fn cmd_bench(o: &Opts) -> Result<()> {
+    bench::wait_for_idle(Duration::from_secs(120));
+    println!("# specblock engine benchmark (idle-gated; medians)");
+    let bw = bench::read_bandwidth(o.threads);
+    println!(
+        "read bandwidth: {bw:.1} GB/s ({} threads, best of 5 passes over 1 GiB)",
+        o.threads
+    );
+    let (m, _) = load_model(o)?;
+    let bytes = m.weight_bytes() as f64;
+    let floor = bw * 1e9 / bytes;
+    let tps = bench::decode_tokens_per_s(&m, 64, 3)?;
+    println!(
+        "plain decode: {tps:.1} tok/s; bandwidth floor {floor:.1} tok/s ({:.0} MB/token); ratio {:.2}",
+        bytes / 1e6,
+        tps / floor
+    );
+    let ns = [1usize, 4, 8, 16, 32, 64];
+    let ms = bench::verify_ms(&m, 512, &ns, 7)?;
+    println!("\n| N | t(N) ms | t(N)/t(1) |\n|---:|---:|---:|");
+    for (n, t) in ns.iter().zip(&ms) {
+        println!("| {n} | {t:.1} | {:.2} |", t / ms[0]);
+    }
+    Ok(())
+}
+
+fn run() -> Result<()> {
+    let o = parse_args()?;
+    match o.command.as_str() {
+        "fetch-model" => {
+            let p = specblock_engine::fetch::fetch_model(&o.models_dir)?;
+            println!("{}", p.display());
+            Ok(())
+        }
+        "bench" => cmd_bench(&o),
+        "generate" => Err(Error::Unsupported("generate: tokenizer pending".into())),
+        "" | "-h" | "--help" | "help" => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        other => Err(Error::InvalidArgument(format!(
+            "unknown command {other:?} (see --help)"
+        ))),
+    }
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("specblock: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

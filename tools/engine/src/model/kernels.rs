@@ -150,32 +150,162 @@ fn matmul_rows<W: Row + ?Sized>(
     }
 }
 
+/// AVX-512 kernels with compile-time register tiles: `R` weight rows times `C` activation rows, all
+/// `R * C` accumulators in registers. Weight-row tiles are the outer loop so each tile is read from
+/// memory once and reused from L1 for every activation tile (activations stay in L2).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,fma")]
-fn matmul_rows_avx512_f32(
-    w: &[f32],
-    k: usize,
-    x: &[f32],
-    n: usize,
-    out: usize,
-    rows: std::ops::Range<usize>,
-    y: *mut f32,
-) {
-    matmul_rows(w, k, x, n, out, rows, y)
-}
+mod avx512 {
+    use core::arch::x86_64::*;
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,fma")]
-fn matmul_rows_avx512_bf16(
-    w: &[u16],
-    k: usize,
-    x: &[f32],
-    n: usize,
-    out: usize,
-    rows: std::ops::Range<usize>,
-    y: *mut f32,
-) {
-    matmul_rows(w, k, x, n, out, rows, y)
+    /// Loads 16 weights as f32.
+    pub trait Load: Copy {
+        /// Element type of the weight matrix.
+        type Elem;
+        /// # Safety
+        /// `p` points to 16 readable elements; AVX-512F/BW are available.
+        unsafe fn load16(p: *const Self::Elem) -> __m512;
+        /// # Safety
+        /// `p` is readable.
+        unsafe fn one(p: *const Self::Elem) -> f32;
+    }
+
+    #[derive(Clone, Copy)]
+    pub struct F32;
+    #[derive(Clone, Copy)]
+    pub struct Bf16;
+
+    impl Load for F32 {
+        type Elem = f32;
+        #[inline(always)]
+        unsafe fn load16(p: *const f32) -> __m512 {
+            // SAFETY: caller contract.
+            unsafe { _mm512_loadu_ps(p) }
+        }
+        #[inline(always)]
+        unsafe fn one(p: *const f32) -> f32 {
+            // SAFETY: caller contract.
+            unsafe { *p }
+        }
+    }
+
+    impl Load for Bf16 {
+        type Elem = u16;
+        #[inline(always)]
+        unsafe fn load16(p: *const u16) -> __m512 {
+            // SAFETY: caller contract; bf16 -> f32 is a 16-bit left shift.
+            unsafe {
+                let h = _mm256_loadu_si256(p as *const __m256i);
+                _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+            }
+        }
+        #[inline(always)]
+        unsafe fn one(p: *const u16) -> f32 {
+            // SAFETY: caller contract.
+            f32::from_bits((unsafe { *p } as u32) << 16)
+        }
+    }
+
+    /// One `R x C` tile: `y[c][r] = w[r] . x[c]` over `k` columns.
+    #[inline(always)]
+    unsafe fn tile<Ld: Load, const R: usize, const C: usize>(
+        w: *const Ld::Elem,
+        x: *const f32,
+        k: usize,
+        y: *mut f32,
+        out: usize,
+    ) {
+        // SAFETY (whole body): the caller guarantees R rows of w and C rows of x of k values each, and
+        // a y with C rows of stride `out` and R columns from `y`.
+        unsafe {
+            let mut acc = [[_mm512_setzero_ps(); C]; R];
+            let k_vec = k / 16 * 16;
+            let mut j = 0;
+            while j < k_vec {
+                let mut wv = [_mm512_setzero_ps(); R];
+                for r in 0..R {
+                    wv[r] = Ld::load16(w.add(r * k + j));
+                }
+                for c in 0..C {
+                    let xv = _mm512_loadu_ps(x.add(c * k + j));
+                    for r in 0..R {
+                        acc[r][c] = _mm512_fmadd_ps(wv[r], xv, acc[r][c]);
+                    }
+                }
+                j += 16;
+            }
+            for r in 0..R {
+                for c in 0..C {
+                    let mut s = _mm512_reduce_add_ps(acc[r][c]);
+                    for jj in k_vec..k {
+                        s += Ld::one(w.add(r * k + jj)) * *x.add(c * k + jj);
+                    }
+                    *y.add(c * out + r) = s;
+                }
+            }
+        }
+    }
+
+    /// Activation tiles of `C` rows (and the remainder) for one tile of `R` weight rows.
+    #[inline(always)]
+    unsafe fn row_tile<Ld: Load, const R: usize>(
+        w: *const Ld::Elem,
+        x: *const f32,
+        n: usize,
+        k: usize,
+        y: *mut f32,
+        out: usize,
+    ) {
+        const C: usize = 6;
+        // SAFETY: forwarded caller contract; every tile stays inside the n rows.
+        unsafe {
+            let mut c = 0;
+            while c + C <= n {
+                tile::<Ld, R, C>(w, x.add(c * k), k, y.add(c * out), out);
+                c += C;
+            }
+            let (xr, yr) = (x.add(c * k), y.add(c * out));
+            match n - c {
+                0 => {}
+                1 => tile::<Ld, R, 1>(w, xr, k, yr, out),
+                2 => tile::<Ld, R, 2>(w, xr, k, yr, out),
+                3 => tile::<Ld, R, 3>(w, xr, k, yr, out),
+                4 => tile::<Ld, R, 4>(w, xr, k, yr, out),
+                _ => tile::<Ld, R, 5>(w, xr, k, yr, out),
+            }
+        }
+    }
+
+    /// `y[c, r] = w[r] . x[c]` for `r` in `rows`, `c` in `0..n`.
+    ///
+    /// # Safety
+    /// AVX-512F/BW and FMA are available; `w` holds `rows.end * k` elements, `x` holds `n * k`, `y`
+    /// holds `n * out` with `rows.end <= out`, and no other thread writes these columns.
+    #[target_feature(enable = "avx512f,avx512bw,fma")]
+    pub unsafe fn matmul_rows<Ld: Load>(
+        w: &[Ld::Elem],
+        k: usize,
+        x: &[f32],
+        n: usize,
+        out: usize,
+        rows: std::ops::Range<usize>,
+        y: *mut f32,
+    ) {
+        // With one activation row the kernel is bandwidth-bound: more weight rows in flight help.
+        const R: usize = 4;
+        let (wp, xp) = (w.as_ptr(), x.as_ptr());
+        // SAFETY: caller contract; tiles stay within `rows`.
+        unsafe {
+            let mut r = rows.start;
+            while r + R <= rows.end {
+                row_tile::<Ld, R>(wp.add(r * k), xp, n, k, y.add(r), out);
+                r += R;
+            }
+            while r < rows.end {
+                row_tile::<Ld, 1>(wp.add(r * k), xp, n, k, y.add(r), out);
+                r += 1;
+            }
+        }
+    }
 }
 
 /// Whether the AVX-512 kernels can run here (checked once).
@@ -230,8 +360,9 @@ pub fn matmul(
             Matrix::F32(d) => {
                 #[cfg(target_arch = "x86_64")]
                 if avx512 {
-                    // SAFETY: the CPU has AVX-512F/BW and FMA (checked by have_avx512).
-                    unsafe { matmul_rows_avx512_f32(d, k, x, n, out, rows, yp.0) };
+                    // SAFETY: the CPU has AVX-512F/BW and FMA (checked by have_avx512); shapes were
+                    // checked above and threads own disjoint row ranges.
+                    unsafe { avx512::matmul_rows::<avx512::F32>(d, k, x, n, out, rows, yp.0) };
                     return;
                 }
                 matmul_rows(d.as_slice(), k, x, n, out, rows, yp.0)
@@ -240,7 +371,7 @@ pub fn matmul(
                 #[cfg(target_arch = "x86_64")]
                 if avx512 {
                     // SAFETY: as above.
-                    unsafe { matmul_rows_avx512_bf16(d, k, x, n, out, rows, yp.0) };
+                    unsafe { avx512::matmul_rows::<avx512::Bf16>(d, k, x, n, out, rows, yp.0) };
                     return;
                 }
                 matmul_rows(d.as_slice(), k, x, n, out, rows, yp.0)

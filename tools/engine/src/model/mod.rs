@@ -2,6 +2,8 @@
 //! several sequences at once, with a KV cache per sequence, an arbitrary ancestor mask among the new
 //! tokens (tree verification), and capture of intermediate layers' outputs.
 
+use std::sync::Mutex;
+
 pub mod kernels;
 pub mod kv;
 pub mod pool;
@@ -42,7 +44,8 @@ pub struct Llama {
     lm_head: Matrix,
     /// RoPE inverse frequencies, `head_dim / 2`.
     inv_freq: Vec<f64>,
-    pool: Pool,
+    /// One forward pass at a time uses the pool (it is not re-entrant); concurrent callers wait.
+    pool: Mutex<Pool>,
 }
 
 /// Which new tokens of a sequence may attend to which (all cached rows are always visible).
@@ -158,7 +161,7 @@ impl Llama {
             norm,
             lm_head,
             inv_freq,
-            pool: Pool::new(threads),
+            pool: Mutex::new(Pool::new(threads)),
         })
     }
 
@@ -241,6 +244,8 @@ impl Llama {
                 c.n_layers
             )));
         }
+        let guard = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        let pool: &Pool = &guard;
         let total: usize = segs.iter().map(|s| s.tokens.len()).sum();
         let mut out = Output::default();
         if total == 0 {
@@ -286,7 +291,7 @@ impl Llama {
         for (li, layer) in self.layers.iter().enumerate() {
             rms_norm(&x, &layer.attn_norm, c.rms_eps, &mut xn);
             matmul(
-                &self.pool,
+                pool,
                 &layer.wqkv,
                 qd + 2 * kvd,
                 h,
@@ -320,14 +325,14 @@ impl Llama {
                     kv.v[dst..dst + kvd].copy_from_slice(&qkv[src + qd + kvd..src + qd + 2 * kvd]);
                 }
             }
-            self.attention(segs, li, &row0, &kv0, &qkv, &mut attn);
-            matmul(&self.pool, &layer.wo, h, qd, &attn, total, &mut tmp);
+            self.attention(pool, segs, li, &row0, &kv0, &qkv, &mut attn);
+            matmul(pool, &layer.wo, h, qd, &attn, total, &mut tmp);
             for (a, b) in x.iter_mut().zip(&tmp) {
                 *a += b;
             }
             rms_norm(&x, &layer.ffn_norm, c.rms_eps, &mut xn);
             matmul(
-                &self.pool,
+                pool,
                 &layer.w_gate_up,
                 2 * c.ffn,
                 h,
@@ -341,7 +346,7 @@ impl Llama {
                 a.copy_from_slice(&g[..c.ffn]);
                 swiglu(a, &g[c.ffn..]);
             }
-            matmul(&self.pool, &layer.w_down, h, c.ffn, &act, total, &mut tmp);
+            matmul(pool, &layer.w_down, h, c.ffn, &act, total, &mut tmp);
             for (a, b) in x.iter_mut().zip(&tmp) {
                 *a += b;
             }
@@ -373,7 +378,7 @@ impl Llama {
             }
             out.logits = vec![0f32; rows.len() * c.vocab];
             matmul(
-                &self.pool,
+                pool,
                 &self.lm_head,
                 c.vocab,
                 h,
@@ -392,6 +397,7 @@ impl Llama {
     /// over the pool's threads.
     fn attention(
         &self,
+        pool: &Pool,
         segs: &[Segment<'_>],
         li: usize,
         row0: &[usize],
@@ -413,10 +419,10 @@ impl Llama {
                 }
             }
         }
-        let threads = self.pool.threads();
+        let threads = pool.threads();
         let ap = SendPtr(attn.as_mut_ptr());
         let items = &items;
-        self.pool.run(&|t| {
+        pool.run(&|t| {
             let ap = ap;
             let range = pool::split(items.len(), t, threads, 1);
             let mut scores: Vec<f32> = Vec::new();
@@ -449,7 +455,7 @@ impl Llama {
                         continue;
                     }
                     let k = &kv.k[off + j * kvd + kvh * hd..off + j * kvd + (kvh + 1) * hd];
-                    let d: f32 = q.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * scale;
+                    let d = dot(q, k) * scale;
                     *sc = d;
                     max = max.max(d);
                 }
@@ -481,4 +487,24 @@ impl Llama {
             }
         });
     }
+}
+
+/// Dot product in 16 independent lanes (a plain `sum()` is a serial chain the compiler may not
+/// reorder).
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..16 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
