@@ -3,6 +3,8 @@
 //! the CPU. It is a client of the `specblock` library and uses only its public API.
 #![deny(missing_docs)]
 
+pub mod bench;
+pub mod decode;
 pub mod error;
 pub mod fetch;
 pub mod gguf;
