@@ -14,6 +14,7 @@ pub mod model;
 pub mod quant;
 pub mod safetensors;
 pub mod sha256;
+pub mod tokenizer;
 pub mod weights;
 
 pub use error::{Error, Result};
