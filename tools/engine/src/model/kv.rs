@@ -1,6 +1,7 @@
-//! The target's KV cache for one sequence: per layer, `capacity` rows of `n_kv_heads * head_dim` keys
-//! and values (GQA-compact), rows in cache order (which need not equal position order after a tree
-//! verify: positions are carried by RoPE, not by the row index).
+//! The target's KV cache for one sequence, GQA-compact and head-major: per layer and KV head, a
+//! contiguous `capacity x head_dim` block of keys (and one of values), so attention reads each head's
+//! keys as one matrix. Rows are in cache order, which need not equal position order after a tree
+//! verify: positions are carried by RoPE, not by the row index.
 
 use crate::error::{Error, Result};
 use crate::weights::LlamaConfig;
@@ -9,8 +10,8 @@ use crate::weights::LlamaConfig;
 pub struct KvCache {
     pub(crate) k: Vec<f32>,
     pub(crate) v: Vec<f32>,
-    pub(crate) row: usize,
-    pub(crate) layer_stride: usize,
+    pub(crate) n_kv_heads: usize,
+    pub(crate) head_dim: usize,
     capacity: usize,
     len: usize,
 }
@@ -18,16 +19,21 @@ pub struct KvCache {
 impl KvCache {
     /// An empty cache for `capacity` tokens.
     pub fn new(cfg: &LlamaConfig, capacity: usize) -> Self {
-        let row = cfg.n_kv_heads * cfg.head_dim;
-        let layer_stride = row * capacity;
+        let size = cfg.n_layers * cfg.n_kv_heads * capacity * cfg.head_dim;
         KvCache {
-            k: vec![0.0; layer_stride * cfg.n_layers],
-            v: vec![0.0; layer_stride * cfg.n_layers],
-            row,
-            layer_stride,
+            k: vec![0.0; size],
+            v: vec![0.0; size],
+            n_kv_heads: cfg.n_kv_heads,
+            head_dim: cfg.head_dim,
             capacity,
             len: 0,
         }
+    }
+
+    /// Offset of row 0 of (layer, KV head) in `k` / `v`.
+    #[inline]
+    pub(crate) fn head_offset(&self, layer: usize, kv_head: usize) -> usize {
+        (layer * self.n_kv_heads + kv_head) * self.capacity * self.head_dim
     }
 
     /// Rows in use.
@@ -77,17 +83,15 @@ impl KvCache {
             }
             prev = Some(r);
         }
-        let layers = self.k.len() / self.layer_stride.max(1);
-        for layer in 0..layers {
-            let off = layer * self.layer_stride;
+        let hd = self.head_dim;
+        let blocks = self.k.len() / (self.capacity * hd).max(1);
+        for block in 0..blocks {
+            let off = block * self.capacity * hd;
             for (dst, &src) in keep.iter().enumerate() {
-                let (d, s) = (
-                    off + (base + dst) * self.row,
-                    off + (base + src as usize) * self.row,
-                );
+                let (d, s) = (off + (base + dst) * hd, off + (base + src as usize) * hd);
                 if d != s {
-                    self.k.copy_within(s..s + self.row, d);
-                    self.v.copy_within(s..s + self.row, d);
+                    self.k.copy_within(s..s + hd, d);
+                    self.v.copy_within(s..s + hd, d);
                 }
             }
         }

@@ -232,7 +232,7 @@ impl Llama {
                     seg.kv.len()
                 )));
             }
-            if seg.kv.row != kvd {
+            if seg.kv.n_kv_heads != nkv || seg.kv.head_dim != hd {
                 return Err(Error::InvalidArgument(format!(
                     "segment {s}: KV cache of another model"
                 )));
@@ -290,15 +290,7 @@ impl Llama {
 
         for (li, layer) in self.layers.iter().enumerate() {
             rms_norm(&x, &layer.attn_norm, c.rms_eps, &mut xn);
-            matmul(
-                pool,
-                &layer.wqkv,
-                qd + 2 * kvd,
-                h,
-                &xn,
-                total,
-                &mut qkv,
-            );
+            matmul(pool, &layer.wqkv, qd + 2 * kvd, h, &xn, total, &mut qkv);
             // RoPE on q and k, then append k and v to the caches.
             for row in 0..total {
                 let base = row * (qd + 2 * kvd);
@@ -317,12 +309,15 @@ impl Llama {
             }
             for (s, seg) in segs.iter_mut().enumerate() {
                 let kv = &mut *seg.kv;
-                let off = li * kv.layer_stride;
                 for i in 0..seg.tokens.len() {
                     let src = (row0[s] + i) * (qd + 2 * kvd);
-                    let dst = off + (kv0[s] + i) * kvd;
-                    kv.k[dst..dst + kvd].copy_from_slice(&qkv[src + qd..src + qd + kvd]);
-                    kv.v[dst..dst + kvd].copy_from_slice(&qkv[src + qd + kvd..src + qd + 2 * kvd]);
+                    for kvh in 0..nkv {
+                        let dst = kv.head_offset(li, kvh) + (kv0[s] + i) * hd;
+                        let k_src = src + qd + kvh * hd;
+                        let v_src = src + qd + kvd + kvh * hd;
+                        kv.k[dst..dst + hd].copy_from_slice(&qkv[k_src..k_src + hd]);
+                        kv.v[dst..dst + hd].copy_from_slice(&qkv[v_src..v_src + hd]);
+                    }
                 }
             }
             self.attention(pool, segs, li, &row0, &kv0, &qkv, &mut attn);
@@ -331,15 +326,7 @@ impl Llama {
                 *a += b;
             }
             rms_norm(&x, &layer.ffn_norm, c.rms_eps, &mut xn);
-            matmul(
-                pool,
-                &layer.w_gate_up,
-                2 * c.ffn,
-                h,
-                &xn,
-                total,
-                &mut gu,
-            );
+            matmul(pool, &layer.w_gate_up, 2 * c.ffn, h, &xn, total, &mut gu);
             for row in 0..total {
                 let g = &gu[row * 2 * c.ffn..(row + 1) * 2 * c.ffn];
                 let a = &mut act[row * c.ffn..(row + 1) * c.ffn];
@@ -393,8 +380,11 @@ impl Llama {
         Ok(out)
     }
 
-    /// Causal/tree attention of every new row over its own sequence's cache, split by (row, head)
-    /// over the pool's threads.
+    /// Causal/tree attention of every new row over its own sequence's cache. Work items are (segment,
+    /// KV head, block of up to `QUERY_BLOCK` new rows): the block's queries of every head in the GQA
+    /// group form one small matrix, so scores are one matmul against that head's contiguous keys and
+    /// the output one pass over its values.
+    #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
         pool: &Pool,
@@ -405,17 +395,17 @@ impl Llama {
         qkv: &[f32],
         attn: &mut [f32],
     ) {
+        const QUERY_BLOCK: usize = 8;
         let c = &self.cfg;
         let (hd, nh, nkv) = (c.head_dim, c.n_heads, c.n_kv_heads);
         let (qd, kvd) = (nh * hd, nkv * hd);
         let group = nh / nkv;
         let scale = 1.0 / (hd as f32).sqrt();
-        // Work items: (segment, new-token index, head).
         let mut items = Vec::new();
         for (s, seg) in segs.iter().enumerate() {
-            for i in 0..seg.tokens.len() {
-                for head in 0..nh {
-                    items.push((s as u32, i as u32, head as u32));
+            for kvh in 0..nkv {
+                for i0 in (0..seg.tokens.len()).step_by(QUERY_BLOCK) {
+                    items.push((s, kvh, i0));
                 }
             }
         }
@@ -424,87 +414,64 @@ impl Llama {
         let items = &items;
         pool.run(&|t| {
             let ap = ap;
-            let range = pool::split(items.len(), t, threads, 1);
-            let mut scores: Vec<f32> = Vec::new();
-            for &(s, i, head) in &items[range] {
-                let (s, i, head) = (s as usize, i as usize, head as usize);
+            let (mut q, mut scores, mut acc) = (Vec::new(), Vec::new(), Vec::new());
+            for &(s, kvh, i0) in &items[pool::split(items.len(), t, threads, 1)] {
                 let seg = &segs[s];
                 let kv = &*seg.kv;
                 let n = seg.tokens.len();
-                let row = row0[s] + i;
-                let q =
-                    &qkv[row * (qd + 2 * kvd) + head * hd..row * (qd + 2 * kvd) + (head + 1) * hd];
-                let kvh = head / group;
-                let off = li * kv.layer_stride;
-                let visible = |j: usize| -> bool {
-                    if j < kv0[s] {
-                        return true;
+                let rows = (n - i0).min(QUERY_BLOCK);
+                let m = rows * group;
+                // New rows only see new rows at or before themselves (tree ancestors come first in
+                // topological order), so keys past the block's last row are never needed.
+                let len = kv0[s] + i0 + rows;
+                q.clear();
+                for r in 0..rows {
+                    let base = (row0[s] + i0 + r) * (qd + 2 * kvd);
+                    for g in 0..group {
+                        let head = kvh * group + g;
+                        q.extend(
+                            qkv[base + head * hd..base + (head + 1) * hd]
+                                .iter()
+                                .map(|x| x * scale),
+                        );
                     }
-                    let jj = j - kv0[s];
-                    match seg.mask {
-                        Mask::Causal => jj <= i,
-                        Mask::Tree(m) => m[i * n + jj] != 0,
-                    }
-                };
-                let len = kv0[s] + n;
+                }
+                let off = kv.head_offset(li, kvh);
                 scores.clear();
-                scores.resize(len, f32::NEG_INFINITY);
-                let mut max = f32::NEG_INFINITY;
-                for (j, sc) in scores.iter_mut().enumerate() {
-                    if !visible(j) {
-                        continue;
-                    }
-                    let k = &kv.k[off + j * kvd + kvh * hd..off + j * kvd + (kvh + 1) * hd];
-                    let d = dot(q, k) * scale;
-                    *sc = d;
-                    max = max.max(d);
-                }
-                let mut sum = 0f32;
-                for sc in scores.iter_mut() {
-                    *sc = if *sc == f32::NEG_INFINITY {
-                        0.0
-                    } else {
-                        (*sc - max).exp()
-                    };
-                    sum += *sc;
-                }
-                let mut o = [0f32; 256];
-                let o = &mut o[..hd];
-                for (j, &p) in scores.iter().enumerate() {
-                    if p == 0.0 {
-                        continue;
-                    }
-                    let v = &kv.v[off + j * kvd + kvh * hd..off + j * kvd + (kvh + 1) * hd];
-                    for (a, &b) in o.iter_mut().zip(v) {
-                        *a += p * b;
+                scores.resize(m * len, 0.0);
+                kernels::matmul_local(&kv.k[off..off + len * hd], len, hd, &q, m, &mut scores);
+                for r in 0..rows {
+                    let i = i0 + r;
+                    for g in 0..group {
+                        let row = &mut scores[(r * group + g) * len..(r * group + g + 1) * len];
+                        for (jj, sc) in row[kv0[s]..].iter_mut().enumerate() {
+                            let visible = match seg.mask {
+                                Mask::Causal => jj <= i,
+                                Mask::Tree(mask) => mask[i * n + jj] != 0,
+                            };
+                            if !visible {
+                                *sc = f32::NEG_INFINITY;
+                            }
+                        }
+                        kernels::softmax_in_place(row);
                     }
                 }
-                let inv = 1.0 / sum;
-                for (d, a) in o.iter().enumerate() {
-                    // SAFETY: each (row, head) is written by exactly one thread, inside attn's bounds.
-                    unsafe { *ap.0.add(row * qd + head * hd + d) = a * inv };
+                acc.clear();
+                acc.resize(m * hd, 0.0);
+                kernels::weighted_rows(&scores, m, len, &kv.v[off..off + len * hd], hd, &mut acc);
+                for r in 0..rows {
+                    let row = row0[s] + i0 + r;
+                    for g in 0..group {
+                        let head = kvh * group + g;
+                        for d in 0..hd {
+                            // SAFETY: each (row, head) belongs to exactly one work item, inside attn.
+                            unsafe {
+                                *ap.0.add(row * qd + head * hd + d) = acc[(r * group + g) * hd + d]
+                            };
+                        }
+                    }
                 }
             }
         });
     }
-}
-
-/// Dot product in 16 independent lanes (a plain `sum()` is a serial chain the compiler may not
-/// reorder).
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 16];
-    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..16 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
