@@ -7,6 +7,7 @@ pub mod bench;
 pub mod decode;
 pub mod error;
 pub mod fetch;
+pub mod generate;
 pub mod gguf;
 pub mod hf;
 pub mod load;

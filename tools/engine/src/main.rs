@@ -163,7 +163,21 @@ fn run() -> Result<()> {
             Ok(())
         }
         "bench" => cmd_bench(&o),
-        "generate" => Err(Error::Unsupported("generate: tokenizer pending".into())),
+        "generate" => {
+            let (model, gguf) = load_model(&o)?;
+            let req = specblock_engine::generate::Request {
+                prompt: o.prompt.clone(),
+                chat: !o.raw,
+                max_tokens: o.max_tokens,
+                sampling: specblock::verify::Sampling {
+                    temperature: o.temperature,
+                    top_k: o.top_k,
+                    top_p: o.top_p,
+                },
+                seed: o.seed,
+            };
+            specblock_engine::generate::run_cli(&model, &gguf, &req)
+        }
         "" | "-h" | "--help" | "help" => {
             print!("{USAGE}");
             Ok(())
