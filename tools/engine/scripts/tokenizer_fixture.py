@@ -304,6 +304,18 @@ def write_classes_rs(classes):
     print(f"wrote {path}")
 
 
+def dump_one_item_per_line(obj):
+    """JSON with each case and chat on its own line: readable diffs without one id per line."""
+    parts = []
+    for key, value in obj.items():
+        if isinstance(value, list):
+            items = ",\n  ".join(json.dumps(v, ensure_ascii=True) for v in value)
+            parts.append(f"{json.dumps(key)}: [\n  {items}\n ]")
+        else:
+            parts.append(f"{json.dumps(key)}: {json.dumps(value, ensure_ascii=True)}")
+    return "{\n " + ",\n ".join(parts) + "\n}\n"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=os.path.join(REPO, "models", "SmolLM2-135M-Instruct.Q4_1.gguf"))
@@ -361,8 +373,7 @@ def main():
     }
     path = os.path.join(FIXTURES, "tokenizer_cases.json")
     with open(path, "w") as f:
-        json.dump(out, f, ensure_ascii=True, indent=1)
-        f.write("\n")
+        f.write(dump_one_item_per_line(out))
     print(f"wrote {path} ({len(cases)} cases, {len(chats)} chats), {tiny_path}")
 
     if not args.skip_unicode:

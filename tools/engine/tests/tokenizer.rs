@@ -319,6 +319,50 @@ fn tokenizer_json_matches_tokenizers() {
 }
 
 #[test]
+fn tokenizer_json_reads_its_config_and_template() {
+    let dir = std::env::temp_dir().join(format!("specblock-tok-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("tokenizer.json");
+    std::fs::copy(TINY_JSON, &json).unwrap();
+    let no_config = Tokenizer::from_tokenizer_json(&json).unwrap();
+    assert_eq!(
+        (no_config.bos(), no_config.eos(), no_config.chat_template()),
+        (None, None, None)
+    );
+    std::fs::write(dir.join("chat_template.jinja"), "{{ jinja }}").unwrap();
+    assert_eq!(
+        Tokenizer::from_tokenizer_json(&json)
+            .unwrap()
+            .chat_template(),
+        Some("{{ jinja }}")
+    );
+    let config = serde_json::json!({
+        "bos_token": "<|im_start|>",
+        "eos_token": {"content": "<|im_end|>", "special": true},
+        "pad_token": "not a token",
+        "chat_template": SMOLLM2_CHAT_TEMPLATE,
+    });
+    std::fs::write(dir.join("tokenizer_config.json"), config.to_string()).unwrap();
+    let tok = Tokenizer::from_tokenizer_json(&json).unwrap();
+    assert_eq!(
+        tok.special_ids(),
+        SpecialIds {
+            bos: Some(1),
+            eos: Some(2),
+            unk: None,
+            pad: None
+        }
+    );
+    assert_eq!(tok.chat_template(), Some(SMOLLM2_CHAT_TEMPLATE));
+    std::fs::write(dir.join("tokenizer_config.json"), "{").unwrap();
+    assert!(matches!(
+        Tokenizer::from_tokenizer_json(&json),
+        Err(Error::Format(_))
+    ));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn gpt2_pre_tokenizer_matches_tokenizers() {
     let mut json: Value =
         serde_json::from_str(&std::fs::read_to_string(TINY_JSON).unwrap()).unwrap();

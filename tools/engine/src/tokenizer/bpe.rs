@@ -64,9 +64,10 @@ impl Merges {
     }
 }
 
-/// Reusable buffers for the heap path.
+/// Reusable buffers, so that encoding a word allocates nothing.
 #[derive(Default)]
 pub(super) struct Scratch {
+    ranks: Vec<u32>,
     next: Vec<usize>,
     prev: Vec<usize>,
     heap: BinaryHeap<Reverse<(u32, usize)>>,
@@ -75,17 +76,18 @@ pub(super) struct Scratch {
 /// Merges the symbols of one word in place.
 pub(super) fn merge_word(syms: &mut Vec<u32>, merges: &Merges, scratch: &mut Scratch) {
     if syms.len() <= FLAT_MAX {
-        merge_flat(syms, merges);
+        merge_flat(syms, merges, &mut scratch.ranks);
     } else {
         merge_heap(syms, merges, scratch);
     }
 }
 
 /// Finds the lowest rank by scanning cached pair ranks: O(n) per merge, cheap for short words.
-pub(super) fn merge_flat(syms: &mut Vec<u32>, merges: &Merges) {
+pub(super) fn merge_flat(syms: &mut Vec<u32>, merges: &Merges, ranks: &mut Vec<u32>) {
     let rank = |a: u32, b: u32| merges.get(a, b).map_or(u32::MAX, |(r, _)| r);
     // ranks[i] is the rank of (syms[i], syms[i + 1]); u32::MAX when the pair has no merge.
-    let mut ranks: Vec<u32> = syms.windows(2).map(|w| rank(w[0], w[1])).collect();
+    ranks.clear();
+    ranks.extend(syms.windows(2).map(|w| rank(w[0], w[1])));
     loop {
         let mut best = None;
         let mut best_rank = u32::MAX;
@@ -116,7 +118,9 @@ pub(super) fn merge_flat(syms: &mut Vec<u32>, merges: &Merges) {
 pub(super) fn merge_heap(syms: &mut Vec<u32>, merges: &Merges, scratch: &mut Scratch) {
     const NONE: usize = usize::MAX;
     let n = syms.len();
-    let Scratch { next, prev, heap } = scratch;
+    let Scratch {
+        next, prev, heap, ..
+    } = scratch;
     next.clear();
     next.extend((1..=n).map(|i| if i < n { i } else { NONE }));
     prev.clear();
@@ -205,7 +209,7 @@ mod tests {
                 .wrapping_add(1442695040888963407);
             let word: Vec<u32> = (0..len).map(|i| ((state >> (i % 60)) & 1) as u32).collect();
             let mut flat = word.clone();
-            merge_flat(&mut flat, &merges);
+            merge_flat(&mut flat, &merges, &mut Vec::new());
             let mut heap = word.clone();
             merge_heap(&mut heap, &merges, &mut scratch);
             assert_eq!(flat, heap, "word {word:?}");
@@ -223,10 +227,10 @@ mod tests {
         m.insert(0, 1, 1, 11);
         m.insert(0, 0, 2, 12);
         let mut w = vec![0, 1, 2];
-        merge_flat(&mut w, &m);
+        merge_flat(&mut w, &m, &mut Vec::new());
         assert_eq!(w, [0, 10]);
         let mut w = vec![0, 0, 0];
-        merge_flat(&mut w, &m);
+        merge_flat(&mut w, &m, &mut Vec::new());
         assert_eq!(w, [12, 0]);
         let mut w = vec![0; 101];
         merge_heap(&mut w, &m, &mut Scratch::default());

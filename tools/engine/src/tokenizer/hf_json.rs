@@ -150,7 +150,7 @@ impl Tokenizer {
             .and_then(Value::as_object)
             .ok_or_else(|| bad("no model object"))?;
         if !absent_or(model, "type", &Value::from("BPE")) {
-            return Err(unsupported(format!("model type {}", model["type"])));
+            return Err(unsupported(format!("model type {:?}", model.get("type"))));
         }
         for (key, ok) in [
             ("dropout", Value::Null),
@@ -160,7 +160,7 @@ impl Tokenizer {
             ("ignore_merges", Value::Bool(false)),
         ] {
             if !absent_or(model, key, &ok) {
-                return Err(unsupported(format!("model.{key} = {}", model[key])));
+                return Err(unsupported(format!("model.{key} = {:?}", model.get(key))));
             }
         }
         if !root.get("normalizer").is_none_or(Value::is_null) {
