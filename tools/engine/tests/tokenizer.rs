@@ -590,6 +590,9 @@ fn tokenizer_json_refuses_what_it_cannot_honour() {
     )));
     assert!(unsupported(with(&|v| v["model"]["dropout"] = 0.1.into())));
     assert!(unsupported(with(&|v| v["pre_tokenizer"] = Value::Null)));
+    assert!(unsupported(with(
+        &|v| v["added_tokens"][1]["lstrip"] = true.into()
+    )));
     assert!(unsupported(with(&|v| v["pre_tokenizer"]["pretokenizers"]
         [1]["add_prefix_space"] =
         true.into())));

@@ -1,7 +1,8 @@
 //! Reading a Hugging Face `tokenizer.json` (BPE model, ByteLevel pre-tokenizer with or without
 //! `Digits(individual_digits=true)` in front), plus the fixed-role tokens and chat template from a
 //! `tokenizer_config.json` / `chat_template.jinja` beside it. Settings this tokenizer cannot honour
-//! (a normalizer, dropout, byte fallback, word prefixes or suffixes) are refused, not ignored.
+//! (a normalizer, dropout, byte fallback, word prefixes or suffixes, stripping added tokens) are
+//! refused, not ignored.
 
 use std::path::Path;
 
@@ -192,6 +193,12 @@ impl Tokenizer {
             let (Some(id), Some(content)) = (id, content) else {
                 return Err(bad(format!("added token {t} lacks an id or content")));
             };
+            // Stripping neighbouring spaces or whole-word matching would change where tokens match.
+            for flag in ["lstrip", "rstrip", "single_word"] {
+                if t.get(flag) == Some(&Value::Bool(true)) {
+                    return Err(unsupported(format!("added token {content:?} with {flag}")));
+                }
+            }
             let special = t.get("special").and_then(Value::as_bool).unwrap_or(false);
             let kind = if special {
                 TokenKind::Control

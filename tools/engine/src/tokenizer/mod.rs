@@ -2,8 +2,8 @@
 //! then the GPT-2 regex), special tokens recognised in text on request, and its ChatML chat template.
 //!
 //! Built from a GGUF ([`Tokenizer::from_gguf`]), an HF `tokenizer.json` ([`Tokenizer::from_tokenizer_json`])
-//! or plain parts ([`Tokenizer::from_parts`]). Encoding never fails and never panics: text is Rust
-//! `str`, so always valid UTF-8, and every byte has a byte-level symbol. Decoding checks ids.
+//! or plain parts ([`Tokenizer::from_parts`]). Encoding takes any `str` and never fails; a byte whose
+//! symbol the vocabulary lacks is dropped, as transformers and llama.cpp do. Decoding checks ids.
 
 mod bpe;
 mod byte_level;
