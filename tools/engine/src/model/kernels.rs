@@ -206,8 +206,10 @@ mod avx512 {
     }
 
     /// One `R x C` tile: `y[c][r] = w[r] . x[c]` over `k` columns.
+    /// With `PREFETCH`, also pulls the next `R` weight rows toward L1 while this tile computes, so
+    /// the memory stream overlaps the arithmetic (the first activation tile of each weight tile).
     #[inline(always)]
-    unsafe fn tile<Ld: Load, const R: usize, const C: usize>(
+    unsafe fn tile<Ld: Load, const R: usize, const C: usize, const PREFETCH: bool>(
         w: *const Ld::Elem,
         x: *const f32,
         k: usize,
@@ -224,6 +226,11 @@ mod avx512 {
                 let mut wv = [_mm512_setzero_ps(); R];
                 for r in 0..R {
                     wv[r] = Ld::load16(w.add(r * k + j));
+                    if PREFETCH {
+                        // Next tile's row r, same columns (one 64-byte line per f32 step; harmless
+                        // past the matrix end: prefetches never fault).
+                        _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add((R + r) * k + j) as *const i8);
+                    }
                 }
                 for c in 0..C {
                     let xv = _mm512_loadu_ps(x.add(c * k + j));
@@ -260,17 +267,27 @@ mod avx512 {
         unsafe {
             let mut c = 0;
             while c + C <= n {
-                tile::<Ld, R, C>(w, x.add(c * k), k, y.add(c * out), out);
+                if c == 0 {
+                    tile::<Ld, R, C, true>(w, x, k, y, out);
+                } else {
+                    tile::<Ld, R, C, false>(w, x.add(c * k), k, y.add(c * out), out);
+                }
                 c += C;
             }
             let (xr, yr) = (x.add(c * k), y.add(c * out));
-            match n - c {
-                0 => {}
-                1 => tile::<Ld, R, 1>(w, xr, k, yr, out),
-                2 => tile::<Ld, R, 2>(w, xr, k, yr, out),
-                3 => tile::<Ld, R, 3>(w, xr, k, yr, out),
-                4 => tile::<Ld, R, 4>(w, xr, k, yr, out),
-                _ => tile::<Ld, R, 5>(w, xr, k, yr, out),
+            let first = c == 0;
+            match (n - c, first) {
+                (0, _) => {}
+                (1, true) => tile::<Ld, R, 1, true>(w, xr, k, yr, out),
+                (1, false) => tile::<Ld, R, 1, false>(w, xr, k, yr, out),
+                (2, true) => tile::<Ld, R, 2, true>(w, xr, k, yr, out),
+                (2, false) => tile::<Ld, R, 2, false>(w, xr, k, yr, out),
+                (3, true) => tile::<Ld, R, 3, true>(w, xr, k, yr, out),
+                (3, false) => tile::<Ld, R, 3, false>(w, xr, k, yr, out),
+                (4, true) => tile::<Ld, R, 4, true>(w, xr, k, yr, out),
+                (4, false) => tile::<Ld, R, 4, false>(w, xr, k, yr, out),
+                (_, true) => tile::<Ld, R, 5, true>(w, xr, k, yr, out),
+                (_, false) => tile::<Ld, R, 5, false>(w, xr, k, yr, out),
             }
         }
     }
@@ -378,6 +395,41 @@ pub fn matmul(
             }
         }
     });
+}
+
+/// Sum of a buffer read as four interleaved streams (like a 4-row weight tile), for measuring read
+/// bandwidth the way the matmul reads memory.
+#[inline(always)]
+fn stream_sum_generic(buf: &[f32]) -> f32 {
+    let quarter = buf.len() / 4 / L * L;
+    let mut acc = [[0f32; L]; 4];
+    let mut j = 0;
+    while j < quarter {
+        for (s, a) in acc.iter_mut().enumerate() {
+            let v = &buf[s * quarter + j..s * quarter + j + L];
+            for i in 0..L {
+                a[i] += v[i];
+            }
+        }
+        j += L;
+    }
+    acc.iter().flatten().sum::<f32>() + buf[4 * quarter..].iter().sum::<f32>()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn stream_sum_avx512(buf: &[f32]) -> f32 {
+    stream_sum_generic(buf)
+}
+
+/// Reads every value of `buf` once (see [`stream_sum_generic`]); returns their sum.
+pub fn stream_sum(buf: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if have_avx512() {
+        // SAFETY: AVX-512F checked.
+        return unsafe { stream_sum_avx512(buf) };
+    }
+    stream_sum_generic(buf)
 }
 
 /// Single-threaded `y[n, out] = x[n, k] * w[out, k]^T` (for work already split across threads).
