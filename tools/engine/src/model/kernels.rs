@@ -3,6 +3,8 @@
 //! the cost of one until the arithmetic catches up with memory (DESIGN.md §7). The same generic code is
 //! compiled for AVX-512 and chosen at run time; the portable build is the fallback.
 
+#![allow(clippy::needless_range_loop)] // index loops over register tiles read clearer
+
 /// Lanes of one accumulator: one AVX-512 register of f32.
 const L: usize = 16;
 /// Weight rows per register tile.
@@ -344,6 +346,14 @@ fn have_avx512() -> bool {
 /// Raw pointer that may cross threads: each thread writes disjoint elements.
 #[derive(Clone, Copy)]
 pub struct SendPtr(pub *mut f32);
+
+impl SendPtr {
+    /// The pointer. Closures must call this (not read `.0`) so they capture the `Sync` wrapper.
+    #[inline(always)]
+    pub fn get(self) -> *mut f32 {
+        self.0
+    }
+}
 // SAFETY: users write disjoint elements only (see each call site).
 unsafe impl Send for SendPtr {}
 // SAFETY: as above.
@@ -368,7 +378,6 @@ pub fn matmul(
     let threads = pool.threads();
     let avx512 = have_avx512();
     pool.run(&|t| {
-        let yp = yp;
         let rows = super::pool::split(out, t, threads, TILE_R);
         if rows.is_empty() {
             return;
@@ -379,19 +388,19 @@ pub fn matmul(
                 if avx512 {
                     // SAFETY: the CPU has AVX-512F/BW and FMA (checked by have_avx512); shapes were
                     // checked above and threads own disjoint row ranges.
-                    unsafe { avx512::matmul_rows::<avx512::F32>(d, k, x, n, out, rows, yp.0) };
+                    unsafe { avx512::matmul_rows::<avx512::F32>(d, k, x, n, out, rows, yp.get()) };
                     return;
                 }
-                matmul_rows(d.as_slice(), k, x, n, out, rows, yp.0)
+                matmul_rows(d.as_slice(), k, x, n, out, rows, yp.get())
             }
             Matrix::Bf16(d) => {
                 #[cfg(target_arch = "x86_64")]
                 if avx512 {
                     // SAFETY: as above.
-                    unsafe { avx512::matmul_rows::<avx512::Bf16>(d, k, x, n, out, rows, yp.0) };
+                    unsafe { avx512::matmul_rows::<avx512::Bf16>(d, k, x, n, out, rows, yp.get()) };
                     return;
                 }
-                matmul_rows(d.as_slice(), k, x, n, out, rows, yp.0)
+                matmul_rows(d.as_slice(), k, x, n, out, rows, yp.get())
             }
         }
     });

@@ -112,8 +112,8 @@ impl Llama {
         let c = m.config.clone();
         if c.n_heads == 0
             || c.n_kv_heads == 0
-            || c.n_heads % c.n_kv_heads != 0
-            || c.head_dim % 2 != 0
+            || !c.n_heads.is_multiple_of(c.n_kv_heads)
+            || !c.head_dim.is_multiple_of(2)
             || c.head_dim > 256
         {
             return Err(Error::Unsupported(format!(
@@ -413,7 +413,6 @@ impl Llama {
         let ap = SendPtr(attn.as_mut_ptr());
         let items = &items;
         pool.run(&|t| {
-            let ap = ap;
             let (mut q, mut scores, mut acc) = (Vec::new(), Vec::new(), Vec::new());
             for &(s, kvh, i0) in &items[pool::split(items.len(), t, threads, 1)] {
                 let seg = &segs[s];
@@ -466,7 +465,8 @@ impl Llama {
                         for d in 0..hd {
                             // SAFETY: each (row, head) belongs to exactly one work item, inside attn.
                             unsafe {
-                                *ap.0.add(row * qd + head * hd + d) = acc[(r * group + g) * hd + d]
+                                *ap.get().add(row * qd + head * hd + d) =
+                                    acc[(r * group + g) * hd + d]
                             };
                         }
                     }

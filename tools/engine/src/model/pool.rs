@@ -106,7 +106,7 @@ fn helper_loop(shared: &Shared, index: usize) {
                 break;
             }
             spins = spins.wrapping_add(1);
-            if spins % 1024 == 0 && start.elapsed() > SPIN {
+            if spins.is_multiple_of(1024) && start.elapsed() > SPIN {
                 let g = shared.sleep_lock.lock().unwrap_or_else(|e| e.into_inner());
                 if shared.epoch.load(Ordering::Acquire) == seen
                     && shared.stop.load(Ordering::Relaxed) == 0
