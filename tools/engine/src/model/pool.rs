@@ -87,8 +87,16 @@ impl Pool {
             self.shared.wake.notify_all();
         }
         f(0);
+        // Spin briefly (the helpers usually finish within microseconds), then yield so a busy machine
+        // is not made worse by a thread burning the core another one needs.
+        let mut spins = 0u32;
         while self.shared.done.load(Ordering::Acquire) < self.n - 1 {
-            std::hint::spin_loop();
+            spins = spins.saturating_add(1);
+            if spins < 4096 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
         }
     }
 }
@@ -116,6 +124,8 @@ fn helper_loop(shared: &Shared, index: usize) {
                         .wait_timeout(g, Duration::from_millis(50))
                         .unwrap_or_else(|e| e.into_inner());
                 }
+            } else if spins > 4096 {
+                std::thread::yield_now();
             } else {
                 std::hint::spin_loop();
             }
