@@ -148,7 +148,13 @@ fn prefill_equals_token_by_token() {
 
 #[test]
 fn tree_verify_equals_plain_decoding_on_every_path_and_compaction_keeps_the_path() {
-    let m = model(WeightFormat::F32);
+    // bf16 too: each output element's arithmetic does not depend on how many rows share the pass.
+    for format in [WeightFormat::F32, WeightFormat::Bf16] {
+        tree_verify_case(&model(format));
+    }
+}
+
+fn tree_verify_case(m: &Llama) {
     let v = m.config().vocab;
     let prefix: Vec<u32> = vec![5, 17, 33, 2, 71];
     // A tree with branching at several depths and a duplicate token on different branches.
@@ -215,7 +221,7 @@ fn tree_verify_equals_plain_decoding_on_every_path_and_compaction_keeps_the_path
         let path_tokens: Vec<u32> = path.iter().map(|&i| tokens[i]).collect();
         let mut full = prefix.clone();
         full.push(path_tokens[0]);
-        let plain = plain_logits(&m, &full, &path_tokens[1..]);
+        let plain = plain_logits(m, &full, &path_tokens[1..]);
         close(
             &out.logits[node * v..(node + 1) * v],
             plain.last().unwrap(),
@@ -260,7 +266,7 @@ fn tree_verify_equals_plain_decoding_on_every_path_and_compaction_keeps_the_path
         .unwrap();
     let mut full = prefix.clone();
     full.extend(accepted.iter().map(|&i| tokens[i as usize]));
-    let plain = plain_logits(&m, &full, &[next]);
+    let plain = plain_logits(m, &full, &[next]);
     close(
         &cont.logits,
         plain.last().unwrap(),

@@ -154,46 +154,83 @@ fn matmul_rows<W: Row + ?Sized>(
 
 /// AVX-512 kernels with compile-time register tiles: `R` weight rows times `C` activation rows, all
 /// `R * C` accumulators in registers. Weight-row tiles are the outer loop so each tile is read from
-/// memory once and reused from L1 for every activation tile (activations stay in L2).
+/// memory once and reused from L1 for every activation tile (activations stay in L2). A [`Kernel`]
+/// says how one step of the inner product loads and multiplies: f32 x f32, bf16 weights widened to f32,
+/// or bf16 x bf16 pairs with `vdpbf16ps` (twice the arithmetic per instruction).
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use core::arch::x86_64::*;
 
-    /// Loads 16 weights as f32.
-    pub trait Load: Copy {
-        /// Element type of the weight matrix.
-        type Elem;
+    /// One inner-product step over `STEP` columns.
+    pub trait Kernel {
+        /// Weight element.
+        type W;
+        /// Activation element.
+        type X;
+        /// Operand register.
+        type V: Copy;
+        /// Columns per step.
+        const STEP: usize;
         /// # Safety
-        /// `p` points to 16 readable elements; AVX-512F/BW are available.
-        unsafe fn load16(p: *const Self::Elem) -> __m512;
+        /// `p` points to `STEP` readable weights; the target features are available.
+        unsafe fn load_w(p: *const Self::W) -> Self::V;
         /// # Safety
-        /// `p` is readable.
-        unsafe fn one(p: *const Self::Elem) -> f32;
+        /// `p` points to `STEP` readable activations; the target features are available.
+        unsafe fn load_x(p: *const Self::X) -> Self::V;
+        /// # Safety
+        /// The target features are available.
+        unsafe fn fma(acc: __m512, w: Self::V, x: Self::V) -> __m512;
+        /// # Safety
+        /// Both pointers are readable.
+        unsafe fn product(w: *const Self::W, x: *const Self::X) -> f32;
     }
 
-    #[derive(Clone, Copy)]
+    /// f32 weights and activations.
     pub struct F32;
-    #[derive(Clone, Copy)]
+    /// bf16 weights widened to f32 (exact), f32 activations.
     pub struct Bf16;
+    /// bf16 weights and bf16-rounded activations, products summed in f32 by `vdpbf16ps`.
+    pub struct Bf16Dot;
 
-    impl Load for F32 {
-        type Elem = f32;
+    #[inline(always)]
+    fn bf16(x: u16) -> f32 {
+        f32::from_bits((x as u32) << 16)
+    }
+
+    impl Kernel for F32 {
+        type W = f32;
+        type X = f32;
+        type V = __m512;
+        const STEP: usize = 16;
         #[inline(always)]
-        unsafe fn load16(p: *const f32) -> __m512 {
+        unsafe fn load_w(p: *const f32) -> __m512 {
             // SAFETY: caller contract.
             unsafe { _mm512_loadu_ps(p) }
         }
         #[inline(always)]
-        unsafe fn one(p: *const f32) -> f32 {
+        unsafe fn load_x(p: *const f32) -> __m512 {
             // SAFETY: caller contract.
-            unsafe { *p }
+            unsafe { _mm512_loadu_ps(p) }
+        }
+        #[inline(always)]
+        unsafe fn fma(acc: __m512, w: __m512, x: __m512) -> __m512 {
+            // SAFETY: caller contract.
+            unsafe { _mm512_fmadd_ps(w, x, acc) }
+        }
+        #[inline(always)]
+        unsafe fn product(w: *const f32, x: *const f32) -> f32 {
+            // SAFETY: caller contract.
+            unsafe { *w * *x }
         }
     }
 
-    impl Load for Bf16 {
-        type Elem = u16;
+    impl Kernel for Bf16 {
+        type W = u16;
+        type X = f32;
+        type V = __m512;
+        const STEP: usize = 16;
         #[inline(always)]
-        unsafe fn load16(p: *const u16) -> __m512 {
+        unsafe fn load_w(p: *const u16) -> __m512 {
             // SAFETY: caller contract; bf16 -> f32 is a 16-bit left shift.
             unsafe {
                 let h = _mm256_loadu_si256(p as *const __m256i);
@@ -201,52 +238,87 @@ mod avx512 {
             }
         }
         #[inline(always)]
-        unsafe fn one(p: *const u16) -> f32 {
+        unsafe fn load_x(p: *const f32) -> __m512 {
             // SAFETY: caller contract.
-            f32::from_bits((unsafe { *p } as u32) << 16)
+            unsafe { _mm512_loadu_ps(p) }
+        }
+        #[inline(always)]
+        unsafe fn fma(acc: __m512, w: __m512, x: __m512) -> __m512 {
+            // SAFETY: caller contract.
+            unsafe { _mm512_fmadd_ps(w, x, acc) }
+        }
+        #[inline(always)]
+        unsafe fn product(w: *const u16, x: *const f32) -> f32 {
+            // SAFETY: caller contract.
+            unsafe { bf16(*w) * *x }
         }
     }
 
-    /// One `R x C` tile: `y[c][r] = w[r] . x[c]` over `k` columns.
-    /// With `PREFETCH`, also pulls the next `R` weight rows toward L1 while this tile computes, so
-    /// the memory stream overlaps the arithmetic (the first activation tile of each weight tile).
+    impl Kernel for Bf16Dot {
+        type W = u16;
+        type X = u16;
+        type V = __m512bh;
+        const STEP: usize = 32;
+        #[inline(always)]
+        unsafe fn load_w(p: *const u16) -> __m512bh {
+            // SAFETY: caller contract; __m512i and __m512bh have the same size and layout.
+            unsafe { core::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(p as *const _)) }
+        }
+        #[inline(always)]
+        unsafe fn load_x(p: *const u16) -> __m512bh {
+            // SAFETY: as above.
+            unsafe { core::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(p as *const _)) }
+        }
+        #[inline(always)]
+        unsafe fn fma(acc: __m512, w: __m512bh, x: __m512bh) -> __m512 {
+            // SAFETY: caller contract (avx512bf16).
+            unsafe { _mm512_dpbf16_ps(acc, w, x) }
+        }
+        #[inline(always)]
+        unsafe fn product(w: *const u16, x: *const u16) -> f32 {
+            // SAFETY: caller contract.
+            unsafe { bf16(*w) * bf16(*x) }
+        }
+    }
+
+    /// One `R x C` tile: `y[c][r] = w[r] . x[c]` over `k` columns. With `PREFETCH`, also pulls the
+    /// next `R` weight rows toward L1 while this tile computes, so the memory stream overlaps the
+    /// arithmetic (used on the first activation tile of each weight tile).
     #[inline(always)]
-    unsafe fn tile<Ld: Load, const R: usize, const C: usize, const PREFETCH: bool>(
-        w: *const Ld::Elem,
-        x: *const f32,
+    unsafe fn tile<K: Kernel, const R: usize, const C: usize, const PREFETCH: bool>(
+        w: *const K::W,
+        x: *const K::X,
         k: usize,
         y: *mut f32,
         out: usize,
     ) {
         // SAFETY (whole body): the caller guarantees R rows of w and C rows of x of k values each, and
-        // a y with C rows of stride `out` and R columns from `y`.
+        // a y with C rows of stride `out` and R columns from `y`. Prefetches never fault.
         unsafe {
             let mut acc = [[_mm512_setzero_ps(); C]; R];
-            let k_vec = k / 16 * 16;
+            let k_vec = k / K::STEP * K::STEP;
             let mut j = 0;
             while j < k_vec {
-                let mut wv = [_mm512_setzero_ps(); R];
+                let mut wv = [K::load_w(w); R];
                 for r in 0..R {
-                    wv[r] = Ld::load16(w.add(r * k + j));
+                    wv[r] = K::load_w(w.add(r * k + j));
                     if PREFETCH {
-                        // Next tile's row r, same columns (one 64-byte line per f32 step; harmless
-                        // past the matrix end: prefetches never fault).
                         _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add((R + r) * k + j) as *const i8);
                     }
                 }
                 for c in 0..C {
-                    let xv = _mm512_loadu_ps(x.add(c * k + j));
+                    let xv = K::load_x(x.add(c * k + j));
                     for r in 0..R {
-                        acc[r][c] = _mm512_fmadd_ps(wv[r], xv, acc[r][c]);
+                        acc[r][c] = K::fma(acc[r][c], wv[r], xv);
                     }
                 }
-                j += 16;
+                j += K::STEP;
             }
             for r in 0..R {
                 for c in 0..C {
                     let mut s = _mm512_reduce_add_ps(acc[r][c]);
                     for jj in k_vec..k {
-                        s += Ld::one(w.add(r * k + jj)) * *x.add(c * k + jj);
+                        s += K::product(w.add(r * k + jj), x.add(c * k + jj));
                     }
                     *y.add(c * out + r) = s;
                 }
@@ -256,9 +328,9 @@ mod avx512 {
 
     /// Activation tiles of `C` rows (and the remainder) for one tile of `R` weight rows.
     #[inline(always)]
-    unsafe fn row_tile<Ld: Load, const R: usize>(
-        w: *const Ld::Elem,
-        x: *const f32,
+    unsafe fn row_tile<K: Kernel, const R: usize>(
+        w: *const K::W,
+        x: *const K::X,
         n: usize,
         k: usize,
         y: *mut f32,
@@ -270,26 +342,25 @@ mod avx512 {
             let mut c = 0;
             while c + C <= n {
                 if c == 0 {
-                    tile::<Ld, R, C, true>(w, x, k, y, out);
+                    tile::<K, R, C, true>(w, x, k, y, out);
                 } else {
-                    tile::<Ld, R, C, false>(w, x.add(c * k), k, y.add(c * out), out);
+                    tile::<K, R, C, false>(w, x.add(c * k), k, y.add(c * out), out);
                 }
                 c += C;
             }
             let (xr, yr) = (x.add(c * k), y.add(c * out));
-            let first = c == 0;
-            match (n - c, first) {
+            match (n - c, c == 0) {
                 (0, _) => {}
-                (1, true) => tile::<Ld, R, 1, true>(w, xr, k, yr, out),
-                (1, false) => tile::<Ld, R, 1, false>(w, xr, k, yr, out),
-                (2, true) => tile::<Ld, R, 2, true>(w, xr, k, yr, out),
-                (2, false) => tile::<Ld, R, 2, false>(w, xr, k, yr, out),
-                (3, true) => tile::<Ld, R, 3, true>(w, xr, k, yr, out),
-                (3, false) => tile::<Ld, R, 3, false>(w, xr, k, yr, out),
-                (4, true) => tile::<Ld, R, 4, true>(w, xr, k, yr, out),
-                (4, false) => tile::<Ld, R, 4, false>(w, xr, k, yr, out),
-                (_, true) => tile::<Ld, R, 5, true>(w, xr, k, yr, out),
-                (_, false) => tile::<Ld, R, 5, false>(w, xr, k, yr, out),
+                (1, true) => tile::<K, R, 1, true>(w, xr, k, yr, out),
+                (1, false) => tile::<K, R, 1, false>(w, xr, k, yr, out),
+                (2, true) => tile::<K, R, 2, true>(w, xr, k, yr, out),
+                (2, false) => tile::<K, R, 2, false>(w, xr, k, yr, out),
+                (3, true) => tile::<K, R, 3, true>(w, xr, k, yr, out),
+                (3, false) => tile::<K, R, 3, false>(w, xr, k, yr, out),
+                (4, true) => tile::<K, R, 4, true>(w, xr, k, yr, out),
+                (4, false) => tile::<K, R, 4, false>(w, xr, k, yr, out),
+                (_, true) => tile::<K, R, 5, true>(w, xr, k, yr, out),
+                (_, false) => tile::<K, R, 5, false>(w, xr, k, yr, out),
             }
         }
     }
@@ -297,34 +368,76 @@ mod avx512 {
     /// `y[c, r] = w[r] . x[c]` for `r` in `rows`, `c` in `0..n`.
     ///
     /// # Safety
-    /// AVX-512F/BW and FMA are available; `w` holds `rows.end * k` elements, `x` holds `n * k`, `y`
-    /// holds `n * out` with `rows.end <= out`, and no other thread writes these columns.
-    #[target_feature(enable = "avx512f,avx512bw,fma")]
-    pub unsafe fn matmul_rows<Ld: Load>(
-        w: &[Ld::Elem],
+    /// The kernel's target features are available (the callers below enable them); `w` holds
+    /// `rows.end * k` elements, `x` holds `n * k`, `y` holds `n * out` with `rows.end <= out`, and no
+    /// other thread writes these columns.
+    #[inline(always)]
+    unsafe fn rows_impl<K: Kernel>(
+        w: &[K::W],
         k: usize,
-        x: &[f32],
+        x: &[K::X],
         n: usize,
         out: usize,
         rows: std::ops::Range<usize>,
         y: *mut f32,
     ) {
-        // With one activation row the kernel is bandwidth-bound: more weight rows in flight help.
         const R: usize = 4;
         let (wp, xp) = (w.as_ptr(), x.as_ptr());
         // SAFETY: caller contract; tiles stay within `rows`.
         unsafe {
             let mut r = rows.start;
             while r + R <= rows.end {
-                row_tile::<Ld, R>(wp.add(r * k), xp, n, k, y.add(r), out);
+                row_tile::<K, R>(wp.add(r * k), xp, n, k, y.add(r), out);
                 r += R;
             }
             while r < rows.end {
-                row_tile::<Ld, 1>(wp.add(r * k), xp, n, k, y.add(r), out);
+                row_tile::<K, 1>(wp.add(r * k), xp, n, k, y.add(r), out);
                 r += 1;
             }
         }
     }
+
+    /// [`rows_impl`] for f32 or widened-bf16 kernels. # Safety: as `rows_impl`, with AVX-512F/BW, FMA.
+    #[target_feature(enable = "avx512f,avx512bw,fma")]
+    pub unsafe fn matmul_rows<K: Kernel>(
+        w: &[K::W],
+        k: usize,
+        x: &[K::X],
+        n: usize,
+        out: usize,
+        rows: std::ops::Range<usize>,
+        y: *mut f32,
+    ) {
+        // SAFETY: forwarded.
+        unsafe { rows_impl::<K>(w, k, x, n, out, rows, y) }
+    }
+
+    /// [`rows_impl`] with `vdpbf16ps`. # Safety: as `rows_impl`, with AVX-512F/BW and AVX512_BF16.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub unsafe fn matmul_rows_bf16_dot(
+        w: &[u16],
+        k: usize,
+        x: &[u16],
+        n: usize,
+        out: usize,
+        rows: std::ops::Range<usize>,
+        y: *mut f32,
+    ) {
+        // SAFETY: forwarded.
+        unsafe { rows_impl::<Bf16Dot>(w, k, x, n, out, rows, y) }
+    }
+}
+
+/// Whether the AVX512_BF16 dot-product kernel can run here (checked once).
+fn have_avx512_bf16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::OnceLock;
+        static HAVE: OnceLock<bool> = OnceLock::new();
+        *HAVE.get_or_init(|| have_avx512() && std::is_x86_feature_detected!("avx512bf16"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 /// Whether the AVX-512 kernels can run here (checked once).
@@ -377,6 +490,13 @@ pub fn matmul(
     let yp = SendPtr(y.as_mut_ptr());
     let threads = pool.threads();
     let avx512 = have_avx512();
+    // bf16 weights on a CPU with AVX512_BF16: round the activations to bf16 once and multiply pairs.
+    let x_bf16: Option<Vec<u16>> = match w {
+        Matrix::Bf16(_) if have_avx512_bf16() => {
+            Some(x[..n * k].iter().map(|&v| f32_to_bf16(v)).collect())
+        }
+        _ => None,
+    };
     pool.run(&|t| {
         let rows = super::pool::split(out, t, threads, TILE_R);
         if rows.is_empty() {
@@ -394,6 +514,12 @@ pub fn matmul(
                 matmul_rows(d.as_slice(), k, x, n, out, rows, yp.get())
             }
             Matrix::Bf16(d) => {
+                #[cfg(target_arch = "x86_64")]
+                if let Some(xb) = &x_bf16 {
+                    // SAFETY: AVX-512 and AVX512_BF16 checked; as above.
+                    unsafe { avx512::matmul_rows_bf16_dot(d, k, xb, n, out, rows, yp.get()) };
+                    return;
+                }
                 #[cfg(target_arch = "x86_64")]
                 if avx512 {
                     // SAFETY: as above.
@@ -571,8 +697,15 @@ mod tests {
             for bf16 in [false, true] {
                 let m = Matrix::new(w.clone(), bf16);
                 let want = if bf16 {
-                    let wb: Vec<f32> = w.iter().map(|&v| bf16_to_f32(f32_to_bf16(v))).collect();
-                    reference(&wb, out, k, &x, n)
+                    let round = |v: &f32| bf16_to_f32(f32_to_bf16(*v));
+                    let wb: Vec<f32> = w.iter().map(round).collect();
+                    // With AVX512_BF16 the activations are rounded to bf16 too.
+                    let xb: Vec<f32> = if have_avx512_bf16() {
+                        x.iter().map(round).collect()
+                    } else {
+                        x.clone()
+                    };
+                    reference(&wb, out, k, &xb, n)
                 } else {
                     want.clone()
                 };
