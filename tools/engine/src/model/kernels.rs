@@ -5,6 +5,8 @@
 
 #![allow(clippy::needless_range_loop)] // index loops over register tiles read clearer
 
+use specblock::math::exp_nonpositive;
+
 /// Lanes of one accumulator: one AVX-512 register of f32.
 const L: usize = 16;
 /// Weight rows per register tile.
@@ -412,6 +414,64 @@ mod avx512 {
         unsafe { rows_impl::<K>(w, k, x, n, out, rows, y) }
     }
 
+    /// `acc[q, 0..64] += sum_j p[q, j] * v[j, 0..64]` for `Q` query rows starting at `q0`: a register
+    /// tile of `Q x 4` accumulators, one pass over the value rows.
+    #[inline(always)]
+    unsafe fn weighted_block_64<const Q: usize>(
+        p: *const f32,
+        len: usize,
+        v: *const f32,
+        acc: *mut f32,
+    ) {
+        // SAFETY: the caller guarantees Q rows of p (len wide), len rows of v (64 wide), Q rows of acc.
+        unsafe {
+            let mut a = [[_mm512_setzero_ps(); 4]; Q];
+            for j in 0..len {
+                let vj = [
+                    _mm512_loadu_ps(v.add(j * 64)),
+                    _mm512_loadu_ps(v.add(j * 64 + 16)),
+                    _mm512_loadu_ps(v.add(j * 64 + 32)),
+                    _mm512_loadu_ps(v.add(j * 64 + 48)),
+                ];
+                for q in 0..Q {
+                    let pb = _mm512_set1_ps(*p.add(q * len + j));
+                    for d in 0..4 {
+                        a[q][d] = _mm512_fmadd_ps(pb, vj[d], a[q][d]);
+                    }
+                }
+            }
+            for q in 0..Q {
+                for d in 0..4 {
+                    let dst = acc.add(q * 64 + d * 16);
+                    _mm512_storeu_ps(dst, _mm512_add_ps(_mm512_loadu_ps(dst), a[q][d]));
+                }
+            }
+        }
+    }
+
+    /// Attention's weighted sum for head_dim 64. # Safety: AVX-512F and FMA available; `p` holds
+    /// `m * len`, `v` holds `len * 64`, `acc` holds `m * 64`.
+    #[target_feature(enable = "avx512f,fma")]
+    pub unsafe fn weighted_rows_64(p: &[f32], m: usize, len: usize, v: &[f32], acc: &mut [f32]) {
+        let (pp, vp, ap) = (p.as_ptr(), v.as_ptr(), acc.as_mut_ptr());
+        // SAFETY: caller contract; each block stays within the m rows.
+        unsafe {
+            let mut q = 0;
+            while q + 6 <= m {
+                weighted_block_64::<6>(pp.add(q * len), len, vp, ap.add(q * 64));
+                q += 6;
+            }
+            match m - q {
+                0 => {}
+                1 => weighted_block_64::<1>(pp.add(q * len), len, vp, ap.add(q * 64)),
+                2 => weighted_block_64::<2>(pp.add(q * len), len, vp, ap.add(q * 64)),
+                3 => weighted_block_64::<3>(pp.add(q * len), len, vp, ap.add(q * 64)),
+                4 => weighted_block_64::<4>(pp.add(q * len), len, vp, ap.add(q * 64)),
+                _ => weighted_block_64::<5>(pp.add(q * len), len, vp, ap.add(q * 64)),
+            }
+        }
+    }
+
     /// [`rows_impl`] with `vdpbf16ps`. # Safety: as `rows_impl`, with AVX-512F/BW and AVX512_BF16.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     pub unsafe fn matmul_rows_bf16_dot(
@@ -584,17 +644,36 @@ pub fn matmul_local(w: &[f32], out: usize, k: usize, x: &[f32], n: usize, y: &mu
 
 /// Softmax of one row in place; `-inf` entries get probability 0. A row of only `-inf` becomes 0.
 pub fn softmax_in_place(row: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if have_avx512() {
+        // SAFETY: AVX-512F checked.
+        return unsafe { softmax_avx512(row) };
+    }
+    softmax_generic(row)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+fn softmax_avx512(row: &mut [f32]) {
+    softmax_generic(row)
+}
+
+#[inline(always)]
+fn softmax_generic(row: &mut [f32]) {
     let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
     if max == f32::NEG_INFINITY {
         row.fill(0.0);
         return;
     }
-    let mut sum = 0f32;
-    for x in row.iter_mut() {
-        *x = (*x - max).exp();
-        sum += *x;
+    // 16 partial sums so the loop vectorises; exp_nonpositive is branch-free (and -inf -> 0).
+    let mut sums = [0f32; L];
+    for chunk in row.chunks_mut(L) {
+        for (i, x) in chunk.iter_mut().enumerate() {
+            *x = exp_nonpositive(*x - max);
+            sums[i] += *x;
+        }
     }
-    let inv = 1.0 / sum;
+    let inv = 1.0 / sums.iter().sum::<f32>();
     for x in row.iter_mut() {
         *x *= inv;
     }
@@ -631,8 +710,13 @@ pub fn weighted_rows(p: &[f32], m: usize, len: usize, v: &[f32], hd: usize, acc:
     );
     #[cfg(target_arch = "x86_64")]
     if have_avx512() {
-        // SAFETY: AVX-512F and FMA are available (checked).
-        unsafe { weighted_rows_avx512(p, m, len, v, hd, acc) };
+        if hd == 64 {
+            // SAFETY: AVX-512F and FMA are available (checked); shapes checked above.
+            unsafe { avx512::weighted_rows_64(p, m, len, v, acc) };
+        } else {
+            // SAFETY: as above.
+            unsafe { weighted_rows_avx512(p, m, len, v, hd, acc) };
+        }
         return;
     }
     weighted_rows_generic(p, m, len, v, hd, acc)
@@ -652,8 +736,29 @@ pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
 
 /// `silu(gate) * up`, in place into `gate`.
 pub fn swiglu(gate: &mut [f32], up: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if have_avx512() {
+        // SAFETY: AVX-512F checked.
+        return unsafe { swiglu_avx512(gate, up) };
+    }
+    swiglu_generic(gate, up)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+fn swiglu_avx512(gate: &mut [f32], up: &[f32]) {
+    swiglu_generic(gate, up)
+}
+
+/// `silu(g) = g / (1 + e^-g)`, written with `e = exp(-|g|) <= 1` so one branch-free, vectorisable
+/// exponential serves both signs: `g / (1 + e)` for `g >= 0`, `g e / (1 + e)` for `g < 0`.
+#[inline(always)]
+fn swiglu_generic(gate: &mut [f32], up: &[f32]) {
     for (g, &u) in gate.iter_mut().zip(up) {
-        *g = *g / (1.0 + (-*g).exp()) * u;
+        let x = *g;
+        let e = exp_nonpositive(-x.abs());
+        let num = if x >= 0.0 { x } else { x * e };
+        *g = num / (1.0 + e) * u;
     }
 }
 
@@ -718,6 +823,47 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn attention_helpers_match_plain_loops() {
+        for &(m, len, hd) in &[(1, 1, 64), (7, 33, 64), (24, 520, 64), (5, 9, 8)] {
+            let p: Vec<f32> = (0..m * len)
+                .map(|i| ((i * 37 % 101) as f32) / 101.0)
+                .collect();
+            let v: Vec<f32> = (0..len * hd)
+                .map(|i| ((i * 53 % 97) as f32) / 97.0 - 0.5)
+                .collect();
+            let mut got = vec![0.25f32; m * hd];
+            weighted_rows(&p, m, len, &v, hd, &mut got);
+            for q in 0..m {
+                for d in 0..hd {
+                    let want: f64 = 0.25
+                        + (0..len)
+                            .map(|j| p[q * len + j] as f64 * v[j * hd + d] as f64)
+                            .sum::<f64>();
+                    assert!(
+                        (got[q * hd + d] as f64 - want).abs() < 1e-4 * (1.0 + want.abs()),
+                        "m={m} len={len}"
+                    );
+                }
+            }
+        }
+        let mut row = vec![1.0f32, f32::NEG_INFINITY, 3.0, -2.0, 0.5];
+        softmax_in_place(&mut row);
+        let z: f64 = [1.0f64, 3.0, -2.0, 0.5].iter().map(|x| x.exp()).sum();
+        for (got, x) in row.iter().zip([1.0f64, f64::NEG_INFINITY, 3.0, -2.0, 0.5]) {
+            assert!((*got as f64 - x.exp() / z).abs() < 1e-6);
+        }
+        let (mut g, u) = (vec![-30.0f32, -1.5, 0.0, 0.7, 25.0], vec![2.0f32; 5]);
+        let want: Vec<f64> = g
+            .iter()
+            .map(|&x| x as f64 / (1.0 + (-(x as f64)).exp()) * 2.0)
+            .collect();
+        swiglu(&mut g, &u);
+        for (a, b) in g.iter().zip(&want) {
+            assert!((*a as f64 - b).abs() < 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
         }
     }
 
