@@ -7,7 +7,7 @@ NOSTD_DIR := target/nostd
 # The staticlib needs these system libraries (`cargo rustc --crate-type staticlib -- --print native-static-libs`).
 STATIC_LIBS := -lpthread -ldl -lm
 
-.PHONY: all build demo test deps check-tools fmt-check clippy cargo-test nostd header bench bench-engine model install clean
+.PHONY: all build demo test deps check-tools fmt-check clippy cargo-test nostd header bench bench-engine bench-llamacpp model install clean
 
 MODEL := models/SmolLM2-135M-Instruct.Q4_1.gguf
 ENGINE := target/release/specblock
@@ -87,6 +87,24 @@ bench:
 bench-engine: build model
 	$(ENGINE) bench --model $(MODEL)
 	$(ENGINE) bench --model $(MODEL) --bf16
+
+## bench-llamacpp: our engine's bench, then llama.cpp (llama-cpp-python 0.3.36) on the Q4_1 and F16 GGUFs,
+## side by side, on an idle machine. The first run builds llama.cpp from the sdist (~6 minutes on 2 cores).
+BENCH_VENV := .venv-bench
+BENCH_PY := $(BENCH_VENV)/bin/python
+MODEL_F16 := models/SmolLM2-135M-Instruct.F16.gguf
+
+$(BENCH_VENV)/.installed:
+	test -x $(BENCH_PY) || python3 -m venv $(BENCH_VENV)
+	@echo "installing llama-cpp-python 0.3.36: pip compiles llama.cpp from source, which takes ~6 minutes on 2 cores"
+	$(BENCH_PY) -m pip install llama-cpp-python==0.3.36 numpy gguf==0.19.0
+	touch $@
+
+bench-llamacpp: build model $(BENCH_VENV)/.installed
+	test -f $(MODEL_F16) || { $(BENCH_PY) tools/engine/scripts/make_f16_gguf.py $(MODEL) $(MODEL_F16).tmp \
+		&& mv $(MODEL_F16).tmp $(MODEL_F16); }
+	$(ENGINE) bench --model $(MODEL)
+	$(BENCH_PY) tools/engine/scripts/llamacpp_bench.py $(MODEL) $(MODEL_F16)
 
 ## install: library, header and pkg-config file under $(PREFIX).
 install: build
