@@ -557,8 +557,11 @@ pub fn matmul(
         }
         _ => None,
     };
-    pool.run(&|t| {
-        let rows = super::pool::split(out, t, threads, TILE_R);
+    // Chunks of whole register tiles, several per thread, so a slow thread does not hold up the rest.
+    let chunk_rows = (out.div_ceil(threads * 8)).max(16).next_multiple_of(TILE_R);
+    let chunks = out.div_ceil(chunk_rows);
+    pool.for_each_chunk(chunks, &|c| {
+        let rows = c * chunk_rows..((c + 1) * chunk_rows).min(out);
         if rows.is_empty() {
             return;
         }

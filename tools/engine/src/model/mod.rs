@@ -409,12 +409,12 @@ impl Llama {
                 }
             }
         }
-        let threads = pool.threads();
         let ap = SendPtr(attn.as_mut_ptr());
         let items = &items;
-        pool.run(&|t| {
+        pool.for_each_chunk(items.len(), &|item| {
             let (mut q, mut scores, mut acc) = (Vec::new(), Vec::new(), Vec::new());
-            for &(s, kvh, i0) in &items[pool::split(items.len(), t, threads, 1)] {
+            {
+                let (s, kvh, i0) = items[item];
                 let seg = &segs[s];
                 let kv = &*seg.kv;
                 let n = seg.tokens.len();

@@ -1,6 +1,10 @@
-//! A tiny fork-join pool for the forward pass: the caller plus `n - 1` pinned-in-spirit helper threads
-//! that spin briefly on an epoch counter, so a parallel matmul costs a few hundred nanoseconds to
-//! start instead of a thread spawn. One job runs at a time (the engine is single-stream).
+//! A tiny fork-join pool for the forward pass: the caller plus `n - 1` helper threads that spin briefly
+//! on an epoch counter, so a parallel matmul costs a few hundred nanoseconds to start instead of a
+//! thread spawn. One job runs at a time (the engine is single-stream).
+//!
+//! On Linux, thread `t` is pinned to CPU `t` (the caller when it first runs a job): unpinned, a helper
+//! woken from sleep can land on the caller's CPU while the caller spins, and the two then share one
+//! core for milliseconds (measured: 250 us instead of 35 us for a small matmul).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -54,7 +58,10 @@ impl Pool {
         let helpers = (1..n)
             .map(|index| {
                 let shared = Arc::clone(&shared);
-                std::thread::spawn(move || helper_loop(&shared, index))
+                std::thread::spawn(move || {
+                    pin_to_cpu(index);
+                    helper_loop(&shared, index)
+                })
             })
             .collect();
         Pool { n, shared, helpers }
@@ -72,6 +79,13 @@ impl Pool {
             f(0);
             return;
         }
+        thread_local!(static PINNED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
+        PINNED.with(|p| {
+            if !p.get() {
+                pin_to_cpu(0);
+                p.set(true);
+            }
+        });
         // SAFETY: the job outlives its use: helpers only call it before incrementing `done`, and this
         // function does not return until `done` reaches n - 1.
         let ptr: *const Job = unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync), &Job>(f) };
@@ -140,6 +154,30 @@ fn helper_loop(shared: &Shared, index: usize) {
     }
 }
 
+/// Pins the calling thread to CPU `cpu` if this process may run there (Linux); otherwise does nothing.
+fn pin_to_cpu(cpu: usize) {
+    #[cfg(target_os = "linux")]
+    // SAFETY: a zeroed cpu_set_t is valid; the calls only read it, and failure is harmless.
+    unsafe {
+        let mut allowed: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut allowed) != 0 {
+            return;
+        }
+        // The cpu-th CPU this process may use, so pinning respects taskset/cgroup limits.
+        let usable: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &allowed))
+            .collect();
+        if usable.len() < 2 {
+            return;
+        }
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(usable[cpu % usable.len()], &mut set);
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = cpu;
+}
+
 impl Drop for Pool {
     fn drop(&mut self) {
         self.shared.stop.store(1, Ordering::SeqCst);
@@ -154,6 +192,23 @@ impl Drop for Pool {
         for h in self.helpers.drain(..) {
             let _ = h.join();
         }
+    }
+}
+
+impl Pool {
+    /// Runs `f(chunk)` for every chunk in `0..chunks`, handed out dynamically through a shared counter:
+    /// a thread that starts late (descheduled, or sharing a core) simply takes fewer chunks.
+    pub fn for_each_chunk(&self, chunks: usize, f: &(dyn Fn(usize) + Sync)) {
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        self.run(&|_| {
+            loop {
+                let c = next.fetch_add(1, Ordering::Relaxed);
+                if c >= chunks {
+                    break;
+                }
+                f(c);
+            }
+        });
     }
 }
 
