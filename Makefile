@@ -104,6 +104,7 @@ bench-llamacpp: build model $(BENCH_VENV)/.installed
 	test -f $(MODEL_F16) || { $(BENCH_PY) tools/engine/scripts/make_f16_gguf.py $(MODEL) $(MODEL_F16).tmp \
 		&& mv $(MODEL_F16).tmp $(MODEL_F16); }
 	$(ENGINE) bench --model $(MODEL)
+	$(ENGINE) bench --model $(MODEL) --bf16
 	$(BENCH_PY) tools/engine/scripts/llamacpp_bench.py $(MODEL) $(MODEL_F16)
 
 ## install: library, header and pkg-config file under $(PREFIX).
