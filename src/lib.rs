@@ -7,6 +7,7 @@
 //! - [`layout`]: verification inputs in every common engine format (positions, masks, paths, sibling lists,
 //!   llama.cpp sequence-id sets), written into caller buffers;
 //! - [`verify`]: greedy and lossless sampling acceptance, with the KV keep-list;
+//! - [`cpu`] (feature `std`): CPU numerics (thread pool, matmul and friends) for drafters and engines;
 //! - `ffi` (feature `std`): the C ABI declared in `include/specblock.h`.
 //!
 //! The core is `#![no_std]`: with only the `alloc` feature, every structure allocates once at creation and
@@ -39,6 +40,8 @@ extern crate alloc;
 #[cfg(any(test, feature = "std"))]
 extern crate std;
 
+#[cfg(feature = "std")]
+pub mod cpu;
 pub mod error;
 pub mod math;
 pub mod rng;

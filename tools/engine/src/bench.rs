@@ -73,7 +73,7 @@ pub fn read_bandwidth(threads: usize) -> f64 {
             let chunk = n.div_ceil(threads);
             let handles: Vec<_> = buf
                 .chunks(chunk)
-                .map(|c| s.spawn(move || crate::model::kernels::stream_sum(c)))
+                .map(|c| s.spawn(move || specblock::cpu::kernels::stream_sum(c)))
                 .collect();
             handles.into_iter().map(|h| h.join().unwrap_or(0.0)).sum()
         });

@@ -4,13 +4,11 @@
 
 use std::sync::Mutex;
 
-pub mod kernels;
 pub mod kv;
-pub mod pool;
 
-use kernels::{Matrix, SendPtr, matmul, rms_norm, swiglu};
 pub use kv::KvCache;
-use pool::Pool;
+use specblock::cpu::Pool;
+use specblock::cpu::{Matrix, SendPtr, kernels, matmul, rms_norm, swiglu};
 
 use crate::error::{Error, Result};
 use crate::weights::{LlamaConfig, LoadedModel};
@@ -161,7 +159,7 @@ impl Llama {
             norm,
             lm_head,
             inv_freq,
-            pool: Mutex::new(Pool::new(threads)),
+            pool: Mutex::new(Pool::pinned(threads)),
         })
     }
 

@@ -1,11 +1,13 @@
-//! CPU kernels of the forward pass. The matmul streams the weight matrix once per call and applies each
+//! CPU kernels of the forward passes (the reference engine's target and the drafters). The matmul streams the weight matrix once per call and applies each
 //! block of weight rows to every activation row while it is in cache, so the cost of N rows stays near
 //! the cost of one until the arithmetic catches up with memory (DESIGN.md §7). The same generic code is
 //! compiled for AVX-512 and chosen at run time; the portable build is the fallback.
 
 #![allow(clippy::needless_range_loop)] // index loops over register tiles read clearer
 
-use specblock::math::exp_nonpositive;
+use std::vec::Vec;
+
+use crate::math::exp_nonpositive;
 
 /// Lanes of one accumulator: one AVX-512 register of f32.
 const L: usize = 16;
@@ -534,7 +536,7 @@ unsafe impl Sync for SendPtr {}
 
 /// `y[n, out] = x[n, k] * w[out, k]^T`, weight rows split over the pool's threads.
 pub fn matmul(
-    pool: &super::pool::Pool,
+    pool: &super::Pool,
     w: &Matrix,
     out: usize,
     k: usize,
@@ -768,7 +770,9 @@ fn swiglu_generic(gate: &mut [f32], up: &[f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::pool::Pool;
+    use crate::cpu::Pool;
+    use std::vec;
+    use std::vec::Vec;
 
     fn reference(w: &[f32], out: usize, k: usize, x: &[f32], n: usize) -> Vec<f32> {
         let mut y = vec![0f32; n * out];

@@ -2,14 +2,15 @@
 //! on an epoch counter, so a parallel matmul costs a few hundred nanoseconds to start instead of a
 //! thread spawn. One job runs at a time (the engine is single-stream).
 //!
-//! On Linux, thread `t` is pinned to CPU `t` (the caller when it first runs a job): unpinned, a helper
-//! woken from sleep can land on the caller's CPU while the caller spins, and the two then share one
-//! core for milliseconds (measured: 250 us instead of 35 us for a small matmul).
+//! [`Pool::pinned`] pins helper `t` to CPU `t` on Linux: unpinned, a helper woken from sleep can land
+//! on the caller's CPU while the caller spins, and the two then share one core for milliseconds
+//! (measured: 250 us instead of 35 us for a small matmul).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use std::vec::Vec;
 
 /// A job: called once per thread with the thread's index `0..n`.
 type Job = dyn Fn(usize) + Sync;
@@ -25,6 +26,8 @@ struct Shared {
     wake: Condvar,
     sleep_lock: Mutex<()>,
     stop: AtomicUsize,
+    /// Set when a job panicked on a helper; `run` re-raises it on the caller.
+    panicked: AtomicUsize,
 }
 
 #[derive(Clone, Copy)]
@@ -44,8 +47,19 @@ pub struct Pool {
 const SPIN: Duration = Duration::from_millis(2);
 
 impl Pool {
-    /// A pool of `n >= 1` threads.
+    /// A pool of `n >= 1` threads, not pinned.
     pub fn new(n: usize) -> Self {
+        Self::build(n, false)
+    }
+
+    /// A pool of `n >= 1` threads where helper thread `t` (1..n) is pinned to the `t`-th usable CPU
+    /// (Linux). The caller stays free, so the scheduler moves it off a helper's CPU; pinning it too made
+    /// multi-threaded callers (a test harness) share one core. For applications that own the machine.
+    pub fn pinned(n: usize) -> Self {
+        Self::build(n, true)
+    }
+
+    fn build(n: usize, pin: bool) -> Self {
         let n = n.max(1);
         let shared = Arc::new(Shared {
             epoch: AtomicUsize::new(0),
@@ -54,12 +68,15 @@ impl Pool {
             wake: Condvar::new(),
             sleep_lock: Mutex::new(()),
             stop: AtomicUsize::new(0),
+            panicked: AtomicUsize::new(0),
         });
         let helpers = (1..n)
             .map(|index| {
                 let shared = Arc::clone(&shared);
                 std::thread::spawn(move || {
-                    pin_to_cpu(index);
+                    if pin {
+                        pin_to_cpu(index);
+                    }
                     helper_loop(&shared, index)
                 })
             })
@@ -73,19 +90,12 @@ impl Pool {
     }
 
     /// Runs `f(i)` for every thread index `i` in `0..threads()`, in parallel, and returns when all
-    /// are done. A panic in a helper aborts the process (the engine's kernels do not panic).
+    /// are done. A panic in a helper is caught there and re-raised here, on the caller.
     pub fn run(&self, f: &(dyn Fn(usize) + Sync)) {
         if self.n == 1 {
             f(0);
             return;
         }
-        thread_local!(static PINNED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
-        PINNED.with(|p| {
-            if !p.get() {
-                pin_to_cpu(0);
-                p.set(true);
-            }
-        });
         // SAFETY: the job outlives its use: helpers only call it before incrementing `done`, and this
         // function does not return until `done` reaches n - 1.
         let ptr: *const Job = unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync), &Job>(f) };
@@ -100,7 +110,9 @@ impl Pool {
                 .unwrap_or_else(|e| e.into_inner());
             self.shared.wake.notify_all();
         }
-        f(0);
+        // The caller's share may panic: catch it so the helpers are waited for before the job (borrowed
+        // by them) goes out of scope, then re-raise.
+        let mine = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(0)));
         // Spin briefly (the helpers usually finish within microseconds), then yield so a busy machine
         // is not made worse by a thread burning the core another one needs.
         let mut spins = 0u32;
@@ -111,6 +123,12 @@ impl Pool {
             } else {
                 std::thread::yield_now();
             }
+        }
+        if let Err(payload) = mine {
+            std::panic::resume_unwind(payload);
+        }
+        if self.shared.panicked.swap(0, Ordering::SeqCst) != 0 {
+            panic!("a pool thread panicked while running a job");
         }
     }
 }
@@ -148,7 +166,10 @@ fn helper_loop(shared: &Shared, index: usize) {
         let job = *shared.job.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(JobPtr(ptr)) = job {
             // SAFETY: `run` keeps the job alive until every helper has incremented `done`.
-            unsafe { (*ptr)(index) };
+            let job = || unsafe { (*ptr)(index) };
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
+                shared.panicked.store(1, Ordering::SeqCst);
+            }
         }
         shared.done.fetch_add(1, Ordering::Release);
     }

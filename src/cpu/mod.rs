@@ -1,0 +1,11 @@
+//! CPU numerics shared by the reference engine's target model and the drafters (feature `std`): a
+//! fork-join thread pool and the AVX-512 / portable kernels (weight-streaming matmul in f32 and bf16,
+//! RMSNorm, SwiGLU, softmax, attention's weighted sum).
+
+pub mod kernels;
+pub mod pool;
+
+pub use kernels::{
+    Matrix, SendPtr, matmul, matmul_local, rms_norm, softmax_in_place, swiglu, weighted_rows,
+};
+pub use pool::Pool;
