@@ -7,6 +7,8 @@
 //! - [`layout`]: verification inputs in every common engine format (positions, masks, paths, sibling lists,
 //!   llama.cpp sequence-id sets), written into caller buffers;
 //! - [`verify`]: greedy and lossless sampling acceptance, with the KV keep-list;
+//! - [`drafter`] (feature `std`): the SpecBlock drafter (config, weights, context cache, block forward);
+//! - [`io`] (feature `std`): checkpoint reading (safetensors);
 //! - [`cpu`] (feature `std`): CPU numerics (thread pool, matmul and friends) for drafters and engines;
 //! - `ffi` (feature `std`): the C ABI declared in `include/specblock.h`.
 //!
@@ -42,7 +44,11 @@ extern crate std;
 
 #[cfg(feature = "std")]
 pub mod cpu;
+#[cfg(feature = "std")]
+pub mod drafter;
 pub mod error;
+#[cfg(feature = "std")]
+pub mod io;
 pub mod math;
 pub mod rng;
 

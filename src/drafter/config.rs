@@ -1,0 +1,174 @@
+//! The drafter's config.json: the authors' field names plus ours (docs/drafter-forward.md, "Config").
+
+use std::string::String;
+use std::vec::Vec;
+
+use crate::io::LoadError;
+use crate::load_err;
+
+/// Which context-entry protocol the session follows (method notes §3.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ContextProtocol {
+    /// Entries pair each feature with the token that follows it, at consecutive bases (as trained).
+    Training,
+    /// The authors' inference bookkeeping (duplicate draft entry, shifted chain).
+    Reference,
+}
+
+/// SpecBlock drafter hyper-parameters.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DrafterConfig {
+    /// Drafter width H.
+    pub hidden: usize,
+    /// Decoder layers.
+    pub layers: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads.
+    pub kv_heads: usize,
+    /// Head dimension.
+    pub head_dim: usize,
+    /// SwiGLU inner size.
+    pub ffn: usize,
+    /// RMSNorm epsilon.
+    pub rms_eps: f32,
+    /// RoPE base.
+    pub rope_theta: f32,
+    /// Target vocabulary (rows of the borrowed embedding).
+    pub vocab: usize,
+    /// Draft vocabulary (LM head rows).
+    pub draft_vocab: usize,
+    /// Slots per block, K.
+    pub slots: usize,
+    /// Rank classes.
+    pub rank_classes: usize,
+    /// Target hidden size (features are 3x this).
+    pub target_hidden: usize,
+    /// Top-T logits the rank features use (>= 10).
+    pub rank_topk: usize,
+    /// Target layers whose outputs form the features, if given.
+    pub aux_layer_ids: Option<Vec<usize>>,
+    /// Context protocol.
+    pub protocol: ContextProtocol,
+}
+
+impl DrafterConfig {
+    /// Parses config.json text; `origin` names it in errors.
+    pub fn from_json(text: &str, origin: &str) -> Result<Self, LoadError> {
+        let v: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| load_err!("{origin}: not valid JSON: {e}"))?;
+        let int = |key: &str| -> Result<Option<usize>, LoadError> {
+            match v.get(key) {
+                None | Some(serde_json::Value::Null) => Ok(None),
+                Some(x) => x
+                    .as_u64()
+                    .and_then(|n| usize::try_from(n).ok())
+                    .map(Some)
+                    .ok_or_else(|| load_err!("{origin}: {key} must be a non-negative integer")),
+            }
+        };
+        let need = |key: &str| -> Result<usize, LoadError> {
+            int(key)?.ok_or_else(|| load_err!("{origin}: {key} is missing"))
+        };
+        let float = |key: &str, default: f64| -> Result<f32, LoadError> {
+            match v.get(key) {
+                None | Some(serde_json::Value::Null) => Ok(default as f32),
+                Some(x) => x
+                    .as_f64()
+                    .map(|f| f as f32)
+                    .ok_or_else(|| load_err!("{origin}: {key} must be a number")),
+            }
+        };
+        let hidden = need("hidden_size")?;
+        let heads = need("num_attention_heads")?;
+        let head_dim = int("head_dim")?.unwrap_or(hidden.checked_div(heads).unwrap_or(0));
+        let protocol = match v.get("context_protocol").and_then(|p| p.as_str()) {
+            None | Some("training") => ContextProtocol::Training,
+            Some("reference") => ContextProtocol::Reference,
+            Some(other) => {
+                return Err(load_err!(
+                    "{origin}: context_protocol {other:?} (training or reference)"
+                ));
+            }
+        };
+        let aux_layer_ids = match v.get("aux_layer_ids") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(a) => Some(
+                a.as_array()
+                    .and_then(|a| {
+                        a.iter()
+                            .map(|x| x.as_u64().map(|n| n as usize))
+                            .collect::<Option<Vec<_>>>()
+                    })
+                    .ok_or_else(|| {
+                        load_err!("{origin}: aux_layer_ids must be a list of layer indices")
+                    })?,
+            ),
+        };
+        let c = DrafterConfig {
+            hidden,
+            layers: need("num_hidden_layers")?,
+            heads,
+            kv_heads: need("num_key_value_heads")?,
+            head_dim,
+            ffn: need("intermediate_size")?,
+            rms_eps: float("rms_norm_eps", 1e-6)?,
+            rope_theta: float("rope_theta", 10000.0)?,
+            vocab: need("vocab_size")?,
+            draft_vocab: need("draft_vocab_size")?,
+            slots: int("diffspec_draft_token_num")?.unwrap_or(4),
+            rank_classes: int("rank_classes")?.unwrap_or(4),
+            target_hidden: int("target_hidden_size")?.unwrap_or(hidden),
+            rank_topk: int("rank_topk")?.unwrap_or(10),
+            aux_layer_ids,
+            protocol,
+        };
+        c.validate(origin)?;
+        Ok(c)
+    }
+
+    fn validate(&self, origin: &str) -> Result<(), LoadError> {
+        let problem: Option<String> = if self.hidden == 0
+            || self.layers == 0
+            || self.heads == 0
+            || self.kv_heads == 0
+        {
+            Some("sizes must be positive".into())
+        } else if !self.heads.is_multiple_of(self.kv_heads) {
+            Some(std::format!(
+                "{} heads are not a multiple of {} KV heads",
+                self.heads,
+                self.kv_heads
+            ))
+        } else if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
+            Some(std::format!(
+                "head_dim {} must be even and positive",
+                self.head_dim
+            ))
+        } else if self.slots == 0 || self.slots > 16 {
+            Some(std::format!(
+                "diffspec_draft_token_num {} must be 1..=16",
+                self.slots
+            ))
+        } else if self.rank_topk < 10 || self.rank_topk > self.draft_vocab {
+            Some(std::format!(
+                "rank_topk {} must be >= 10 and <= draft_vocab_size",
+                self.rank_topk
+            ))
+        } else if self.draft_vocab == 0 || self.draft_vocab > self.vocab || self.rank_classes == 0 {
+            Some("draft_vocab_size must be in 1..=vocab_size and rank_classes positive".into())
+        } else if self.rms_eps.is_nan()
+            || self.rms_eps <= 0.0
+            || self.rope_theta.is_nan()
+            || self.rope_theta <= 0.0
+        {
+            Some("rms_norm_eps and rope_theta must be positive".into())
+        } else {
+            None
+        };
+        match problem {
+            Some(p) => Err(load_err!("{origin}: {p}")),
+            None => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,474 @@
+//! The block forward of docs/drafter-forward.md: input fusion, decoder layers with the layer-wise
+//! shift, final norm, draft LM head, rank features and rank head; context forwards append to the cache,
+//! seed forwards (block 2) only read it.
+
+use std::vec::Vec;
+
+use super::weights::{RANK_FEATURES, RANK_HIDDEN};
+use super::{ContextCache, Drafter};
+use crate::cpu::{matmul, rms_norm, softmax_in_place};
+use crate::error::Error;
+
+/// Outputs of one forward, `entries x slots` rows, entry-major.
+#[derive(Clone, Debug, Default)]
+pub struct BlockOutput {
+    /// Entries (or seeds) in the batch.
+    pub entries: usize,
+    /// `rows x draft_vocab` draft logits.
+    pub logits: Vec<f32>,
+    /// `rows x rank_classes` rank-head logits.
+    pub rank_logits: Vec<f32>,
+    /// `rows x hidden` pre-norm hiddens (they condition the next block).
+    pub hidden: Vec<f32>,
+    /// `rows x hidden` normed hiddens (the LM head's input).
+    pub normed: Vec<f32>,
+}
+
+/// What conditions each entry and which keys its slots see.
+enum Kind<'a> {
+    /// Target features (`3 x target_hidden` per entry); entries are appended to the cache.
+    Context {
+        features: &'a [f32],
+        bases: &'a [u32],
+    },
+    /// Drafter hiddens (`hidden` per seed); seed `i` sees origin-entry slots `0..=visibility[i]`.
+    Seed {
+        hidden: &'a [f32],
+        visibility: &'a [u32],
+    },
+}
+
+fn check_finite(what: &'static str, xs: &[f32], width: usize) -> Result<(), Error> {
+    match xs.iter().position(|x| !x.is_finite()) {
+        Some(i) => Err(Error::NonFinite {
+            what,
+            row: i / width.max(1),
+            col: i % width.max(1),
+        }),
+        None => Ok(()),
+    }
+}
+
+impl Drafter {
+    /// Context forward: appends one entry per (feature, token, base) to `cache` and returns every
+    /// entry's K slots. The last entry's output is block 1. `embed` is the target's token embedding
+    /// (`vocab x hidden`). On error the cache is unchanged.
+    pub fn context_forward(
+        &self,
+        cache: &mut ContextCache,
+        embed: &[f32],
+        features: &[f32],
+        tokens: &[u32],
+        bases: &[u32],
+    ) -> Result<BlockOutput, Error> {
+        let c = &self.cfg;
+        let e = tokens.len();
+        if features.len() != e * 3 * c.target_hidden {
+            return Err(Error::ShapeMismatch {
+                what: "features (entries x 3 target_hidden)",
+                expected: e * 3 * c.target_hidden,
+                got: features.len(),
+            });
+        }
+        if bases.len() != e {
+            return Err(Error::ShapeMismatch {
+                what: "bases (one per entry)",
+                expected: e,
+                got: bases.len(),
+            });
+        }
+        if cache.entries() + e > cache.capacity {
+            return Err(Error::Capacity {
+                what: "drafter context entries",
+                capacity: cache.capacity,
+            });
+        }
+        check_finite("features", features, 3 * c.target_hidden)?;
+        self.run(
+            Some(cache),
+            None,
+            embed,
+            tokens,
+            Kind::Context { features, bases },
+        )
+    }
+
+    /// Seed forward (block 2 and later): one batch of seeds continuing from the last committed entry,
+    /// each conditioned on a drafter hidden with a token and a visibility `s` (it sees that entry's
+    /// slots `0..=s`). Positions are the last entry's. Nothing is appended.
+    pub fn seed_forward(
+        &self,
+        cache: &ContextCache,
+        embed: &[f32],
+        hidden: &[f32],
+        tokens: &[u32],
+        visibility: &[u32],
+    ) -> Result<BlockOutput, Error> {
+        let c = &self.cfg;
+        let e = tokens.len();
+        if hidden.len() != e * c.hidden {
+            return Err(Error::ShapeMismatch {
+                what: "seed hiddens (seeds x hidden)",
+                expected: e * c.hidden,
+                got: hidden.len(),
+            });
+        }
+        if visibility.len() != e {
+            return Err(Error::ShapeMismatch {
+                what: "seed visibilities",
+                expected: e,
+                got: visibility.len(),
+            });
+        }
+        if visibility.iter().any(|&s| s as usize >= c.slots) {
+            return Err(Error::InvalidArgument("seed visibility must be < slots"));
+        }
+        if cache.entries() == 0 {
+            return Err(Error::InvalidState("seed forward needs a committed entry"));
+        }
+        check_finite("seed hiddens", hidden, c.hidden)?;
+        self.run(
+            None,
+            Some(cache),
+            embed,
+            tokens,
+            Kind::Seed { hidden, visibility },
+        )
+    }
+
+    /// The shared forward. Exactly one of `append` (context) or `read` (seed) is given.
+    fn run(
+        &self,
+        mut append: Option<&mut ContextCache>,
+        read: Option<&ContextCache>,
+        embed: &[f32],
+        tokens: &[u32],
+        kind: Kind<'_>,
+    ) -> Result<BlockOutput, Error> {
+        let c = &self.cfg;
+        let (h, d, k_slots) = (c.hidden, c.head_dim, c.slots);
+        let (qd, kvd) = (c.heads * d, c.kv_heads * d);
+        if embed.len() != c.vocab * h {
+            return Err(Error::ShapeMismatch {
+                what: "token embedding (vocab x hidden)",
+                expected: c.vocab * h,
+                got: embed.len(),
+            });
+        }
+        if let Some(&t) = tokens.iter().find(|&&t| t as usize >= c.vocab) {
+            return Err(Error::TokenOutOfRange {
+                what: "drafter input",
+                token: t as i64,
+                vocab: c.vocab,
+            });
+        }
+        let e = tokens.len();
+        let rows = e * k_slots;
+        let mut out = BlockOutput {
+            entries: e,
+            ..BlockOutput::default()
+        };
+        if e == 0 {
+            return Ok(out);
+        }
+        let pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        let w = &self.w;
+        // Entries before this batch, the origin entry for seeds, and each entry's base position.
+        let n0 = append.as_deref().map_or(0, |cc| cc.entries());
+        let origin_base = read.and_then(|cc| cc.last_base()).unwrap_or(0);
+        let base_of = |i: usize| -> u32 {
+            match &kind {
+                Kind::Context { bases, .. } => bases[i],
+                Kind::Seed { .. } => origin_base,
+            }
+        };
+
+        // 1. Input fusion.
+        let mut cond = std::vec![0f32; e * h];
+        match &kind {
+            Kind::Context { features, .. } => {
+                let mut proj = std::vec![0f32; e * h];
+                matmul(
+                    &pool,
+                    &w.condition_proj,
+                    h,
+                    3 * c.target_hidden,
+                    features,
+                    e,
+                    &mut proj,
+                );
+                rms_norm(&proj, &w.condition_norm, c.rms_eps, &mut cond);
+            }
+            Kind::Seed { hidden, .. } => rms_norm(hidden, &w.condition_norm, c.rms_eps, &mut cond),
+        }
+        let mut tok = std::vec![0f32; e * h];
+        for (i, &t) in tokens.iter().enumerate() {
+            let t = t as usize;
+            rms_norm(
+                &embed[t * h..(t + 1) * h],
+                &w.token_norm,
+                c.rms_eps,
+                &mut tok[i * h..(i + 1) * h],
+            );
+        }
+        let mut fused_in = std::vec![0f32; rows * 3 * h];
+        for i in 0..e {
+            for k in 0..k_slots {
+                let r = &mut fused_in[(i * k_slots + k) * 3 * h..(i * k_slots + k + 1) * 3 * h];
+                r[..h].copy_from_slice(&cond[i * h..(i + 1) * h]);
+                r[h..2 * h].copy_from_slice(&tok[i * h..(i + 1) * h]);
+                r[2 * h..].copy_from_slice(&w.queries_normed[k * h..(k + 1) * h]);
+            }
+        }
+        let mut x = std::vec![0f32; rows * h];
+        matmul(&pool, &w.fuse, h, 3 * h, &fused_in, rows, &mut x);
+
+        // RoPE tables per row (position = entry base + slot).
+        let half = d / 2;
+        let mut cos = std::vec![0f32; rows * half];
+        let mut sin = std::vec![0f32; rows * half];
+        for i in 0..e {
+            for k in 0..k_slots {
+                let p = (base_of(i) + k as u32) as f32;
+                for (j, &f) in self.inv_freq.iter().enumerate() {
+                    let a = p * f;
+                    cos[(i * k_slots + k) * half + j] = a.cos();
+                    sin[(i * k_slots + k) * half + j] = a.sin();
+                }
+            }
+        }
+
+        // 2. Decoder layers.
+        let mut xn = std::vec![0f32; rows * h];
+        let mut shifted = std::vec![0f32; rows * 2 * h];
+        let mut qkv = std::vec![0f32; rows * (qd + 2 * kvd)];
+        let mut attn = std::vec![0f32; rows * qd];
+        let mut tmp = std::vec![0f32; rows * h];
+        let mut gu = std::vec![0f32; rows * 2 * c.ffn];
+        let mut act = std::vec![0f32; rows * c.ffn];
+        let mut scores: Vec<f32> = Vec::new();
+        let scale = 1.0 / (d as f32).sqrt();
+        let group = c.heads / c.kv_heads;
+        for (l, layer) in w.layers.iter().enumerate() {
+            if l > 0 {
+                for i in 0..e {
+                    for k in 0..k_slots {
+                        let r = i * k_slots + k;
+                        let prev = i * k_slots + k.saturating_sub(1);
+                        shifted[r * 2 * h..r * 2 * h + h].copy_from_slice(&x[r * h..(r + 1) * h]);
+                        shifted[r * 2 * h + h..(r + 1) * 2 * h]
+                            .copy_from_slice(&x[prev * h..(prev + 1) * h]);
+                    }
+                }
+                matmul(&pool, &w.shift[l - 1], h, 2 * h, &shifted, rows, &mut x);
+            }
+            rms_norm(&x, &layer.input_norm, c.rms_eps, &mut xn);
+            matmul(&pool, &layer.wqkv, qd + 2 * kvd, h, &xn, rows, &mut qkv);
+            for r in 0..rows {
+                let base = r * (qd + 2 * kvd);
+                let (cs, sn) = (
+                    &cos[r * half..(r + 1) * half],
+                    &sin[r * half..(r + 1) * half],
+                );
+                for head in 0..c.heads + c.kv_heads {
+                    let v = &mut qkv[base + head * d..base + (head + 1) * d];
+                    for j in 0..half {
+                        let (a, b) = (v[j], v[j + half]);
+                        v[j] = a * cs[j] - b * sn[j];
+                        v[j + half] = b * cs[j] + a * sn[j];
+                    }
+                }
+            }
+            if let Some(cache) = append.as_deref_mut() {
+                for r in 0..rows {
+                    let src = r * (qd + 2 * kvd) + qd;
+                    let dst = (n0 * k_slots + r) * kvd;
+                    cache.k[l][dst..dst + kvd].copy_from_slice(&qkv[src..src + kvd]);
+                    cache.v[l][dst..dst + kvd].copy_from_slice(&qkv[src + kvd..src + 2 * kvd]);
+                }
+            }
+            // Attention, one (row, head) at a time over an explicit key list: cache rows, then (seeds
+            // only) the seed's own earlier slots.
+            for i in 0..e {
+                for k in 0..k_slots {
+                    let r = i * k_slots + k;
+                    let (cache_rows, kc, vc): (usize, &[f32], &[f32]) =
+                        match (&kind, append.as_deref(), read) {
+                            (Kind::Context { .. }, Some(cc), _) => {
+                                ((n0 + i) * k_slots + k + 1, &cc.k[l], &cc.v[l])
+                            }
+                            (Kind::Seed { visibility, .. }, _, Some(cc)) => (
+                                (cc.entries() - 1) * k_slots + visibility[i] as usize + 1,
+                                &cc.k[l],
+                                &cc.v[l],
+                            ),
+                            _ => {
+                                return Err(Error::InvalidState("drafter forward without a cache"));
+                            }
+                        };
+                    let own = if matches!(kind, Kind::Seed { .. }) {
+                        k + 1
+                    } else {
+                        0
+                    };
+                    for head in 0..c.heads {
+                        let kvh = head / group;
+                        let q = &qkv
+                            [r * (qd + 2 * kvd) + head * d..r * (qd + 2 * kvd) + (head + 1) * d];
+                        scores.clear();
+                        for j in 0..cache_rows {
+                            let key = &kc[j * kvd + kvh * d..j * kvd + (kvh + 1) * d];
+                            scores.push(dot(q, key) * scale);
+                        }
+                        for j in 0..own {
+                            let src = (i * k_slots + j) * (qd + 2 * kvd) + qd + kvh * d;
+                            scores.push(dot(q, &qkv[src..src + d]) * scale);
+                        }
+                        softmax_in_place(&mut scores);
+                        let o = &mut attn[r * qd + head * d..r * qd + (head + 1) * d];
+                        o.fill(0.0);
+                        for (j, &p) in scores.iter().enumerate() {
+                            let val = if j < cache_rows {
+                                &vc[j * kvd + kvh * d..j * kvd + (kvh + 1) * d]
+                            } else {
+                                let src = (i * k_slots + (j - cache_rows)) * (qd + 2 * kvd)
+                                    + qd
+                                    + kvd
+                                    + kvh * d;
+                                &qkv[src..src + d]
+                            };
+                            for (a, &b) in o.iter_mut().zip(val) {
+                                *a += p * b;
+                            }
+                        }
+                    }
+                }
+            }
+            matmul(&pool, &layer.wo, h, qd, &attn, rows, &mut tmp);
+            for (a, b) in x.iter_mut().zip(&tmp) {
+                *a += b;
+            }
+            rms_norm(&x, &layer.post_norm, c.rms_eps, &mut xn);
+            matmul(&pool, &layer.w_gate_up, 2 * c.ffn, h, &xn, rows, &mut gu);
+            for r in 0..rows {
+                let g = &gu[r * 2 * c.ffn..(r + 1) * 2 * c.ffn];
+                let a = &mut act[r * c.ffn..(r + 1) * c.ffn];
+                a.copy_from_slice(&g[..c.ffn]);
+                crate::cpu::swiglu(a, &g[c.ffn..]);
+            }
+            matmul(&pool, &layer.w_down, h, c.ffn, &act, rows, &mut tmp);
+            for (a, b) in x.iter_mut().zip(&tmp) {
+                *a += b;
+            }
+        }
+
+        // 3. Final norm, draft LM head.
+        let mut normed = std::vec![0f32; rows * h];
+        rms_norm(&x, &w.norm, c.rms_eps, &mut normed);
+        let mut logits = std::vec![0f32; rows * c.draft_vocab];
+        matmul(
+            &pool,
+            &w.lm_head,
+            c.draft_vocab,
+            h,
+            &normed,
+            rows,
+            &mut logits,
+        );
+
+        // 4. Rank head on [normed, rank features].
+        let rin_w = h + RANK_FEATURES;
+        let mut rank_in = std::vec![0f32; rows * rin_w];
+        let mut top: Vec<f32> = Vec::with_capacity(c.draft_vocab);
+        for r in 0..rows {
+            let dst = &mut rank_in[r * rin_w..(r + 1) * rin_w];
+            dst[..h].copy_from_slice(&normed[r * h..(r + 1) * h]);
+            rank_features(
+                &logits[r * c.draft_vocab..(r + 1) * c.draft_vocab],
+                c.rank_topk,
+                &mut top,
+                &mut dst[h..],
+            );
+        }
+        let mut hidden1 = std::vec![0f32; rows * RANK_HIDDEN];
+        matmul(
+            &pool,
+            &w.rank1,
+            RANK_HIDDEN,
+            rin_w,
+            &rank_in,
+            rows,
+            &mut hidden1,
+        );
+        for v in hidden1.iter_mut() {
+            *v /= 1.0 + (-*v).exp();
+        }
+        let mut rank_logits = std::vec![0f32; rows * c.rank_classes];
+        matmul(
+            &pool,
+            &w.rank2,
+            c.rank_classes,
+            RANK_HIDDEN,
+            &hidden1,
+            rows,
+            &mut rank_logits,
+        );
+
+        if let (Some(cache), Kind::Context { bases, .. }) = (append, &kind) {
+            cache.bases.extend_from_slice(bases);
+        }
+        out.logits = logits;
+        out.rank_logits = rank_logits;
+        out.hidden = x;
+        out.normed = normed;
+        Ok(out)
+    }
+}
+
+/// The 15 rank features of one row of draft logits (docs/drafter-forward.md §4), using the top `t`
+/// logits; `scratch` is reused between calls.
+fn rank_features(row: &[f32], t: usize, scratch: &mut Vec<f32>, out: &mut [f32]) {
+    scratch.clear();
+    scratch.extend_from_slice(row);
+    let desc = |a: &f32, b: &f32| b.total_cmp(a);
+    if t < scratch.len() {
+        scratch.select_nth_unstable_by(t - 1, desc);
+        scratch.truncate(t);
+    }
+    scratch.sort_unstable_by(desc);
+    let z = &scratch[..];
+    let max = z[0];
+    let lse = max + z.iter().map(|&v| (v - max).exp()).sum::<f32>().ln();
+    for i in 0..10 {
+        out[i] = z[i] - lse;
+    }
+    out[10] = z[0] - z[1];
+    out[11] = z[0] - z[2];
+    out[12] = z[0] - z[4];
+    out[13] = (z[0] - lse).exp();
+    out[14] = -z
+        .iter()
+        .map(|&v| {
+            let lp = v - lse;
+            lp.exp() * lp
+        })
+        .sum::<f32>();
+}
+
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..16 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}

@@ -1,0 +1,237 @@
+//! safetensors reader: an 8-byte little-endian header length, a JSON header mapping tensor names to
+//! `{dtype, shape, data_offsets}`, then the data. Floats (F32, F16, BF16) are read as f32, I64 and BOOL
+//! as they are. Every offset and shape is checked; errors name the tensor and field.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::string::{String, ToString};
+use std::vec::Vec;
+
+use super::LoadError;
+use crate::load_err;
+
+/// Largest header accepted, so a corrupt length cannot make us parse a huge buffer as JSON.
+const MAX_HEADER: u64 = 100_000_000;
+
+/// Element types this reader understands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dtype {
+    /// 32-bit float.
+    F32,
+    /// IEEE half.
+    F16,
+    /// bfloat16.
+    BF16,
+    /// 64-bit signed integer.
+    I64,
+    /// One byte, 0 or 1.
+    Bool,
+}
+
+impl Dtype {
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "F32" => Dtype::F32,
+            "F16" => Dtype::F16,
+            "BF16" => Dtype::BF16,
+            "I64" => Dtype::I64,
+            "BOOL" => Dtype::Bool,
+            _ => return None,
+        })
+    }
+
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            Dtype::F32 => 4,
+            Dtype::F16 | Dtype::BF16 => 2,
+            Dtype::I64 => 8,
+            Dtype::Bool => 1,
+        }
+    }
+}
+
+/// One tensor's header entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// Element type.
+    pub dtype: Dtype,
+    /// Dimensions, outermost first.
+    pub shape: Vec<usize>,
+    /// Byte range in the data section.
+    pub range: core::ops::Range<usize>,
+}
+
+/// A parsed safetensors file held in memory.
+#[derive(Debug)]
+pub struct SafeTensors {
+    /// Header entries by name (`__metadata__` excluded).
+    pub entries: BTreeMap<String, Entry>,
+    data_start: usize,
+    bytes: Vec<u8>,
+    origin: String,
+}
+
+/// IEEE half to f32 (subnormals, infinities and NaN included).
+pub fn f16_to_f32(h: u16) -> f32 {
+    let sign = ((h as u32) & 0x8000) << 16;
+    let exp = ((h >> 10) & 0x1f) as u32;
+    let man = (h & 0x3ff) as u32;
+    let bits = match exp {
+        0 if man == 0 => sign,
+        0 => {
+            // Subnormal: value = man * 2^-24.
+            let v = man as f32 * (1.0 / 16_777_216.0);
+            return if sign != 0 { -v } else { v };
+        }
+        31 => sign | 0x7f80_0000 | (man << 13),
+        _ => sign | ((exp + 112) << 23) | (man << 13),
+    };
+    f32::from_bits(bits)
+}
+
+impl SafeTensors {
+    /// Reads and parses a file; errors name the path.
+    pub fn open(path: &Path) -> Result<Self, LoadError> {
+        let bytes =
+            std::fs::read(path).map_err(|e| load_err!("cannot read {}: {e}", path.display()))?;
+        Self::parse(bytes, &path.display().to_string())
+    }
+
+    /// Parses safetensors bytes; `origin` names them in errors.
+    pub fn parse(bytes: Vec<u8>, origin: &str) -> Result<Self, LoadError> {
+        let Some((len, rest)) = bytes.split_first_chunk::<8>() else {
+            return Err(load_err!(
+                "{origin}: truncated ({} bytes, need 8 for the header length)",
+                bytes.len()
+            ));
+        };
+        let n = u64::from_le_bytes(*len);
+        if n > MAX_HEADER || n > rest.len() as u64 {
+            return Err(load_err!(
+                "{origin}: header length {n} exceeds the {} bytes that follow",
+                rest.len()
+            ));
+        }
+        let (header, data) = rest.split_at(n as usize);
+        let json: serde_json::Value = serde_json::from_slice(header)
+            .map_err(|e| load_err!("{origin}: header is not valid JSON: {e}"))?;
+        let serde_json::Value::Object(map) = json else {
+            return Err(load_err!("{origin}: header is not a JSON object"));
+        };
+        let mut entries = BTreeMap::new();
+        for (name, v) in &map {
+            if name == "__metadata__" {
+                continue;
+            }
+            let bad = |what: &str| load_err!("{origin}: tensor {name}: {what}");
+            let dtype_s = v
+                .get("dtype")
+                .and_then(|d| d.as_str())
+                .ok_or_else(|| bad("no dtype"))?;
+            let dtype = Dtype::parse(dtype_s)
+                .ok_or_else(|| bad(&std::format!("unsupported dtype {dtype_s}")))?;
+            let shape: Vec<usize> = v
+                .get("shape")
+                .and_then(|s| s.as_array())
+                .ok_or_else(|| bad("no shape"))?
+                .iter()
+                .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
+                .collect::<Option<_>>()
+                .ok_or_else(|| bad("shape is not a list of sizes"))?;
+            let offs: Vec<usize> = v
+                .get("data_offsets")
+                .and_then(|s| s.as_array())
+                .ok_or_else(|| bad("no data_offsets"))?
+                .iter()
+                .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
+                .collect::<Option<_>>()
+                .ok_or_else(|| bad("data_offsets are not offsets"))?;
+            let [begin, end] = offs[..] else {
+                return Err(bad("data_offsets must hold two offsets"));
+            };
+            let count = shape
+                .iter()
+                .try_fold(1usize, |a, &d| a.checked_mul(d))
+                .and_then(|c| c.checked_mul(dtype.size()))
+                .ok_or_else(|| bad("shape overflows"))?;
+            if begin > end || end > data.len() || end - begin != count {
+                return Err(bad(&std::format!(
+                    "data_offsets [{begin}, {end}] do not hold {count} bytes inside the {}-byte data",
+                    data.len()
+                )));
+            }
+            entries.insert(
+                name.clone(),
+                Entry {
+                    dtype,
+                    shape,
+                    range: begin..end,
+                },
+            );
+        }
+        Ok(SafeTensors {
+            entries,
+            data_start: 8 + n as usize,
+            bytes,
+            origin: origin.to_string(),
+        })
+    }
+
+    fn raw(&self, name: &str) -> Result<(&Entry, &[u8]), LoadError> {
+        let e = self
+            .entries
+            .get(name)
+            .ok_or_else(|| load_err!("{}: tensor {name} is missing", self.origin))?;
+        let start = self.data_start + e.range.start;
+        Ok((e, &self.bytes[start..self.data_start + e.range.end]))
+    }
+
+    /// A float tensor as f32, with its shape.
+    pub fn f32(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>), LoadError> {
+        let (e, raw) = self.raw(name)?;
+        let data = match e.dtype {
+            Dtype::F32 => raw
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            Dtype::F16 => raw
+                .chunks_exact(2)
+                .map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]])))
+                .collect(),
+            Dtype::BF16 => raw
+                .chunks_exact(2)
+                .map(|b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16))
+                .collect(),
+            other => {
+                return Err(load_err!(
+                    "{}: tensor {name} is {other:?}, not a float tensor",
+                    self.origin
+                ));
+            }
+        };
+        Ok((e.shape.clone(), data))
+    }
+
+    /// An I64 tensor, with its shape.
+    pub fn i64(&self, name: &str) -> Result<(Vec<usize>, Vec<i64>), LoadError> {
+        let (e, raw) = self.raw(name)?;
+        if e.dtype != Dtype::I64 {
+            return Err(load_err!(
+                "{}: tensor {name} is {:?}, not I64",
+                self.origin,
+                e.dtype
+            ));
+        }
+        let data = raw
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+            .collect();
+        Ok((e.shape.clone(), data))
+    }
+
+    /// Whether a tensor exists.
+    pub fn contains(&self, name: &str) -> bool {
+        self.entries.contains_key(name)
+    }
+}

@@ -1,0 +1,211 @@
+//! The Rust drafter forward against the PyTorch reference (tools/train/golden.py): a tiny random
+//! SpecBlock drafter, a prefill context forward, a commit context forward and a block-2 seed forward
+//! must match every output within 1e-4 relative.
+
+use std::path::PathBuf;
+
+use specblock::drafter::{BlockOutput, Drafter};
+use specblock::io::safetensors::SafeTensors;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tools/engine/tests/fixtures"
+    ))
+}
+
+fn golden() -> SafeTensors {
+    SafeTensors::open(&fixtures().join("drafter_golden.safetensors")).expect("golden fixture")
+}
+
+fn f32s(g: &SafeTensors, name: &str) -> Vec<f32> {
+    g.f32(name).unwrap_or_else(|e| panic!("{e}")).1
+}
+
+fn ids(g: &SafeTensors, name: &str) -> Vec<u32> {
+    g.i64(name)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .1
+        .iter()
+        .map(|&x| x as u32)
+        .collect()
+}
+
+fn close(got: &[f32], want: &[f32], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let scale = want.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+    for (i, (a, b)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (a - b).abs() <= 1e-4 * scale,
+            "{what}[{i}]: {a} vs reference {b} (scale {scale})"
+        );
+    }
+}
+
+fn check(out: &BlockOutput, g: &SafeTensors, prefix: &str) {
+    close(
+        &out.logits,
+        &f32s(g, &format!("{prefix}.logits")),
+        &format!("{prefix}.logits"),
+    );
+    close(
+        &out.rank_logits,
+        &f32s(g, &format!("{prefix}.rank_logits")),
+        &format!("{prefix}.rank_logits"),
+    );
+    close(
+        &out.hidden,
+        &f32s(g, &format!("{prefix}.h")),
+        &format!("{prefix}.h"),
+    );
+    close(
+        &out.normed,
+        &f32s(g, &format!("{prefix}.n")),
+        &format!("{prefix}.n"),
+    );
+}
+
+#[test]
+fn forward_matches_the_pytorch_reference() {
+    let dir = fixtures().join("drafter_tiny");
+    let drafter = Drafter::load_dir(&dir, 2).expect("tiny drafter loads");
+    let embed = SafeTensors::open(&dir.join("embed.safetensors"))
+        .unwrap()
+        .f32("model.embed_tokens.weight")
+        .unwrap()
+        .1;
+    let g = golden();
+    let mut cache = drafter.new_cache(16);
+
+    let pre = drafter
+        .context_forward(
+            &mut cache,
+            &embed,
+            &f32s(&g, "prefill.features"),
+            &ids(&g, "prefill.tokens"),
+            &ids(&g, "prefill.bases"),
+        )
+        .unwrap();
+    check(&pre, &g, "prefill");
+    let commit = drafter
+        .context_forward(
+            &mut cache,
+            &embed,
+            &f32s(&g, "commit.features"),
+            &ids(&g, "commit.tokens"),
+            &ids(&g, "commit.bases"),
+        )
+        .unwrap();
+    check(&commit, &g, "commit");
+    assert_eq!(cache.entries(), 8);
+    let c = drafter.config();
+    let row = c.slots * c.kv_heads * c.head_dim / c.slots;
+    for layer in 0..c.layers {
+        close(
+            cache.keys(layer, 8 * c.slots, row),
+            &f32s(&g, &format!("cache.layer{layer}.k")),
+            "cache keys",
+        );
+        close(
+            cache.values(layer, 8 * c.slots, row),
+            &f32s(&g, &format!("cache.layer{layer}.v")),
+            "cache values",
+        );
+    }
+    let seeds = drafter
+        .seed_forward(
+            &cache,
+            &embed,
+            &f32s(&g, "seed.hidden"),
+            &ids(&g, "seed.tokens"),
+            &ids(&g, "seed.visibility"),
+        )
+        .unwrap();
+    check(&seeds, &g, "seed");
+    assert_eq!(cache.entries(), 8, "a seed forward appends nothing");
+}
+
+#[test]
+fn bad_inputs_are_errors_and_leave_the_cache_unchanged() {
+    let dir = fixtures().join("drafter_tiny");
+    let drafter = Drafter::load_dir(&dir, 1).unwrap();
+    let embed = SafeTensors::open(&dir.join("embed.safetensors"))
+        .unwrap()
+        .f32("model.embed_tokens.weight")
+        .unwrap()
+        .1;
+    let c = drafter.config().clone();
+    let f = vec![0.1f32; 3 * c.target_hidden];
+    let mut cache = drafter.new_cache(2);
+    assert!(
+        drafter
+            .seed_forward(&cache, &embed, &vec![0.0; c.hidden], &[1], &[0])
+            .is_err(),
+        "seed without an entry"
+    );
+    assert!(
+        drafter
+            .context_forward(&mut cache, &embed, &f[1..], &[1], &[1])
+            .is_err(),
+        "feature width"
+    );
+    assert!(
+        drafter
+            .context_forward(&mut cache, &embed, &f, &[c.vocab as u32], &[1])
+            .is_err(),
+        "token out of vocab"
+    );
+    assert!(
+        drafter
+            .context_forward(&mut cache, &embed[1..], &f, &[1], &[1])
+            .is_err(),
+        "embedding shape"
+    );
+    let mut nan = f.clone();
+    nan[3] = f32::NAN;
+    assert!(
+        drafter
+            .context_forward(&mut cache, &embed, &nan, &[1], &[1])
+            .is_err(),
+        "NaN feature"
+    );
+    let three = [f.clone(), f.clone(), f.clone()].concat();
+    assert!(
+        drafter
+            .context_forward(&mut cache, &embed, &three, &[1, 2, 3], &[1, 2, 3])
+            .is_err(),
+        "capacity"
+    );
+    assert_eq!(cache.entries(), 0);
+    drafter
+        .context_forward(&mut cache, &embed, &f, &[1], &[1])
+        .expect("still usable");
+    let vis_bad = [c.slots as u32];
+    assert!(
+        drafter
+            .seed_forward(&cache, &embed, &vec![0.0; c.hidden], &[1], &vis_bad)
+            .is_err(),
+        "visibility"
+    );
+    assert_eq!(cache.entries(), 1);
+}
+
+#[test]
+fn checkpoint_errors_name_the_tensor() {
+    let dir = fixtures().join("drafter_tiny");
+    let text = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    let cfg = specblock::drafter::DrafterConfig::from_json(&text, "config.json").unwrap();
+    let mut bigger = cfg.clone();
+    bigger.hidden += 1;
+    let st = SafeTensors::open(&dir.join("model.safetensors")).unwrap();
+    let err = Drafter::from_safetensors(bigger, &st, 1)
+        .err()
+        .expect("shape mismatch is an error");
+    assert!(
+        err.0.contains("input_layer.position_queries.weight") || err.0.contains("shape"),
+        "{err}"
+    );
+    let bad_json = text.replace("\"num_hidden_layers\": 2", "\"num_hidden_layers\": -2");
+    assert!(specblock::drafter::DrafterConfig::from_json(&bad_json, "c").is_err());
+    assert!(SafeTensors::parse(vec![1, 2, 3], "tiny").is_err());
+}
