@@ -6,6 +6,7 @@
 
 pub mod config;
 mod forward;
+mod session;
 mod weights;
 
 use std::path::Path;
@@ -14,6 +15,7 @@ use std::vec::Vec;
 
 pub use config::{ContextProtocol, DrafterConfig};
 pub use forward::BlockOutput;
+pub use session::{DraftPolicy, Session};
 
 use crate::cpu::Pool;
 use crate::io::LoadError;
@@ -128,4 +130,133 @@ impl Drafter {
             capacity,
         }
     }
+}
+
+/// Writes a SpecBlock drafter with random weights (`config.json` + `model.safetensors`) into `dir`:
+/// for tests and benchmarks that need a drafter of a given shape before one is trained. The draft
+/// vocabulary is the first `draft_vocab` target ids. Deterministic for a seed.
+pub fn write_random_drafter(
+    dir: &Path,
+    cfg_json: &serde_json::Value,
+    seed: u64,
+) -> Result<(), LoadError> {
+    use crate::io::safetensors::{TensorData, serialize};
+    let text = cfg_json.to_string();
+    let c = DrafterConfig::from_json(&text, "random drafter config")?;
+    let (h, d) = (c.hidden, c.head_dim);
+    let rng = crate::rng::CounterRng::new(seed);
+    let mut counter = 0u64;
+    let mut normal = |n: usize, scale: f32, base: f32| -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                counter += 1;
+                base + scale * (rng.uniform(counter) as f32 * 2.0 - 1.0) * 1.732
+            })
+            .collect()
+    };
+    let mut named: Vec<(std::string::String, Vec<usize>, Vec<f32>)> = Vec::new();
+    let mut put = |name: std::string::String, shape: Vec<usize>, scale: f32, base: f32| {
+        let n = shape.iter().product();
+        let v = normal(n, scale, base);
+        named.push((name, shape, v));
+    };
+    let fan = |n: usize| 1.0 / (n as f32).sqrt();
+    put(
+        "input_layer.condition_proj.weight".into(),
+        std::vec![h, 3 * c.target_hidden],
+        fan(3 * c.target_hidden),
+        0.0,
+    );
+    for n in ["condition_norm", "token_norm", "query_norm"] {
+        put(
+            std::format!("input_layer.{n}.weight"),
+            std::vec![h],
+            0.1,
+            1.0,
+        );
+    }
+    put(
+        "input_layer.position_queries.weight".into(),
+        std::vec![c.slots, h],
+        0.5,
+        0.0,
+    );
+    put(
+        "input_layer.fuse.weight".into(),
+        std::vec![h, 3 * h],
+        fan(3 * h),
+        0.0,
+    );
+    for l in 0..c.layers {
+        let p = |s: &str| std::format!("layers.{l}.{s}.weight");
+        put(p("input_layernorm"), std::vec![h], 0.1, 1.0);
+        put(p("post_attention_layernorm"), std::vec![h], 0.1, 1.0);
+        put(
+            p("self_attn.q_proj"),
+            std::vec![c.heads * d, h],
+            fan(h),
+            0.0,
+        );
+        put(
+            p("self_attn.k_proj"),
+            std::vec![c.kv_heads * d, h],
+            fan(h),
+            0.0,
+        );
+        put(
+            p("self_attn.v_proj"),
+            std::vec![c.kv_heads * d, h],
+            fan(h),
+            0.0,
+        );
+        put(
+            p("self_attn.o_proj"),
+            std::vec![h, c.heads * d],
+            fan(c.heads * d),
+            0.0,
+        );
+        put(p("mlp.gate_proj"), std::vec![c.ffn, h], fan(h), 0.0);
+        put(p("mlp.up_proj"), std::vec![c.ffn, h], fan(h), 0.0);
+        put(p("mlp.down_proj"), std::vec![h, c.ffn], fan(c.ffn), 0.0);
+    }
+    for l in 0..c.layers - 1 {
+        put(
+            std::format!("shift_proj.{l}.weight"),
+            std::vec![h, 2 * h],
+            fan(2 * h),
+            0.0,
+        );
+    }
+    put("norm.weight".into(), std::vec![h], 0.1, 1.0);
+    put(
+        "lm_head.weight".into(),
+        std::vec![c.draft_vocab, h],
+        3.0 * fan(h),
+        0.0,
+    );
+    put(
+        "rank_head.0.weight".into(),
+        std::vec![256, h + 15],
+        fan(h + 15),
+        0.0,
+    );
+    put(
+        "rank_head.2.weight".into(),
+        std::vec![c.rank_classes, 256],
+        fan(256),
+        0.0,
+    );
+    let d2t = std::vec![0i64; c.draft_vocab];
+    let mut tensors: Vec<(&str, Vec<usize>, TensorData<'_>)> = named
+        .iter()
+        .map(|(n, s, v)| (n.as_str(), s.clone(), TensorData::F32(v)))
+        .collect();
+    tensors.push(("d2t", std::vec![c.draft_vocab], TensorData::I64(&d2t)));
+    let bytes = serialize(&tensors)?;
+    std::fs::create_dir_all(dir).map_err(|e| load_err!("create {}: {e}", dir.display()))?;
+    std::fs::write(dir.join("config.json"), text)
+        .map_err(|e| load_err!("write config.json: {e}"))?;
+    std::fs::write(dir.join("model.safetensors"), bytes)
+        .map_err(|e| load_err!("write model.safetensors: {e}"))?;
+    Ok(())
 }

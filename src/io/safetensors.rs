@@ -235,3 +235,50 @@ impl SafeTensors {
         self.entries.contains_key(name)
     }
 }
+
+/// Tensor data to write: f32 or i64 values.
+pub enum TensorData<'a> {
+    /// Written as F32.
+    F32(&'a [f32]),
+    /// Written as I64.
+    I64(&'a [i64]),
+}
+
+/// Serialises tensors `(name, shape, data)` to safetensors bytes (in the given order).
+pub fn serialize(tensors: &[(&str, Vec<usize>, TensorData<'_>)]) -> Result<Vec<u8>, LoadError> {
+    let mut header = serde_json::Map::new();
+    let mut data: Vec<u8> = Vec::new();
+    for (name, shape, values) in tensors {
+        let count: usize = shape.iter().product();
+        let (dtype, len) = match values {
+            TensorData::F32(v) => ("F32", v.len()),
+            TensorData::I64(v) => ("I64", v.len()),
+        };
+        if len != count {
+            return Err(load_err!("tensor {name}: {len} values for shape {shape:?}"));
+        }
+        let begin = data.len();
+        match values {
+            TensorData::F32(v) => v
+                .iter()
+                .for_each(|x| data.extend_from_slice(&x.to_le_bytes())),
+            TensorData::I64(v) => v
+                .iter()
+                .for_each(|x| data.extend_from_slice(&x.to_le_bytes())),
+        }
+        header.insert(
+            name.to_string(),
+            serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [begin, data.len()]}),
+        );
+    }
+    let mut head = serde_json::to_vec(&serde_json::Value::Object(header))
+        .map_err(|e| load_err!("header: {e}"))?;
+    while head.len() % 8 != 0 {
+        head.push(b' ');
+    }
+    let mut out = Vec::with_capacity(8 + head.len() + data.len());
+    out.extend_from_slice(&(head.len() as u64).to_le_bytes());
+    out.extend_from_slice(&head);
+    out.extend_from_slice(&data);
+    Ok(out)
+}

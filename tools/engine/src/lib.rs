@@ -15,6 +15,7 @@ pub mod model;
 pub mod quant;
 pub mod safetensors;
 pub mod sha256;
+pub mod speculate;
 pub mod tokenizer;
 pub mod weights;
 

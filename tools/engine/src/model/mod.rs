@@ -163,6 +163,11 @@ impl Llama {
         })
     }
 
+    /// The token embedding (`vocab x hidden`, row-major), lent read-only to a drafter.
+    pub fn embedding(&self) -> &[f32] {
+        &self.embed
+    }
+
     /// The model's hyper-parameters.
     pub fn config(&self) -> &LlamaConfig {
         &self.cfg

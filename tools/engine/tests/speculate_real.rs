@@ -1,0 +1,141 @@
+//! Speculative decoding with a SpecBlock drafter on the real SmolLM2-135M: greedy output is token for
+//! token the plain greedy output (random-weight drafters of two seeds), and sampled output has the
+//! plain sampler's distribution (empirical total variation over many seeds).
+
+mod support;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use serde_json::json;
+use specblock::drafter::{DraftPolicy, Drafter, Session, write_random_drafter};
+use specblock::verify::Sampling;
+use specblock_engine::decode::generate_ids;
+use specblock_engine::model::{Llama, WeightFormat};
+use specblock_engine::speculate::speculative_generate;
+
+fn model() -> Option<&'static Llama> {
+    static MODEL: OnceLock<Option<Llama>> = OnceLock::new();
+    MODEL
+        .get_or_init(|| {
+            let path = support::model_path("speculate_real")?;
+            let (loaded, _) = specblock_engine::load::load_gguf(&path).expect("model loads");
+            Some(Llama::new(loaded, WeightFormat::F32, 2).expect("model builds"))
+        })
+        .as_ref()
+}
+
+/// A random SpecBlock drafter shaped for SmolLM2 (H 576, features 3 x 576, vocab 49152).
+fn drafter(seed: u64) -> Drafter {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("random_drafter_{seed}"));
+    let cfg = json!({
+        "hidden_size": 576, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "head_dim": 64, "intermediate_size": 512, "vocab_size": 49152, "draft_vocab_size": 2048,
+        "diffspec_draft_token_num": 4, "rank_classes": 4, "rms_norm_eps": 1e-5, "rope_theta": 100000.0,
+    });
+    write_random_drafter(&dir, &cfg, seed).expect("write random drafter");
+    Drafter::load_dir(&dir, 1).expect("random drafter loads")
+}
+
+const PROMPTS: [&[u32]; 3] = [
+    &[
+        1, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 3365, 407, 19712, 8182, 2, 198, 1, 4093,
+        198,
+    ],
+    &[504, 3575, 282, 4649, 314],
+    &[1, 4093, 198, 4113, 253, 1456, 3917, 281, 29],
+];
+
+#[test]
+fn greedy_speculation_equals_plain_greedy() {
+    let Some(m) = model() else { return };
+    let greedy = Sampling {
+        temperature: 0.0,
+        top_k: 0,
+        top_p: 1.0,
+    };
+    // The full default budget (90 nodes) on one prompt, a small one on the rest to keep the test short:
+    // random drafters are rejected almost everywhere, so the budget does not change what is checked.
+    for (seed, budget, prompts) in [(11u64, 90, &PROMPTS[..1]), (12, 12, &PROMPTS[..])] {
+        let d = drafter(seed);
+        let mut session = Session::new(
+            &d,
+            512,
+            DraftPolicy {
+                budget,
+                ..DraftPolicy::default()
+            },
+        )
+        .unwrap();
+        for &prompt in prompts {
+            let plain = generate_ids(m, prompt, 128, &greedy, 0, None, |_| {}).unwrap();
+            let spec = speculative_generate(m, &mut session, prompt, 128, &greedy, 0, None, |_| {})
+                .unwrap();
+            assert_eq!(
+                spec.tokens, plain.tokens,
+                "drafter seed {seed}, prompt {prompt:?}"
+            );
+            assert!(spec.iterations > 0);
+        }
+    }
+}
+
+#[test]
+fn sampled_speculation_has_the_plain_distribution() {
+    let Some(m) = model() else { return };
+    let s = Sampling {
+        temperature: 0.9,
+        top_k: 20,
+        top_p: 0.95,
+    };
+    let d = drafter(21);
+    let mut session = Session::new(
+        &d,
+        128,
+        DraftPolicy {
+            budget: 8,
+            ..DraftPolicy::default()
+        },
+    )
+    .unwrap();
+    let prompt = PROMPTS[1];
+    let runs = 300u64;
+    let (mut plain, mut spec): (HashMap<Vec<u32>, f64>, HashMap<Vec<u32>, f64>) =
+        Default::default();
+    for seed in 0..runs {
+        let a = generate_ids(m, prompt, 2, &s, seed, None, |_| {})
+            .unwrap()
+            .tokens;
+        let b = speculative_generate(
+            m,
+            &mut session,
+            prompt,
+            2,
+            &s,
+            seed + 1_000_000,
+            None,
+            |_| {},
+        )
+        .unwrap()
+        .tokens;
+        *plain.entry(a).or_default() += 1.0 / runs as f64;
+        *spec.entry(b).or_default() += 1.0 / runs as f64;
+    }
+    let keys: std::collections::HashSet<_> = plain.keys().chain(spec.keys()).cloned().collect();
+    let tv: f64 = keys
+        .iter()
+        .map(|k| (plain.get(k).unwrap_or(&0.0) - spec.get(k).unwrap_or(&0.0)).abs())
+        .sum::<f64>()
+        / 2.0;
+    // Two independent samples of 300 from the same law rarely differ by more than this.
+    assert!(
+        tv < 0.2,
+        "total variation {tv:.3} between plain and speculative (first two tokens)"
+    );
+    let most = plain.values().cloned().fold(0.0, f64::max);
+    assert!(
+        most < 0.9,
+        "the test needs a non-degenerate distribution (top pair has {most:.2})"
+    );
+}
