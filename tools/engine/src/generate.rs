@@ -1,11 +1,16 @@
-//! `specblock generate`: a prompt through the chat template, plain decoding, streamed text.
+//! `specblock generate`: a prompt through the chat template, plain (`ar`) or speculative
+//! (`specblock`) decoding, streamed text or one JSON line.
 
+use std::path::PathBuf;
+
+use specblock::drafter::{DraftPolicy, Drafter, Session};
 use specblock::verify::Sampling;
 
 use crate::decode::generate_ids;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
 use crate::model::Llama;
+use crate::speculate::speculative_generate;
 use crate::tokenizer::Tokenizer;
 
 /// One generation request.
@@ -21,6 +26,24 @@ pub struct Request {
     pub sampling: Sampling,
     /// Seed of the counter-based sampler (token `i` uses counter `i`).
     pub seed: u64,
+    /// Decoding method.
+    pub method: Method,
+    /// Print one JSON object instead of streaming text.
+    pub json: bool,
+}
+
+/// How tokens are generated.
+#[derive(Clone, Debug)]
+pub enum Method {
+    /// Plain autoregressive decoding.
+    Ar,
+    /// SpecBlock speculative decoding with the drafter in `drafter` (config.json + model.safetensors).
+    SpecBlock {
+        /// Drafter directory.
+        drafter: PathBuf,
+        /// Draft-tree budget (non-root nodes).
+        budget: u32,
+    },
 }
 
 /// The prompt's token ids for a request.
@@ -33,7 +56,7 @@ pub fn prompt_ids(tok: &Tokenizer, req: &Request) -> Vec<u32> {
     }
 }
 
-/// `specblock generate`: streams the answer to stdout and a summary to stderr.
+/// `specblock generate`: streams the answer to stdout and a summary to stderr, or prints one JSON line.
 pub fn run_cli(model: &Llama, gguf: &GgufFile, req: &Request) -> Result<()> {
     use std::io::Write;
     let tok = Tokenizer::from_gguf(gguf)?;
@@ -41,44 +64,106 @@ pub fn run_cli(model: &Llama, gguf: &GgufFile, req: &Request) -> Result<()> {
     let mut stdout = std::io::stdout();
     let mut pending: Vec<u8> = Vec::new();
     let eos = tok.eos();
-    let stats = generate_ids(
-        model,
-        &prompt,
-        req.max_tokens,
-        &req.sampling,
-        req.seed,
-        eos,
-        |t| {
-            if Some(t) == eos {
-                return;
-            }
-            if let Ok(b) = tok.decode_token_bytes(t) {
-                pending.extend_from_slice(b);
-            }
-            // Print whole UTF-8 characters only; keep a split multi-byte character for the next token.
-            let valid = match std::str::from_utf8(&pending) {
-                Ok(s) => s.len(),
-                Err(e) if e.error_len().is_none() => e.valid_up_to(),
-                Err(_) => pending.len(),
-            };
-            let _ = stdout.write_all(&pending[..valid]);
-            let _ = stdout.flush();
-            pending.drain(..valid);
-        },
-    )?;
-    let _ = stdout.write_all(&pending);
-    println!();
-    let n = stats.tokens.len();
-    eprintln!(
-        "[{} prompt tokens, prefill {:.2} s; {n} tokens in {:.2} s = {:.1} tok/s]",
-        stats.prompt_tokens,
-        stats.prefill_s,
-        stats.decode_s,
-        if stats.decode_s > 0.0 {
-            (n.saturating_sub(1)) as f64 / stats.decode_s
-        } else {
-            0.0
+    let stream = !req.json;
+    let mut on_token = |t: u32| {
+        if !stream || Some(t) == eos {
+            return;
         }
-    );
+        if let Ok(b) = tok.decode_token_bytes(t) {
+            pending.extend_from_slice(b);
+        }
+        // Print whole UTF-8 characters only; keep a split multi-byte character for the next token.
+        let valid = match std::str::from_utf8(&pending) {
+            Ok(s) => s.len(),
+            Err(e) if e.error_len().is_none() => e.valid_up_to(),
+            Err(_) => pending.len(),
+        };
+        let _ = stdout.write_all(&pending[..valid]);
+        let _ = stdout.flush();
+        pending.drain(..valid);
+    };
+    let mut report = serde_json::json!({"prompt_tokens": prompt.len()});
+    let (tokens, prefill_s, decode_s) = match &req.method {
+        Method::Ar => {
+            report["method"] = "ar".into();
+            let st = generate_ids(
+                model,
+                &prompt,
+                req.max_tokens,
+                &req.sampling,
+                req.seed,
+                eos,
+                &mut on_token,
+            )?;
+            (st.tokens, st.prefill_s, st.decode_s)
+        }
+        Method::SpecBlock { drafter, budget } => {
+            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let d =
+                Drafter::load_dir(drafter, threads).map_err(|e| Error::Format(e.to_string()))?;
+            if d.config().vocab != model.config().vocab
+                || d.config().hidden != model.config().hidden
+            {
+                return Err(Error::InvalidArgument(format!(
+                    "drafter {} (vocab {}, hidden {}) does not fit the target (vocab {}, hidden {})",
+                    drafter.display(),
+                    d.config().vocab,
+                    d.config().hidden,
+                    model.config().vocab,
+                    model.config().hidden
+                )));
+            }
+            let policy = DraftPolicy {
+                budget: *budget,
+                ..DraftPolicy::default()
+            };
+            let mut session = Session::new(&d, prompt.len() + req.max_tokens + 1, policy)?;
+            let st = speculative_generate(
+                model,
+                &mut session,
+                &prompt,
+                req.max_tokens,
+                &req.sampling,
+                req.seed,
+                eos,
+                &mut on_token,
+            )?;
+            report["method"] = "specblock".into();
+            report["iterations"] = st.iterations.into();
+            report["mean_accept_length"] = st.mean_accept_length().into();
+            report["draft_seconds"] = st.draft_s.into();
+            report["verify_seconds"] = st.verify_s.into();
+            (st.tokens, st.prefill_s, st.draft_s + st.verify_s)
+        }
+    };
+    let n = tokens.len();
+    let tps = if decode_s > 0.0 {
+        n.saturating_sub(1) as f64 / decode_s
+    } else {
+        0.0
+    };
+    if req.json {
+        let text_ids: Vec<u32> = tokens.iter().copied().filter(|&t| Some(t) != eos).collect();
+        report["text"] = tok.decode(&text_ids)?.into();
+        report["tokens"] = tokens.clone().into();
+        report["new_tokens"] = n.into();
+        report["prefill_seconds"] = prefill_s.into();
+        report["decode_seconds"] = decode_s.into();
+        report["tokens_per_second"] = tps.into();
+        println!("{report}");
+    } else {
+        let _ = stdout.write_all(&pending);
+        println!();
+        eprintln!(
+            "[{} prompt tokens, prefill {prefill_s:.2} s; {n} tokens in {decode_s:.2} s = {tps:.1} tok/s]",
+            prompt.len()
+        );
+        if let Some(m) = report.get("mean_accept_length") {
+            eprintln!(
+                "[specblock: {} iterations, mean accept length {m}]",
+                report["iterations"]
+            );
+        }
+    }
     Ok(())
 }

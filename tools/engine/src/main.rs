@@ -16,6 +16,7 @@ USAGE:
   specblock fetch-model [--models-dir DIR]
   specblock generate [OPTIONS] [--prompt TEXT]
   specblock bench [OPTIONS]
+  specblock random-drafter --out DIR [--seed S]   (an untrained SpecBlock drafter shaped for the model)
 
 OPTIONS:
   --model PATH        GGUF file (default: models/SmolLM2-135M-Instruct.Q4_1.gguf, or $SPECBLOCK_MODEL)
@@ -29,6 +30,11 @@ OPTIONS:
   --top-k K           0 = off (default 0)
   --top-p P           1 = off (default 1)
   --seed S            sampling seed (default 0)
+  --method M          ar (plain decoding, default) or specblock (speculative, needs --drafter)
+  --drafter DIR       drafter directory: config.json + model.safetensors
+  --budget N          draft-tree nodes per iteration (default 90)
+  --json              print one JSON object (text, tokens, timings, and for specblock: iterations,
+                      mean_accept_length, draft_seconds, verify_seconds) instead of streaming
 ";
 
 /// Parsed command-line options.
@@ -45,6 +51,11 @@ struct Opts {
     top_k: i32,
     top_p: f32,
     seed: u64,
+    method: String,
+    drafter: Option<PathBuf>,
+    budget: u32,
+    json: bool,
+    out_dir: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Opts> {
@@ -66,6 +77,11 @@ fn parse_args() -> Result<Opts> {
         top_k: 0,
         top_p: 1.0,
         seed: 0,
+        method: "ar".into(),
+        drafter: None,
+        budget: 90,
+        json: false,
+        out_dir: None,
     };
     fn value<T: std::str::FromStr>(flag: &str, v: Option<String>) -> Result<T> {
         let v = v.ok_or_else(|| Error::InvalidArgument(format!("{flag} needs a value")))?;
@@ -85,6 +101,11 @@ fn parse_args() -> Result<Opts> {
             "--top-k" => o.top_k = value(&a, args.next())?,
             "--top-p" => o.top_p = value(&a, args.next())?,
             "--seed" => o.seed = value(&a, args.next())?,
+            "--method" => o.method = value(&a, args.next())?,
+            "--drafter" => o.drafter = Some(value::<String>(&a, args.next())?.into()),
+            "--budget" => o.budget = value(&a, args.next())?,
+            "--json" => o.json = true,
+            "--out" => o.out_dir = Some(value::<String>(&a, args.next())?.into()),
             "-h" | "--help" => {
                 print!("{USAGE}");
                 std::process::exit(0);
@@ -175,8 +196,40 @@ fn run() -> Result<()> {
                     top_p: o.top_p,
                 },
                 seed: o.seed,
+                method: match o.method.as_str() {
+                    "ar" => specblock_engine::generate::Method::Ar,
+                    "specblock" => specblock_engine::generate::Method::SpecBlock {
+                        drafter: o.drafter.clone().ok_or_else(|| {
+                            Error::InvalidArgument("--method specblock needs --drafter DIR".into())
+                        })?,
+                        budget: o.budget,
+                    },
+                    other => {
+                        return Err(Error::InvalidArgument(format!(
+                            "--method {other:?}: ar or specblock"
+                        )));
+                    }
+                },
+                json: o.json,
             };
             specblock_engine::generate::run_cli(&model, &gguf, &req)
+        }
+        "random-drafter" => {
+            let dir = o
+                .out_dir
+                .clone()
+                .ok_or_else(|| Error::InvalidArgument("random-drafter needs --out DIR".into()))?;
+            let cfg = serde_json::json!({
+                "hidden_size": 576, "num_hidden_layers": 2, "num_attention_heads": 9,
+                "num_key_value_heads": 3, "head_dim": 64, "intermediate_size": 1536,
+                "vocab_size": 49152, "draft_vocab_size": 8192, "diffspec_draft_token_num": 4,
+                "rank_classes": 4, "rms_norm_eps": 1e-5, "rope_theta": 100000.0,
+                "aux_layer_ids": [1, 14, 26],
+            });
+            specblock::drafter::write_random_drafter(&dir, &cfg, o.seed)
+                .map_err(|e| Error::Io(e.to_string()))?;
+            println!("{}", dir.display());
+            Ok(())
         }
         "" | "-h" | "--help" | "help" => {
             print!("{USAGE}");
