@@ -1,0 +1,142 @@
+//! The drafting session on the tiny reference drafter: call-order errors, the block-1 greedy chain in
+//! the tree, widths from the policy, the budget, and reuse across sequences.
+
+use std::path::PathBuf;
+
+use specblock::drafter::{DraftPolicy, Drafter, Session};
+use specblock::io::safetensors::SafeTensors;
+use specblock::tree::{DraftTree, TreeParams};
+
+fn setup() -> (Drafter, Vec<f32>) {
+    let dir = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tools/engine/tests/fixtures/drafter_tiny"
+    ));
+    let d = Drafter::load_dir(&dir, 1).unwrap();
+    let embed = SafeTensors::open(&dir.join("embed.safetensors"))
+        .unwrap()
+        .f32("model.embed_tokens.weight")
+        .unwrap()
+        .1;
+    (d, embed)
+}
+
+fn features(n: usize, width: usize, seed: u32) -> Vec<f32> {
+    (0..n * width)
+        .map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 500.0 - 1.0)
+        .collect()
+}
+
+#[test]
+fn call_order_and_input_errors_leave_the_session_usable() {
+    let (d, embed) = setup();
+    let w = 3 * d.config().target_hidden;
+    let mut s = Session::new(&d, 64, DraftPolicy::default()).unwrap();
+    let mut tree = DraftTree::new(TreeParams {
+        max_nodes: 1024,
+        max_depth: 16,
+    })
+    .unwrap();
+    assert!(s.draft(&embed, &mut tree).is_err(), "draft before prefill");
+    assert!(
+        s.prefill(&embed, &features(3, w, 1), &[5]).is_err(),
+        "prefill needs the sampled token"
+    );
+    assert!(
+        s.prefill(&embed, &features(2, w, 1), &[5, 6, 7, 8])
+            .is_err(),
+        "feature rows"
+    );
+    s.prefill(&embed, &features(3, w, 1), &[5, 6, 7, 8])
+        .unwrap();
+    assert_eq!(s.root(), Some(8));
+    assert!(
+        s.commit(&embed, &[], 9, &features(1, w, 2)).is_err(),
+        "commit without a draft"
+    );
+    s.draft(&embed, &mut tree).unwrap();
+    assert!(
+        s.commit(&embed, &[1], 9, &features(1, w, 2)).is_err(),
+        "two entries need two feature rows"
+    );
+    s.commit(&embed, &[1], 9, &features(2, w, 2)).unwrap();
+    assert_eq!(s.root(), Some(9));
+    s.draft(&embed, &mut tree).unwrap();
+}
+
+#[test]
+fn tree_holds_the_greedy_chain_and_respects_the_budget() {
+    let (d, embed) = setup();
+    let c = d.config().clone();
+    let w = 3 * c.target_hidden;
+    for budget in [4u32, 20, 90] {
+        let mut s = Session::new(
+            &d,
+            64,
+            DraftPolicy {
+                budget,
+                ..DraftPolicy::default()
+            },
+        )
+        .unwrap();
+        let mut tree = DraftTree::new(TreeParams {
+            max_nodes: 2048,
+            max_depth: 16,
+        })
+        .unwrap();
+        s.prefill(&embed, &features(5, w, 3), &[1, 2, 3, 4, 5, 6])
+            .unwrap();
+        s.draft(&embed, &mut tree).unwrap();
+        assert!(
+            tree.len() - 1 <= budget as usize,
+            "budget {budget}: {} nodes",
+            tree.len() - 1
+        );
+        assert!(
+            tree.deepest() <= 2 * c.slots,
+            "two blocks of {} slots",
+            c.slots
+        );
+        assert_eq!(tree.tokens()[0], 6, "root is the last committed token");
+        if budget >= 20 {
+            assert!(
+                tree.deepest() > c.slots / 2 + 1,
+                "block 2 extends block 1 (deepest {})",
+                tree.deepest()
+            );
+            let blocks: Vec<u8> = tree.metas().iter().skip(1).map(|m| m.block).collect();
+            assert!(blocks.contains(&0) && blocks.contains(&1));
+        }
+        // Every token is a target id from the draft vocabulary.
+        for &t in &tree.tokens()[1..] {
+            assert!(
+                (0..c.draft_vocab).any(|i| d.draft_to_target(i) == Some(t as u32)),
+                "token {t}"
+            );
+        }
+    }
+}
+
+#[test]
+fn sessions_are_deterministic_and_reusable() {
+    let (d, embed) = setup();
+    let w = 3 * d.config().target_hidden;
+    let run = |s: &mut Session| {
+        let mut tree = DraftTree::new(TreeParams {
+            max_nodes: 2048,
+            max_depth: 16,
+        })
+        .unwrap();
+        s.prefill(&embed, &features(4, w, 7), &[9, 8, 7, 6, 5])
+            .unwrap();
+        s.draft(&embed, &mut tree).unwrap();
+        (tree.tokens().to_vec(), tree.parents().to_vec())
+    };
+    let mut s = Session::new(&d, 64, DraftPolicy::default()).unwrap();
+    let a = run(&mut s);
+    let b = run(&mut s);
+    assert_eq!(
+        a, b,
+        "a reused session drafts the same tree for the same input"
+    );
+}
