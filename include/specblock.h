@@ -117,6 +117,18 @@ typedef enum sb_status {
 } sb_status;
 
 /**
+ * A loaded SpecBlock drafter. Immutable after loading: thread-safe, shareable by any number of
+ * sessions on any threads. It borrows the target's token embedding given at load; that buffer must
+ * outlive the drafter, and the drafter must outlive its sessions.
+ */
+typedef struct sb_drafter sb_drafter;
+
+/**
+ * One sequence's drafting state. Not thread-safe: use a session from one thread at a time.
+ */
+typedef struct sb_session sb_session;
+
+/**
  * A draft tree: a node arena with a capacity fixed at creation.
  *
  * Thread safety: a tree may be moved between threads. Calls taking a `const sb_tree *` only read it and
@@ -124,6 +136,68 @@ typedef enum sb_status {
  * other call on the same tree.
  */
 typedef struct sb_tree sb_tree;
+
+/**
+ * Loading parameters for `sb_drafter_load`. Get them from `sb_drafter_default_params()`.
+ */
+typedef struct sb_drafter_params {
+  /**
+   * `sizeof(sb_drafter_params)`; set by `sb_drafter_default_params`.
+   */
+  uint32_t struct_size;
+  /**
+   * Threads for the drafter's forward passes (>= 1).
+   */
+  uint32_t threads;
+} sb_drafter_params;
+
+/**
+ * Session parameters for `sb_session_new`. Get them from `sb_session_default_params()`.
+ */
+typedef struct sb_session_params {
+  /**
+   * `sizeof(sb_session_params)`; set by `sb_session_default_params`.
+   */
+  uint32_t struct_size;
+  /**
+   * Committed entries the context can hold (about the longest sequence, prompt included).
+   */
+  uint32_t max_entries;
+  /**
+   * Draft-tree budget: non-root nodes kept per iteration.
+   */
+  uint32_t budget;
+  /**
+   * Largest branching width of any slot.
+   */
+  uint32_t beam_width;
+} sb_session_params;
+
+/**
+ * Shape of a loaded drafter.
+ */
+typedef struct sb_drafter_info {
+  /**
+   * Drafter width (must equal the target's hidden size: it reads the target's embedding).
+   */
+  uint32_t hidden;
+  /**
+   * Width of one target feature row: 3 x the target hidden size.
+   */
+  uint32_t feature_width;
+  /**
+   * Target vocabulary (rows of the embedding).
+   */
+  uint32_t vocab;
+  /**
+   * Draft vocabulary.
+   */
+  uint32_t draft_vocab;
+  /**
+   * Slots per block (K).
+   */
+  uint32_t slots;
+} sb_drafter_info;
 
 /**
  * Creation parameters for `sb_tree_new`. Get them from `sb_tree_default_params()`.
@@ -232,6 +306,83 @@ const char *sb_status_str(int32_t status);
  * The library version as a static NUL-terminated string, e.g. "0.1.0". Compare with `SB_VERSION`.
  */
 const char *sb_version(void);
+
+/**
+ * Default loading parameters: 1 thread.
+ */
+struct sb_drafter_params sb_drafter_default_params(void);
+
+/**
+ * Default session parameters: 4096 entries, the authors' policy (budget 90, beam width 10).
+ */
+struct sb_session_params sb_session_default_params(void);
+
+/**
+ * Loads a drafter from a directory holding `config.json` and `model.safetensors` (the authors'
+ * tensor names; f32, f16 or bf16). `embedding` is the target's token embedding, `vocab x hidden`
+ * f32 row-major with `embedding_len` values; it is borrowed, not copied. On failure returns
+ * `SB_STATUS_INVALID_ARGUMENT` (or a more specific status) and, if `error_buf` is not NULL, writes a
+ * message naming the file, tensor or field (at most `error_cap` bytes with the terminating NUL).
+ */
+enum sb_status sb_drafter_load(const char *dir,
+                               const struct sb_drafter_params *params,
+                               const float *embedding,
+                               uint64_t embedding_len,
+                               struct sb_drafter **out_drafter,
+                               char *error_buf,
+                               size_t error_cap);
+
+/**
+ * Frees a drafter. `NULL` is a no-op. Free its sessions first.
+ */
+void sb_drafter_free(struct sb_drafter *drafter);
+
+/**
+ * Writes the drafter's shape to `*out`.
+ */
+enum sb_status sb_drafter_get_info(const struct sb_drafter *drafter, struct sb_drafter_info *out);
+
+/**
+ * Creates a session on `drafter` (which must outlive it).
+ */
+enum sb_status sb_session_new(const struct sb_drafter *drafter,
+                              const struct sb_session_params *params,
+                              struct sb_session **out_session);
+
+/**
+ * Frees a session. `NULL` is a no-op.
+ */
+void sb_session_free(struct sb_session *session);
+
+/**
+ * After the target's prefill of `n_tokens - 1` prompt tokens (with `features`, one row of
+ * `feature_width` per prompt position) and its first sampled token (the last of `tokens`): fills the
+ * drafter context and computes block 1. The sampled token becomes the root of the next draft.
+ */
+enum sb_status sb_session_prefill(struct sb_session *session,
+                                  const float *features,
+                                  uint32_t n_feature_rows,
+                                  const int32_t *tokens,
+                                  uint32_t n_tokens);
+
+/**
+ * Grows the next draft tree into `tree` (reset, filled and finalized to the session's budget). The
+ * tree needs room for every candidate before the prune: create it with `max_nodes` >= 1024 and
+ * `max_depth` >= 2 x slots.
+ */
+enum sb_status sb_session_draft(struct sb_session *session, struct sb_tree *tree);
+
+/**
+ * After verification: the `n_accepted` accepted draft tokens and the `bonus` token, with target
+ * features of [root, accepted...] (`n_accepted + 1` rows of `feature_width`). Appends them to the
+ * drafter context and computes the next block 1; `bonus` becomes the root.
+ */
+enum sb_status sb_session_commit(struct sb_session *session,
+                                 const int32_t *accepted,
+                                 uint32_t n_accepted,
+                                 int32_t bonus,
+                                 const float *features,
+                                 uint32_t n_feature_rows);
 
 /**
  * Token of each node of the finalized tree, root first. `cap` >= `sb_tree_len`.

@@ -1,6 +1,7 @@
 //! Compiles and runs the C side of the test suite against the libraries `cargo test` just built:
 //!
-//! - `tests/c/test_api.c` (the C API test program) and `examples/c/tree_demo.c` (the C example), with gcc
+//! - `tests/c/test_api.c` (the C API test program), `examples/c/tree_demo.c` and `examples/c/speculate.c`
+//!   (the C examples; speculate loads the tiny fixture drafter), with gcc
 //!   against the static library and against the shared library, and with clang-14 under
 //!   AddressSanitizer + UndefinedBehaviorSanitizer (with LeakSanitizer) against the static library;
 //! - the gcc builds again under valgrind memcheck (no errors, every heap block freed);
@@ -29,6 +30,12 @@ const TEST_EDGES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/c/test_edge
 const HEADER_C: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/c/header_check.c");
 const HEADER_CPP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/c/header_check.cpp");
 const TREE_DEMO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/c/tree_demo.c");
+const SPECULATE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/c/speculate.c");
+/// The tiny reference drafter `examples/c/speculate.c` loads.
+const DRAFTER_DIR: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tools/engine/tests/fixtures/drafter_tiny"
+);
 
 /// Where the libraries are and where build products go.
 struct Dirs {
@@ -183,10 +190,11 @@ fn c_args(source: &str, extra: &[&str], link: Link) -> Vec<String> {
     args
 }
 
-/// The two C programs, built one way.
+/// The C programs, built one way.
 struct Programs {
     test_api: PathBuf,
     tree_demo: PathBuf,
+    speculate: PathBuf,
 }
 
 fn build_programs(
@@ -206,6 +214,11 @@ fn build_programs(
             compiler,
             &c_args(TREE_DEMO, extra, link),
             &out.join(format!("tree_demo_{tag}")),
+        )?,
+        speculate: compile(
+            compiler,
+            &c_args(SPECULATE, extra, link),
+            &out.join(format!("speculate_{tag}")),
         )?,
     })
 }
@@ -293,6 +306,29 @@ fn gcc_static_tree_demo() {
     let Some(p) = gcc_static() else { return };
     let out = run(Command::new(&p.tree_demo), "tree_demo (gcc, static)");
     assert_demo_output("tree_demo (gcc, static)", &out);
+}
+
+/// `examples/c/speculate.c` on the tiny drafter: exits 0 only if speculative output equals plain output.
+fn speculate_cmd(bin: &Path) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.arg(DRAFTER_DIR);
+    cmd
+}
+
+fn assert_speculate_output(what: &str, out: &Output) {
+    assert!(out.status.success(), "{}", describe(what, out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("identical to plain greedy decoding"),
+        "{}",
+        describe(what, out)
+    );
+}
+
+#[test]
+fn gcc_static_speculate() {
+    let Some(p) = gcc_static() else { return };
+    let out = run(speculate_cmd(&p.speculate), "speculate (gcc, static)");
+    assert_speculate_output("speculate (gcc, static)", &out);
 }
 
 #[test]
@@ -397,6 +433,13 @@ fn clang_asan_ubsan() {
         String::from_utf8_lossy(&gcc_out.stdout),
         "tree_demo prints different results when built with clang and sanitizers"
     );
+
+    let what = "speculate (clang-14, ASan+UBSan)";
+    let mut cmd = sanitized(&p.speculate);
+    cmd.arg(DRAFTER_DIR);
+    let out = run(cmd, what);
+    check_clean(what, &out);
+    assert_speculate_output(what, &out);
 }
 
 #[test]
@@ -405,9 +448,10 @@ fn valgrind_memcheck() {
     if !have_tool("valgrind", "valgrind") {
         return;
     }
-    for (bin, what) in [
-        (&p.test_api, "test_api under valgrind"),
-        (&p.tree_demo, "tree_demo under valgrind"),
+    for (bin, arg, what) in [
+        (&p.test_api, None, "test_api under valgrind"),
+        (&p.tree_demo, None, "tree_demo under valgrind"),
+        (&p.speculate, Some(DRAFTER_DIR), "speculate under valgrind"),
     ] {
         let mut cmd = Command::new("valgrind");
         cmd.args([
@@ -416,7 +460,8 @@ fn valgrind_memcheck() {
             "--errors-for-leak-kinds=all",
             "--show-leak-kinds=all",
         ])
-        .arg(bin);
+        .arg(bin)
+        .args(arg);
         let out = run(cmd, what);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{}", describe(what, &out));
@@ -433,6 +478,8 @@ fn valgrind_memcheck() {
         );
         if what.starts_with("test_api") {
             assert_checks_passed(what, &out, MIN_API_CHECKS);
+        } else if what.starts_with("speculate") {
+            assert_speculate_output(what, &out);
         } else {
             assert_demo_output_ignoring_stderr(what, &out);
         }

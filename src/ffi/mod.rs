@@ -18,6 +18,7 @@
 #![allow(non_camel_case_types)]
 #![allow(clippy::missing_safety_doc)] // every export documents its contract in the header
 
+mod drafter;
 mod layout;
 mod tree;
 mod verify;
