@@ -24,6 +24,86 @@ pub struct BlockOutput {
     pub normed: Vec<f32>,
 }
 
+/// Working buffers of a forward, reused across calls: after the first call with a given batch size
+/// a forward allocates nothing. The outputs of the last forward are read from here.
+#[derive(Default)]
+pub struct Scratch {
+    cond: Vec<f32>,
+    proj: Vec<f32>,
+    tok: Vec<f32>,
+    fused_in: Vec<f32>,
+    /// `rows x hidden` pre-norm hiddens of the last forward.
+    pub hidden: Vec<f32>,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    xn: Vec<f32>,
+    shifted: Vec<f32>,
+    qkv: Vec<f32>,
+    attn: Vec<f32>,
+    tmp: Vec<f32>,
+    gu: Vec<f32>,
+    act: Vec<f32>,
+    scores: Vec<f32>,
+    /// `rows x hidden` normed hiddens of the last forward.
+    pub normed: Vec<f32>,
+    /// `rows x draft_vocab` logits of the last forward.
+    pub logits: Vec<f32>,
+    rank_in: Vec<f32>,
+    rank_hidden: Vec<f32>,
+    /// `rows x rank_classes` rank logits of the last forward.
+    pub rank_logits: Vec<f32>,
+    top: Vec<f32>,
+}
+
+/// Resizes `v` to `n` zeros without giving back capacity (no allocation once large enough).
+fn fit(v: &mut Vec<f32>, n: usize) {
+    v.clear();
+    v.resize(n, 0.0);
+}
+
+impl Scratch {
+    /// Buffers for forwards of up to `rows` rows over up to `keys` attention keys, allocated now.
+    pub fn with_capacity(d: &Drafter, rows: usize, keys: usize) -> Self {
+        let c = &d.cfg;
+        let (h, qd, kvd) = (c.hidden, c.heads * c.head_dim, c.kv_heads * c.head_dim);
+        let e = rows.div_ceil(c.slots);
+        let v = |n: usize| Vec::with_capacity(n);
+        Scratch {
+            cond: v(e * h),
+            proj: v(e * h),
+            tok: v(e * h),
+            fused_in: v(rows * 3 * h),
+            hidden: v(rows * h),
+            cos: v(rows * c.head_dim / 2),
+            sin: v(rows * c.head_dim / 2),
+            xn: v(rows * h),
+            shifted: v(rows * 2 * h),
+            qkv: v(rows * (qd + 2 * kvd)),
+            attn: v(rows * qd),
+            tmp: v(rows * h),
+            gu: v(rows * 2 * c.ffn),
+            act: v(rows * c.ffn),
+            scores: v(keys + c.slots),
+            normed: v(rows * h),
+            logits: v(rows * c.draft_vocab),
+            rank_in: v(rows * (h + RANK_FEATURES)),
+            rank_hidden: v(rows * RANK_HIDDEN),
+            rank_logits: v(rows * c.rank_classes),
+            top: v(c.draft_vocab),
+        }
+    }
+
+    fn output(&self, entries: usize) -> BlockOutput {
+        BlockOutput {
+            entries,
+            logits: self.logits.clone(),
+            rank_logits: self.rank_logits.clone(),
+            hidden: self.hidden.clone(),
+            normed: self.normed.clone(),
+        }
+    }
+}
+
 /// What conditions each entry and which keys its slots see.
 enum Kind<'a> {
     /// Target features (`3 x target_hidden` per entry); entries are appended to the cache.
@@ -61,6 +141,22 @@ impl Drafter {
         tokens: &[u32],
         bases: &[u32],
     ) -> Result<BlockOutput, Error> {
+        let mut scratch = Scratch::default();
+        self.context_forward_into(cache, embed, features, tokens, bases, &mut scratch)?;
+        Ok(scratch.output(tokens.len()))
+    }
+
+    /// [`context_forward`](Self::context_forward) into reusable buffers: the outputs are left in
+    /// `scratch.logits`, `.rank_logits`, `.hidden` and `.normed`.
+    pub fn context_forward_into(
+        &self,
+        cache: &mut ContextCache,
+        embed: &[f32],
+        features: &[f32],
+        tokens: &[u32],
+        bases: &[u32],
+        scratch: &mut Scratch,
+    ) -> Result<(), Error> {
         let c = &self.cfg;
         let e = tokens.len();
         if features.len() != e * 3 * c.target_hidden {
@@ -90,6 +186,7 @@ impl Drafter {
             embed,
             tokens,
             Kind::Context { features, bases },
+            scratch,
         )
     }
 
@@ -104,6 +201,21 @@ impl Drafter {
         tokens: &[u32],
         visibility: &[u32],
     ) -> Result<BlockOutput, Error> {
+        let mut scratch = Scratch::default();
+        self.seed_forward_into(cache, embed, hidden, tokens, visibility, &mut scratch)?;
+        Ok(scratch.output(tokens.len()))
+    }
+
+    /// [`seed_forward`](Self::seed_forward) into reusable buffers.
+    pub fn seed_forward_into(
+        &self,
+        cache: &ContextCache,
+        embed: &[f32],
+        hidden: &[f32],
+        tokens: &[u32],
+        visibility: &[u32],
+        scratch: &mut Scratch,
+    ) -> Result<(), Error> {
         let c = &self.cfg;
         let e = tokens.len();
         if hidden.len() != e * c.hidden {
@@ -133,6 +245,7 @@ impl Drafter {
             embed,
             tokens,
             Kind::Seed { hidden, visibility },
+            scratch,
         )
     }
 
@@ -144,7 +257,8 @@ impl Drafter {
         embed: &[f32],
         tokens: &[u32],
         kind: Kind<'_>,
-    ) -> Result<BlockOutput, Error> {
+        sc: &mut Scratch,
+    ) -> Result<(), Error> {
         let c = &self.cfg;
         let (h, d, k_slots) = (c.hidden, c.head_dim, c.slots);
         let (qd, kvd) = (c.heads * d, c.kv_heads * d);
@@ -164,12 +278,16 @@ impl Drafter {
         }
         let e = tokens.len();
         let rows = e * k_slots;
-        let mut out = BlockOutput {
-            entries: e,
-            ..BlockOutput::default()
-        };
         if e == 0 {
-            return Ok(out);
+            for v in [
+                &mut sc.logits,
+                &mut sc.rank_logits,
+                &mut sc.hidden,
+                &mut sc.normed,
+            ] {
+                v.clear();
+            }
+            return Ok(());
         }
         let pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
         let w = &self.w;
@@ -183,11 +301,34 @@ impl Drafter {
             }
         };
 
+        let Scratch {
+            cond,
+            proj,
+            tok,
+            fused_in,
+            hidden: x,
+            cos,
+            sin,
+            xn,
+            shifted,
+            qkv,
+            attn,
+            tmp,
+            gu,
+            act,
+            scores,
+            normed,
+            logits,
+            rank_in,
+            rank_hidden: hidden1,
+            rank_logits,
+            top,
+        } = sc;
         // 1. Input fusion.
-        let mut cond = std::vec![0f32; e * h];
+        fit(cond, e * h);
         match &kind {
             Kind::Context { features, .. } => {
-                let mut proj = std::vec![0f32; e * h];
+                fit(proj, e * h);
                 matmul(
                     &pool,
                     &w.condition_proj,
@@ -195,13 +336,13 @@ impl Drafter {
                     3 * c.target_hidden,
                     features,
                     e,
-                    &mut proj,
+                    proj,
                 );
-                rms_norm(&proj, &w.condition_norm, c.rms_eps, &mut cond);
+                rms_norm(&proj, &w.condition_norm, c.rms_eps, cond);
             }
-            Kind::Seed { hidden, .. } => rms_norm(hidden, &w.condition_norm, c.rms_eps, &mut cond),
+            Kind::Seed { hidden, .. } => rms_norm(hidden, &w.condition_norm, c.rms_eps, cond),
         }
-        let mut tok = std::vec![0f32; e * h];
+        fit(tok, e * h);
         for (i, &t) in tokens.iter().enumerate() {
             let t = t as usize;
             rms_norm(
@@ -211,7 +352,7 @@ impl Drafter {
                 &mut tok[i * h..(i + 1) * h],
             );
         }
-        let mut fused_in = std::vec![0f32; rows * 3 * h];
+        fit(fused_in, rows * 3 * h);
         for i in 0..e {
             for k in 0..k_slots {
                 let r = &mut fused_in[(i * k_slots + k) * 3 * h..(i * k_slots + k + 1) * 3 * h];
@@ -220,13 +361,13 @@ impl Drafter {
                 r[2 * h..].copy_from_slice(&w.queries_normed[k * h..(k + 1) * h]);
             }
         }
-        let mut x = std::vec![0f32; rows * h];
-        matmul(&pool, &w.fuse, h, 3 * h, &fused_in, rows, &mut x);
+        fit(x, rows * h);
+        matmul(&pool, &w.fuse, h, 3 * h, &fused_in, rows, x);
 
         // RoPE tables per row (position = entry base + slot).
         let half = d / 2;
-        let mut cos = std::vec![0f32; rows * half];
-        let mut sin = std::vec![0f32; rows * half];
+        fit(cos, rows * half);
+        fit(sin, rows * half);
         for i in 0..e {
             for k in 0..k_slots {
                 let p = (base_of(i) + k as u32) as f32;
@@ -239,14 +380,14 @@ impl Drafter {
         }
 
         // 2. Decoder layers.
-        let mut xn = std::vec![0f32; rows * h];
-        let mut shifted = std::vec![0f32; rows * 2 * h];
-        let mut qkv = std::vec![0f32; rows * (qd + 2 * kvd)];
-        let mut attn = std::vec![0f32; rows * qd];
-        let mut tmp = std::vec![0f32; rows * h];
-        let mut gu = std::vec![0f32; rows * 2 * c.ffn];
-        let mut act = std::vec![0f32; rows * c.ffn];
-        let mut scores: Vec<f32> = Vec::new();
+        fit(xn, rows * h);
+        fit(shifted, rows * 2 * h);
+        fit(qkv, rows * (qd + 2 * kvd));
+        fit(attn, rows * qd);
+        fit(tmp, rows * h);
+        fit(gu, rows * 2 * c.ffn);
+        fit(act, rows * c.ffn);
+
         let scale = 1.0 / (d as f32).sqrt();
         let group = c.heads / c.kv_heads;
         for (l, layer) in w.layers.iter().enumerate() {
@@ -260,10 +401,10 @@ impl Drafter {
                             .copy_from_slice(&x[prev * h..(prev + 1) * h]);
                     }
                 }
-                matmul(&pool, &w.shift[l - 1], h, 2 * h, &shifted, rows, &mut x);
+                matmul(&pool, &w.shift[l - 1], h, 2 * h, &shifted, rows, x);
             }
-            rms_norm(&x, &layer.input_norm, c.rms_eps, &mut xn);
-            matmul(&pool, &layer.wqkv, qd + 2 * kvd, h, &xn, rows, &mut qkv);
+            rms_norm(&x, &layer.input_norm, c.rms_eps, xn);
+            matmul(&pool, &layer.wqkv, qd + 2 * kvd, h, &xn, rows, qkv);
             for r in 0..rows {
                 let base = r * (qd + 2 * kvd);
                 let (cs, sn) = (
@@ -324,7 +465,7 @@ impl Drafter {
                             let src = (i * k_slots + j) * (qd + 2 * kvd) + qd + kvh * d;
                             scores.push(dot(q, &qkv[src..src + d]) * scale);
                         }
-                        softmax_in_place(&mut scores);
+                        softmax_in_place(scores);
                         let o = &mut attn[r * qd + head * d..r * qd + (head + 1) * d];
                         o.fill(0.0);
                         for (j, &p) in scores.iter().enumerate() {
@@ -344,66 +485,50 @@ impl Drafter {
                     }
                 }
             }
-            matmul(&pool, &layer.wo, h, qd, &attn, rows, &mut tmp);
-            for (a, b) in x.iter_mut().zip(&tmp) {
+            matmul(&pool, &layer.wo, h, qd, &attn, rows, tmp);
+            for (a, b) in x.iter_mut().zip(tmp.iter()) {
                 *a += b;
             }
-            rms_norm(&x, &layer.post_norm, c.rms_eps, &mut xn);
-            matmul(&pool, &layer.w_gate_up, 2 * c.ffn, h, &xn, rows, &mut gu);
+            rms_norm(&x, &layer.post_norm, c.rms_eps, xn);
+            matmul(&pool, &layer.w_gate_up, 2 * c.ffn, h, &xn, rows, gu);
             for r in 0..rows {
                 let g = &gu[r * 2 * c.ffn..(r + 1) * 2 * c.ffn];
                 let a = &mut act[r * c.ffn..(r + 1) * c.ffn];
                 a.copy_from_slice(&g[..c.ffn]);
                 crate::cpu::swiglu(a, &g[c.ffn..]);
             }
-            matmul(&pool, &layer.w_down, h, c.ffn, &act, rows, &mut tmp);
-            for (a, b) in x.iter_mut().zip(&tmp) {
+            matmul(&pool, &layer.w_down, h, c.ffn, &act, rows, tmp);
+            for (a, b) in x.iter_mut().zip(tmp.iter()) {
                 *a += b;
             }
         }
 
         // 3. Final norm, draft LM head.
-        let mut normed = std::vec![0f32; rows * h];
-        rms_norm(&x, &w.norm, c.rms_eps, &mut normed);
-        let mut logits = std::vec![0f32; rows * c.draft_vocab];
-        matmul(
-            &pool,
-            &w.lm_head,
-            c.draft_vocab,
-            h,
-            &normed,
-            rows,
-            &mut logits,
-        );
+        fit(normed, rows * h);
+        rms_norm(&x, &w.norm, c.rms_eps, normed);
+        fit(logits, rows * c.draft_vocab);
+        matmul(&pool, &w.lm_head, c.draft_vocab, h, &normed, rows, logits);
 
         // 4. Rank head on [normed, rank features].
         let rin_w = h + RANK_FEATURES;
-        let mut rank_in = std::vec![0f32; rows * rin_w];
-        let mut top: Vec<f32> = Vec::with_capacity(c.draft_vocab);
+        fit(rank_in, rows * rin_w);
+
         for r in 0..rows {
             let dst = &mut rank_in[r * rin_w..(r + 1) * rin_w];
             dst[..h].copy_from_slice(&normed[r * h..(r + 1) * h]);
             rank_features(
                 &logits[r * c.draft_vocab..(r + 1) * c.draft_vocab],
                 c.rank_topk,
-                &mut top,
+                top,
                 &mut dst[h..],
             );
         }
-        let mut hidden1 = std::vec![0f32; rows * RANK_HIDDEN];
-        matmul(
-            &pool,
-            &w.rank1,
-            RANK_HIDDEN,
-            rin_w,
-            &rank_in,
-            rows,
-            &mut hidden1,
-        );
+        fit(hidden1, rows * RANK_HIDDEN);
+        matmul(&pool, &w.rank1, RANK_HIDDEN, rin_w, &rank_in, rows, hidden1);
         for v in hidden1.iter_mut() {
             *v /= 1.0 + (-*v).exp();
         }
-        let mut rank_logits = std::vec![0f32; rows * c.rank_classes];
+        fit(rank_logits, rows * c.rank_classes);
         matmul(
             &pool,
             &w.rank2,
@@ -411,17 +536,13 @@ impl Drafter {
             RANK_HIDDEN,
             &hidden1,
             rows,
-            &mut rank_logits,
+            rank_logits,
         );
 
         if let (Some(cache), Kind::Context { bases, .. }) = (append, &kind) {
             cache.bases.extend_from_slice(bases);
         }
-        out.logits = logits;
-        out.rank_logits = rank_logits;
-        out.hidden = x;
-        out.normed = normed;
-        Ok(out)
+        Ok(())
     }
 }
 

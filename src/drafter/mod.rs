@@ -14,7 +14,7 @@ use std::string::ToString;
 use std::vec::Vec;
 
 pub use config::{ContextProtocol, DrafterConfig};
-pub use forward::BlockOutput;
+pub use forward::{BlockOutput, Scratch};
 pub use session::{DraftPolicy, Session};
 
 use crate::cpu::Pool;

@@ -4,7 +4,7 @@
 
 use std::vec::Vec;
 
-use super::{BlockOutput, ContextCache, ContextProtocol, Drafter};
+use super::{ContextCache, ContextProtocol, Drafter, Scratch};
 use crate::error::Error;
 use crate::tree::{DraftTree, NodeMeta};
 
@@ -36,14 +36,8 @@ impl Default for DraftPolicy {
     }
 }
 
-/// Per-slot summary of a block output row.
-struct Slot {
-    /// Top candidates as (target id, log-softmax), best first.
-    top: Vec<(u32, f32)>,
-    rank: u8,
-}
-
 /// A block-2 seed: continues from a tree node with a block-1 slot's hidden.
+#[derive(Clone, Copy)]
 struct Seed {
     node: i32,
     token: u32,
@@ -51,15 +45,34 @@ struct Seed {
 }
 
 /// A sequence's drafting session. Create one per sequence; reuse it across requests with `reset`.
+/// Every buffer is allocated at creation: `draft` and `commit` allocate nothing (prefill may grow
+/// the forward buffers for a long prompt once).
 pub struct Session<'d> {
     drafter: &'d Drafter,
     policy: DraftPolicy,
     cache: ContextCache,
-    block1: Option<BlockOutput>,
+    scratch: Scratch,
+    /// Block 1 of the newest entry: `slots x draft_vocab` logits, `slots x rank_classes`, `slots x hidden`.
+    b1_logits: Vec<f32>,
+    b1_rank: Vec<f32>,
+    b1_hidden: Vec<f32>,
+    has_block1: bool,
     root: Option<u32>,
     next_base: u32,
     drafted: bool,
+    // Reused per-step buffers.
+    idx: Vec<usize>,
+    top: Vec<(u32, f32)>,
+    seeds: Vec<Seed>,
+    seed_hidden: Vec<f32>,
+    seed_tokens: Vec<u32>,
+    seed_vis: Vec<u32>,
+    chain: Vec<u32>,
+    bases: Vec<u32>,
 }
+
+/// Most entries one commit appends: the root plus `MAX_DEPTH` accepted nodes.
+const MAX_COMMIT: usize = crate::MAX_DEPTH + 1;
 
 impl<'d> Session<'d> {
     /// A session whose context holds up to `max_entries` committed entries (about the sequence length).
@@ -68,31 +81,49 @@ impl<'d> Session<'d> {
         max_entries: usize,
         policy: DraftPolicy,
     ) -> Result<Self, Error> {
-        if drafter.config().protocol != ContextProtocol::Training {
+        let c = drafter.config();
+        if c.protocol != ContextProtocol::Training {
             return Err(Error::InvalidArgument(
                 "only the training context protocol is implemented",
             ));
         }
-        if policy.width_table.len() != drafter.config().rank_classes || policy.beam_width == 0 {
+        if policy.width_table.len() != c.rank_classes || policy.beam_width == 0 {
             return Err(Error::InvalidArgument(
                 "width_table needs one width per rank class; beam_width > 0",
             ));
         }
+        let k = c.slots;
+        let max_width = (policy.beam_width as usize)
+            .max(policy.width_table.iter().copied().max().unwrap_or(1) as usize);
+        let max_seeds = k * max_width + 1;
+        let rows = (max_seeds * k).max(MAX_COMMIT * k);
         Ok(Session {
             drafter,
-            policy,
             cache: drafter.new_cache(max_entries),
-            block1: None,
+            scratch: Scratch::with_capacity(drafter, rows, max_entries * k),
+            b1_logits: Vec::with_capacity(k * c.draft_vocab),
+            b1_rank: Vec::with_capacity(k * c.rank_classes),
+            b1_hidden: Vec::with_capacity(k * c.hidden),
+            has_block1: false,
             root: None,
             next_base: 1,
             drafted: false,
+            idx: Vec::with_capacity(c.draft_vocab),
+            top: Vec::with_capacity(max_width),
+            seeds: Vec::with_capacity(max_seeds),
+            seed_hidden: Vec::with_capacity(max_seeds * c.hidden),
+            seed_tokens: Vec::with_capacity(max_seeds),
+            seed_vis: Vec::with_capacity(max_seeds),
+            chain: Vec::with_capacity(MAX_COMMIT),
+            bases: Vec::with_capacity(MAX_COMMIT),
+            policy,
         })
     }
 
     /// Forgets the sequence (buffers are kept).
     pub fn reset(&mut self) {
         self.cache.clear();
-        self.block1 = None;
+        self.has_block1 = false;
         self.root = None;
         self.next_base = 1;
         self.drafted = false;
@@ -117,12 +148,18 @@ impl<'d> Session<'d> {
             ));
         }
         let s = tokens.len() - 1;
-        let bases: Vec<u32> = (1..=s as u32).collect();
         self.reset();
-        let out =
-            self.drafter
-                .context_forward(&mut self.cache, embed, features, &tokens[1..], &bases)?;
-        self.finish_context(out, tokens[s], s as u32 + 1);
+        self.bases.clear();
+        self.bases.extend(1..=s as u32);
+        self.drafter.context_forward_into(
+            &mut self.cache,
+            embed,
+            features,
+            &tokens[1..],
+            &self.bases,
+            &mut self.scratch,
+        )?;
+        self.finish_context(s, tokens[s], s as u32 + 1);
         Ok(())
     }
 
@@ -142,29 +179,47 @@ impl<'d> Session<'d> {
         if !self.drafted {
             return Err(Error::InvalidState("commit without a draft"));
         }
-        let chain: Vec<u32> = accepted.iter().copied().chain([bonus]).collect();
-        let bases: Vec<u32> = (0..chain.len() as u32)
-            .map(|i| self.next_base + i)
-            .collect();
-        let out = self
-            .drafter
-            .context_forward(&mut self.cache, embed, features, &chain, &bases)?;
-        let next = self.next_base + chain.len() as u32;
-        self.finish_context(out, bonus, next);
+        if accepted.len() >= MAX_COMMIT {
+            return Err(Error::Capacity {
+                what: "accepted tokens per commit",
+                capacity: MAX_COMMIT - 1,
+            });
+        }
+        self.chain.clear();
+        self.chain.extend_from_slice(accepted);
+        self.chain.push(bonus);
+        self.bases.clear();
+        self.bases
+            .extend((0..self.chain.len() as u32).map(|i| self.next_base + i));
+        self.drafter.context_forward_into(
+            &mut self.cache,
+            embed,
+            features,
+            &self.chain,
+            &self.bases,
+            &mut self.scratch,
+        )?;
+        let next = self.next_base + self.chain.len() as u32;
+        self.finish_context(self.chain.len(), bonus, next);
         Ok(())
     }
 
-    fn finish_context(&mut self, mut out: BlockOutput, root: u32, next_base: u32) {
-        // Keep only the last entry's K slots: block 1.
+    /// Keeps the last entry's K slots of the forward just run as block 1.
+    fn finish_context(&mut self, entries: usize, root: u32, next_base: u32) {
         let c = self.drafter.config();
-        let k = c.slots;
-        let last = out.entries - 1;
-        out.logits.drain(..last * k * c.draft_vocab);
-        out.rank_logits.drain(..last * k * c.rank_classes);
-        out.hidden.drain(..last * k * c.hidden);
-        out.normed.drain(..last * k * c.hidden);
-        out.entries = 1;
-        self.block1 = Some(out);
+        let (k, last) = (c.slots, entries - 1);
+        let sc = &self.scratch;
+        self.b1_logits.clear();
+        self.b1_logits
+            .extend_from_slice(&sc.logits[last * k * c.draft_vocab..entries * k * c.draft_vocab]);
+        self.b1_rank.clear();
+        self.b1_rank.extend_from_slice(
+            &sc.rank_logits[last * k * c.rank_classes..entries * k * c.rank_classes],
+        );
+        self.b1_hidden.clear();
+        self.b1_hidden
+            .extend_from_slice(&sc.hidden[last * k * c.hidden..entries * k * c.hidden]);
+        self.has_block1 = true;
         self.root = Some(root);
         self.next_base = next_base;
         self.drafted = false;
@@ -174,84 +229,110 @@ impl<'d> Session<'d> {
     /// every seed, then dedup, prune to the policy's budget and finalize. `tree` must have room for
     /// the candidates (up to `slots x beam_width x (1 + seeds)` nodes before the prune).
     pub fn draft(&mut self, embed: &[f32], tree: &mut DraftTree) -> Result<(), Error> {
-        let (Some(root), Some(b1)) = (self.root, self.block1.as_ref()) else {
+        let Some(root) = self.root.filter(|_| self.has_block1) else {
             return Err(Error::InvalidState("draft before prefill"));
         };
         let c = self.drafter.config();
-        let k_slots = c.slots;
+        let (k_slots, vd, rc) = (c.slots, c.draft_vocab, c.rank_classes);
         tree.reset(root as i32)?;
-        let slots: Vec<Slot> = (0..k_slots).map(|k| self.summarize(b1, k)).collect();
+        self.seeds.clear();
         // Block 1: greedy chain plus alternatives at each slot; seeds for block 2.
-        let mut seeds: Vec<Seed> = Vec::new();
         let mut parent = 0i32;
-        for (k, s) in slots.iter().enumerate() {
+        let mut first_nonzero_rank: Option<u8> = None;
+        let (mut last_width, mut last_greedy) = (0u32, 0u32);
+        for k in 0..k_slots {
+            let (rank, p) = summarize(
+                self.drafter,
+                &self.policy,
+                &self.b1_logits[k * vd..(k + 1) * vd],
+                &self.b1_rank[k * rc..(k + 1) * rc],
+                &mut self.idx,
+                &mut self.top,
+            );
+            if rank != 0 && first_nonzero_rank.is_none() {
+                first_nonzero_rank = Some(rank);
+            }
             let width = if k == 0 {
-                self.slot0_width(s)
+                slot0_width(&self.policy, p)
             } else {
-                self.width(s)
+                width(&self.policy, rank, p)
             };
-            let meta = |rank: u8| NodeMeta {
+            let meta = NodeMeta {
                 block: 0,
                 slot: k as u8,
                 rank_class: rank,
                 user: 0,
             };
-            let (g, glp) = s.top[0];
-            let greedy = tree.add_with_meta(parent, g as i32, glp, meta(s.rank))?;
+            let (g, glp) = self.top[0];
+            let greedy = tree.add_with_meta(parent, g as i32, glp, meta)?;
             if width > 1 {
-                seeds.push(Seed {
+                self.seeds.push(Seed {
                     node: greedy,
                     token: g,
                     slot: k,
                 });
             }
-            for &(alt, alp) in s.top.iter().take(width as usize).skip(1) {
-                let node = tree.add_with_meta(parent, alt as i32, alp, meta(s.rank))?;
-                seeds.push(Seed {
+            for &(alt, alp) in self.top.iter().take(width as usize).skip(1) {
+                let node = tree.add_with_meta(parent, alt as i32, alp, meta)?;
+                self.seeds.push(Seed {
                     node,
                     token: alt,
                     slot: k,
                 });
             }
+            (last_width, last_greedy) = (width, g);
             parent = greedy;
         }
         // Tail seed: slot K-1 inactive and the block not given up (never under the default table).
-        let give_up = slots
-            .iter()
-            .find(|s| s.rank != 0)
-            .is_some_and(|s| s.rank as usize == c.rank_classes - 1);
-        if self.width(&slots[k_slots - 1]) <= 1 && !give_up {
-            seeds.push(Seed {
+        let give_up = first_nonzero_rank.is_some_and(|r| r as usize == rc - 1);
+        if last_width <= 1 && !give_up {
+            self.seeds.push(Seed {
                 node: parent,
-                token: slots[k_slots - 1].top[0].0,
+                token: last_greedy,
                 slot: k_slots - 1,
             });
         }
         // Block 2: one batched forward over every seed, positions of the origin entry.
-        if !seeds.is_empty() {
-            let mut hidden = Vec::with_capacity(seeds.len() * c.hidden);
-            for s in &seeds {
-                hidden.extend_from_slice(&b1.hidden[s.slot * c.hidden..(s.slot + 1) * c.hidden]);
+        if !self.seeds.is_empty() {
+            self.seed_hidden.clear();
+            self.seed_tokens.clear();
+            self.seed_vis.clear();
+            for s in &self.seeds {
+                self.seed_hidden
+                    .extend_from_slice(&self.b1_hidden[s.slot * c.hidden..(s.slot + 1) * c.hidden]);
+                self.seed_tokens.push(s.token);
+                self.seed_vis.push(s.slot as u32);
             }
-            let tokens: Vec<u32> = seeds.iter().map(|s| s.token).collect();
-            let vis: Vec<u32> = seeds.iter().map(|s| s.slot as u32).collect();
-            let b2 = self
-                .drafter
-                .seed_forward(&self.cache, embed, &hidden, &tokens, &vis)?;
-            for (i, seed) in seeds.iter().enumerate() {
+            self.drafter.seed_forward_into(
+                &self.cache,
+                embed,
+                &self.seed_hidden,
+                &self.seed_tokens,
+                &self.seed_vis,
+                &mut self.scratch,
+            )?;
+            for (i, seed) in self.seeds.iter().enumerate() {
                 let mut parent = seed.node;
                 for k in 0..k_slots {
-                    let s = self.summarize(&b2, i * k_slots + k);
-                    let width = self.width(&s);
+                    let row = i * k_slots + k;
+                    let (rank, p) = summarize(
+                        self.drafter,
+                        &self.policy,
+                        &self.scratch.logits[row * vd..(row + 1) * vd],
+                        &self.scratch.rank_logits[row * rc..(row + 1) * rc],
+                        &mut self.idx,
+                        &mut self.top,
+                    );
+                    let width = width(&self.policy, rank, p);
                     let meta = NodeMeta {
                         block: 1,
                         slot: k as u8,
-                        rank_class: s.rank,
+                        rank_class: rank,
                         user: 0,
                     };
-                    let (g, glp) = s.top[0];
+                    let (g, glp) = self.top[0];
                     let greedy = tree.add_with_meta(parent, g as i32, glp, meta)?;
-                    for &(alt, alp) in s.top.iter().take(width as usize).skip(1) {
+                    for &(alt, alp) in self.top.iter().take(width as usize).skip(1) {
                         tree.add_with_meta(parent, alt as i32, alp, meta)?;
                     }
                     parent = greedy;
@@ -262,58 +343,59 @@ impl<'d> Session<'d> {
         self.drafted = true;
         Ok(())
     }
+}
 
-    /// Top candidates (target ids, log-softmax) and rank class of one output row.
-    fn summarize(&self, out: &BlockOutput, row: usize) -> Slot {
-        let c = self.drafter.config();
-        let logits = &out.logits[row * c.draft_vocab..(row + 1) * c.draft_vocab];
-        let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-        let lse = max + logits.iter().map(|&x| (x - max).exp()).sum::<f32>().ln();
-        let want = (self.policy.beam_width as usize)
-            .max(self.policy.width_table.iter().copied().max().unwrap_or(1) as usize);
-        let mut idx: Vec<usize> = (0..c.draft_vocab).collect();
-        let want = want.min(idx.len());
-        let desc = |a: &usize, b: &usize| logits[*b].total_cmp(&logits[*a]).then(a.cmp(b));
-        if want < idx.len() {
-            idx.select_nth_unstable_by(want - 1, desc);
-            idx.truncate(want);
-        }
-        idx.sort_unstable_by(desc);
-        let top = idx
-            .iter()
-            .map(|&i| (self.drafter.w.draft_to_target[i], logits[i] - lse))
-            .collect();
-        let rl = &out.rank_logits[row * c.rank_classes..(row + 1) * c.rank_classes];
-        let mut rank = 0;
-        for (i, &v) in rl.iter().enumerate() {
-            if v > rl[rank] {
-                rank = i;
-            }
-        }
-        Slot {
-            top,
-            rank: rank as u8,
+/// Fills `top` with the best candidates of one output row (target ids, log-softmax), best first, and
+/// returns the row's rank class and top-1 probability. Reuses `idx`.
+fn summarize(
+    drafter: &Drafter,
+    policy: &DraftPolicy,
+    logits: &[f32],
+    rank_logits: &[f32],
+    idx: &mut Vec<usize>,
+    top: &mut Vec<(u32, f32)>,
+) -> (u8, f32) {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    let lse = max + logits.iter().map(|&x| (x - max).exp()).sum::<f32>().ln();
+    let want = (policy.beam_width as usize)
+        .max(policy.width_table.iter().copied().max().unwrap_or(1) as usize)
+        .min(logits.len());
+    idx.clear();
+    idx.extend(0..logits.len());
+    let desc = |a: &usize, b: &usize| logits[*b].total_cmp(&logits[*a]).then(a.cmp(b));
+    if want < idx.len() {
+        idx.select_nth_unstable_by(want - 1, desc);
+        idx.truncate(want);
+    }
+    idx.sort_unstable_by(desc);
+    top.clear();
+    top.extend(
+        idx.iter()
+            .map(|&i| (drafter.w.draft_to_target[i], logits[i] - lse)),
+    );
+    let mut rank = 0;
+    for (i, &v) in rank_logits.iter().enumerate() {
+        if v > rank_logits[rank] {
+            rank = i;
         }
     }
+    (rank as u8, top[0].1.exp())
+}
 
-    fn slot0_width(&self, s: &Slot) -> u32 {
-        let p = s.top[0].1.exp();
-        let w = self
-            .policy
-            .slot0_widths
-            .iter()
-            .find(|(t, _)| p >= *t)
-            .map_or(self.policy.beam_width, |&(_, w)| w);
-        w.min(self.policy.beam_width)
-    }
+fn slot0_width(policy: &DraftPolicy, p: f32) -> u32 {
+    let w = policy
+        .slot0_widths
+        .iter()
+        .find(|(t, _)| p >= *t)
+        .map_or(policy.beam_width, |&(_, w)| w);
+    w.min(policy.beam_width)
+}
 
-    fn width(&self, s: &Slot) -> u32 {
-        let p = s.top[0].1.exp();
-        let base = self.policy.width_table[s.rank as usize];
-        let capped = match self.policy.prob_caps.iter().find(|(t, _)| p >= *t) {
-            Some(&(_, cap)) => base.min(cap),
-            None => base,
-        };
-        capped.min(self.policy.beam_width)
-    }
+fn width(policy: &DraftPolicy, rank: u8, p: f32) -> u32 {
+    let base = policy.width_table[rank as usize];
+    let capped = match policy.prob_caps.iter().find(|(t, _)| p >= *t) {
+        Some(&(_, cap)) => base.min(cap),
+        None => base,
+    };
+    capped.min(policy.beam_width)
 }
