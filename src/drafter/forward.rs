@@ -338,7 +338,7 @@ impl Drafter {
                     e,
                     proj,
                 );
-                rms_norm(&proj, &w.condition_norm, c.rms_eps, cond);
+                rms_norm(proj, &w.condition_norm, c.rms_eps, cond);
             }
             Kind::Seed { hidden, .. } => rms_norm(hidden, &w.condition_norm, c.rms_eps, cond),
         }
@@ -362,7 +362,7 @@ impl Drafter {
             }
         }
         fit(x, rows * h);
-        matmul(&pool, &w.fuse, h, 3 * h, &fused_in, rows, x);
+        matmul(&pool, &w.fuse, h, 3 * h, fused_in, rows, x);
 
         // RoPE tables per row (position = entry base + slot).
         let half = d / 2;
@@ -401,10 +401,10 @@ impl Drafter {
                             .copy_from_slice(&x[prev * h..(prev + 1) * h]);
                     }
                 }
-                matmul(&pool, &w.shift[l - 1], h, 2 * h, &shifted, rows, x);
+                matmul(&pool, &w.shift[l - 1], h, 2 * h, shifted, rows, x);
             }
-            rms_norm(&x, &layer.input_norm, c.rms_eps, xn);
-            matmul(&pool, &layer.wqkv, qd + 2 * kvd, h, &xn, rows, qkv);
+            rms_norm(x, &layer.input_norm, c.rms_eps, xn);
+            matmul(&pool, &layer.wqkv, qd + 2 * kvd, h, xn, rows, qkv);
             for r in 0..rows {
                 let base = r * (qd + 2 * kvd);
                 let (cs, sn) = (
@@ -485,19 +485,19 @@ impl Drafter {
                     }
                 }
             }
-            matmul(&pool, &layer.wo, h, qd, &attn, rows, tmp);
+            matmul(&pool, &layer.wo, h, qd, attn, rows, tmp);
             for (a, b) in x.iter_mut().zip(tmp.iter()) {
                 *a += b;
             }
-            rms_norm(&x, &layer.post_norm, c.rms_eps, xn);
-            matmul(&pool, &layer.w_gate_up, 2 * c.ffn, h, &xn, rows, gu);
+            rms_norm(x, &layer.post_norm, c.rms_eps, xn);
+            matmul(&pool, &layer.w_gate_up, 2 * c.ffn, h, xn, rows, gu);
             for r in 0..rows {
                 let g = &gu[r * 2 * c.ffn..(r + 1) * 2 * c.ffn];
                 let a = &mut act[r * c.ffn..(r + 1) * c.ffn];
                 a.copy_from_slice(&g[..c.ffn]);
                 crate::cpu::swiglu(a, &g[c.ffn..]);
             }
-            matmul(&pool, &layer.w_down, h, c.ffn, &act, rows, tmp);
+            matmul(&pool, &layer.w_down, h, c.ffn, act, rows, tmp);
             for (a, b) in x.iter_mut().zip(tmp.iter()) {
                 *a += b;
             }
@@ -505,9 +505,9 @@ impl Drafter {
 
         // 3. Final norm, draft LM head.
         fit(normed, rows * h);
-        rms_norm(&x, &w.norm, c.rms_eps, normed);
+        rms_norm(x, &w.norm, c.rms_eps, normed);
         fit(logits, rows * c.draft_vocab);
-        matmul(&pool, &w.lm_head, c.draft_vocab, h, &normed, rows, logits);
+        matmul(&pool, &w.lm_head, c.draft_vocab, h, normed, rows, logits);
 
         // 4. Rank head on [normed, rank features].
         let rin_w = h + RANK_FEATURES;
@@ -524,7 +524,7 @@ impl Drafter {
             );
         }
         fit(hidden1, rows * RANK_HIDDEN);
-        matmul(&pool, &w.rank1, RANK_HIDDEN, rin_w, &rank_in, rows, hidden1);
+        matmul(&pool, &w.rank1, RANK_HIDDEN, rin_w, rank_in, rows, hidden1);
         for v in hidden1.iter_mut() {
             *v /= 1.0 + (-*v).exp();
         }
@@ -534,7 +534,7 @@ impl Drafter {
             &w.rank2,
             c.rank_classes,
             RANK_HIDDEN,
-            &hidden1,
+            hidden1,
             rows,
             rank_logits,
         );
