@@ -7,7 +7,7 @@ NOSTD_DIR := target/nostd
 # The staticlib needs these system libraries (`cargo rustc --crate-type staticlib -- --print native-static-libs`).
 STATIC_LIBS := -lpthread -ldl -lm
 
-.PHONY: all build demo test deps check-tools fmt-check clippy cargo-test nostd header bench bench-engine bench-llamacpp model install clean
+.PHONY: all build demo test deps check-tools fmt-check clippy cargo-test nostd header bench bench-engine bench-llamacpp bench-drafter model install clean
 
 MODEL := models/SmolLM2-135M-Instruct.Q4_1.gguf
 ENGINE := target/release/specblock
@@ -87,6 +87,11 @@ bench:
 bench-engine: build model
 	$(ENGINE) bench --model $(MODEL)
 	$(ENGINE) bench --model $(MODEL) --bf16
+
+## bench-drafter: SpecBlock drafting time per iteration against verification (untrained drafter of the
+## authors' shape unless DRAFTER=dir is given).
+bench-drafter: build model
+	$(ENGINE) bench-drafter --model $(MODEL) $(if $(DRAFTER),--drafter $(DRAFTER))
 
 ## bench-llamacpp: our engine's bench, then llama.cpp (llama-cpp-python 0.3.36) on the Q4_1 and F16 GGUFs,
 ## side by side, on an idle machine. The first run builds llama.cpp from the sdist (~6 minutes on 2 cores).
