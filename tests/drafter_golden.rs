@@ -209,3 +209,101 @@ fn checkpoint_errors_name_the_tensor() {
     assert!(specblock::drafter::DrafterConfig::from_json(&bad_json, "c").is_err());
     assert!(SafeTensors::parse(vec![1, 2, 3], "tiny").is_err());
 }
+
+/// The same checkpoint stored in bf16 and in f16 (the authors release bf16) loads and gives outputs
+/// close to the f32 ones; the f16 conversion round-trips exactly representable values.
+#[test]
+fn half_precision_checkpoints_load() {
+    use specblock::io::safetensors::{TensorData, f16_to_f32, f32_to_f16, serialize};
+    for x in [
+        0.0f32,
+        1.0,
+        -2.5,
+        65504.0,
+        6.1035156e-5,
+        5.9604645e-8,
+        -0.333,
+    ] {
+        let back = f16_to_f32(f32_to_f16(x));
+        assert!((back - x).abs() <= x.abs() * 1e-3 + 1e-7, "{x} -> {back}");
+    }
+    let dir = fixtures().join("drafter_tiny");
+    let st = SafeTensors::open(&dir.join("model.safetensors")).unwrap();
+    let embed = SafeTensors::open(&dir.join("embed.safetensors"))
+        .unwrap()
+        .f32("model.embed_tokens.weight")
+        .unwrap()
+        .1;
+    let g = golden();
+    let reference = Drafter::load_dir(&dir, 1).unwrap();
+    let mut cache = reference.new_cache(8);
+    let want = reference
+        .context_forward(
+            &mut cache,
+            &embed,
+            &f32s(&g, "prefill.features"),
+            &ids(&g, "prefill.tokens"),
+            &ids(&g, "prefill.bases"),
+        )
+        .unwrap();
+    for (name, to_bits) in [
+        (
+            "bf16",
+            (|x: f32| (x.to_bits() >> 16) as u16) as fn(f32) -> u16,
+        ),
+        ("f16", f32_to_f16),
+    ] {
+        let floats: Vec<(String, Vec<usize>, Vec<u16>)> = st
+            .entries
+            .iter()
+            .filter(|(_, e)| e.dtype == specblock::io::safetensors::Dtype::F32)
+            .map(|(n, _)| {
+                let (shape, v) = st.f32(n).unwrap();
+                (n.clone(), shape, v.iter().map(|&x| to_bits(x)).collect())
+            })
+            .collect();
+        let (d2t_shape, d2t) = st.i64("d2t").unwrap();
+        let mut tensors: Vec<(&str, Vec<usize>, TensorData)> = floats
+            .iter()
+            .map(|(n, s, v)| {
+                (
+                    n.as_str(),
+                    s.clone(),
+                    if name == "bf16" {
+                        TensorData::BF16(v)
+                    } else {
+                        TensorData::F16(v)
+                    },
+                )
+            })
+            .collect();
+        tensors.push(("d2t", d2t_shape, TensorData::I64(&d2t)));
+        let out = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("drafter_tiny_{name}"));
+        std::fs::create_dir_all(&out).unwrap();
+        std::fs::copy(dir.join("config.json"), out.join("config.json")).unwrap();
+        std::fs::write(out.join("model.safetensors"), serialize(&tensors).unwrap()).unwrap();
+        let d = Drafter::load_dir(&out, 1).unwrap_or_else(|e| panic!("{name} checkpoint: {e}"));
+        let mut cache = d.new_cache(8);
+        let got = d
+            .context_forward(
+                &mut cache,
+                &embed,
+                &f32s(&g, "prefill.features"),
+                &ids(&g, "prefill.tokens"),
+                &ids(&g, "prefill.bases"),
+            )
+            .unwrap();
+        let scale = want.logits.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let err = got
+            .logits
+            .iter()
+            .zip(&want.logits)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            err < 0.1 * scale,
+            "{name}: logits differ by {err} (scale {scale})"
+        );
+        assert!(err > 0.0, "{name}: the weights must actually be rounded");
+    }
+}

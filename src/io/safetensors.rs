@@ -242,6 +242,46 @@ pub enum TensorData<'a> {
     F32(&'a [f32]),
     /// Written as I64.
     I64(&'a [i64]),
+    /// Raw IEEE-half bits, written as F16.
+    F16(&'a [u16]),
+    /// Raw bfloat16 bits, written as BF16.
+    BF16(&'a [u16]),
+}
+
+/// f32 to IEEE half bits, round to nearest even (overflow to infinity, NaN kept).
+pub fn f32_to_f16(x: f32) -> u16 {
+    let b = x.to_bits();
+    let sign = ((b >> 16) & 0x8000) as u16;
+    let exp = ((b >> 23) & 0xff) as i32;
+    let man = b & 0x7f_ffff;
+    if exp == 0xff {
+        return sign | 0x7c00 | if man != 0 { 0x200 } else { 0 };
+    }
+    let e = exp - 127 + 15;
+    if e >= 0x1f {
+        return sign | 0x7c00;
+    }
+    if e <= 0 {
+        if e < -10 {
+            return sign;
+        }
+        // Subnormal half: shift the full mantissa (implicit bit included) into place, rounding.
+        let m = man | 0x80_0000;
+        let shift = (14 - e) as u32;
+        let half = 1u32 << (shift - 1);
+        let rounded = (m + half - 1 + ((m >> shift) & 1)) >> shift;
+        return sign | rounded as u16;
+    }
+    let rounded = man + 0xfff + ((man >> 13) & 1);
+    let (e, m) = if rounded & 0x80_0000 != 0 {
+        (e + 1, 0)
+    } else {
+        (e, rounded >> 13)
+    };
+    if e >= 0x1f {
+        return sign | 0x7c00;
+    }
+    sign | ((e as u16) << 10) | m as u16
 }
 
 /// Serialises tensors `(name, shape, data)` to safetensors bytes (in the given order).
@@ -253,6 +293,8 @@ pub fn serialize(tensors: &[(&str, Vec<usize>, TensorData<'_>)]) -> Result<Vec<u
         let (dtype, len) = match values {
             TensorData::F32(v) => ("F32", v.len()),
             TensorData::I64(v) => ("I64", v.len()),
+            TensorData::F16(v) => ("F16", v.len()),
+            TensorData::BF16(v) => ("BF16", v.len()),
         };
         if len != count {
             return Err(load_err!("tensor {name}: {len} values for shape {shape:?}"));
@@ -263,6 +305,9 @@ pub fn serialize(tensors: &[(&str, Vec<usize>, TensorData<'_>)]) -> Result<Vec<u
                 .iter()
                 .for_each(|x| data.extend_from_slice(&x.to_le_bytes())),
             TensorData::I64(v) => v
+                .iter()
+                .for_each(|x| data.extend_from_slice(&x.to_le_bytes())),
+            TensorData::F16(v) | TensorData::BF16(v) => v
                 .iter()
                 .for_each(|x| data.extend_from_slice(&x.to_le_bytes())),
         }
