@@ -99,15 +99,19 @@ fn forward_matches_the_pytorch_reference() {
     check(&commit, &g, "commit");
     assert_eq!(cache.entries(), 8);
     let c = drafter.config();
-    let row = c.slots * c.kv_heads * c.head_dim / c.slots;
     for layer in 0..c.layers {
+        let rows = 8 * c.slots;
+        let (k, v) = (
+            cache.keys_row_major(layer, rows, c.kv_heads, c.head_dim),
+            cache.values_row_major(layer, rows, c.kv_heads, c.head_dim),
+        );
         close(
-            cache.keys(layer, 8 * c.slots, row),
+            &k,
             &f32s(&g, &format!("cache.layer{layer}.k")),
             "cache keys",
         );
         close(
-            cache.values(layer, 8 * c.slots, row),
+            &v,
             &f32s(&g, &format!("cache.layer{layer}.v")),
             "cache values",
         );

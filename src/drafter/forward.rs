@@ -44,6 +44,9 @@ pub struct Scratch {
     gu: Vec<f32>,
     act: Vec<f32>,
     scores: Vec<f32>,
+    q: Vec<f32>,
+    cache_scores: Vec<f32>,
+    acc: Vec<f32>,
     /// `rows x hidden` normed hiddens of the last forward.
     pub normed: Vec<f32>,
     /// `rows x draft_vocab` logits of the last forward.
@@ -83,7 +86,10 @@ impl Scratch {
             tmp: v(rows * h),
             gu: v(rows * 2 * c.ffn),
             act: v(rows * c.ffn),
-            scores: v(keys + c.slots),
+            scores: v(c.slots * c.heads / c.kv_heads * (keys + c.slots)),
+            q: v(c.slots * c.heads / c.kv_heads * c.head_dim),
+            cache_scores: v(c.slots * c.heads / c.kv_heads * keys),
+            acc: v(c.slots * c.heads / c.kv_heads * c.head_dim),
             normed: v(rows * h),
             logits: v(rows * c.draft_vocab),
             rank_in: v(rows * (h + RANK_FEATURES)),
@@ -317,6 +323,9 @@ impl Drafter {
             gu,
             act,
             scores,
+            q,
+            cache_scores,
+            acc,
             normed,
             logits,
             rank_in,
@@ -421,66 +430,122 @@ impl Drafter {
                 }
             }
             if let Some(cache) = append.as_deref_mut() {
+                let cap_rows = cache.capacity * k_slots;
                 for r in 0..rows {
                     let src = r * (qd + 2 * kvd) + qd;
-                    let dst = (n0 * k_slots + r) * kvd;
-                    cache.k[l][dst..dst + kvd].copy_from_slice(&qkv[src..src + kvd]);
-                    cache.v[l][dst..dst + kvd].copy_from_slice(&qkv[src + kvd..src + 2 * kvd]);
+                    for kvh in 0..c.kv_heads {
+                        let dst = (kvh * cap_rows + n0 * k_slots + r) * d;
+                        let (ks, vs) = (src + kvh * d, src + kvd + kvh * d);
+                        cache.k[l][dst..dst + d].copy_from_slice(&qkv[ks..ks + d]);
+                        cache.v[l][dst..dst + d].copy_from_slice(&qkv[vs..vs + d]);
+                    }
                 }
             }
-            // Attention, one (row, head) at a time over an explicit key list: cache rows, then (seeds
-            // only) the seed's own earlier slots.
+            // Attention per (entry, KV head): the entry's K slots times the GQA group's heads form one
+            // query block; its scores against the head's contiguous cached keys are one small matmul.
+            // Context entries see a cache prefix (their own slots included, causally); seeds see the
+            // prefix up to their visibility plus their own earlier slots, which are not cached.
+            let cc = match (append.as_deref(), read) {
+                (Some(cc), _) | (None, Some(cc)) => cc,
+                (None, None) => return Err(Error::InvalidState("drafter forward without a cache")),
+            };
+            let cap_rows = cc.capacity * k_slots;
+            let seeds = matches!(kind, Kind::Seed { .. });
+            let m = k_slots * group;
             for i in 0..e {
-                for k in 0..k_slots {
-                    let r = i * k_slots + k;
-                    let (cache_rows, kc, vc): (usize, &[f32], &[f32]) =
-                        match (&kind, append.as_deref(), read) {
-                            (Kind::Context { .. }, Some(cc), _) => {
-                                ((n0 + i) * k_slots + k + 1, &cc.k[l], &cc.v[l])
+                // Cached keys this entry's slots may see: the longest prefix any of its slots sees.
+                let (prefix, own) = match &kind {
+                    Kind::Context { .. } => ((n0 + i + 1) * k_slots, 0),
+                    Kind::Seed { visibility, .. } => (
+                        (cc.entries() - 1) * k_slots + visibility[i] as usize + 1,
+                        k_slots,
+                    ),
+                };
+                let width = prefix + own;
+                for kvh in 0..c.kv_heads {
+                    fit(q, m * d);
+                    for k in 0..k_slots {
+                        let r = i * k_slots + k;
+                        for g in 0..group {
+                            let head = kvh * group + g;
+                            let src = r * (qd + 2 * kvd) + head * d;
+                            for (dst, &v) in q[(k * group + g) * d..(k * group + g + 1) * d]
+                                .iter_mut()
+                                .zip(&qkv[src..src + d])
+                            {
+                                *dst = v * scale;
                             }
-                            (Kind::Seed { visibility, .. }, _, Some(cc)) => (
-                                (cc.entries() - 1) * k_slots + visibility[i] as usize + 1,
-                                &cc.k[l],
-                                &cc.v[l],
-                            ),
-                            _ => {
-                                return Err(Error::InvalidState("drafter forward without a cache"));
-                            }
-                        };
-                    let own = if matches!(kind, Kind::Seed { .. }) {
-                        k + 1
-                    } else {
-                        0
-                    };
-                    for head in 0..c.heads {
-                        let kvh = head / group;
-                        let q = &qkv
-                            [r * (qd + 2 * kvd) + head * d..r * (qd + 2 * kvd) + (head + 1) * d];
-                        scores.clear();
-                        for j in 0..cache_rows {
-                            let key = &kc[j * kvd + kvh * d..j * kvd + (kvh + 1) * d];
-                            scores.push(dot(q, key) * scale);
+                        }
+                    }
+                    let off = kvh * cap_rows * d;
+                    fit(cache_scores, m * prefix);
+                    crate::cpu::matmul_local(
+                        &cc.k[l][off..off + prefix * d],
+                        prefix,
+                        d,
+                        q,
+                        m,
+                        cache_scores,
+                    );
+                    fit(scores, m * width);
+                    for qi in 0..m {
+                        let k = qi / group;
+                        let row = &mut scores[qi * width..(qi + 1) * width];
+                        row[..prefix]
+                            .copy_from_slice(&cache_scores[qi * prefix..(qi + 1) * prefix]);
+                        if !seeds {
+                            // Own slots after k are in the cache but not yet visible.
+                            let visible = (n0 + i) * k_slots + k + 1;
+                            row[visible..prefix].fill(f32::NEG_INFINITY);
                         }
                         for j in 0..own {
-                            let src = (i * k_slots + j) * (qd + 2 * kvd) + qd + kvh * d;
-                            scores.push(dot(q, &qkv[src..src + d]) * scale);
-                        }
-                        softmax_in_place(scores);
-                        let o = &mut attn[r * qd + head * d..r * qd + (head + 1) * d];
-                        o.fill(0.0);
-                        for (j, &p) in scores.iter().enumerate() {
-                            let val = if j < cache_rows {
-                                &vc[j * kvd + kvh * d..j * kvd + (kvh + 1) * d]
+                            row[prefix + j] = if j <= k {
+                                let src = (i * k_slots + j) * (qd + 2 * kvd) + qd + kvh * d;
+                                dot(&q[qi * d..(qi + 1) * d], &qkv[src..src + d])
                             } else {
-                                let src = (i * k_slots + (j - cache_rows)) * (qd + 2 * kvd)
-                                    + qd
-                                    + kvd
-                                    + kvh * d;
-                                &qkv[src..src + d]
+                                f32::NEG_INFINITY
                             };
-                            for (a, &b) in o.iter_mut().zip(val) {
+                        }
+                        softmax_in_place(row);
+                    }
+                    fit(acc, m * d);
+                    if prefix > 0 {
+                        // Cached values: rows of `scores` are `width` apart; gather the prefix part.
+                        fit(cache_scores, m * prefix);
+                        for qi in 0..m {
+                            cache_scores[qi * prefix..(qi + 1) * prefix]
+                                .copy_from_slice(&scores[qi * width..qi * width + prefix]);
+                        }
+                        crate::cpu::weighted_rows(
+                            cache_scores,
+                            m,
+                            prefix,
+                            &cc.v[l][off..off + prefix * d],
+                            d,
+                            acc,
+                        );
+                    }
+                    for qi in 0..m {
+                        for j in 0..own {
+                            let p = scores[qi * width + prefix + j];
+                            if p == 0.0 {
+                                continue;
+                            }
+                            let src = (i * k_slots + j) * (qd + 2 * kvd) + qd + kvd + kvh * d;
+                            for (a, &b) in
+                                acc[qi * d..(qi + 1) * d].iter_mut().zip(&qkv[src..src + d])
+                            {
                                 *a += p * b;
                             }
+                        }
+                    }
+                    for k in 0..k_slots {
+                        let r = i * k_slots + k;
+                        for g in 0..group {
+                            let head = kvh * group + g;
+                            let qi = k * group + g;
+                            attn[r * qd + head * d..r * qd + (head + 1) * d]
+                                .copy_from_slice(&acc[qi * d..(qi + 1) * d]);
                         }
                     }
                 }

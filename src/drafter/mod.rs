@@ -33,7 +33,8 @@ pub struct Drafter {
 }
 
 /// The drafter's per-sequence context cache: for each layer, post-RoPE keys and values of every slot of
-/// every committed entry (KV heads only), entry-major then slot, with a capacity fixed at creation.
+/// every committed entry, GQA-compact and head-major (per KV head a contiguous `rows x head_dim` block,
+/// rows entry-major then slot), with a capacity fixed at creation.
 pub struct ContextCache {
     /// Per layer: `capacity_entries * slots * kv_heads * head_dim` keys.
     k: Vec<Vec<f32>>,
@@ -65,14 +66,56 @@ impl ContextCache {
         self.bases.clear();
     }
 
-    /// Keys of one layer for the first `rows` cache rows (`rows x kv_heads x head_dim`).
-    pub fn keys(&self, layer: usize, rows: usize, row_len: usize) -> &[f32] {
-        &self.k[layer][..rows * row_len]
+    /// Keys of one layer for the first `rows` cache rows, laid out `rows x kv_heads x head_dim` (for
+    /// inspection and tests; allocates).
+    pub fn keys_row_major(
+        &self,
+        layer: usize,
+        rows: usize,
+        kv_heads: usize,
+        head_dim: usize,
+    ) -> Vec<f32> {
+        Self::row_major(
+            &self.k[layer],
+            self.k[layer].len() / (kv_heads * head_dim).max(1),
+            rows,
+            kv_heads,
+            head_dim,
+        )
     }
 
-    /// Values of one layer for the first `rows` cache rows.
-    pub fn values(&self, layer: usize, rows: usize, row_len: usize) -> &[f32] {
-        &self.v[layer][..rows * row_len]
+    /// Values of one layer, like [`keys_row_major`](Self::keys_row_major).
+    pub fn values_row_major(
+        &self,
+        layer: usize,
+        rows: usize,
+        kv_heads: usize,
+        head_dim: usize,
+    ) -> Vec<f32> {
+        Self::row_major(
+            &self.v[layer],
+            self.v[layer].len() / (kv_heads * head_dim).max(1),
+            rows,
+            kv_heads,
+            head_dim,
+        )
+    }
+
+    fn row_major(
+        data: &[f32],
+        cap_rows: usize,
+        rows: usize,
+        kv_heads: usize,
+        d: usize,
+    ) -> Vec<f32> {
+        let mut out = Vec::with_capacity(rows * kv_heads * d);
+        for r in 0..rows {
+            for h in 0..kv_heads {
+                let src = (h * cap_rows + r) * d;
+                out.extend_from_slice(&data[src..src + d]);
+            }
+        }
+        out
     }
 }
 
