@@ -140,3 +140,63 @@ fn sessions_are_deterministic_and_reusable() {
         "a reused session drafts the same tree for the same input"
     );
 }
+
+/// The authors' context protocol: a duplicate draft entry after prefill, popped and replaced when
+/// nothing is accepted, kept and followed by a+1 entries otherwise.
+#[test]
+fn reference_protocol_bookkeeping() {
+    let src = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tools/engine/tests/fixtures/drafter_tiny"
+    ));
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("drafter_tiny_reference");
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = std::fs::read_to_string(src.join("config.json")).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        cfg.replace("\"training\"", "\"reference\""),
+    )
+    .unwrap();
+    std::fs::copy(src.join("model.safetensors"), dir.join("model.safetensors")).unwrap();
+    let d = Drafter::load_dir(&dir, 1).unwrap();
+    assert_eq!(
+        d.config().protocol,
+        specblock::drafter::ContextProtocol::Reference
+    );
+    let embed = SafeTensors::open(&src.join("embed.safetensors"))
+        .unwrap()
+        .f32("model.embed_tokens.weight")
+        .unwrap()
+        .1;
+    let w = 3 * d.config().target_hidden;
+    let mut s = Session::new(&d, 64, DraftPolicy::default()).unwrap();
+    let mut tree = DraftTree::new(TreeParams {
+        max_nodes: 2048,
+        max_depth: 16,
+    })
+    .unwrap();
+    s.prefill(&embed, &features(4, w, 5), &[1, 2, 3, 4, 5])
+        .unwrap();
+    assert_eq!(s.context_entries(), 5, "4 prompt entries + the draft entry");
+    s.draft(&embed, &mut tree).unwrap();
+    s.commit(&embed, &[], 9, &features(1, w, 6)).unwrap();
+    assert_eq!(
+        s.context_entries(),
+        5,
+        "nothing accepted: the draft entry is replaced"
+    );
+    s.draft(&embed, &mut tree).unwrap();
+    s.commit(&embed, &[7, 8], 10, &features(3, w, 7)).unwrap();
+    assert_eq!(
+        s.context_entries(),
+        8,
+        "two accepted: three entries appended after the draft entry"
+    );
+    assert_eq!(s.root(), Some(10));
+    s.draft(&embed, &mut tree).unwrap();
+    assert!(
+        s.commit(&embed, &[7], 10, &features(1, w, 7)).is_err(),
+        "feature rows must be accepted + 1"
+    );
+    assert_eq!(s.context_entries(), 8);
+}

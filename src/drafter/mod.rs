@@ -66,6 +66,11 @@ impl ContextCache {
         self.bases.clear();
     }
 
+    /// Drops the last committed entry (its rows are overwritten by the next append); returns its base.
+    pub fn pop(&mut self) -> Option<u32> {
+        self.bases.pop()
+    }
+
     /// Keys of one layer for the first `rows` cache rows, laid out `rows x kv_heads x head_dim` (for
     /// inspection and tests; allocates).
     pub fn keys_row_major(

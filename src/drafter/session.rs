@@ -59,6 +59,8 @@ pub struct Session<'d> {
     has_block1: bool,
     root: Option<u32>,
     next_base: u32,
+    /// Reference protocol: the base of the current draft entry ("P" in the method notes).
+    draft_base: u32,
     drafted: bool,
     // Reused per-step buffers.
     idx: Vec<usize>,
@@ -82,11 +84,6 @@ impl<'d> Session<'d> {
         policy: DraftPolicy,
     ) -> Result<Self, Error> {
         let c = drafter.config();
-        if c.protocol != ContextProtocol::Training {
-            return Err(Error::InvalidArgument(
-                "only the training context protocol is implemented",
-            ));
-        }
         if policy.width_table.len() != c.rank_classes || policy.beam_width == 0 {
             return Err(Error::InvalidArgument(
                 "width_table needs one width per rank class; beam_width > 0",
@@ -107,6 +104,7 @@ impl<'d> Session<'d> {
             has_block1: false,
             root: None,
             next_base: 1,
+            draft_base: 0,
             drafted: false,
             idx: Vec::with_capacity(c.draft_vocab),
             top: Vec::with_capacity(max_width),
@@ -127,6 +125,11 @@ impl<'d> Session<'d> {
         self.root = None;
         self.next_base = 1;
         self.drafted = false;
+    }
+
+    /// Entries in the drafter's context cache.
+    pub fn context_entries(&self) -> usize {
+        self.cache.entries()
     }
 
     /// The root token of the next draft (the last committed token, not yet seen by the target).
@@ -151,15 +154,48 @@ impl<'d> Session<'d> {
         self.reset();
         self.bases.clear();
         self.bases.extend(1..=s as u32);
-        self.drafter.context_forward_into(
-            &mut self.cache,
-            embed,
-            features,
-            &tokens[1..],
-            &self.bases,
-            &mut self.scratch,
-        )?;
-        self.finish_context(s, tokens[s], s as u32 + 1);
+        match self.drafter.config().protocol {
+            ContextProtocol::Training => {
+                self.drafter.context_forward_into(
+                    &mut self.cache,
+                    embed,
+                    features,
+                    &tokens[1..],
+                    &self.bases,
+                    &mut self.scratch,
+                )?;
+                self.finish_context(s, tokens[s], s as u32 + 1);
+            }
+            ContextProtocol::Reference => {
+                // The authors' bookkeeping: the prompt entries, then a duplicate "draft entry"
+                // (f_{S-1}, x_S) one base further, whose block 1 is the first draft.
+                let fw = 3 * self.drafter.config().target_hidden;
+                if features.len() != s * fw {
+                    return Err(Error::ShapeMismatch {
+                        what: "prefill features (S x 3 target_hidden)",
+                        expected: s * fw,
+                        got: features.len(),
+                    });
+                }
+                let mut feats = Vec::with_capacity((s + 1) * fw);
+                feats.extend_from_slice(features);
+                feats.extend_from_slice(&features[(s - 1) * fw..]);
+                self.chain.clear();
+                self.chain.extend_from_slice(&tokens[1..]);
+                self.chain.push(tokens[s]);
+                self.bases.push(s as u32 + 1);
+                self.drafter.context_forward_into(
+                    &mut self.cache,
+                    embed,
+                    &feats,
+                    &self.chain,
+                    &self.bases,
+                    &mut self.scratch,
+                )?;
+                self.draft_base = s as u32 + 1;
+                self.finish_context(s + 1, tokens[s], 0);
+            }
+        }
         Ok(())
     }
 
@@ -185,22 +221,89 @@ impl<'d> Session<'d> {
                 capacity: MAX_COMMIT - 1,
             });
         }
+        match self.drafter.config().protocol {
+            ContextProtocol::Training => {
+                self.chain.clear();
+                self.chain.extend_from_slice(accepted);
+                self.chain.push(bonus);
+                self.bases.clear();
+                self.bases
+                    .extend((0..self.chain.len() as u32).map(|i| self.next_base + i));
+                self.drafter.context_forward_into(
+                    &mut self.cache,
+                    embed,
+                    features,
+                    &self.chain,
+                    &self.bases,
+                    &mut self.scratch,
+                )?;
+                let next = self.next_base + self.chain.len() as u32;
+                self.finish_context(self.chain.len(), bonus, next);
+            }
+            ContextProtocol::Reference => {
+                self.commit_reference(embed, accepted, bonus, features)?
+            }
+        }
+        Ok(())
+    }
+
+    /// The authors' commit (method notes §3.1): with nothing accepted, the draft entry is popped and
+    /// (f_root, bonus) becomes the new draft entry one base further, the draft base unchanged;
+    /// otherwise a+1 entries are appended after it with features [f_root, f_acc..] and the token chain
+    /// shifted by one with its last element doubled, [acc_2.., bonus, bonus].
+    fn commit_reference(
+        &mut self,
+        embed: &[f32],
+        accepted: &[u32],
+        bonus: u32,
+        features: &[f32],
+    ) -> Result<(), Error> {
+        let fw = 3 * self.drafter.config().target_hidden;
+        if features.len() != (accepted.len() + 1) * fw {
+            return Err(Error::ShapeMismatch {
+                what: "commit features ((accepted + 1) x 3 target_hidden)",
+                expected: (accepted.len() + 1) * fw,
+                got: features.len(),
+            });
+        }
         self.chain.clear();
-        self.chain.extend_from_slice(accepted);
-        self.chain.push(bonus);
         self.bases.clear();
-        self.bases
-            .extend((0..self.chain.len() as u32).map(|i| self.next_base + i));
-        self.drafter.context_forward_into(
-            &mut self.cache,
-            embed,
-            features,
-            &self.chain,
-            &self.bases,
-            &mut self.scratch,
-        )?;
-        let next = self.next_base + self.chain.len() as u32;
-        self.finish_context(self.chain.len(), bonus, next);
+        let p = self.draft_base;
+        if accepted.is_empty() {
+            self.chain.push(bonus);
+            self.bases.push(p + 1);
+            let popped = self.cache.pop();
+            if let Err(e) = self.drafter.context_forward_into(
+                &mut self.cache,
+                embed,
+                features,
+                &self.chain,
+                &self.bases,
+                &mut self.scratch,
+            ) {
+                // Restore the popped entry: its keys and values are still in place.
+                if let Some(base) = popped {
+                    self.cache.bases.push(base);
+                }
+                return Err(e);
+            }
+        } else {
+            self.chain.extend_from_slice(&accepted[1..]);
+            self.chain.push(bonus);
+            self.chain.push(bonus);
+            self.bases
+                .extend((0..self.chain.len() as u32).map(|i| p + 2 + i));
+            self.drafter.context_forward_into(
+                &mut self.cache,
+                embed,
+                features,
+                &self.chain,
+                &self.bases,
+                &mut self.scratch,
+            )?;
+            self.draft_base = p + 1 + self.chain.len() as u32;
+        }
+        self.finish_context(self.chain.len(), bonus, 0);
         Ok(())
     }
 

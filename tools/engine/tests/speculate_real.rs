@@ -28,8 +28,14 @@ fn model() -> Option<&'static Llama> {
 
 /// A random SpecBlock drafter shaped for SmolLM2 (H 576, features 3 x 576, vocab 49152).
 fn drafter(seed: u64) -> Drafter {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("random_drafter_{seed}"));
+    drafter_with(seed, "training")
+}
+
+fn drafter_with(seed: u64, protocol: &str) -> Drafter {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("random_drafter_{seed}_{protocol}"));
     let cfg = json!({
+        "context_protocol": protocol,
         "hidden_size": 576, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
         "head_dim": 64, "intermediate_size": 512, "vocab_size": 49152, "draft_vocab_size": 2048,
         "diffspec_draft_token_num": 4, "rank_classes": 4, "rms_norm_eps": 1e-5, "rope_theta": 100000.0,
@@ -57,8 +63,12 @@ fn greedy_speculation_equals_plain_greedy() {
     };
     // The full default budget (90 nodes) on one prompt, a small one on the rest to keep the test short:
     // random drafters are rejected almost everywhere, so the budget does not change what is checked.
-    for (seed, budget, prompts) in [(11u64, 90, &PROMPTS[..1]), (12, 12, &PROMPTS[..])] {
-        let d = drafter(seed);
+    for (seed, budget, prompts, protocol) in [
+        (11u64, 90, &PROMPTS[..1], "training"),
+        (12, 12, &PROMPTS[..], "training"),
+        (13, 12, &PROMPTS[..1], "reference"),
+    ] {
+        let d = drafter_with(seed, protocol);
         let mut session = Session::new(
             &d,
             512,
