@@ -31,6 +31,13 @@ demo: build model
 	@echo "== specblock generate (SmolLM2-135M-Instruct, f32 weights, greedy) =="
 	$(ENGINE) generate --model $(MODEL) --max-tokens 96 \
 		--prompt "Explain in two sentences why the sky is blue."
+	@echo
+	@echo "== the same with SpecBlock speculative decoding (an UNTRAINED drafter until one is trained:"
+	@echo "   the text must be identical; the speed-up comes with a trained drafter) =="
+	$(ENGINE) random-drafter --out target/demo/untrained-drafter --seed 1 > /dev/null
+	$(ENGINE) generate --model $(MODEL) --max-tokens 96 --method specblock \
+		--drafter target/demo/untrained-drafter --budget 32 \
+		--prompt "Explain in two sentences why the sky is blue."
 
 ## test: everything CI runs, from a fresh machine (installs what it needs).
 test: deps fmt-check clippy model cargo-test nostd
