@@ -4,6 +4,7 @@
 #![deny(missing_docs)]
 
 pub mod bench;
+pub mod datagen;
 pub mod decode;
 pub mod error;
 pub mod fetch;

@@ -17,6 +17,8 @@ USAGE:
   specblock generate [OPTIONS] [--prompt TEXT]
   specblock bench [OPTIONS]
   specblock bench-drafter [--drafter DIR] [--budget N]   (drafting vs verification time per iteration)
+  specblock datagen [--prompts FILE] [--out DIR] [--batch B] [--max-tokens N] [--target-tokens T]
+                    (self-distilled training data: tokens, loss mask, aux features, final hidden)
   specblock random-drafter --out DIR [--seed S]   (an untrained SpecBlock drafter shaped for the model)
 
 OPTIONS:
@@ -57,6 +59,9 @@ struct Opts {
     budget: u32,
     json: bool,
     out_dir: Option<PathBuf>,
+    prompts: Option<PathBuf>,
+    batch: usize,
+    target_tokens: usize,
 }
 
 fn parse_args() -> Result<Opts> {
@@ -83,6 +88,9 @@ fn parse_args() -> Result<Opts> {
         budget: 90,
         json: false,
         out_dir: None,
+        prompts: None,
+        batch: 8,
+        target_tokens: 500_000,
     };
     fn value<T: std::str::FromStr>(flag: &str, v: Option<String>) -> Result<T> {
         let v = v.ok_or_else(|| Error::InvalidArgument(format!("{flag} needs a value")))?;
@@ -107,6 +115,9 @@ fn parse_args() -> Result<Opts> {
             "--budget" => o.budget = value(&a, args.next())?,
             "--json" => o.json = true,
             "--out" => o.out_dir = Some(value::<String>(&a, args.next())?.into()),
+            "--prompts" => o.prompts = Some(value::<String>(&a, args.next())?.into()),
+            "--batch" => o.batch = value(&a, args.next())?,
+            "--target-tokens" => o.target_tokens = value(&a, args.next())?,
             "-h" | "--help" => {
                 print!("{USAGE}");
                 std::process::exit(0);
@@ -263,6 +274,47 @@ fn run() -> Result<()> {
         }
         "bench" => cmd_bench(&o),
         "bench-drafter" => cmd_bench_drafter(&o),
+        "datagen" => {
+            let (model, gguf) = load_model(&o)?;
+            let tok = specblock_engine::tokenizer::Tokenizer::from_gguf(&gguf)?;
+            let path = o
+                .prompts
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("data/prompts/sharegpt_train.jsonl"));
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                Error::Io(format!(
+                    "{}: {e} (run `make prompts` first)",
+                    path.display()
+                ))
+            })?;
+            let prompts: Vec<String> = text
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| {
+                    serde_json::from_str::<serde_json::Value>(l)
+                        .ok()
+                        .and_then(|v| v["prompt"].as_str().map(str::to_string))
+                        .ok_or_else(|| {
+                            Error::Format(format!(
+                                "{}: a line without a \"prompt\" string",
+                                path.display()
+                            ))
+                        })
+                })
+                .collect::<Result<_>>()?;
+            let cfg = specblock_engine::datagen::DatagenConfig {
+                max_new_tokens: o.max_tokens,
+                batch: o.batch,
+                target_tokens: o.target_tokens,
+                shard_sequences: 64,
+                seed: o.seed,
+            };
+            let out = o
+                .out_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("data/datagen"));
+            specblock_engine::datagen::run(&model, &tok, &prompts, &out, &cfg)
+        }
         "generate" => {
             let (model, gguf) = load_model(&o)?;
             let req = specblock_engine::generate::Request {

@@ -1,0 +1,114 @@
+//! `specblock datagen` on the real model: shards hold consistent tokens, masks and features; the
+//! features of a batched, incrementally generated sequence equal one prefill over that sequence; a
+//! second run resumes with new prompts.
+
+mod support;
+
+use std::path::PathBuf;
+
+use specblock::io::safetensors::SafeTensors;
+use specblock_engine::datagen::{DatagenConfig, run};
+use specblock_engine::model::{Capture, Llama, Logits, Mask, Segment, WeightFormat};
+use specblock_engine::speculate::aux_layers;
+use specblock_engine::tokenizer::Tokenizer;
+
+#[test]
+fn shards_are_consistent_and_runs_resume() {
+    let Some(path) = support::model_path("datagen_real") else {
+        return;
+    };
+    let (loaded, gguf) = specblock_engine::load::load_gguf(&path).unwrap();
+    let tok = Tokenizer::from_gguf(&gguf).unwrap();
+    let m = Llama::new(loaded, WeightFormat::F32, 2).unwrap();
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("datagen");
+    let _ = std::fs::remove_dir_all(&out);
+    let prompts: Vec<String> = [
+        "Name a prime number.",
+        "Say hi.",
+        "What is 2+2?",
+        "Spell cat.",
+    ]
+    .map(String::from)
+    .to_vec();
+    let cfg = DatagenConfig {
+        max_new_tokens: 6,
+        batch: 2,
+        target_tokens: 8,
+        shard_sequences: 2,
+        seed: 3,
+    };
+    run(&m, &tok, &prompts, &out, &cfg).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    let first_done = manifest["done_prompts"].as_array().unwrap().len();
+    assert!(first_done >= 2, "{manifest}");
+
+    let shard = SafeTensors::open(&out.join("shard-00000.safetensors")).unwrap();
+    let tokens = shard.i64("tokens").unwrap().1;
+    let mask = shard.i64("loss_mask").unwrap().1;
+    let offsets = shard.i64("seq_offsets").unwrap().1;
+    let (fshape, feats) = shard.f32("features").unwrap();
+    let h = m.config().hidden;
+    assert_eq!(fshape, vec![tokens.len(), 3 * h]);
+    assert_eq!(mask.len(), tokens.len());
+    assert_eq!(*offsets.last().unwrap() as usize, tokens.len());
+    // The first sequence: its features equal a single prefill over all but its last token.
+    let (a, b) = (offsets[0] as usize, offsets[1] as usize);
+    let seq: Vec<u32> = tokens[a..b].iter().map(|&t| t as u32).collect();
+    assert!(
+        mask[a..b].iter().any(|&x| x == 1) && mask[a] == 0,
+        "prompt then assistant tokens"
+    );
+    let mut kv = m.new_cache(seq.len());
+    let pos: Vec<u32> = (0..seq.len() as u32 - 1).collect();
+    let cap = Capture {
+        layers: aux_layers(m.config().n_layers),
+        final_hidden: false,
+    };
+    let full = m
+        .forward(
+            Segment {
+                kv: &mut kv,
+                tokens: &seq[..seq.len() - 1],
+                positions: &pos,
+                mask: Mask::Causal,
+                logits: Logits::None,
+            },
+            &cap,
+        )
+        .unwrap();
+    let stored = &feats[a * 3 * h..(b - 1) * 3 * h];
+    let scale = full.features.iter().fold(1f32, |m, v| m.max(v.abs()));
+    for (x, y) in stored.iter().zip(&full.features) {
+        // Stored in f16.
+        assert!((x - y).abs() <= 2e-3 * scale, "{x} vs {y}");
+    }
+    assert!(
+        feats[(b - 1) * 3 * h..b * 3 * h].iter().all(|&x| x == 0.0),
+        "the last token was never fed"
+    );
+
+    // Resume: more tokens wanted, new prompts only.
+    let more = DatagenConfig {
+        target_tokens: 16,
+        ..cfg
+    };
+    run(&m, &tok, &prompts, &out, &more).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    let done: Vec<u64> = manifest["done_prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert!(done.len() > first_done);
+    let mut sorted = done.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(
+        sorted.len(),
+        done.len(),
+        "no prompt generated twice: {done:?}"
+    );
+}
