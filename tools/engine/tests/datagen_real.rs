@@ -56,7 +56,7 @@ fn shards_are_consistent_and_runs_resume() {
     let (a, b) = (offsets[0] as usize, offsets[1] as usize);
     let seq: Vec<u32> = tokens[a..b].iter().map(|&t| t as u32).collect();
     assert!(
-        mask[a..b].iter().any(|&x| x == 1) && mask[a] == 0,
+        mask[a..b].contains(&1) && mask[a] == 0,
         "prompt then assistant tokens"
     );
     let mut kv = m.new_cache(seq.len());
