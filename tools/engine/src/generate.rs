@@ -133,6 +133,13 @@ pub fn run_cli(model: &Llama, gguf: &GgufFile, req: &Request) -> Result<()> {
             report["mean_accept_length"] = st.mean_accept_length().into();
             report["draft_seconds"] = st.draft_s.into();
             report["verify_seconds"] = st.verify_s.into();
+            let it = st.iterations.max(1) as f64;
+            report["acceptance_per_depth"] = st
+                .accepted_at_depth
+                .iter()
+                .map(|&n| n as f64 / it)
+                .collect::<Vec<f64>>()
+                .into();
             (st.tokens, st.prefill_s, st.draft_s + st.verify_s)
         }
     };

@@ -28,6 +28,9 @@ pub struct SpecStats {
     pub verify_s: f64,
     /// Seconds of the target prefill (and the drafter's).
     pub prefill_s: f64,
+    /// `accepted_at_depth[d]`: iterations that accepted at least `d + 1` draft tokens (so
+    /// `accepted_at_depth[d] / iterations` is the acceptance rate at depth `d + 1`).
+    pub accepted_at_depth: Vec<usize>,
 }
 
 impl SpecStats {
@@ -154,6 +157,13 @@ pub fn speculative_generate(
         stats.verify_s += t.elapsed().as_secs_f64();
         stats.iterations += 1;
         stats.accepted += acc.n_accepted as usize;
+        let depth = acc.n_accepted as usize;
+        if stats.accepted_at_depth.len() < depth {
+            stats.accepted_at_depth.resize(depth, 0);
+        }
+        for d in stats.accepted_at_depth.iter_mut().take(depth) {
+            *d += 1;
+        }
 
         let accepted: Vec<u32> = acc.tokens().iter().map(|&x| x as u32).collect();
         let bonus = acc.bonus_token as u32;
