@@ -153,21 +153,9 @@ fn split_scale(block: &[u8]) -> (f32, &[u8]) {
     }
 }
 
-/// Converts IEEE binary16 bits to f32 exactly (every f16 is representable): subnormals are scaled
-/// into normal f32s, and infinities and NaNs keep their sign and payload.
-pub fn f16_to_f32(h: u16) -> f32 {
-    let sign = u32::from(h >> 15) << 31;
-    let exp = u32::from((h >> 10) & 0x1f);
-    let man = u32::from(h & 0x3ff);
-    let bits = match exp {
-        // Zero or subnormal: man * 2^-24, exact in f32.
-        0 => (man as f32 * (1.0 / 16_777_216.0)).to_bits() | sign,
-        0x1f => sign | 0x7f80_0000 | (man << 13),
-        // Re-bias the exponent from 15 to 127.
-        _ => sign | ((exp + 112) << 23) | (man << 13),
-    };
-    f32::from_bits(bits)
-}
+/// IEEE binary16 bits to f32 (exact): the library's conversion, which its safetensors reader also
+/// uses; the tests below check it on every finite f16.
+pub use specblock::io::safetensors::f16_to_f32;
 
 /// Converts bfloat16 bits to f32: bfloat16 is the upper half of an f32, so this is exact for every
 /// value, subnormals, infinities and NaNs included.
