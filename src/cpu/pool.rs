@@ -233,14 +233,6 @@ impl Pool {
     }
 }
 
-/// The range of `0..len` that thread `t` of `n` handles, in multiples of `align`.
-pub fn split(len: usize, t: usize, n: usize, align: usize) -> std::ops::Range<usize> {
-    let blocks = len.div_ceil(align);
-    let lo = (blocks * t / n * align).min(len);
-    let hi = (blocks * (t + 1) / n * align).min(len);
-    lo..hi
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,17 +252,17 @@ mod tests {
     }
 
     #[test]
-    fn split_covers_the_range() {
-        for len in [0, 1, 7, 64, 100, 1537] {
-            for n in 1..4 {
-                let mut next = 0;
-                for t in 0..n {
-                    let r = split(len, t, n, 8);
-                    assert_eq!(r.start, next);
-                    next = r.end;
-                }
-                assert_eq!(next, len);
-            }
+    fn every_chunk_runs_exactly_once() {
+        let pool = Pool::new(2);
+        for chunks in [0usize, 1, 7, 64, 1537] {
+            let hits: Vec<AtomicUsize> = (0..chunks).map(|_| AtomicUsize::new(0)).collect();
+            pool.for_each_chunk(chunks, &|c| {
+                hits[c].fetch_add(1, Ordering::Relaxed);
+            });
+            assert!(
+                hits.iter().all(|h| h.load(Ordering::Relaxed) == 1),
+                "{chunks} chunks"
+            );
         }
     }
 }
