@@ -16,6 +16,10 @@ fn main() {
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     let version = env::var("CARGO_PKG_VERSION").expect("cargo sets CARGO_PKG_VERSION");
 
+    if env::var_os("CARGO_FEATURE_CUDA").is_some() {
+        compile_kernels(&crate_dir, &out_dir);
+    }
+
     if env::var_os("CARGO_FEATURE_STD").is_none() {
         // The C ABI needs std (panic guard); nothing to generate for the bare core.
         return;
@@ -71,4 +75,84 @@ fn install_next_to_library(profile_dir: &Path, crate_dir: &Path, header: &Path, 
         prefix = profile_dir.display(),
     );
     let _ = fs::write(profile_dir.join("specblock.pc"), pc);
+}
+
+/// Finds nvcc: `SPECBLOCK_NVCC`, then the pinned PyPI toolchain in `.venv-cuda` (`make cuda-toolchain`),
+/// then `nvcc` on the PATH, then `/usr/local/cuda/bin/nvcc`.
+fn find_nvcc(crate_dir: &Path) -> Option<PathBuf> {
+    if let Some(p) = env::var_os("SPECBLOCK_NVCC") {
+        return Some(PathBuf::from(p));
+    }
+    if let Ok(entries) = fs::read_dir(crate_dir.join(".venv-cuda/lib")) {
+        for e in entries.flatten() {
+            let nvcc = e.path().join("site-packages/nvidia/cu13/bin/nvcc");
+            if nvcc.is_file() {
+                return Some(nvcc);
+            }
+        }
+    }
+    let on_path = std::process::Command::new("nvcc")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if on_path {
+        return Some(PathBuf::from("nvcc"));
+    }
+    let cuda = PathBuf::from("/usr/local/cuda/bin/nvcc");
+    cuda.is_file().then_some(cuda)
+}
+
+/// Compiles every `kernels/*.cu` into a fatbin holding sm_80 and sm_90 machine code plus compute_90 PTX
+/// (warnings are errors), and writes `kernels.rs`, which embeds them as `(name, bytes)` pairs.
+fn compile_kernels(crate_dir: &Path, out_dir: &Path) {
+    println!("cargo:rerun-if-changed=kernels");
+    println!("cargo:rerun-if-env-changed=SPECBLOCK_NVCC");
+    let nvcc = find_nvcc(crate_dir).unwrap_or_else(|| {
+        panic!(
+            "the `cuda` feature needs nvcc 13.0: run `make cuda-toolchain` (pinned PyPI wheels into \
+             .venv-cuda), put nvcc on the PATH, or set SPECBLOCK_NVCC"
+        )
+    });
+    let mut sources: Vec<PathBuf> = fs::read_dir(crate_dir.join("kernels"))
+        .expect("read kernels/")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "cu"))
+        .collect();
+    sources.sort();
+    let mut table = String::from(
+        "/// Embedded kernel modules (fatbins), by file stem.\npub(crate) const MODULES: &[(&str, &[u8])] = &[\n",
+    );
+    for src in &sources {
+        let stem = src
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .expect("kernel file name");
+        let out = out_dir.join(format!("{stem}.fatbin"));
+        let status = std::process::Command::new(&nvcc)
+            .args([
+                "-fatbin",
+                "-O3",
+                "-std=c++17",
+                "-lineinfo",
+                "-Werror",
+                "all-warnings",
+            ])
+            .args(["-gencode", "arch=compute_80,code=sm_80"])
+            .args(["-gencode", "arch=compute_90,code=[sm_90,compute_90]"])
+            .arg("-I")
+            .arg(crate_dir.join("kernels"))
+            .arg("-o")
+            .arg(&out)
+            .arg(src)
+            .status()
+            .unwrap_or_else(|e| panic!("could not run {}: {e}", nvcc.display()));
+        assert!(status.success(), "nvcc failed on {}", src.display());
+        table.push_str(&format!(
+            "    (\"{stem}\", include_bytes!(\"{}\")),\n",
+            out.display()
+        ));
+    }
+    table.push_str("];\n");
+    fs::write(out_dir.join("kernels.rs"), table).expect("write kernels.rs");
 }

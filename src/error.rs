@@ -38,6 +38,11 @@ pub enum Status {
     OutOfMemory = 12,
     /// A panic was caught at the C boundary; this is a bug in specblock, please report it.
     Panic = 13,
+    /// No GPU can be used: the library was built without the `cuda` feature, no CUDA driver is
+    /// installed, or the driver sees no device.
+    NoDevice = 14,
+    /// A CUDA driver or cuBLAS call failed (a launch error, out of device memory, an illegal address).
+    DeviceError = 15,
 }
 
 impl Status {
@@ -63,6 +68,8 @@ impl Status {
             Status::StructSize => "unsupported struct_size in a params struct\0",
             Status::OutOfMemory => "out of memory at creation\0",
             Status::Panic => "internal panic caught at the C boundary (a specblock bug)\0",
+            Status::NoDevice => "no usable GPU (no cuda feature, no CUDA driver, or no device)\0",
+            Status::DeviceError => "a CUDA driver or cuBLAS call failed\0",
         }
     }
 
@@ -78,7 +85,7 @@ impl Status {
     }
 }
 
-const ALL_STATUSES: [Status; 14] = [
+const ALL_STATUSES: [Status; 16] = [
     Status::Ok,
     Status::NullArgument,
     Status::InvalidArgument,
@@ -93,6 +100,8 @@ const ALL_STATUSES: [Status; 14] = [
     Status::StructSize,
     Status::OutOfMemory,
     Status::Panic,
+    Status::NoDevice,
+    Status::DeviceError,
 ];
 
 /// A detailed error from the Rust API. [`Error::status`] gives the C status code.
@@ -159,6 +168,15 @@ pub enum Error {
     },
     /// Allocation at creation failed.
     OutOfMemory,
+    /// No usable GPU; the text says why (no `cuda` feature, no driver, no device).
+    NoDevice(&'static str),
+    /// A CUDA driver or cuBLAS call failed.
+    Device {
+        /// The call that failed (for example "cuLaunchKernel").
+        call: &'static str,
+        /// The CUDA or cuBLAS status code it returned.
+        code: u32,
+    },
 }
 
 impl Error {
@@ -175,6 +193,8 @@ impl Error {
             Error::TokenOutOfRange { .. } => Status::TokenOutOfRange,
             Error::ShapeMismatch { .. } => Status::ShapeMismatch,
             Error::OutOfMemory => Status::OutOfMemory,
+            Error::NoDevice(_) => Status::NoDevice,
+            Error::Device { .. } => Status::DeviceError,
         }
     }
 }
@@ -217,6 +237,8 @@ impl fmt::Display for Error {
                 "shape mismatch for {what}: expected {expected}, got {got}"
             ),
             Error::OutOfMemory => write!(f, "out of memory while creating a structure"),
+            Error::NoDevice(why) => write!(f, "no usable GPU: {why}"),
+            Error::Device { call, code } => write!(f, "CUDA call {call} failed with status {code}"),
         }
     }
 }

@@ -10,6 +10,8 @@
 //! - [`drafter`] (feature `std`): the SpecBlock drafter (config, weights, context cache, block forward);
 //! - [`io`] (feature `std`): checkpoint reading (safetensors);
 //! - [`cpu`] (feature `std`): CPU numerics (thread pool, matmul and friends) for drafters and engines;
+//! - [`cuda`] (feature `cuda`): GPU kernels for finalize, layouts, acceptance and the drafter's block
+//!   forward, with CPU twins and parity tests;
 //! - `ffi` (feature `std`): the C ABI declared in `include/specblock.h`.
 //!
 //! The core is `#![no_std]`: with only the `alloc` feature, every structure allocates once at creation and
@@ -44,6 +46,8 @@ extern crate std;
 
 #[cfg(feature = "std")]
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 #[cfg(feature = "std")]
 pub mod drafter;
 pub mod error;
