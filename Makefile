@@ -7,7 +7,7 @@ NOSTD_DIR := target/nostd
 # The staticlib needs these system libraries (`cargo rustc --crate-type staticlib -- --print native-static-libs`).
 STATIC_LIBS := -lpthread -ldl -lm
 
-.PHONY: all build demo test deps check-tools fmt-check clippy cargo-test nostd header bench bench-engine bench-llamacpp bench-drafter prompts datagen model install clean
+.PHONY: all build demo test deps check-tools fmt-check clippy cargo-test cuda-toolchain kernels gpu-bundle gpu-check nostd header bench bench-engine bench-llamacpp bench-drafter prompts datagen model install clean
 
 MODEL := models/SmolLM2-135M-Instruct.Q4_1.gguf
 ENGINE := target/release/specblock
@@ -40,7 +40,7 @@ demo: build model
 		--prompt "Explain in two sentences why the sky is blue."
 
 ## test: everything CI runs, from a fresh machine (installs what it needs).
-test: deps fmt-check clippy model cargo-test nostd
+test: deps cuda-toolchain fmt-check clippy model cargo-test nostd
 	@echo "make test: all checks passed"
 
 ## deps: system packages the C tests need (clang-14 with sanitizer runtimes, valgrind).
@@ -65,12 +65,49 @@ fmt-check:
 
 clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	SPECBLOCK_NVCC=$(NVCC) $(CARGO) clippy --all-targets --features cuda -- -D warnings
 
 ## cargo-test: Rust unit/integration/doc tests, the header check, and the C tests (gcc, ASan+UBSan, valgrind).
 ## `cargo test` does not build the staticlib/cdylib the C tests link, so build them first.
+## The `cuda` feature's tests compile every kernel (sm_80 + sm_90, warnings as errors) and skip the GPU
+## parity tests with a message when there is no GPU; the no-device paths are tested here.
 cargo-test:
 	$(CARGO) build
 	SPECBLOCK_REQUIRE_C_TOOLS=1 SPECBLOCK_MODEL=$(CURDIR)/$(MODEL) $(CARGO) test --workspace
+	SPECBLOCK_NVCC=$(NVCC) $(CARGO) test --features cuda --lib $(CUDA_TESTS)
+
+## cuda-toolchain: nvcc 13.0 from pinned PyPI wheels into .venv-cuda (git-ignored; ~190 MB download once).
+## Pinned: newer wheels write PTX the H100s' CUDA 13.0 driver cannot load, and nvcc's own dependencies are
+## unversioned, so every wheel is named.
+CUDA_VENV := .venv-cuda
+CUDA_WHEELS := nvidia-cuda-nvcc==13.0.88 nvidia-cuda-crt==13.0.88 nvidia-nvvm==13.0.88 \
+	nvidia-cuda-runtime==13.0.96 nvidia-cuda-cccl==13.0.85
+CUDA_TESTS = $(patsubst tests/%.rs,--test %,$(wildcard tests/cuda_*.rs))
+NVCC = $(firstword $(wildcard $(CURDIR)/$(CUDA_VENV)/lib/python3*/site-packages/nvidia/cu13/bin/nvcc) nvcc)
+
+cuda-toolchain: $(CUDA_VENV)/.installed
+$(CUDA_VENV)/.installed:
+	test -x $(CUDA_VENV)/bin/python || python3 -m venv $(CUDA_VENV)
+	$(CUDA_VENV)/bin/python -m pip install -q --disable-pip-version-check $(CUDA_WHEELS)
+	touch $@
+
+## kernels: compile every kernels/*.cu for sm_80 and sm_90 (warnings as errors) without building Rust.
+kernels: cuda-toolchain
+	@mkdir -p target/kernels
+	for f in kernels/*.cu; do \
+		$(NVCC) -fatbin -O3 -std=c++17 -lineinfo -Werror all-warnings -Xptxas -v \
+			-gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=[sm_90,compute_90] \
+			-I kernels -o target/kernels/$$(basename $$f .cu).fatbin $$f || exit 1; \
+	done
+
+## gpu-bundle: the GPU tests and benchmarks built here (release, feature cuda) into gpu-bundle/, for a GPU
+## machine without a Rust toolchain; scripts/gpu-check.sh runs them.
+gpu-bundle: cuda-toolchain
+	SPECBLOCK_NVCC=$(NVCC) bash scripts/gpu-bundle.sh
+
+## gpu-check: on a GPU machine, every GPU test and the microbenchmarks (see scripts/gpu-check.sh).
+gpu-check:
+	bash scripts/gpu-check.sh
 
 ## nostd: the core builds without std, and links into a no_std staticlib with its own panic handler.
 nostd:

@@ -59,6 +59,8 @@ pub enum Module {
     AcceptSample,
     /// `kernels/drafter.cu`: the drafter block forward's non-GEMM ops.
     Drafter,
+    /// `kernels/util.cu`: fills (test poisoning) and a runtime smoke kernel.
+    Util,
 }
 
 impl Module {
@@ -68,6 +70,7 @@ impl Module {
             Module::AcceptGreedy => "accept_greedy",
             Module::AcceptSample => "accept_sample",
             Module::Drafter => "drafter",
+            Module::Util => "util",
         }
     }
 }
@@ -506,6 +509,31 @@ impl<T: DeviceCopy> DeviceBuffer<T> {
         let mut v = std::vec![T::default(); self.len];
         self.download(&mut v)?;
         Ok(v)
+    }
+
+    /// Fills every 32-bit word with `value` on `stream` (asynchronously, capturable in a graph).
+    /// The buffer's byte size must be a multiple of 4.
+    pub fn fill_u32(&mut self, gpu: &Gpu, stream: &Stream, value: u32) -> Result<(), Error> {
+        let bytes = self.len * size_of::<T>();
+        if bytes % 4 != 0 {
+            return Err(Error::InvalidArgument(
+                "fill_u32 needs a size that is a multiple of 4 bytes",
+            ));
+        }
+        let f = gpu.function(Module::Util, c"sb_fill_u32")?;
+        let (ptr, n) = (self.ptr, (bytes / 4) as u64);
+        let blocks = n.div_ceil(256).clamp(1, 4096) as u32;
+        // SAFETY: the kernel writes n words inside this allocation; argument types match its signature.
+        unsafe {
+            gpu.launch(
+                f,
+                (blocks, 1, 1),
+                (256, 1, 1),
+                0,
+                stream,
+                &mut [arg(&ptr), arg(&n), arg(&value)],
+            )
+        }
     }
 
     /// Fills every byte with `byte` (synchronously): tests poison outputs before a kernel runs.
