@@ -8,6 +8,7 @@
 
 use core::cell::Cell;
 use core::ffi::c_void;
+use std::vec::Vec;
 
 use cudarc::cublas::sys as cb;
 
@@ -28,10 +29,80 @@ fn check(call: &'static str, s: cb::cublasStatus_t) -> Result<(), Error> {
     }
 }
 
-/// Whether the cuBLAS shared library can be loaded (cudarc panics on first use otherwise).
+/// Whether the cuBLAS shared library can be loaded (cudarc panics on first use otherwise). When the
+/// loader's path has none, the CUDA 13 cuBLAS of a CUDA toolkit or of a Python `nvidia-cublas` wheel
+/// (PyTorch's) is preloaded from a known place (see [`preload_cublas`]).
 pub fn cublas_present() -> bool {
     // SAFETY: only probes whether the shared library can be opened.
+    if unsafe { cb::is_culib_present() } {
+        return true;
+    }
+    preload_cublas();
+    // SAFETY: as above.
     unsafe { cb::is_culib_present() }
+}
+
+/// Folders that may hold `libcublas.so.13`: `$SPECBLOCK_CUBLAS_DIR`, the CUDA toolkit, and the
+/// `nvidia/cu13/lib` or `nvidia/cublas/lib` folder of Python environments (`$VIRTUAL_ENV`, /opt/*/.venv,
+/// /usr/local/lib, /usr/lib).
+fn cublas_dirs() -> Vec<std::path::PathBuf> {
+    use std::path::PathBuf;
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    if let Some(d) = std::env::var_os("SPECBLOCK_CUBLAS_DIR") {
+        dirs.push(PathBuf::from(d));
+    }
+    dirs.push(PathBuf::from("/usr/local/cuda/lib64"));
+    dirs.push(PathBuf::from("/usr/local/cuda/targets/x86_64-linux/lib"));
+    let mut lib_roots: Vec<PathBuf> = Vec::new();
+    if let Some(v) = std::env::var_os("VIRTUAL_ENV") {
+        lib_roots.push(PathBuf::from(v).join("lib"));
+    }
+    if let Ok(opt) = std::fs::read_dir("/opt") {
+        for e in opt.flatten() {
+            lib_roots.push(e.path().join(".venv/lib"));
+            lib_roots.push(e.path().join("lib"));
+        }
+    }
+    lib_roots.push(PathBuf::from("/usr/local/lib"));
+    lib_roots.push(PathBuf::from("/usr/lib"));
+    for root in lib_roots {
+        let Ok(entries) = std::fs::read_dir(&root) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if !e.file_name().to_string_lossy().starts_with("python3") {
+                continue;
+            }
+            for pkgs in ["site-packages", "dist-packages"] {
+                let nv = e.path().join(pkgs).join("nvidia");
+                dirs.push(nv.join("cu13/lib"));
+                dirs.push(nv.join("cublas/lib"));
+            }
+        }
+    }
+    dirs
+}
+
+/// Loads `libcublasLt.so.13` and `libcublas.so.13` from the first folder of [`cublas_dirs`] that has
+/// them, globally, so cudarc's later `dlopen("libcublas.so.13")` finds the loaded library by its soname.
+fn preload_cublas() {
+    for dir in cublas_dirs() {
+        let lib = dir.join("libcublas.so.13");
+        if !lib.is_file() {
+            continue;
+        }
+        for name in ["libcublasLt.so.13", "libcublas.so.13"] {
+            let path = dir.join(name);
+            let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+                continue;
+            };
+            // SAFETY: a NUL-terminated path; the handle is kept for the life of the process on purpose.
+            unsafe {
+                libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL);
+            }
+        }
+        return;
+    }
 }
 
 /// A cuBLAS handle with its own workspace, bound to one stream at a time.

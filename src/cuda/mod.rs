@@ -11,6 +11,7 @@
 //! a message where there is no GPU.
 
 pub mod blas;
+pub mod block;
 pub mod drafter;
 pub mod greedy;
 pub mod sample;
@@ -61,6 +62,8 @@ pub enum Module {
     Drafter,
     /// `kernels/util.cu`: fills (test poisoning) and a runtime smoke kernel.
     Util,
+    /// `kernels/bench_fill.cu`: pseudo-random device fills (benchmark weights).
+    BenchFill,
 }
 
 impl Module {
@@ -71,6 +74,7 @@ impl Module {
             Module::AcceptSample => "accept_sample",
             Module::Drafter => "drafter",
             Module::Util => "util",
+            Module::BenchFill => "bench_fill",
         }
     }
 }
@@ -131,6 +135,12 @@ impl Gpu {
                 return Err(Error::NoDevice(
                     "cuInit failed: the driver sees no usable device",
                 ));
+            }
+            let mut version = 0;
+            check("cuDriverGetVersion", sys::cuDriverGetVersion(&mut version))?;
+            if version < 13000 {
+                // The bindings are CUDA 13.0's: an older driver lacks symbols they would call.
+                return Err(Error::NoDevice("the CUDA driver is older than 13.0"));
             }
             let mut count = 0;
             check("cuDeviceGetCount", sys::cuDeviceGetCount(&mut count))?;
@@ -467,7 +477,7 @@ impl<T: DeviceCopy> DeviceBuffer<T> {
         self.ptr + (offset * size_of::<T>()) as u64
     }
 
-    /// Copies `data` to the start of the buffer (synchronously).
+    /// Copies `data` to the start of the buffer; the data is on the device when this returns.
     pub fn upload(&mut self, data: &[T]) -> Result<(), Error> {
         if data.len() > self.len {
             return Err(Error::BufferTooSmall {
@@ -482,7 +492,8 @@ impl<T: DeviceCopy> DeviceBuffer<T> {
         // SAFETY: `data` is a valid host slice and the device range is inside the allocation.
         check("cuMemcpyHtoD", unsafe {
             sys::cuMemcpyHtoD_v2(self.ptr, data.as_ptr() as *const c_void, size_of_val(data))
-        })
+        })?;
+        legacy_sync()
     }
 
     /// Copies the first `out.len()` elements back to the host (synchronously, after all queued work
@@ -515,7 +526,7 @@ impl<T: DeviceCopy> DeviceBuffer<T> {
     /// The buffer's byte size must be a multiple of 4.
     pub fn fill_u32(&mut self, gpu: &Gpu, stream: &Stream, value: u32) -> Result<(), Error> {
         let bytes = self.len * size_of::<T>();
-        if bytes % 4 != 0 {
+        if !bytes.is_multiple_of(4) {
             return Err(Error::InvalidArgument(
                 "fill_u32 needs a size that is a multiple of 4 bytes",
             ));
@@ -536,12 +547,13 @@ impl<T: DeviceCopy> DeviceBuffer<T> {
         }
     }
 
-    /// Fills every byte with `byte` (synchronously): tests poison outputs before a kernel runs.
+    /// Fills every byte with `byte`, done when this returns: tests poison outputs before a kernel runs.
     pub fn fill_bytes(&mut self, byte: u8) -> Result<(), Error> {
         // SAFETY: the range is the allocation.
         check("cuMemsetD8", unsafe {
             sys::cuMemsetD8_v2(self.ptr, byte, (self.len * size_of::<T>()).max(1))
-        })
+        })?;
+        legacy_sync()
     }
 }
 
@@ -552,6 +564,16 @@ impl<T: DeviceCopy> Drop for DeviceBuffer<T> {
             let _ = sys::cuMemFree_v2(self.ptr);
         }
     }
+}
+
+/// Waits for the legacy default stream. The "synchronous" copy from pageable memory and memset may
+/// return before the data lands, and the library's streams are non-blocking (they do not wait for the
+/// legacy stream), so the synchronous helpers finish their work before returning.
+fn legacy_sync() -> Result<(), Error> {
+    // SAFETY: the NULL stream is always valid in a current context.
+    check("cuStreamSynchronize", unsafe {
+        sys::cuStreamSynchronize(core::ptr::null_mut())
+    })
 }
 
 /// A pair of events that times work on a stream.

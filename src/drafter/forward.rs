@@ -613,7 +613,7 @@ impl Drafter {
 
 /// The 15 rank features of one row of draft logits (docs/drafter-forward.md §4), using the top `t`
 /// logits; `scratch` is reused between calls.
-fn rank_features(row: &[f32], t: usize, scratch: &mut Vec<f32>, out: &mut [f32]) {
+pub(crate) fn rank_features(row: &[f32], t: usize, scratch: &mut Vec<f32>, out: &mut [f32]) {
     scratch.clear();
     scratch.extend_from_slice(row);
     let desc = |a: &f32, b: &f32| b.total_cmp(a);

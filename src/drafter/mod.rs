@@ -6,6 +6,7 @@
 
 pub mod config;
 mod forward;
+pub mod ops;
 mod session;
 mod weights;
 

@@ -18,6 +18,7 @@
 #![allow(non_camel_case_types)]
 #![allow(clippy::missing_safety_doc)] // every export documents its contract in the header
 
+mod cuda;
 mod drafter;
 mod layout;
 mod tree;
@@ -26,6 +27,7 @@ mod verify;
 use core::ffi::c_char;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
+pub use cuda::*;
 pub use layout::*;
 pub use tree::*;
 pub use verify::*;

@@ -3,8 +3,9 @@
 
 The same math as docs/drafter-forward.md, written the way a plain eager PyTorch model would run it:
 bf16 weights, every linear layer a bf16 matmul (f32 accumulation inside, bf16 result, as torch does),
-RMSNorm / RoPE / attention / softmax / rank features in f32. Separate q/k/v and gate/up projections
-(Hugging Face style). Random weights at the Llama-3.1-8B drafter size by default.
+RMSNorm / RoPE / attention / softmax / rank features in f32 (attention through
+F.scaled_dot_product_attention with an additive mask and enable_gqa, as Hugging Face's "sdpa" attention
+runs it). Separate q/k/v and gate/up projections (Hugging Face style), an f32 KV cache like the Rust path. Random weights at the Llama-3.1-8B drafter size by default.
 
 Timed cases, each the median of --iters CUDA-event-timed runs after warm-up:
   (a) context forward of one new entry per sequence (K rows each): input fusion including W_cond,
@@ -14,14 +15,19 @@ Timed cases, each the median of --iters CUDA-event-timed runs after warm-up:
 for batch 1 and 8 sequences, over a context of --context committed entries (context * K cached keys per
 layer and sequence).
 
+Before timing, the same forward runs on the golden tiny drafter (tools/train/golden.py) and must match the
+f32 reference within 3e-2 relative (bf16 matmuls; ~1.6e-2 seen), so the baseline computes the same thing.
+
 Usage: python3 tools/cuda/drafter_eager.py [--out PATH]           (GPU, 8B drafter size)
        python3 tools/cuda/drafter_eager.py --device cpu --small   (smoke test at tiny sizes)
+       python3 tools/cuda/drafter_eager.py --check [--device cpu] (only the golden check)
 Prints one JSON line (prefixed "drafter_eager_json: ") and a short table; --out writes the JSON.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 
@@ -50,8 +56,9 @@ def lin(x, w):
 class Drafter:
     """Random bf16 weights of a SpecBlock drafter (names follow the checkpoint's, shortened)."""
 
-    def __init__(self, c, device, gen):
+    def __init__(self, c, device, gen, attention="sdpa"):
         self.c = c
+        self.attention = attention
         h, d = c["hidden"], c["head_dim"]
         qd, kvd = c["heads"] * d, c["kv_heads"] * d
 
@@ -140,12 +147,24 @@ class Drafter:
                 seen = bias.shape[1] - r
                 keys = torch.cat([ck[:, :, :seen], kk.transpose(1, 2)], 2)
                 vals = torch.cat([cv[:, :, :seen], vv.transpose(1, 2)], 2)
-            g = nh // nkv
-            qh = q.view(b, r, nkv, g, d).permute(0, 2, 3, 1, 4)  # [B, nkv, g, R, d]; head = kvh*g + j
-            scores = torch.matmul(qh, keys[:, :, None].transpose(-1, -2)) * d ** -0.5 + bias
-            probs = torch.softmax(scores, -1)
-            att = torch.matmul(probs, vals[:, :, None])  # [B, nkv, g, R, d]
-            att = att.permute(0, 3, 1, 2, 4).reshape(b, e, k_slots, nh * d)
+            att = None
+            if self.attention == "sdpa":
+                # f32 attention through SDPA (what Hugging Face's "sdpa" attention runs), GQA without
+                # materialising repeated KV heads: query head j uses KV head j // (n_h / n_kv).
+                try:
+                    att = F.scaled_dot_product_attention(q.transpose(1, 2), keys, vals, attn_mask=bias,
+                                                         scale=d ** -0.5, enable_gqa=True)  # [B, n_h, R, d]
+                    att = att.transpose(1, 2).reshape(b, e, k_slots, nh * d)
+                except (TypeError, RuntimeError) as err:
+                    print(f"drafter_eager.py: SDPA failed ({err}); using explicit attention")
+                    self.attention = "manual"
+            if att is None:
+                # Explicit scores / softmax / weighted sum, the GQA group as a broadcast dimension.
+                g = nh // nkv
+                qh = q.view(b, r, nkv, g, d).permute(0, 2, 3, 1, 4)  # [B, n_kv, g, R, d]
+                scores = torch.matmul(qh, keys[:, :, None].transpose(-1, -2)) * d ** -0.5 + bias
+                att = torch.matmul(torch.softmax(scores, -1), vals[:, :, None])  # [B, n_kv, g, R, d]
+                att = att.permute(0, 3, 1, 2, 4).reshape(b, e, k_slots, nh * d)
             x = x + lin(att, layer["o"])
             xn = rms(x, layer["post_norm"], c["eps"])
             x = x + lin(F.silu(lin(xn, layer["gate"])) * lin(xn, layer["up"]), layer["down"])
@@ -161,26 +180,122 @@ class Drafter:
         return logits, rank, x, top_ids
 
 
-def context_bias(s0, k_slots, device):
-    """Slot k of the one new entry sees the s0 cached keys and its own slots 0..k."""
-    bias = torch.zeros(k_slots, s0 + k_slots, device=device)
-    own = torch.triu(torch.ones(k_slots, k_slots, device=device, dtype=torch.bool), 1)
-    bias[:, s0:][own] = float("-inf")
+def context_bias(s0, k_slots, device, entries=1):
+    """Slot k of new entry i sees the s0 cached keys, the earlier new entries, and its own slots 0..k."""
+    r = entries * k_slots
+    bias = torch.full((r, s0 + r), float("-inf"), device=device)
+    for row in range(r):
+        bias[row, :s0 + row + 1] = 0.0
     return bias
 
 
-def seed_bias(context, k_slots, seeds, device):
-    """Seed i (visibility i mod K) sees the entries before the origin, the origin's slots 0..s, and its
-    own slots 0..k."""
+def seed_bias(context, k_slots, seeds, device, visibility=None):
+    """Seed i (visibility[i], default i mod K) sees the entries before the origin, the origin's slots
+    0..visibility[i], and its own slots 0..k."""
     s0 = context * k_slots
     bias = torch.full((seeds * k_slots, s0 + seeds * k_slots), float("-inf"), device=device)
     for i in range(seeds):
-        vis = i % k_slots
+        vis = visibility[i] if visibility is not None else i % k_slots
         for k in range(k_slots):
             row = i * k_slots + k
             bias[row, :(context - 1) * k_slots + vis + 1] = 0.0
             bias[row, s0 + i * k_slots:s0 + i * k_slots + k + 1] = 0.0
     return bias
+
+
+def read_safetensors(path):
+    """name -> tensor (F32, I64, BOOL), without the safetensors package."""
+    import struct
+    raw = open(path, "rb").read()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + n])
+    dtypes = {"F32": torch.float32, "I64": torch.int64, "BOOL": torch.bool, "BF16": torch.bfloat16}
+    out = {}
+    for name, e in header.items():
+        if name == "__metadata__":
+            continue
+        a, z = e["data_offsets"]
+        buf = bytearray(raw[8 + n + a:8 + n + z])
+        out[name] = torch.frombuffer(buf, dtype=dtypes[e["dtype"]]).reshape(e["shape"]) if z > a else \
+            torch.zeros(e["shape"], dtype=dtypes[e["dtype"]])
+    return out
+
+
+def check_golden(root, device, attention="sdpa", strict=True):
+    """Runs this script's forward on the golden tiny drafter (tools/train/golden.py): prefill, commit,
+    seeds, against the f32 PyTorch reference. bf16 matmuls here, so agreement is ~1e-3..1e-2 relative."""
+    fx = os.path.join(root, "tools/engine/tests/fixtures")
+    cfg = json.load(open(os.path.join(fx, "drafter_tiny/config.json")))
+    t = read_safetensors(os.path.join(fx, "drafter_tiny/model.safetensors"))
+    emb = read_safetensors(os.path.join(fx, "drafter_tiny/embed.safetensors"))["model.embed_tokens.weight"]
+    g = read_safetensors(os.path.join(fx, "drafter_golden.safetensors"))
+    c = dict(hidden=cfg["hidden_size"], layers=cfg["num_hidden_layers"], heads=cfg["num_attention_heads"],
+             kv_heads=cfg["num_key_value_heads"], head_dim=cfg["head_dim"], ffn=cfg["intermediate_size"],
+             draft_vocab=cfg["draft_vocab_size"], vocab=cfg["vocab_size"], target_hidden=cfg["target_hidden_size"],
+             slots=cfg["diffspec_draft_token_num"], rank_topk=cfg.get("rank_topk", 10),
+             rank_classes=cfg["rank_classes"], rank_hidden=256, context=0, eps=cfg["rms_norm_eps"],
+             theta=cfg["rope_theta"])
+    m = Drafter.__new__(Drafter)
+    m.c, m.attention = c, attention
+    dev = lambda x: x.to(device)
+    mat = lambda name: t[name].to(device).to(BF16)
+    m.cond, m.fuse = mat("input_layer.condition_proj.weight"), mat("input_layer.fuse.weight")
+    m.cond_norm = dev(t["input_layer.condition_norm.weight"])
+    m.tok_norm = dev(t["input_layer.token_norm.weight"])
+    m.query_norm = dev(t["input_layer.query_norm.weight"])
+    m.queries = dev(t["input_layer.position_queries.weight"])
+    m.layers = []
+    for l in range(c["layers"]):
+        p = f"layers.{l}."
+        m.layers.append(dict(
+            in_norm=dev(t[p + "input_layernorm.weight"]), post_norm=dev(t[p + "post_attention_layernorm.weight"]),
+            q=mat(p + "self_attn.q_proj.weight"), k=mat(p + "self_attn.k_proj.weight"),
+            v=mat(p + "self_attn.v_proj.weight"), o=mat(p + "self_attn.o_proj.weight"),
+            gate=mat(p + "mlp.gate_proj.weight"), up=mat(p + "mlp.up_proj.weight"),
+            down=mat(p + "mlp.down_proj.weight")))
+    m.shift = [mat(f"shift_proj.{l}.weight") for l in range(c["layers"] - 1)]
+    m.norm, m.lm = dev(t["norm.weight"]), mat("lm_head.weight")
+    m.rank1, m.rank2 = mat("rank_head.0.weight"), mat("rank_head.2.weight")
+    m.embed = emb.to(device).to(BF16)
+    d = c["head_dim"]
+    m.inv_freq = torch.tensor([1.0 / (c["theta"] ** (2 * i / d)) for i in range(d // 2)],
+                              dtype=torch.float64).float().to(device)
+    k_slots = c["slots"]
+    cache = [(torch.zeros(1, c["kv_heads"], 16 * k_slots, d, device=device),
+              torch.zeros(1, c["kv_heads"], 16 * k_slots, d, device=device)) for _ in range(c["layers"])]
+    worst = 0.0
+
+    def cmp(tag, out):
+        nonlocal worst
+        for name, got in [("logits", out[0]), ("rank_logits", out[1]), ("h", out[2])]:
+            want = g[f"{tag}.{name}"].to(device).reshape(got.shape)
+            err = ((got - want).norm() / want.norm()).item()
+            worst = max(worst, err)
+            print(f"check {tag}.{name}: rel err {err:.2e}")
+
+    with torch.inference_mode():
+        s0 = 0
+        for tag in ["prefill", "commit"]:
+            f = dev(g[f"{tag}.features"])[None]
+            toks, bases = dev(g[f"{tag}.tokens"])[None], g[f"{tag}.bases"]
+            e = toks.shape[1]
+            pos = dev((bases[:, None] + torch.arange(k_slots)).reshape(1, -1))
+            cmp(tag, m.forward(f, True, toks, pos, cache, s0, context_bias(s0, k_slots, device, e)))
+            s0 += e * k_slots
+        ctx = s0 // k_slots
+        vis = g["seed.visibility"].tolist()
+        toks = dev(g["seed.tokens"])[None]
+        pos = dev((int(g["seed.origin_base"][0]) + torch.arange(k_slots)).repeat(len(vis))[None])
+        out = m.forward(dev(g["seed.hidden"])[None], False, toks, pos, cache, None,
+                        seed_bias(ctx, k_slots, len(vis), device, vis))
+        cmp("seed", out)
+    print(f"check: worst relative error {worst:.2e} (bf16 matmuls vs the f32 reference)")
+    if worst > 3e-2:
+        msg = "drafter_eager.py: the eager forward does not match the golden reference (> 3e-2)"
+        if strict:
+            raise SystemExit(msg)
+        print("WARNING: " + msg)
+    return worst
 
 
 def timed(fn, device, warmup, iters):
@@ -213,14 +328,25 @@ def main():
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--batches", default="1,8")
+    ap.add_argument("--check", action="store_true",
+                    help="only compare this forward with the golden tiny drafter (tools/train/golden.py)")
+    ap.add_argument("--attention", choices=["sdpa", "manual"], default="sdpa",
+                    help="F.scaled_dot_product_attention (default; falls back to manual if it raises) or "
+                         "explicit matmul/softmax")
     args = ap.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("drafter_eager.py: no CUDA device (use --device cpu --small for a smoke test)")
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "../..")
+    # The timed forward is first checked against the golden tiny drafter (seconds), so the baseline is
+    # known to compute the same thing.
+    golden_worst = check_golden(root, device, args.attention, strict=args.check)
+    if args.check:
+        return
     c = dict(SMALL if args.small else BIG)
     gen = torch.Generator(device=device).manual_seed(1234)
     torch.manual_seed(1234)
-    model = Drafter(c, device, gen)
+    model = Drafter(c, device, gen, args.attention)
     k_slots, h, ctx = c["slots"], c["hidden"], c["context"]
     s0 = ctx * k_slots
     results = []
@@ -254,7 +380,8 @@ def main():
                                 weight_bytes=model.weight_bytes(False)))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     doc = dict(tool="drafter_eager", device=name, torch=torch.__version__, sizes=c, context_entries=ctx,
-               iters=args.iters, results=results)
+               iters=args.iters, attention=model.attention, golden_check_rel_err=golden_worst,
+               results=results)
     print("drafter_eager_json: " + json.dumps(doc))
     print(f"PyTorch eager drafter block forward on {name} (median of {args.iters})")
     print(f"{'case':<10} {'batch':>5} {'rows':>5} {'median us':>11}")
