@@ -36,6 +36,52 @@
 
 
 /**
+ * Bit ORed into the status word by [`DrafterKernels::fuse_inputs`] when a token is outside the
+ * embedding's rows.
+ */
+#define STATUS_TOKEN_OUT_OF_RANGE 1
+
+/**
+ * Status bit of [`fuse_inputs`] (and `sb_fuse_inputs`): a token is outside the embedding's rows.
+ */
+#define STATUS_TOKEN_OUT_OF_RANGE 1
+
+/**
+ * Largest `slots` (K) [`DrafterKernels::fuse_inputs`] accepts.
+ */
+#define MAX_SLOTS 64
+
+/**
+ * Largest `head_dim` [`DrafterKernels::attention`] accepts (it must also be a multiple of 4).
+ */
+#define MAX_HEAD_DIM 128
+
+/**
+ * Largest `topk_t` and `kc` of [`DrafterKernels::head_features`].
+ */
+#define MAX_SELECT 64
+
+/**
+ * Number of rank features (docs/drafter-forward.md §4).
+ */
+#define RANK_FEATURES 15
+
+/**
+ * Most key splits [`DrafterKernels::attention_split`] uses.
+ */
+#define MAX_SPLITS 32
+
+/**
+ * Largest vocabulary the kernel handles (its residual chunk table covers 2^20 tokens).
+ */
+#define MAX_VOCAB (1 << 20)
+
+/**
+ * Largest `max_nodes` the GPU finalize supports.
+ */
+#define MAX_GPU_NODES 1024
+
+/**
  * Largest `max_depth` (and length of the node arrays in `sb_accept`).
  */
 #define SB_MAX_DEPTH 64
@@ -114,7 +160,28 @@ typedef enum sb_status {
    * A panic was caught at the C boundary; this is a bug in specblock, please report it.
    */
   SB_STATUS_PANIC = 13,
+  /**
+   * No GPU can be used: the library was built without the `cuda` feature, no CUDA driver is
+   * installed, or the driver sees no device.
+   */
+  SB_STATUS_NO_DEVICE = 14,
+  /**
+   * A CUDA driver or cuBLAS call failed (a launch error, out of device memory, an illegal address).
+   */
+  SB_STATUS_DEVICE_ERROR = 15,
 } sb_status;
+
+/**
+ * One GPU with the library's kernels loaded (`sb_cuda_device_open`). Thread-safe: share it freely; it
+ * must outlive every object created from it.
+ */
+typedef struct sb_cuda_device sb_cuda_device;
+
+/**
+ * GPU sampling acceptance with its per-sequence parameters and outputs, allocated once
+ * (`sb_cuda_sampler_new`). Use from one thread at a time.
+ */
+typedef struct sb_cuda_sampler sb_cuda_sampler;
 
 /**
  * A loaded SpecBlock drafter. Immutable after loading: thread-safe, shareable by any number of
@@ -136,6 +203,169 @@ typedef struct sb_session sb_session;
  * other call on the same tree.
  */
 typedef struct sb_tree sb_tree;
+
+/**
+ * Shape of a batch of device trees: `cap = max_nodes + 1` slots per tree, tree `b` at slots
+ * `[b * cap, (b + 1) * cap)` of every per-node array.
+ */
+typedef struct sb_cuda_tree_shape {
+  /**
+   * Number of trees (sequences), >= 1.
+   */
+  uint32_t batch;
+  /**
+   * Non-root nodes per tree, 1..=1024 on the GPU.
+   */
+  uint32_t max_nodes;
+  /**
+   * Deepest node, 1..=64.
+   */
+  uint32_t max_depth;
+} sb_cuda_tree_shape;
+
+/**
+ * Raw trees in device memory, as a drafter emits them (parents before children). All pointers are
+ * device addresses.
+ */
+typedef struct sb_cuda_raw_trees {
+  /**
+   * `int32[batch]`: nodes per tree including the root.
+   */
+  const int32_t *len;
+  /**
+   * `int32[batch * cap]`: slot 0 is the root token.
+   */
+  const int32_t *token;
+  /**
+   * `int32[batch * cap]`: parent slot (< the node's slot); the root's is ignored.
+   */
+  const int32_t *parent;
+  /**
+   * `float[batch * cap]`: edge log-probability; the root's is ignored.
+   */
+  const float *logprob;
+  /**
+   * `uint32[batch * cap]`: node metadata, `block | slot << 8 | rank_class << 16 | user << 24`.
+   */
+  const uint32_t *meta;
+  /**
+   * `int32[batch]`: node budget per tree (<= max_nodes).
+   */
+  const int32_t *budget;
+} sb_cuda_raw_trees;
+
+/**
+ * Finalized trees in device memory (written by `sb_cuda_tree_finalize`; read by the layouts and the
+ * acceptance calls). All pointers are device addresses of the sizes given.
+ */
+typedef struct sb_cuda_trees {
+  /**
+   * `int32[batch]`: 0 or the `sb_status` the CPU tree would return for that input.
+   */
+  int32_t *status;
+  /**
+   * `int32[batch]`: nodes including the root (0 for a failed tree).
+   */
+  int32_t *len;
+  /**
+   * `int32[batch * cap]`.
+   */
+  int32_t *token;
+  /**
+   * `int32[batch * cap]`: -1 for the root.
+   */
+  int32_t *parent;
+  /**
+   * `int32[batch * cap]`.
+   */
+  int32_t *depth;
+  /**
+   * `int32[batch * cap]`: the node's slot in the raw input.
+   */
+  int32_t *source;
+  /**
+   * `float[batch * cap]`: cumulative log-probability.
+   */
+  float *cum;
+  /**
+   * `float[batch * cap]`.
+   */
+  float *logprob;
+  /**
+   * `uint32[batch * cap]`.
+   */
+  uint32_t *meta;
+  /**
+   * `int32[batch * cap]`: child lists in ascending id order, -1 ends.
+   */
+  int32_t *first_child;
+  /**
+   * `int32[batch * cap]`.
+   */
+  int32_t *next_sibling;
+  /**
+   * `int32[batch]`.
+   */
+  int32_t *num_leaves;
+  /**
+   * `int32[batch]`.
+   */
+  int32_t *deepest;
+} sb_cuda_trees;
+
+/**
+ * Acceptance results in device memory. `accept_nodes` and `accept_tokens` hold
+ * `int32[batch * (max_depth + 1)]`, `keep` `int32[batch * (max_depth + 2)]` (`[0, nodes...]`), the rest
+ * `int32[batch]`. A failed sequence has status != 0, accept_len 0 and bonus -1.
+ */
+typedef struct sb_cuda_acceptance {
+  /**
+   * Accepted nodes per sequence (root excluded).
+   */
+  int32_t *accept_len;
+  /**
+   * Accepted node ids, root to leaf, padded with -1.
+   */
+  int32_t *accept_nodes;
+  /**
+   * Their tokens, padded with -1.
+   */
+  int32_t *accept_tokens;
+  /**
+   * The token the target emits after the last accepted node.
+   */
+  int32_t *bonus;
+  /**
+   * The KV keep-list.
+   */
+  int32_t *keep;
+  /**
+   * 0 or an `sb_status` per sequence.
+   */
+  int32_t *status;
+} sb_cuda_acceptance;
+
+/**
+ * The target's sampling parameters for `sb_verify_sample`. Get them from `sb_sampling_default()`.
+ */
+typedef struct sb_sampling {
+  /**
+   * `sizeof(sb_sampling)`; set by `sb_sampling_default`.
+   */
+  uint32_t struct_size;
+  /**
+   * Temperature (finite, >= 0); 0 = greedy.
+   */
+  float temperature;
+  /**
+   * Keep the `top_k` most likely tokens (ties at the boundary kept); 0 = off.
+   */
+  int32_t top_k;
+  /**
+   * Keep the smallest most-likely set with at least `top_p` of the mass, in (0, 1]; 1 = off.
+   */
+  float top_p;
+} sb_sampling;
 
 /**
  * Loading parameters for `sb_drafter_load`. Get them from `sb_drafter_default_params()`.
@@ -240,28 +470,6 @@ typedef struct sb_node_meta {
 } sb_node_meta;
 
 /**
- * The target's sampling parameters for `sb_verify_sample`. Get them from `sb_sampling_default()`.
- */
-typedef struct sb_sampling {
-  /**
-   * `sizeof(sb_sampling)`; set by `sb_sampling_default`.
-   */
-  uint32_t struct_size;
-  /**
-   * Temperature (finite, >= 0); 0 = greedy.
-   */
-  float temperature;
-  /**
-   * Keep the `top_k` most likely tokens (ties at the boundary kept); 0 = off.
-   */
-  int32_t top_k;
-  /**
-   * Keep the smallest most-likely set with at least `top_p` of the mass, in (0, 1]; 1 = off.
-   */
-  float top_p;
-} sb_sampling;
-
-/**
  * Result of verification.
  */
 typedef struct sb_accept {
@@ -306,6 +514,101 @@ const char *sb_status_str(int32_t status);
  * The library version as a static NUL-terminated string, e.g. "0.1.0". Compare with `SB_VERSION`.
  */
 const char *sb_version(void);
+
+/**
+ * Opens GPU `ordinal` (0 = the first): initialises the driver, retains the device's primary context and
+ * loads the kernels. `SB_STATUS_NO_DEVICE` when the library was built without CUDA, no driver is
+ * installed, the driver is older than CUDA 13.0, or there is no such device. Writes `*out` only on
+ * success; free with `sb_cuda_device_free`.
+ */
+enum sb_status sb_cuda_device_open(int32_t ordinal,
+                                   struct sb_cuda_device **out);
+
+/**
+ * Frees a device handle; NULL is a no-op. Free everything created from it first.
+ */
+void sb_cuda_device_free(struct sb_cuda_device *device);
+
+/**
+ * Writes the device's name (NUL-terminated, truncated to `cap` bytes) and compute capability.
+ */
+enum sb_status sb_cuda_device_name(const struct sb_cuda_device *device,
+                                   char *name,
+                                   size_t cap,
+                                   int32_t *major,
+                                   int32_t *minor);
+
+/**
+ * Finalizes a batch of raw device trees on `stream` (a `CUstream`; NULL = the legacy default stream):
+ * dedup, budget prune and topological order, identical to `sb_tree_finalize` per tree. One kernel
+ * launch, no host synchronisation. Per-tree input errors land in `out->status`; the call itself fails
+ * only on NULL pointers, a bad shape, or a launch error (`SB_STATUS_DEVICE_ERROR`).
+ *
+ * Every pointer in `in` and `out` must be a device allocation of the current shape's size on this
+ * device, and `stream` a stream of the device's primary context.
+ */
+enum sb_status sb_cuda_tree_finalize(const struct sb_cuda_device *device,
+                                     const struct sb_cuda_tree_shape *shape,
+                                     const struct sb_cuda_raw_trees *input,
+                                     const struct sb_cuda_trees *out,
+                                     void *stream);
+
+/**
+ * Greedy acceptance on the device: the argmax of every tree row of `logits` (`batch * cap * vocab`
+ * values of `dtype`, row `i` = the target's prediction after node `i`; ties to the lowest id) fused
+ * with the walk, identical to `sb_verify_greedy` per tree. `argmax_scratch` and `flag_scratch` are
+ * device `int32[batch * cap]`. Two kernel launches on `stream`, no host synchronisation.
+ */
+enum sb_status sb_cuda_verify_greedy(const struct sb_cuda_device *device,
+                                     const struct sb_cuda_tree_shape *shape,
+                                     const struct sb_cuda_trees *trees,
+                                     const void *logits,
+                                     uint32_t vocab,
+                                     uint32_t dtype,
+                                     int32_t *argmax_scratch,
+                                     int32_t *flag_scratch,
+                                     const struct sb_cuda_acceptance *out,
+                                     void *stream);
+
+/**
+ * Creates a sampler for `batch` trees of up to `max_nodes` nodes over a `vocab`-token target (vocab
+ * at most 2^20). Parameters start at temperature 1, no top-k, no top-p, seed 0.
+ */
+enum sb_status sb_cuda_sampler_new(const struct sb_cuda_device *device,
+                                   uint32_t batch,
+                                   uint32_t max_nodes,
+                                   uint32_t max_depth,
+                                   uint32_t vocab,
+                                   struct sb_cuda_sampler **out);
+
+/**
+ * Frees a sampler; NULL is a no-op.
+ */
+void sb_cuda_sampler_free(struct sb_cuda_sampler *sampler);
+
+/**
+ * Sets every sequence's sampling parameters (`params[batch]`, host memory, each from
+ * `sb_sampling_default`) and RNG seed (`seeds[batch]`). A small synchronous upload: call it when they
+ * change (vary the seed per step, as with `sb_verify_sample`). Out-of-range values are reported per
+ * sequence by the next `sb_cuda_verify_sample`, as the CPU would.
+ */
+enum sb_status sb_cuda_sampler_set_params(struct sb_cuda_sampler *sampler,
+                                          const struct sb_sampling *params,
+                                          const uint64_t *seeds,
+                                          uint32_t count);
+
+/**
+ * Lossless sampling acceptance on the device, identical to `sb_verify_sample` per sequence (same
+ * coins: the counter-based generator at the sequence's seed). `trees` are finalized device trees of
+ * the sampler's shape, `logits` `batch * cap * vocab` values of `dtype`. One launch on `stream`; writes
+ * the device addresses of the sampler's result arrays (valid until the next call) to `*out`.
+ */
+enum sb_status sb_cuda_verify_sample(struct sb_cuda_sampler *sampler,
+                                     const struct sb_cuda_trees *trees,
+                                     const void *logits,
+                                     uint32_t dtype,
+                                     void *stream,
+                                     struct sb_cuda_acceptance *out);
 
 /**
  * Default loading parameters: 1 thread.

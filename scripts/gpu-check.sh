@@ -12,6 +12,10 @@ mkdir -p "$out"
 summary=()
 note() { summary+=("$1"); }
 start=$(date +%s)
+# Whole-run budget in seconds (GPU_CHECK_SECONDS, default 330): every stage gets at most what is left.
+deadline=$(( start + ${GPU_CHECK_SECONDS:-330} ))
+left() { local l=$(( deadline - $(date +%s) )); [ "$l" -gt "$1" ] && l=$1; [ "$l" -lt 1 ] && l=1; echo "$l"; }
+failed=0
 
 echo "== device"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv 2>&1 | tee "$out/device.txt"
@@ -32,10 +36,14 @@ fi
 
 echo "== GPU tests (SPECBLOCK_REQUIRE_GPU=1: a missing GPU fails)"
 export SPECBLOCK_REQUIRE_GPU=1
-for t in gpu-bundle/cuda_*; do
-    name=$(basename "$t")
-    timeout 120 "$t" --test-threads=1 > "$out/test_$name.txt" 2>&1
+# Cheap and new first, the long parity sweeps last.
+order="cuda_runtime cuda_no_device cuda_c_api cuda_block cuda_tree cuda_greedy cuda_sample cuda_drafter"
+for name in $order $(cd gpu-bundle && ls cuda_* | grep -v -x -F "$(echo $order | tr ' ' '\n')"); do
+    t=gpu-bundle/$name
+    [ -x "$t" ] || continue
+    timeout "$(left ${TEST_SECONDS:-60})" "$t" --test-threads=1 > "$out/test_$name.txt" 2>&1
     rc=$?
+    [ $rc -eq 0 ] || failed=1
     passed=$(grep -o '[0-9]* passed' "$out/test_$name.txt" | tail -1)
     failed=$(grep -o '[0-9]* failed' "$out/test_$name.txt" | tail -1)
     if [ $rc -eq 0 ]; then
@@ -47,16 +55,16 @@ for t in gpu-bundle/cuda_*; do
 done
 
 echo "== microbenchmarks"
-timeout 200 gpu-bundle/bench_cuda --json "$out/bench.json" 2>&1 | tee "$out/bench.txt"
+timeout "$(left 120)" gpu-bundle/bench_cuda --json "$out/bench.json" 2>&1 | tee "$out/bench.txt"
 note "bench rc=${PIPESTATUS[0]} ($(grep -c ' us ' "$out/bench.txt") rows)"
 
 echo "== PyTorch eager baseline (drafter block forward)"
 if [ -f tools/cuda/drafter_eager.py ]; then
-    timeout 90 python3 tools/cuda/drafter_eager.py --out "$out/eager.json" 2>&1 | tee "$out/eager.txt"
+    timeout "$(left 60)" python3 tools/cuda/drafter_eager.py --out "$out/eager.json" 2>&1 | tee "$out/eager.txt"
     note "eager rc=${PIPESTATUS[0]}"
 fi
 
-left=$(( 330 - ($(date +%s) - start) ))
+left=$(( deadline - $(date +%s) ))
 if command -v compute-sanitizer >/dev/null 2>&1 && [ $left -gt 40 ]; then
     echo "== compute-sanitizer memcheck over the tests (${left}s left)"
     per=$(( left / 4 ))
@@ -76,3 +84,4 @@ printf '%s\n' "${summary[@]}"
 echo "---- benchmark rows (median us) ----"
 grep ' us ' "$out/bench.txt" | cut -c1-150
 [ -f "$out/eager.txt" ] && tail -12 "$out/eager.txt"
+exit $failed

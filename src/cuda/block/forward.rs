@@ -169,7 +169,7 @@ impl GpuDrafter<'_> {
                             },
                         )?;
                     }
-                    self.k.attention(
+                    self.k.attention_split(
                         gpu,
                         stream,
                         &Attention {
@@ -199,6 +199,8 @@ impl GpuDrafter<'_> {
                             out: s.attn.ptr_at(p.first_row * qd),
                             out_stride: qd,
                         },
+                        s.attn_ws.ptr(),
+                        s.attn_ws.len(),
                     )?;
                 }
                 self.gemm(

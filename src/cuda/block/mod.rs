@@ -121,8 +121,8 @@ impl GpuDrafterDims {
             && self.layers > 0
             && self.kv_heads > 0
             && self.heads.is_multiple_of(self.kv_heads)
-            && self.head_dim.is_multiple_of(2)
-            && (2..=super::drafter::MAX_HEAD_DIM).contains(&self.head_dim)
+            && self.head_dim.is_multiple_of(4)
+            && (4..=super::drafter::MAX_HEAD_DIM).contains(&self.head_dim)
             && (1..=super::drafter::MAX_SLOTS).contains(&self.slots)
             && (10..=super::drafter::MAX_SELECT).contains(&self.rank_topk)
             && self.rank_topk <= self.draft_vocab

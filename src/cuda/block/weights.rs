@@ -52,6 +52,8 @@ pub(super) struct Scratch {
     pub(super) shift_in: DeviceBuffer<u16>,
     pub(super) qkv: DeviceBuffer<f32>,
     pub(super) attn: DeviceBuffer<u16>,
+    /// f32 partial results of the split-key attention (`attention_workspace_len` for the rows).
+    pub(super) attn_ws: DeviceBuffer<f32>,
     pub(super) tmp: DeviceBuffer<f32>,
     pub(super) gu: DeviceBuffer<f32>,
     pub(super) act: DeviceBuffer<u16>,
@@ -354,6 +356,10 @@ impl<'g> GpuDrafter<'g> {
             shift_in: DeviceBuffer::new(gpu, rows * 2 * h)?,
             qkv: DeviceBuffer::new(gpu, rows * d.qkv())?,
             attn: DeviceBuffer::new(gpu, rows * qd)?,
+            attn_ws: DeviceBuffer::new(
+                gpu,
+                crate::cuda::drafter::attention_workspace_len(rows, d.heads, d.head_dim),
+            )?,
             tmp: DeviceBuffer::new(gpu, rows * h)?,
             gu: DeviceBuffer::new(gpu, rows * 2 * d.ffn)?,
             act: DeviceBuffer::new(gpu, rows * d.ffn)?,
