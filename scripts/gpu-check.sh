@@ -15,7 +15,7 @@ start=$(date +%s)
 # Whole-run budget in seconds (GPU_CHECK_SECONDS, default 330): every stage gets at most what is left.
 deadline=$(( start + ${GPU_CHECK_SECONDS:-330} ))
 left() { local l=$(( deadline - $(date +%s) )); [ "$l" -gt "$1" ] && l=$1; [ "$l" -lt 1 ] && l=1; echo "$l"; }
-failed=0
+any_failed=0
 
 echo "== device"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv 2>&1 | tee "$out/device.txt"
@@ -34,35 +34,45 @@ if [ "$built_at" != "$PWD" ] && [ ! -e "$built_at" ]; then
     mkdir -p "$(dirname "$built_at")" && ln -s "$PWD" "$built_at"
 fi
 
-echo "== GPU tests (SPECBLOCK_REQUIRE_GPU=1: a missing GPU fails)"
 export SPECBLOCK_REQUIRE_GPU=1
-# Cheap and new first, the long parity sweeps last.
-order="cuda_runtime cuda_no_device cuda_c_api cuda_block cuda_tree cuda_greedy cuda_sample cuda_drafter"
-for name in $order $(cd gpu-bundle && ls cuda_* | grep -v -x -F "$(echo $order | tr ' ' '\n')"); do
+run_tests() {
+for name in "$@"; do
     t=gpu-bundle/$name
     [ -x "$t" ] || continue
-    timeout "$(left ${TEST_SECONDS:-60})" "$t" --test-threads=1 > "$out/test_$name.txt" 2>&1
+    log=$(mktemp)
+    timeout "$(left ${TEST_SECONDS:-60})" "$t" --test-threads=1 > "$log" 2>&1
     rc=$?
-    [ $rc -eq 0 ] || failed=1
-    passed=$(grep -o '[0-9]* passed' "$out/test_$name.txt" | tail -1)
-    failed=$(grep -o '[0-9]* failed' "$out/test_$name.txt" | tail -1)
+    { echo "===== $name (rc $rc)"; cat "$log"; } >> "$out/tests.txt"
+    [ $rc -eq 0 ] || any_failed=1
+    passed=$(grep -o '[0-9]* passed' "$log" | tail -1)
+    failed=$(grep -o '[0-9]* failed' "$log" | tail -1)
     if [ $rc -eq 0 ]; then
         note "test  $name: ok ($passed)"
     else
         note "test  $name: FAILED rc=$rc ($passed, $failed)"
-        grep -E "panicked|assert|Error|error|FAILED|failed" "$out/test_$name.txt" | head -20
+        grep -E "panicked|assert|Error|error|FAILED|failed" "$log" | head -20
     fi
 done
+}
+
+# The quick tests of the newest code first, then the benchmarks, then the long parity sweeps, so a
+# short lease still yields numbers.
+first="cuda_runtime cuda_c_api cuda_block"
+echo "== GPU tests, first part (SPECBLOCK_REQUIRE_GPU=1: a missing GPU fails)"
+run_tests $first
 
 echo "== microbenchmarks"
-timeout "$(left 120)" gpu-bundle/bench_cuda --json "$out/bench.json" 2>&1 | tee "$out/bench.txt"
+timeout "$(left ${BENCH_SECONDS:-120})" gpu-bundle/bench_cuda --json "$out/bench.json" 2>&1 | tee "$out/bench.txt"
 note "bench rc=${PIPESTATUS[0]} ($(grep -c ' us ' "$out/bench.txt") rows)"
 
 echo "== PyTorch eager baseline (drafter block forward)"
 if [ -f tools/cuda/drafter_eager.py ]; then
-    timeout "$(left 60)" python3 tools/cuda/drafter_eager.py --out "$out/eager.json" 2>&1 | tee "$out/eager.txt"
+    timeout "$(left ${EAGER_SECONDS:-60})" python3 tools/cuda/drafter_eager.py --out "$out/eager.json" 2>&1 | tee "$out/eager.txt"
     note "eager rc=${PIPESTATUS[0]}"
 fi
+
+echo "== GPU tests, the rest"
+run_tests $(cd gpu-bundle && ls cuda_* | grep -v -x -F "$(echo $first | tr ' ' '\n')")
 
 left=$(( deadline - $(date +%s) ))
 if command -v compute-sanitizer >/dev/null 2>&1 && [ $left -gt 40 ]; then
@@ -70,10 +80,12 @@ if command -v compute-sanitizer >/dev/null 2>&1 && [ $left -gt 40 ]; then
     per=$(( left / 4 ))
     for t in gpu-bundle/cuda_*; do
         name=$(basename "$t")
-        timeout $per compute-sanitizer --tool memcheck --error-exitcode 9 "$t" --test-threads=1 \
-            > "$out/memcheck_$name.txt" 2>&1
+        log=$(mktemp)
+        timeout "$(left $per)" compute-sanitizer --tool memcheck --error-exitcode 9 "$t" --test-threads=1 \
+            > "$log" 2>&1
         rc=$?
-        errs=$(grep -c "Invalid\|out of bounds\|misaligned" "$out/memcheck_$name.txt")
+        { echo "===== $name (rc $rc)"; cat "$log"; } >> "$out/memcheck.txt"
+        errs=$(grep -c "Invalid\|out of bounds\|misaligned" "$log")
         note "memcheck $name: rc=$rc, $errs error lines"
     done
 fi
@@ -84,4 +96,4 @@ printf '%s\n' "${summary[@]}"
 echo "---- benchmark rows (median us) ----"
 grep ' us ' "$out/bench.txt" | cut -c1-150
 [ -f "$out/eager.txt" ] && tail -12 "$out/eager.txt"
-exit $failed
+exit $any_failed
