@@ -24,17 +24,9 @@
 use core::ffi::c_void;
 use std::vec::Vec;
 
-use super::{DeviceBuffer, Function, Gpu, Module, Stream, arg};
+use super::{DeviceBuffer, Function, Gpu, Module, Stream, arg, legacy_sync};
 use crate::error::Error;
 use crate::verify::Sampling;
-
-/// Waits for the legacy default stream. `DeviceBuffer::upload` and `fill_bytes` queue on it and may
-/// return before the copy lands (pageable host memory), and a non-blocking stream does not wait for
-/// it: without this, a kernel on the caller's stream could read the previous parameters.
-fn legacy_sync() -> Result<(), Error> {
-    // SAFETY: the NULL stream is always valid in the current context; it is not destroyed on drop.
-    unsafe { Stream::borrowed(core::ptr::null_mut()) }.synchronize()
-}
 
 /// Threads per block of the kernel (one block per sequence); matches `NT` in the kernel.
 const THREADS: u32 = 512;

@@ -222,13 +222,14 @@ static void test_version_status_defaults(void) {
 
     CHECK_EQ(SB_STATUS_OK, 0);
     CHECK_EQ(SB_STATUS_PANIC, 13);
-    for (s = SB_STATUS_OK; s <= SB_STATUS_PANIC; s++) {
+    CHECK_EQ(SB_STATUS_DEVICE_ERROR, 15);
+    for (s = SB_STATUS_OK; s <= SB_STATUS_DEVICE_ERROR; s++) {
         const char *text = sb_status_str(s);
         CHECK(text != NULL && text[0] != '\0');
         CHECK(text != NULL && strcmp(text, "unknown status") != 0);
         for (s2 = SB_STATUS_OK; s2 < s; s2++) CHECK(strcmp(text, sb_status_str(s2)) != 0);
     }
-    CHECK(strcmp(sb_status_str(SB_STATUS_PANIC + 1), "unknown status") == 0);
+    CHECK(strcmp(sb_status_str(SB_STATUS_DEVICE_ERROR + 1), "unknown status") == 0);
     CHECK(strcmp(sb_status_str(9999), "unknown status") == 0);
     CHECK(strcmp(sb_status_str(-1), "unknown status") == 0);
     CHECK(strcmp(sb_status_str(INT32_MIN), "unknown status") == 0);
@@ -1799,8 +1800,39 @@ static void test_reuse_random_trees(void) {
     }
 }
 
+/* The CPU build of the library has no GPU path: every sb_cuda_* call answers NO_DEVICE (or rejects NULL
+ * handles first) and writes nothing. */
+static void test_cuda_without_gpu(void) {
+    sb_cuda_device *dev = (sb_cuda_device *)&dev;
+    sb_cuda_sampler *sampler = (sb_cuda_sampler *)&sampler;
+    sb_cuda_tree_shape shape = {1, 8, 4};
+    sb_cuda_raw_trees raw;
+    sb_cuda_trees trees;
+    sb_cuda_acceptance acc;
+    char name[16];
+    int32_t major = -1, minor = -1;
+    memset(&raw, 0, sizeof raw);
+    memset(&trees, 0, sizeof trees);
+    memset(&acc, 0, sizeof acc);
+    CHECK_STATUS(sb_cuda_device_open(0, &dev), SB_STATUS_NO_DEVICE);
+    CHECK(dev == (sb_cuda_device *)&dev);
+    CHECK_STATUS(sb_cuda_device_open(0, NULL), SB_STATUS_NULL_ARGUMENT);
+    CHECK_STATUS(sb_cuda_device_open(-1, &dev), SB_STATUS_INVALID_ARGUMENT);
+    CHECK_STATUS(sb_cuda_device_name(NULL, name, sizeof name, &major, &minor), SB_STATUS_NULL_ARGUMENT);
+    CHECK_STATUS(sb_cuda_tree_finalize(NULL, &shape, &raw, &trees, NULL), SB_STATUS_NULL_ARGUMENT);
+    CHECK_STATUS(sb_cuda_verify_greedy(NULL, &shape, &trees, NULL, 10, 0, NULL, NULL, &acc, NULL),
+                 SB_STATUS_NULL_ARGUMENT);
+    CHECK_STATUS(sb_cuda_sampler_new(NULL, 1, 8, 4, 10, &sampler), SB_STATUS_NULL_ARGUMENT);
+    CHECK(sampler == (sb_cuda_sampler *)&sampler);
+    CHECK_STATUS(sb_cuda_verify_sample(NULL, &trees, NULL, 0, NULL, &acc), SB_STATUS_NULL_ARGUMENT);
+    sb_cuda_device_free(NULL);
+    sb_cuda_sampler_free(NULL);
+    CHECK(strcmp(sb_status_str(SB_STATUS_NO_DEVICE), "unknown status") != 0);
+}
+
 int main(void) {
     test_version_status_defaults();
+    test_cuda_without_gpu();
     test_create_errors_and_null_handles();
     test_sglang_request_0();
     test_sglang_request_1();
