@@ -82,6 +82,16 @@
 #define MAX_GPU_NODES 1024
 
 /**
+ * `sb_drafter_info.kind` of a SpecBlock drafter.
+ */
+#define SB_DRAFTER_KIND_SPECBLOCK 0
+
+/**
+ * `sb_drafter_info.kind` of an EAGLE-3 drafter.
+ */
+#define SB_DRAFTER_KIND_EAGLE3 1
+
+/**
  * Largest `max_depth` (and length of the node arrays in `sb_accept`).
  */
 #define SB_MAX_DEPTH 64
@@ -398,9 +408,17 @@ typedef struct sb_session_params {
    */
   uint32_t budget;
   /**
-   * Largest branching width of any slot.
+   * Largest branching width of any slot (SpecBlock).
    */
   uint32_t beam_width;
+  /**
+   * Drafting steps per tree (EAGLE-3 depth).
+   */
+  uint32_t eagle_depth;
+  /**
+   * Children per node and frontier width (EAGLE-3 top-k).
+   */
+  uint32_t eagle_top_k;
 } sb_session_params;
 
 /**
@@ -424,9 +442,13 @@ typedef struct sb_drafter_info {
    */
   uint32_t draft_vocab;
   /**
-   * Slots per block (K).
+   * Slots per block (K); 1 for EAGLE-3.
    */
   uint32_t slots;
+  /**
+   * `SB_DRAFTER_KIND_SPECBLOCK` (0) or `SB_DRAFTER_KIND_EAGLE3` (1).
+   */
+  uint32_t kind;
 } sb_drafter_info;
 
 /**
@@ -616,14 +638,18 @@ enum sb_status sb_cuda_verify_sample(struct sb_cuda_sampler *sampler,
 struct sb_drafter_params sb_drafter_default_params(void);
 
 /**
- * Default session parameters: 4096 entries, the authors' policy (budget 90, beam width 10).
+ * Default session parameters: 4096 entries, the SpecBlock authors' policy (budget 90, beam width 10)
+ * and EAGLE's tree (depth 7, top-k 10; EAGLE's own budget is 59).
  */
 struct sb_session_params sb_session_default_params(void);
 
 /**
- * Loads a drafter from a directory holding `config.json` and `model.safetensors` (the authors'
- * tensor names; f32, f16 or bf16). `embedding` is the target's token embedding, `vocab x hidden`
- * f32 row-major with `embedding_len` values; it is borrowed, not copied. On failure returns
+ * Loads a drafter from a directory holding `config.json` and `model.safetensors` (f32, f16 or bf16):
+ * a SpecBlock drafter (the authors' tensor names) or, when `architectures` in config.json names
+ * EAGLE-3 (`LlamaForCausalLMEagle3`), the EAGLE-3 baseline (EAGLE / SpecForge names). `embedding` is
+ * the target's token embedding, `vocab x hidden` f32 row-major with `embedding_len` values; it is
+ * borrowed, not copied (an EAGLE-3 checkpoint with its own `embed_tokens.weight` uses that one, and
+ * then `(NULL, 0)` is accepted here). On failure returns
  * `SB_STATUS_INVALID_ARGUMENT` (or a more specific status) and, if `error_buf` is not NULL, writes a
  * message naming the file, tensor or field (at most `error_cap` bytes with the terminating NUL).
  */

@@ -37,6 +37,13 @@ const DRAFTER_DIR: &str = concat!(
     "/tools/engine/tests/fixtures/drafter_tiny"
 );
 
+/// The tiny EAGLE-3 fixture: the same toy target shape, so the same example drives it through the same
+/// C calls (`sb_drafter_load` picks the kind from config.json).
+const EAGLE3_DIR: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tools/engine/tests/fixtures/eagle3_tiny"
+);
+
 /// Where the libraries are and where build products go.
 struct Dirs {
     /// `target/<profile>`: holds `libspecblock.a` and `libspecblock.so`.
@@ -329,6 +336,10 @@ fn gcc_static_speculate() {
     let Some(p) = gcc_static() else { return };
     let out = run(speculate_cmd(&p.speculate), "speculate (gcc, static)");
     assert_speculate_output("speculate (gcc, static)", &out);
+    let mut cmd = Command::new(&p.speculate);
+    cmd.arg(EAGLE3_DIR);
+    let out = run(cmd, "speculate with EAGLE-3 (gcc, static)");
+    assert_speculate_output("speculate with EAGLE-3 (gcc, static)", &out);
 }
 
 #[test]
@@ -434,12 +445,16 @@ fn clang_asan_ubsan() {
         "tree_demo prints different results when built with clang and sanitizers"
     );
 
-    let what = "speculate (clang-14, ASan+UBSan)";
-    let mut cmd = sanitized(&p.speculate);
-    cmd.arg(DRAFTER_DIR);
-    let out = run(cmd, what);
-    check_clean(what, &out);
-    assert_speculate_output(what, &out);
+    for (dir, what) in [
+        (DRAFTER_DIR, "speculate (clang-14, ASan+UBSan)"),
+        (EAGLE3_DIR, "speculate with EAGLE-3 (clang-14, ASan+UBSan)"),
+    ] {
+        let mut cmd = sanitized(&p.speculate);
+        cmd.arg(dir);
+        let out = run(cmd, what);
+        check_clean(what, &out);
+        assert_speculate_output(what, &out);
+    }
 }
 
 #[test]
@@ -452,6 +467,11 @@ fn valgrind_memcheck() {
         (&p.test_api, None, "test_api under valgrind"),
         (&p.tree_demo, None, "tree_demo under valgrind"),
         (&p.speculate, Some(DRAFTER_DIR), "speculate under valgrind"),
+        (
+            &p.speculate,
+            Some(EAGLE3_DIR),
+            "speculate with EAGLE-3 under valgrind",
+        ),
     ] {
         let mut cmd = Command::new("valgrind");
         cmd.args([

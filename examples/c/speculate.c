@@ -1,11 +1,13 @@
 /*
- * Speculative decoding from C with a SpecBlock drafter: load a drafter, then per iteration draft a
- * tree, verify it against the target, accept greedily and commit the accepted path.
+ * Speculative decoding from C with a SpecBlock drafter (or the EAGLE-3 baseline: the same calls; the
+ * kind comes from the drafter's config.json): load a drafter, then per iteration draft a tree, verify it
+ * against the target, accept greedily and commit the accepted path. Usage: speculate [DRAFTER_DIR].
  *
  * The target here is a toy supplied through callbacks (a real engine runs its model instead): its
  * greedy next token after token t is a fixed function of t, and its "features" of a position are a
- * fixed function of the token there. The drafter is the tiny reference drafter of the test fixtures
- * (vocabulary 300, width 64, features 144 wide); its embedding is generated here.
+ * fixed function of the token there. The drafter is a tiny reference drafter of the test fixtures
+ * (drafter_tiny or eagle3_tiny: vocabulary 300, width 64, features 144 wide); its embedding is
+ * generated here.
  *
  * The program checks that speculative output equals the toy target's plain greedy output and exits
  * non-zero otherwise.
@@ -70,7 +72,8 @@ int main(int argc, char **argv) {
     }
     sb_drafter_info info;
     if ((s = sb_drafter_get_info(drafter, &info)) != SB_STATUS_OK) { rc = fail("info", s); goto done; }
-    printf("drafter: hidden %u, features %u, vocab %u, draft vocab %u, %u slots\n", info.hidden,
+    printf("drafter: %s, hidden %u, features %u, vocab %u, draft vocab %u, %u slots\n",
+           info.kind == SB_DRAFTER_KIND_EAGLE3 ? "EAGLE-3" : "SpecBlock", info.hidden,
            info.feature_width, info.vocab, info.draft_vocab, info.slots);
 
     uint32_t toy_vocab = info.vocab;

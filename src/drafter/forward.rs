@@ -124,7 +124,7 @@ enum Kind<'a> {
     },
 }
 
-fn check_finite(what: &'static str, xs: &[f32], width: usize) -> Result<(), Error> {
+pub(crate) fn check_finite(what: &'static str, xs: &[f32], width: usize) -> Result<(), Error> {
     match xs.iter().position(|x| !x.is_finite()) {
         Some(i) => Err(Error::NonFinite {
             what,
@@ -642,7 +642,7 @@ pub(crate) fn rank_features(row: &[f32], t: usize, scratch: &mut Vec<f32>, out: 
 }
 
 #[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 16];
     let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
     let tail: f32 = ca

@@ -3,8 +3,11 @@
 //!
 //! The target's token embedding is borrowed: every forward takes it as an argument (`vocab x hidden`
 //! f32, row-major), so the drafter never copies it.
+//!
+//! [`eagle3`] holds the EAGLE-3 baseline drafter (docs/eagle3-forward.md) with the same session API.
 
 pub mod config;
+pub mod eagle3;
 mod forward;
 pub mod ops;
 mod session;

@@ -8,6 +8,7 @@ use std::vec::Vec;
 
 use super::tree::sb_tree;
 use super::{guard, obj_mut, obj_ref, read_params, slice_ref, write_out};
+use crate::drafter::eagle3::{Eagle3Drafter, Eagle3Policy, Eagle3Session};
 use crate::drafter::{DraftPolicy, Drafter, Session};
 use crate::error::Status;
 
@@ -15,9 +16,67 @@ use crate::error::Status;
 /// sessions on any threads. It borrows the target's token embedding given at load; that buffer must
 /// outlive the drafter, and the drafter must outlive its sessions.
 pub struct sb_drafter {
-    drafter: Drafter,
+    drafter: AnyDrafter,
     embed: *const f32,
     embed_len: usize,
+}
+
+/// The two drafter kinds behind one handle.
+enum AnyDrafter {
+    SpecBlock(Drafter),
+    Eagle3(Eagle3Drafter),
+}
+
+/// What the C layer needs to know of either kind.
+struct Shape {
+    hidden: usize,
+    feature_width: usize,
+    vocab: usize,
+    draft_vocab: usize,
+    slots: usize,
+}
+
+impl AnyDrafter {
+    fn shape(&self) -> Shape {
+        match self {
+            AnyDrafter::SpecBlock(d) => {
+                let c = d.config();
+                Shape {
+                    hidden: c.hidden,
+                    feature_width: 3 * c.target_hidden,
+                    vocab: c.vocab,
+                    draft_vocab: c.draft_vocab,
+                    slots: c.slots,
+                }
+            }
+            AnyDrafter::Eagle3(d) => {
+                let c = d.config();
+                Shape {
+                    hidden: c.hidden,
+                    feature_width: d.feature_width(),
+                    vocab: c.vocab,
+                    draft_vocab: c.draft_vocab,
+                    slots: 1,
+                }
+            }
+        }
+    }
+}
+
+/// Whether `dir/config.json` declares an EAGLE-3 drafter (`architectures` naming Eagle3).
+fn is_eagle3_dir(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("config.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| {
+            v.get("architectures")?.as_array().map(|a| {
+                a.iter().any(|x| {
+                    x.as_str()
+                        .is_some_and(|s| s.to_ascii_lowercase().contains("eagle3"))
+                })
+            })
+        })
+        .unwrap_or(false)
 }
 
 // SAFETY: the embedding is only read, and the caller guarantees it stays valid and unchanged while the
@@ -28,6 +87,10 @@ unsafe impl Sync for sb_drafter {}
 
 impl sb_drafter {
     fn embedding(&self) -> &[f32] {
+        if self.embed_len == 0 {
+            // An EAGLE-3 drafter with its own embedding may be loaded with (NULL, 0).
+            return &[];
+        }
         // SAFETY: checked non-NULL with this length at load; valid for the drafter's life (contract).
         unsafe { core::slice::from_raw_parts(self.embed, self.embed_len) }
     }
@@ -35,8 +98,14 @@ impl sb_drafter {
 
 /// One sequence's drafting state. Not thread-safe: use a session from one thread at a time.
 pub struct sb_session {
-    session: Session<'static>,
+    session: AnySession,
     drafter: *const sb_drafter,
+}
+
+/// A session of either drafter kind.
+enum AnySession {
+    SpecBlock(Session<'static>),
+    Eagle3(Eagle3Session<'static>),
 }
 
 /// Loading parameters for `sb_drafter_load`. Get them from `sb_drafter_default_params()`.
@@ -61,9 +130,16 @@ pub struct sb_drafter_info {
     pub vocab: u32,
     /// Draft vocabulary.
     pub draft_vocab: u32,
-    /// Slots per block (K).
+    /// Slots per block (K); 1 for EAGLE-3.
     pub slots: u32,
+    /// `SB_DRAFTER_KIND_SPECBLOCK` (0) or `SB_DRAFTER_KIND_EAGLE3` (1).
+    pub kind: u32,
 }
+
+/// `sb_drafter_info.kind` of a SpecBlock drafter.
+pub const SB_DRAFTER_KIND_SPECBLOCK: u32 = 0;
+/// `sb_drafter_info.kind` of an EAGLE-3 drafter.
+pub const SB_DRAFTER_KIND_EAGLE3: u32 = 1;
 
 /// Session parameters for `sb_session_new`. Get them from `sb_session_default_params()`.
 #[repr(C)]
@@ -75,8 +151,12 @@ pub struct sb_session_params {
     pub max_entries: u32,
     /// Draft-tree budget: non-root nodes kept per iteration.
     pub budget: u32,
-    /// Largest branching width of any slot.
+    /// Largest branching width of any slot (SpecBlock).
     pub beam_width: u32,
+    /// Drafting steps per tree (EAGLE-3 depth).
+    pub eagle_depth: u32,
+    /// Children per node and frontier width (EAGLE-3 top-k).
+    pub eagle_top_k: u32,
 }
 
 /// Default loading parameters: 1 thread.
@@ -88,15 +168,19 @@ pub extern "C" fn sb_drafter_default_params() -> sb_drafter_params {
     }
 }
 
-/// Default session parameters: 4096 entries, the authors' policy (budget 90, beam width 10).
+/// Default session parameters: 4096 entries, the SpecBlock authors' policy (budget 90, beam width 10)
+/// and EAGLE's tree (depth 7, top-k 10; EAGLE's own budget is 59).
 #[unsafe(no_mangle)]
 pub extern "C" fn sb_session_default_params() -> sb_session_params {
     let p = DraftPolicy::default();
+    let e = Eagle3Policy::default();
     sb_session_params {
         struct_size: size_of::<sb_session_params>() as u32,
         max_entries: 4096,
         budget: p.budget,
         beam_width: p.beam_width,
+        eagle_depth: e.depth,
+        eagle_top_k: e.top_k,
     }
 }
 
@@ -113,9 +197,12 @@ fn write_message(buf: *mut c_char, cap: usize, msg: &str) {
     }
 }
 
-/// Loads a drafter from a directory holding `config.json` and `model.safetensors` (the authors'
-/// tensor names; f32, f16 or bf16). `embedding` is the target's token embedding, `vocab x hidden`
-/// f32 row-major with `embedding_len` values; it is borrowed, not copied. On failure returns
+/// Loads a drafter from a directory holding `config.json` and `model.safetensors` (f32, f16 or bf16):
+/// a SpecBlock drafter (the authors' tensor names) or, when `architectures` in config.json names
+/// EAGLE-3 (`LlamaForCausalLMEagle3`), the EAGLE-3 baseline (EAGLE / SpecForge names). `embedding` is
+/// the target's token embedding, `vocab x hidden` f32 row-major with `embedding_len` values; it is
+/// borrowed, not copied (an EAGLE-3 checkpoint with its own `embed_tokens.weight` uses that one, and
+/// then `(NULL, 0)` is accepted here). On failure returns
 /// `SB_STATUS_INVALID_ARGUMENT` (or a more specific status) and, if `error_buf` is not NULL, writes a
 /// message naming the file, tensor or field (at most `error_cap` bytes with the terminating NUL).
 #[unsafe(no_mangle)]
@@ -143,15 +230,22 @@ pub unsafe extern "C" fn sb_drafter_load(
             write_message(error_buf, error_cap, "threads must be >= 1");
             return Err(Status::InvalidArgument);
         }
-        let drafter = match Drafter::load_dir(Path::new(dir), p.threads as usize) {
+        let dir = Path::new(dir);
+        let loaded = if is_eagle3_dir(dir) {
+            Eagle3Drafter::load_dir(dir, p.threads as usize).map(AnyDrafter::Eagle3)
+        } else {
+            Drafter::load_dir(dir, p.threads as usize).map(AnyDrafter::SpecBlock)
+        };
+        let drafter = match loaded {
             Ok(d) => d,
             Err(e) => {
                 write_message(error_buf, error_cap, &e.to_string());
                 return Err(Status::InvalidArgument);
             }
         };
-        let c = drafter.config();
-        if embed.len() != c.vocab * c.hidden {
+        let c = drafter.shape();
+        let own = matches!(&drafter, AnyDrafter::Eagle3(d) if d.has_own_embedding());
+        if !(own && embed.is_empty()) && embed.len() != c.vocab * c.hidden {
             write_message(
                 error_buf,
                 error_cap,
@@ -194,13 +288,17 @@ pub unsafe extern "C" fn sb_drafter_get_info(
         if out.is_null() {
             return Err(Status::NullArgument);
         }
-        let c = d.drafter.config();
+        let c = d.drafter.shape();
         let info = sb_drafter_info {
             hidden: c.hidden as u32,
-            feature_width: 3 * c.target_hidden as u32,
+            feature_width: c.feature_width as u32,
             vocab: c.vocab as u32,
             draft_vocab: c.draft_vocab as u32,
             slots: c.slots as u32,
+            kind: match d.drafter {
+                AnyDrafter::SpecBlock(_) => SB_DRAFTER_KIND_SPECBLOCK,
+                AnyDrafter::Eagle3(_) => SB_DRAFTER_KIND_EAGLE3,
+            },
         };
         // SAFETY: checked non-NULL.
         unsafe { write_out(out, info) }
@@ -224,12 +322,24 @@ pub unsafe extern "C" fn sb_session_new(
         if p.max_entries == 0 || p.budget as usize > crate::MAX_NODES {
             return Err(Status::InvalidArgument);
         }
-        let policy = DraftPolicy {
-            budget: p.budget,
-            beam_width: p.beam_width,
-            ..DraftPolicy::default()
+        let session = match &d.drafter {
+            AnyDrafter::SpecBlock(dr) => {
+                let policy = DraftPolicy {
+                    budget: p.budget,
+                    beam_width: p.beam_width,
+                    ..DraftPolicy::default()
+                };
+                AnySession::SpecBlock(Session::new(dr, p.max_entries as usize, policy)?)
+            }
+            AnyDrafter::Eagle3(dr) => {
+                let policy = Eagle3Policy {
+                    depth: p.eagle_depth,
+                    top_k: p.eagle_top_k,
+                    budget: p.budget,
+                };
+                AnySession::Eagle3(Eagle3Session::new(dr, p.max_entries as usize, policy)?)
+            }
         };
-        let session = Session::new(&d.drafter, p.max_entries as usize, policy)?;
         let handle = Box::into_raw(Box::new(sb_session { session, drafter }));
         // SAFETY: checked non-NULL above.
         unsafe { write_out(out_session, handle) }
@@ -277,16 +387,19 @@ pub unsafe extern "C" fn sb_session_prefill(
         // SAFETY: caller contract for every pointer.
         let s = unsafe { obj_mut(session) }?;
         let d = unsafe { obj_ref(s.drafter) }?;
-        let c = d.drafter.config();
+        let c = d.drafter.shape();
         let rows = (n_feature_rows as usize)
-            .checked_mul(3 * c.target_hidden)
+            .checked_mul(c.feature_width)
             .ok_or(Status::InvalidArgument)?;
         let feats = unsafe { slice_ref(features, rows) }?;
         let toks = tokens_u32(unsafe { slice_ref(tokens, n_tokens as usize) }?, c.vocab)?;
         if n_tokens != n_feature_rows + 1 {
             return Err(Status::ShapeMismatch);
         }
-        s.session.prefill(d.embedding(), feats, &toks)?;
+        match &mut s.session {
+            AnySession::SpecBlock(x) => x.prefill(d.embedding(), feats, &toks)?,
+            AnySession::Eagle3(x) => x.prefill(d.embedding(), feats, &toks)?,
+        }
         Ok(())
     })
 }
@@ -301,7 +414,10 @@ pub unsafe extern "C" fn sb_session_draft(session: *mut sb_session, tree: *mut s
         let s = unsafe { obj_mut(session) }?;
         let t = unsafe { obj_mut(tree) }?;
         let d = unsafe { obj_ref(s.drafter) }?;
-        s.session.draft(d.embedding(), &mut t.0)?;
+        match &mut s.session {
+            AnySession::SpecBlock(x) => x.draft(d.embedding(), &mut t.0)?,
+            AnySession::Eagle3(x) => x.draft(d.embedding(), &mut t.0)?,
+        }
         Ok(())
     })
 }
@@ -322,7 +438,7 @@ pub unsafe extern "C" fn sb_session_commit(
         // SAFETY: caller contract for every pointer.
         let s = unsafe { obj_mut(session) }?;
         let d = unsafe { obj_ref(s.drafter) }?;
-        let c = d.drafter.config();
+        let c = d.drafter.shape();
         let acc = if n_accepted == 0 {
             Vec::new()
         } else {
@@ -336,10 +452,13 @@ pub unsafe extern "C" fn sb_session_commit(
             return Err(Status::ShapeMismatch);
         }
         let rows = (n_feature_rows as usize)
-            .checked_mul(3 * c.target_hidden)
+            .checked_mul(c.feature_width)
             .ok_or(Status::InvalidArgument)?;
         let feats = unsafe { slice_ref(features, rows) }?;
-        s.session.commit(d.embedding(), &acc, bonus, feats)?;
+        match &mut s.session {
+            AnySession::SpecBlock(x) => x.commit(d.embedding(), &acc, bonus, feats)?,
+            AnySession::Eagle3(x) => x.commit(d.embedding(), &acc, bonus, feats)?,
+        }
         Ok(())
     })
 }

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use specblock::drafter::eagle3::{Eagle3Drafter, Eagle3Policy, Eagle3Session};
 use specblock::drafter::{DraftPolicy, Drafter, Session};
 use specblock::verify::Sampling;
 
@@ -10,7 +11,7 @@ use crate::decode::generate_ids;
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
 use crate::model::Llama;
-use crate::speculate::speculative_generate;
+use crate::speculate::{DraftSession, speculative_generate};
 use crate::tokenizer::Tokenizer;
 
 /// One generation request.
@@ -44,6 +45,51 @@ pub enum Method {
         /// Draft-tree budget (non-root nodes).
         budget: u32,
     },
+    /// The EAGLE-3 baseline (one decoder layer, EAGLE-2 dynamic tree) with the drafter in `drafter`.
+    Eagle3 {
+        /// Drafter directory (config.json + model.safetensors, EAGLE-3 / SpecForge names).
+        drafter: PathBuf,
+        /// The tree growth: depth, top-k per step, budget (non-root nodes kept).
+        policy: Eagle3Policy,
+    },
+}
+
+/// Runs speculative generation with `session` and fills the method's fields of the JSON report;
+/// returns (tokens, prefill seconds, decode seconds).
+#[allow(clippy::too_many_arguments)]
+fn speculative_report(
+    model: &Llama,
+    session: &mut dyn DraftSession,
+    name: &str,
+    prompt: &[u32],
+    req: &Request,
+    eos: Option<u32>,
+    on_token: &mut dyn FnMut(u32),
+    report: &mut serde_json::Value,
+) -> Result<(Vec<u32>, f64, f64)> {
+    let st = speculative_generate(
+        model,
+        session,
+        prompt,
+        req.max_tokens,
+        &req.sampling,
+        req.seed,
+        eos,
+        on_token,
+    )?;
+    report["method"] = name.into();
+    report["iterations"] = st.iterations.into();
+    report["mean_accept_length"] = st.mean_accept_length().into();
+    report["draft_seconds"] = st.draft_s.into();
+    report["verify_seconds"] = st.verify_s.into();
+    let it = st.iterations.max(1) as f64;
+    report["acceptance_per_depth"] = st
+        .accepted_at_depth
+        .iter()
+        .map(|&n| n as f64 / it)
+        .collect::<Vec<f64>>()
+        .into();
+    Ok((st.tokens, st.prefill_s, st.draft_s + st.verify_s))
 }
 
 /// The prompt's token ids for a request.
@@ -118,29 +164,48 @@ pub fn run_cli(model: &Llama, gguf: &GgufFile, req: &Request) -> Result<()> {
                 ..DraftPolicy::default()
             };
             let mut session = Session::new(&d, prompt.len() + req.max_tokens + 1, policy)?;
-            let st = speculative_generate(
+            speculative_report(
                 model,
                 &mut session,
+                "specblock",
                 &prompt,
-                req.max_tokens,
-                &req.sampling,
-                req.seed,
+                req,
                 eos,
                 &mut on_token,
-            )?;
-            report["method"] = "specblock".into();
-            report["iterations"] = st.iterations.into();
-            report["mean_accept_length"] = st.mean_accept_length().into();
-            report["draft_seconds"] = st.draft_s.into();
-            report["verify_seconds"] = st.verify_s.into();
-            let it = st.iterations.max(1) as f64;
-            report["acceptance_per_depth"] = st
-                .accepted_at_depth
-                .iter()
-                .map(|&n| n as f64 / it)
-                .collect::<Vec<f64>>()
-                .into();
-            (st.tokens, st.prefill_s, st.draft_s + st.verify_s)
+                &mut report,
+            )?
+        }
+        Method::Eagle3 { drafter, policy } => {
+            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let d = Eagle3Drafter::load_dir(drafter, threads)
+                .map_err(|e| Error::Format(e.to_string()))?;
+            let c = d.config();
+            if c.vocab != model.config().vocab
+                || d.feature_width() != 3 * model.config().hidden
+                || (!d.has_own_embedding() && c.hidden != model.config().hidden)
+            {
+                return Err(Error::InvalidArgument(format!(
+                    "EAGLE-3 drafter {} (vocab {}, hidden {}, features {}) does not fit the target \
+                     (vocab {}, hidden {})",
+                    drafter.display(),
+                    c.vocab,
+                    c.hidden,
+                    d.feature_width(),
+                    model.config().vocab,
+                    model.config().hidden
+                )));
+            }
+            let mut session = Eagle3Session::new(&d, prompt.len() + req.max_tokens + 1, *policy)?;
+            speculative_report(
+                model,
+                &mut session,
+                "eagle3",
+                &prompt,
+                req,
+                eos,
+                &mut on_token,
+                &mut report,
+            )?
         }
     };
     let n = tokens.len();

@@ -8,6 +8,7 @@ use specblock_engine::bench;
 use specblock_engine::error::{Error, Result};
 use specblock_engine::gguf::GgufFile;
 use specblock_engine::model::{Llama, WeightFormat};
+use specblock_engine::speculate::DraftSession;
 
 const USAGE: &str = "\
 specblock — SpecBlock speculative decoding, reference engine (SmolLM2-135M-Instruct on the CPU)
@@ -16,7 +17,8 @@ USAGE:
   specblock fetch-model [--models-dir DIR]
   specblock generate [OPTIONS] [--prompt TEXT]
   specblock bench [OPTIONS]
-  specblock bench-drafter [--drafter DIR] [--budget N]   (drafting vs verification time per iteration)
+  specblock bench-drafter [--drafter DIR] [--budget N]   (drafting time per iteration, SpecBlock vs
+                    EAGLE-3, against verification)
   specblock datagen [--prompts FILE] [--out DIR] [--batch B] [--max-tokens N] [--target-tokens T]
                     (self-distilled training data: tokens, loss mask, aux features, final hidden)
   specblock random-drafter --out DIR [--seed S]   (an untrained SpecBlock drafter shaped for the model)
@@ -33,9 +35,11 @@ OPTIONS:
   --top-k K           0 = off (default 0)
   --top-p P           1 = off (default 1)
   --seed S            sampling seed (default 0)
-  --method M          ar (plain decoding, default) or specblock (speculative, needs --drafter)
+  --method M          ar (plain decoding, default), specblock or eagle3 (speculative, need --drafter)
   --drafter DIR       drafter directory: config.json + model.safetensors
-  --budget N          draft-tree nodes per iteration (default 90)
+  --budget N          draft-tree nodes per iteration (default 90 for specblock, 59 for eagle3)
+  --eagle-depth D     EAGLE-3 tree depth (drafting steps per iteration, default 7)
+  --eagle-topk K      EAGLE-3 children per node and frontier width (default 10)
   --json              print one JSON object (text, tokens, timings, and for specblock: iterations,
                       mean_accept_length, draft_seconds, verify_seconds) instead of streaming
 ";
@@ -56,7 +60,9 @@ struct Opts {
     seed: u64,
     method: String,
     drafter: Option<PathBuf>,
-    budget: u32,
+    budget: Option<u32>,
+    eagle_depth: u32,
+    eagle_topk: u32,
     json: bool,
     out_dir: Option<PathBuf>,
     prompts: Option<PathBuf>,
@@ -85,7 +91,9 @@ fn parse_args() -> Result<Opts> {
         seed: 0,
         method: "ar".into(),
         drafter: None,
-        budget: 90,
+        budget: None,
+        eagle_depth: 7,
+        eagle_topk: 10,
         json: false,
         out_dir: None,
         prompts: None,
@@ -112,7 +120,9 @@ fn parse_args() -> Result<Opts> {
             "--seed" => o.seed = value(&a, args.next())?,
             "--method" => o.method = value(&a, args.next())?,
             "--drafter" => o.drafter = Some(value::<String>(&a, args.next())?.into()),
-            "--budget" => o.budget = value(&a, args.next())?,
+            "--budget" => o.budget = Some(value(&a, args.next())?),
+            "--eagle-depth" => o.eagle_depth = value(&a, args.next())?,
+            "--eagle-topk" => o.eagle_topk = value(&a, args.next())?,
             "--json" => o.json = true,
             "--out" => o.out_dir = Some(value::<String>(&a, args.next())?.into()),
             "--prompts" => o.prompts = Some(value::<String>(&a, args.next())?.into()),
@@ -187,9 +197,12 @@ fn cmd_bench(o: &Opts) -> Result<()> {
     Ok(())
 }
 
-/// Drafting cost per iteration of SpecBlock speculative decoding against verification, on an
-/// untrained drafter shaped like the authors' for this target (or `--drafter DIR`).
+/// Drafting cost per iteration, SpecBlock against the EAGLE-3 baseline at the same budgets, beside the
+/// verification cost, on untrained drafters shaped like the authors' for this target (or `--drafter DIR`
+/// for SpecBlock). Untrained drafters accept almost nothing, so every iteration drafts a full tree: this
+/// measures the cost of drafting, not its benefit.
 fn cmd_bench_drafter(o: &Opts) -> Result<()> {
+    use specblock::drafter::eagle3::{Eagle3Drafter, Eagle3Policy, Eagle3Session};
     use specblock::drafter::{DraftPolicy, Drafter, Session};
     bench::wait_for_idle(Duration::from_secs(120));
     let (m, _) = load_model(o)?;
@@ -197,60 +210,101 @@ fn cmd_bench_drafter(o: &Opts) -> Result<()> {
         Some(d) => d.clone(),
         None => {
             let dir = std::env::temp_dir().join("specblock-bench-drafter");
-            let cfg = random_drafter_config();
-            specblock::drafter::write_random_drafter(&dir, &cfg, 1)
+            specblock::drafter::write_random_drafter(&dir, &random_drafter_config(), 1)
                 .map_err(|e| Error::Io(e.to_string()))?;
             dir
         }
     };
+    let e3_dir = std::env::temp_dir().join("specblock-bench-eagle3");
+    specblock::drafter::eagle3::write_random_eagle3(&e3_dir, &random_eagle3_config(), 1)
+        .map_err(|e| Error::Io(e.to_string()))?;
     let d = Drafter::load_dir(&dir, o.threads).map_err(|e| Error::Format(e.to_string()))?;
+    let e3 =
+        Eagle3Drafter::load_dir(&e3_dir, o.threads).map_err(|e| Error::Format(e.to_string()))?;
     let prompt: Vec<u32> = (0..64).map(|i| 200 + (i * 7919) % 40000).collect();
     println!(
-        "# SpecBlock drafting cost (drafter {}, budget {}, {} threads; medians of 3 runs)",
+        "# Drafting cost per iteration: SpecBlock (drafter {}) vs EAGLE-3 (depth 7, top-k 10), {} threads; \
+         medians of 3 runs of 48 tokens after a 64-token prompt",
         dir.display(),
-        o.budget,
         o.threads
     );
     println!(
-        "\n| budget | iterations | draft ms/iter | verify ms/iter | drafting share |\n|---:|---:|---:|---:|---:|"
+        "\n| method | budget | iterations | draft ms/iter | verify ms/iter | drafting share |\n\
+         |---|---:|---:|---:|---:|---:|"
     );
-    for budget in [o.budget, 32, 16] {
-        let mut rows = Vec::new();
-        for _ in 0..3 {
-            let mut session = Session::new(
-                &d,
-                512,
-                DraftPolicy {
-                    budget,
-                    ..DraftPolicy::default()
-                },
-            )?;
-            let greedy = specblock::verify::Sampling {
-                temperature: 0.0,
-                top_k: 0,
-                top_p: 1.0,
+    let mut ratios = Vec::new();
+    for budget in [o.budget.unwrap_or(90), 59, 32] {
+        let sb = bench_row(&m, &prompt, "specblock", budget, &mut || {
+            let policy = DraftPolicy {
+                budget,
+                ..DraftPolicy::default()
             };
-            let st = specblock_engine::speculate::speculative_generate(
-                &m,
-                &mut session,
-                &prompt,
-                48,
-                &greedy,
-                0,
-                None,
-                |_| {},
-            )?;
-            let it = st.iterations.max(1) as f64;
-            rows.push((st.draft_s / it * 1e3, st.verify_s / it * 1e3, st.iterations));
-        }
-        rows.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let (dm, vm, it) = rows[1];
-        println!(
-            "| {budget} | {it} | {dm:.2} | {vm:.2} | {:.0}% |",
-            100.0 * dm / (dm + vm)
-        );
+            Ok(Box::new(Session::new(&d, 512, policy)?))
+        })?;
+        let eg = bench_row(&m, &prompt, "eagle3", budget, &mut || {
+            let policy = Eagle3Policy {
+                budget,
+                ..Eagle3Policy::default()
+            };
+            Ok(Box::new(Eagle3Session::new(&e3, 512, policy)?))
+        })?;
+        ratios.push((budget, sb / eg));
+    }
+    println!("\n| budget | SpecBlock / EAGLE-3 drafting time (goal <= 0.50) |\n|---:|---:|");
+    for (b, r) in ratios {
+        println!("| {b} | {r:.2} |");
     }
     Ok(())
+}
+
+/// One row of the drafting-cost table: the median of 3 greedy runs of 48 tokens (by draft time);
+/// returns draft milliseconds per iteration.
+fn bench_row<'a>(
+    m: &Llama,
+    prompt: &[u32],
+    name: &str,
+    budget: u32,
+    make: &mut dyn FnMut() -> Result<Box<dyn DraftSession + 'a>>,
+) -> Result<f64> {
+    let greedy = specblock::verify::Sampling {
+        temperature: 0.0,
+        top_k: 0,
+        top_p: 1.0,
+    };
+    let mut rows = Vec::new();
+    for _ in 0..3 {
+        let mut session = make()?;
+        let st = specblock_engine::speculate::speculative_generate(
+            m,
+            session.as_mut(),
+            prompt,
+            48,
+            &greedy,
+            0,
+            None,
+            |_| {},
+        )?;
+        let it = st.iterations.max(1) as f64;
+        rows.push((st.draft_s / it * 1e3, st.verify_s / it * 1e3, st.iterations));
+    }
+    rows.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (dm, vm, it) = rows[1];
+    println!(
+        "| {name} | {budget} | {it} | {dm:.2} | {vm:.2} | {:.0}% |",
+        100.0 * dm / (dm + vm)
+    );
+    Ok(dm)
+}
+
+/// An untrained EAGLE-3 drafter at SmolLM2's width (one layer, 8192-token draft vocabulary).
+fn random_eagle3_config() -> serde_json::Value {
+    serde_json::json!({
+        "architectures": ["LlamaForCausalLMEagle3"], "model_type": "llama",
+        "hidden_size": 576, "num_hidden_layers": 1, "num_attention_heads": 9,
+        "num_key_value_heads": 3, "head_dim": 64, "intermediate_size": 1536,
+        "vocab_size": 49152, "draft_vocab_size": 8192, "target_hidden_size": 576,
+        "rms_norm_eps": 1e-5, "rope_theta": 100000.0,
+    })
 }
 
 /// An untrained drafter with the authors' architecture at SmolLM2's width (2 layers, K = 4).
@@ -333,11 +387,21 @@ fn run() -> Result<()> {
                         drafter: o.drafter.clone().ok_or_else(|| {
                             Error::InvalidArgument("--method specblock needs --drafter DIR".into())
                         })?,
-                        budget: o.budget,
+                        budget: o.budget.unwrap_or(90),
+                    },
+                    "eagle3" => specblock_engine::generate::Method::Eagle3 {
+                        drafter: o.drafter.clone().ok_or_else(|| {
+                            Error::InvalidArgument("--method eagle3 needs --drafter DIR".into())
+                        })?,
+                        policy: specblock::drafter::eagle3::Eagle3Policy {
+                            depth: o.eagle_depth,
+                            top_k: o.eagle_topk,
+                            budget: o.budget.unwrap_or(59),
+                        },
                     },
                     other => {
                         return Err(Error::InvalidArgument(format!(
-                            "--method {other:?}: ar or specblock"
+                            "--method {other:?}: ar, specblock or eagle3"
                         )));
                     }
                 },

@@ -1,11 +1,12 @@
-//! Speculative decoding with a SpecBlock drafter: prefill with feature capture, then per iteration
-//! draft a tree (library session), verify it in one target forward with the library's mask and
-//! positions, accept greedily or by lossless sampling, compact the KV cache with the keep-list and
-//! commit the accepted path's features to the drafter.
+//! Speculative decoding with a drafter session (SpecBlock or the EAGLE-3 baseline): prefill with feature
+//! capture, then per iteration draft a tree (library session), verify it in one target forward with the
+//! library's mask and positions, accept greedily or by lossless sampling, compact the KV cache with the
+//! keep-list and commit the accepted path's features to the drafter.
 
 use std::time::Instant;
 
 use specblock::drafter::Session;
+use specblock::drafter::eagle3::Eagle3Session;
 use specblock::layout;
 use specblock::tree::{DraftTree, TreeParams};
 use specblock::verify::{self, Sampling};
@@ -44,6 +45,70 @@ impl SpecStats {
     }
 }
 
+/// A per-sequence drafting session: what the speculative loop needs from a drafter. Both the SpecBlock
+/// session and the EAGLE-3 session implement it with the same protocol (features of the committed
+/// positions in, a finalized draft tree out).
+pub trait DraftSession {
+    /// After the target's prefill of `tokens[..S]` (features of those S positions) and its first sampled
+    /// token `tokens[S]`.
+    fn prefill(
+        &mut self,
+        embed: &[f32],
+        features: &[f32],
+        tokens: &[u32],
+    ) -> std::result::Result<(), specblock::Error>;
+    /// Grows and finalizes the next draft tree under the current root.
+    fn draft(
+        &mut self,
+        embed: &[f32],
+        tree: &mut DraftTree,
+    ) -> std::result::Result<(), specblock::Error>;
+    /// After verification: the accepted tokens, the bonus token and the features of
+    /// `[root, accepted...]`.
+    fn commit(
+        &mut self,
+        embed: &[f32],
+        accepted: &[u32],
+        bonus: u32,
+        features: &[f32],
+    ) -> std::result::Result<(), specblock::Error>;
+}
+
+/// Both library sessions have inherent methods of exactly these signatures.
+macro_rules! delegate_draft_session {
+    ($t:ty) => {
+        impl DraftSession for $t {
+            fn prefill(
+                &mut self,
+                embed: &[f32],
+                features: &[f32],
+                tokens: &[u32],
+            ) -> std::result::Result<(), specblock::Error> {
+                <$t>::prefill(self, embed, features, tokens)
+            }
+            fn draft(
+                &mut self,
+                embed: &[f32],
+                tree: &mut DraftTree,
+            ) -> std::result::Result<(), specblock::Error> {
+                <$t>::draft(self, embed, tree)
+            }
+            fn commit(
+                &mut self,
+                embed: &[f32],
+                accepted: &[u32],
+                bonus: u32,
+                features: &[f32],
+            ) -> std::result::Result<(), specblock::Error> {
+                <$t>::commit(self, embed, accepted, bonus, features)
+            }
+        }
+    };
+}
+
+delegate_draft_session!(Session<'_>);
+delegate_draft_session!(Eagle3Session<'_>);
+
 /// Target aux-feature layers for the drafter: [1, L/2 - 1, L - 4].
 pub fn aux_layers(n_layers: usize) -> Vec<usize> {
     vec![1, n_layers / 2 - 1, n_layers - 4]
@@ -54,7 +119,7 @@ pub fn aux_layers(n_layers: usize) -> Vec<usize> {
 #[allow(clippy::too_many_arguments)]
 pub fn speculative_generate(
     model: &Llama,
-    session: &mut Session<'_>,
+    session: &mut dyn DraftSession,
     prompt: &[u32],
     max_tokens: usize,
     sampling: &Sampling,

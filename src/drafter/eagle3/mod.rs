@@ -1,0 +1,103 @@
+//! The EAGLE-3 baseline drafter (docs/eagle3-forward.md): config, weights with the EAGLE / SpecForge
+//! names, the committed context cache with its separate draft region, the one-layer forward, and a
+//! session that grows EAGLE-2 dynamic trees into the library's [`DraftTree`](crate::tree::DraftTree).
+//!
+//! The token embedding E is the checkpoint's own `embed_tokens.weight` when it carries one
+//! ([`Eagle3Drafter::has_own_embedding`]); otherwise it is the target's, borrowed: every forward takes
+//! it as an argument (`vocab x hidden` f32, row-major) and uses it raw. With an own embedding the
+//! argument is ignored (it may be empty).
+
+mod attention;
+mod cache;
+mod config;
+mod forward;
+mod random;
+mod session;
+mod weights;
+
+use std::path::Path;
+use std::string::ToString;
+use std::vec::Vec;
+
+pub use cache::Eagle3Cache;
+pub use config::Eagle3Config;
+pub use forward::{Eagle3Output, Eagle3Scratch};
+pub use random::write_random_eagle3;
+pub use session::{Eagle3Candidates, Eagle3Policy, Eagle3Session};
+
+use crate::cpu::Pool;
+use crate::io::LoadError;
+use crate::io::safetensors::SafeTensors;
+use crate::load_err;
+use weights::Weights;
+
+/// A loaded EAGLE-3 drafter: immutable, shareable across threads (sessions hold the mutable state).
+pub struct Eagle3Drafter {
+    cfg: Eagle3Config,
+    w: Weights,
+    /// `f32(1 / theta^(2i/d))`, computed in f64 (docs/drafter-forward.md).
+    inv_freq: Vec<f32>,
+    pool: std::sync::Mutex<Pool>,
+}
+
+impl Eagle3Drafter {
+    /// Loads `config.json` and `model.safetensors` from a directory; forwards run on `threads` threads.
+    pub fn load_dir(dir: &Path, threads: usize) -> Result<Self, LoadError> {
+        let cfg_path = dir.join("config.json");
+        let text = std::fs::read_to_string(&cfg_path)
+            .map_err(|e| load_err!("cannot read {}: {e}", cfg_path.display()))?;
+        let cfg = Eagle3Config::from_json(&text, &cfg_path.display().to_string())?;
+        let st = SafeTensors::open(&dir.join("model.safetensors"))?;
+        Self::from_safetensors(cfg, &st, threads)
+    }
+
+    /// Builds a drafter from a config and a parsed checkpoint (names with or without `model.`).
+    pub fn from_safetensors(
+        cfg: Eagle3Config,
+        st: &SafeTensors,
+        threads: usize,
+    ) -> Result<Self, LoadError> {
+        let w = Weights::load(&cfg, st)?;
+        Ok(Eagle3Drafter {
+            inv_freq: crate::drafter::ops::rope_inv_freq(cfg.head_dim, cfg.rope_theta),
+            cfg,
+            w,
+            pool: std::sync::Mutex::new(Pool::new(threads)),
+        })
+    }
+
+    /// The drafter's hyper-parameters.
+    pub fn config(&self) -> &Eagle3Config {
+        &self.cfg
+    }
+
+    /// Width of one target feature row, `3 H_t`.
+    pub fn feature_width(&self) -> usize {
+        self.cfg.feature_width()
+    }
+
+    /// Target vocabulary V (rows of the token embedding; tree tokens are below it).
+    pub fn vocab(&self) -> usize {
+        self.cfg.vocab
+    }
+
+    /// Whether the checkpoint carries its own `embed_tokens.weight`, used in place of the target's.
+    pub fn has_own_embedding(&self) -> bool {
+        self.w.embed.is_some()
+    }
+
+    /// Draft-vocabulary id to target id (`id + d2t[id]`).
+    pub fn draft_to_target(&self, draft_id: usize) -> Option<u32> {
+        self.w.draft_to_target.get(draft_id).copied()
+    }
+
+    /// An empty cache for `capacity` committed entries and `draft_capacity` draft rows.
+    pub fn new_cache(&self, capacity: usize, draft_capacity: usize) -> Eagle3Cache {
+        Eagle3Cache::new(&self.cfg, capacity, draft_capacity)
+    }
+
+    /// The embedding the forwards use: the checkpoint's own, else the borrowed one.
+    fn embedding<'a>(&'a self, borrowed: &'a [f32]) -> &'a [f32] {
+        self.w.embed.as_deref().unwrap_or(borrowed)
+    }
+}

@@ -1,0 +1,415 @@
+//! One sequence's EAGLE-3 drafting state and the EAGLE-2 dynamic tree (docs/eagle3-forward.md,
+//! "Growing the tree"): the last committed entry's output seeds the tree, `depth` drafting steps of
+//! `top_k` nodes each grow a candidate pool, and the best `budget` candidates become the library's
+//! [`DraftTree`].
+//!
+//! Protocol (the contract's (a)): prefill of x_0..x_S with the features of x_0..x_{S-1} commits the
+//! entries (f_t, x_{t+1}) at positions t; a commit with the features of [root, acc_1..acc_a] commits
+//! (f_root, acc_1) .. (f_acc_a, bonus) at the next a+1 positions. The bonus becomes the root.
+
+use std::vec::Vec;
+
+use super::{Eagle3Cache, Eagle3Drafter, Eagle3Scratch};
+use crate::error::Error;
+use crate::math::exp_nonpositive;
+use crate::tree::DraftTree;
+
+/// The EAGLE-2 tree's shape (defaults: EAGLE's D = 7, k = 10, total_tokens = 60 with the root).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Eagle3Policy {
+    /// Drafting steps D: the tree reaches depth D + 1.
+    pub depth: u32,
+    /// Candidates per expanded node and nodes expanded per step, k.
+    pub top_k: u32,
+    /// Draft nodes kept, root excluded (EAGLE's `total_tokens - 1`).
+    pub budget: u32,
+}
+
+impl Default for Eagle3Policy {
+    fn default() -> Self {
+        Eagle3Policy {
+            depth: 7,
+            top_k: 10,
+            budget: 59,
+        }
+    }
+}
+
+/// The candidate pool of the last draft, in creation order (for inspection and tests).
+#[derive(Clone, Copy, Debug)]
+pub struct Eagle3Candidates<'a> {
+    /// Draft-vocabulary id of each candidate (see [`Eagle3Drafter::draft_to_target`]).
+    pub draft_ids: &'a [u32],
+    /// Parent candidate of each candidate (-1: a child of the root).
+    pub parents: &'a [i32],
+    /// Score of each candidate: the cumulative draft log-prob of its path.
+    pub scores: &'a [f32],
+    /// Insertion id in the tree (see [`DraftTree::source_ids`]) of each kept candidate, -1 otherwise.
+    pub nodes: &'a [i32],
+}
+
+/// Most entries one commit appends: the root plus `MAX_DEPTH` accepted nodes.
+const MAX_COMMIT: usize = crate::MAX_DEPTH + 1;
+
+/// A sequence's EAGLE-3 drafting session. Create one per sequence; reuse it across requests with
+/// `reset`. Every buffer is allocated at creation: `draft` and `commit` allocate nothing (prefill may
+/// grow the positions buffer once for a long prompt).
+pub struct Eagle3Session<'d> {
+    drafter: &'d Eagle3Drafter,
+    policy: Eagle3Policy,
+    cache: Eagle3Cache,
+    scratch: Eagle3Scratch,
+    /// Pre-norm output h and logits of the last committed entry: the tree's seed.
+    last_h: Vec<f32>,
+    last_logits: Vec<f32>,
+    root: Option<u32>,
+    /// Position of the next committed entry.
+    next_pos: u32,
+    drafted: bool,
+    // Reused per-call buffers.
+    tokens: Vec<u32>,
+    positions: Vec<u32>,
+    /// Best (index, value) pairs of one selection.
+    top: Vec<(usize, f32)>,
+    /// The candidate pool in creation order: draft id, parent candidate (-1 = root), score (path
+    /// log-prob) and own log-prob.
+    cand_tok: Vec<u32>,
+    cand_parent: Vec<i32>,
+    cand_score: Vec<f32>,
+    cand_lp: Vec<f32>,
+    /// The nodes expanded by the next step: candidate, parent draft row, incoming hidden.
+    frontier: Vec<usize>,
+    rows: Vec<i32>,
+    hidden: Vec<f32>,
+    /// Tree node of each candidate (-1 = not kept).
+    node_of: Vec<i32>,
+}
+
+impl<'d> Eagle3Session<'d> {
+    /// A session whose context holds up to `max_entries` committed entries (about the sequence length).
+    pub fn new(
+        drafter: &'d Eagle3Drafter,
+        max_entries: usize,
+        policy: Eagle3Policy,
+    ) -> Result<Self, Error> {
+        let c = drafter.config();
+        let (d, k) = (policy.depth as usize, policy.top_k as usize);
+        if d == 0 || d >= crate::MAX_DEPTH {
+            return Err(Error::InvalidArgument(
+                "EAGLE-3 depth must be in 1..64 (the tree reaches depth + 1)",
+            ));
+        }
+        if k == 0 || k > c.draft_vocab {
+            return Err(Error::InvalidArgument(
+                "EAGLE-3 top_k must be in 1..=draft_vocab_size",
+            ));
+        }
+        if max_entries == 0 {
+            return Err(Error::InvalidArgument("max_entries must be positive"));
+        }
+        let pool = k + d * k * k;
+        let rows = k.max(MAX_COMMIT);
+        Ok(Eagle3Session {
+            drafter,
+            cache: drafter.new_cache(max_entries, d * k),
+            scratch: Eagle3Scratch::sized(drafter, rows, k, max_entries, d),
+            last_h: Vec::with_capacity(c.hidden),
+            last_logits: Vec::with_capacity(c.draft_vocab),
+            root: None,
+            next_pos: 0,
+            drafted: false,
+            tokens: Vec::with_capacity(rows),
+            positions: Vec::with_capacity(rows),
+            top: Vec::with_capacity(pool.max(k)),
+            cand_tok: Vec::with_capacity(pool),
+            cand_parent: Vec::with_capacity(pool),
+            cand_score: Vec::with_capacity(pool),
+            cand_lp: Vec::with_capacity(pool),
+            frontier: Vec::with_capacity(k),
+            rows: Vec::with_capacity(k),
+            hidden: Vec::with_capacity(k * c.hidden),
+            node_of: Vec::with_capacity(pool),
+            policy,
+        })
+    }
+
+    /// The drafter this session runs.
+    pub fn drafter(&self) -> &'d Eagle3Drafter {
+        self.drafter
+    }
+
+    /// The tree shape this session grows.
+    pub fn policy(&self) -> Eagle3Policy {
+        self.policy
+    }
+
+    /// The candidate pool of the last [`draft`](Self::draft).
+    pub fn candidates(&self) -> Eagle3Candidates<'_> {
+        Eagle3Candidates {
+            draft_ids: &self.cand_tok,
+            parents: &self.cand_parent,
+            scores: &self.cand_score,
+            nodes: &self.node_of,
+        }
+    }
+
+    /// Forgets the sequence (buffers are kept).
+    pub fn reset(&mut self) {
+        self.cache.clear();
+        self.root = None;
+        self.next_pos = 0;
+        self.drafted = false;
+    }
+
+    /// Entries in the drafter's context cache.
+    pub fn context_entries(&self) -> usize {
+        self.cache.entries()
+    }
+
+    /// The root token of the next draft (the last committed token, not yet seen by the target).
+    pub fn root(&self) -> Option<u32> {
+        self.root
+    }
+
+    /// After the target's prefill of `tokens[..S]` (with `features` of those S positions, `S x 3H_t`)
+    /// and its first sampled token `tokens[S]`: commits the S entries (f_t, x_{t+1}) at positions
+    /// 0..S; `tokens[S]` becomes the root.
+    pub fn prefill(
+        &mut self,
+        embed: &[f32],
+        features: &[f32],
+        tokens: &[u32],
+    ) -> Result<(), Error> {
+        if tokens.len() < 2 {
+            return Err(Error::InvalidArgument(
+                "prefill needs the prompt and the first sampled token",
+            ));
+        }
+        let s = tokens.len() - 1;
+        self.reset();
+        self.positions.clear();
+        self.positions.extend(0..s as u32);
+        self.drafter.context(
+            &mut self.cache,
+            embed,
+            features,
+            &tokens[1..],
+            &self.positions,
+            &mut self.scratch,
+            false,
+        )?;
+        self.finish_context(s, tokens[s]);
+        Ok(())
+    }
+
+    /// After verification: `accepted` draft tokens, then the `bonus` token, with the target features
+    /// of [root, accepted...] (`(accepted + 1) x 3H_t`). Commits those a+1 entries; `bonus` becomes the
+    /// root. On error nothing changes (the same draft may be committed again).
+    pub fn commit(
+        &mut self,
+        embed: &[f32],
+        accepted: &[u32],
+        bonus: u32,
+        features: &[f32],
+    ) -> Result<(), Error> {
+        if self.root.is_none() {
+            return Err(Error::InvalidState("commit before prefill"));
+        }
+        if !self.drafted {
+            return Err(Error::InvalidState("commit without a draft"));
+        }
+        if accepted.len() >= MAX_COMMIT {
+            return Err(Error::Capacity {
+                what: "accepted tokens per commit",
+                capacity: MAX_COMMIT - 1,
+            });
+        }
+        self.tokens.clear();
+        self.tokens.extend_from_slice(accepted);
+        self.tokens.push(bonus);
+        let n = self.tokens.len() as u32;
+        self.positions.clear();
+        self.positions.extend(self.next_pos..self.next_pos + n);
+        self.drafter.context(
+            &mut self.cache,
+            embed,
+            features,
+            &self.tokens,
+            &self.positions,
+            &mut self.scratch,
+            false,
+        )?;
+        self.finish_context(n as usize, bonus);
+        Ok(())
+    }
+
+    /// Keeps the last entry's h and logits (the context forward just run) as the tree's seed.
+    fn finish_context(&mut self, entries: usize, root: u32) {
+        let (h, vd) = (self.drafter.cfg.hidden, self.drafter.cfg.draft_vocab);
+        let sc = &self.scratch;
+        let rows = sc.rows();
+        self.last_h.clear();
+        self.last_h
+            .extend_from_slice(&sc.hidden[(rows - 1) * h..rows * h]);
+        self.last_logits.clear();
+        self.last_logits
+            .extend_from_slice(&sc.logits[sc.logits.len() - vd..]);
+        self.root = Some(root);
+        self.next_pos += entries as u32;
+        self.drafted = false;
+    }
+
+    /// Grows the EAGLE-2 tree and writes it into `tree`: `reset(root)`, the kept candidates in
+    /// creation order (each under its parent, with its own draft log-prob, so a node's cumulative
+    /// log-prob is its score), then `finalize(budget)`, which keeps them all and orders them by depth,
+    /// then score. Tokens are target ids. `tree` needs `max_nodes >= budget` and
+    /// `max_depth >= depth + 1`.
+    pub fn draft(&mut self, embed: &[f32], tree: &mut DraftTree) -> Result<(), Error> {
+        let Some(root) = self.root else {
+            return Err(Error::InvalidState("draft before prefill"));
+        };
+        let c = &self.drafter.cfg;
+        let (h, vd) = (c.hidden, c.draft_vocab);
+        let (k, depth) = (self.policy.top_k as usize, self.policy.depth);
+        let last_pos = self.next_pos - 1;
+        self.drafted = false;
+        tree.reset(root as i32)?;
+        self.cache.clear_draft();
+        self.cand_tok.clear();
+        self.cand_parent.clear();
+        self.cand_score.clear();
+        self.cand_lp.clear();
+        self.node_of.clear();
+
+        // Depth 1: the root's top k, all fed the last entry's h.
+        top_log_probs(&self.last_logits, k, &mut self.top);
+        for &(t, lp) in &self.top {
+            self.cand_tok.push(t as u32);
+            self.cand_parent.push(-1);
+            self.cand_score.push(lp);
+            self.cand_lp.push(lp);
+        }
+        self.frontier.clear();
+        self.frontier.extend(0..k);
+        self.rows.clear();
+        self.rows.resize(k, -1);
+        self.hidden.clear();
+        for _ in 0..k {
+            self.hidden.extend_from_slice(&self.last_h);
+        }
+
+        for step in 1..=depth {
+            self.tokens.clear();
+            self.tokens.extend(
+                self.frontier
+                    .iter()
+                    .map(|&f| self.drafter.w.draft_to_target[self.cand_tok[f] as usize]),
+            );
+            self.positions.clear();
+            self.positions.resize(k, last_pos + step);
+            let row0 = self.cache.draft_rows() as i32;
+            self.drafter.draft_step_into(
+                &mut self.cache,
+                embed,
+                &self.hidden,
+                &self.tokens,
+                &self.positions,
+                &self.rows,
+                &mut self.scratch,
+            )?;
+            // Each frontier node's top k become candidates, node-major, then by child rank.
+            let base = self.cand_tok.len();
+            for (j, &parent) in self.frontier.iter().enumerate() {
+                top_log_probs(&self.scratch.logits[j * vd..(j + 1) * vd], k, &mut self.top);
+                for &(t, lp) in &self.top {
+                    self.cand_tok.push(t as u32);
+                    self.cand_parent.push(parent as i32);
+                    self.cand_score.push(self.cand_score[parent] + lp);
+                    self.cand_lp.push(lp);
+                }
+            }
+            // The next frontier: the best k of the k² new scores, with their parents' h and rows.
+            let new = &self.cand_score[base..];
+            top_k_by(new.len(), k, |i| new[i], &mut self.top);
+            self.frontier.clear();
+            self.rows.clear();
+            self.hidden.clear();
+            for &(f, _) in &self.top {
+                let j = f / k;
+                self.frontier.push(base + f);
+                self.rows.push(row0 + j as i32);
+                self.hidden
+                    .extend_from_slice(&self.scratch.hidden[j * h..(j + 1) * h]);
+            }
+        }
+        self.cache.clear_draft();
+
+        // Keep the best `budget` candidates, in creation order: parents come before children.
+        let scores = &self.cand_score;
+        top_k_by(
+            scores.len(),
+            self.policy.budget as usize,
+            |i| scores[i],
+            &mut self.top,
+        );
+        self.top.sort_unstable_by_key(|&(i, _)| i);
+        self.node_of.clear();
+        self.node_of.resize(self.cand_tok.len(), -1);
+        for &(ci, _) in &self.top {
+            let parent = match self.cand_parent[ci] {
+                -1 => 0,
+                p => self.node_of[p as usize],
+            };
+            if parent < 0 {
+                // Unreachable with finite scores (a child never outscores its parent).
+                return Err(Error::InvalidState(
+                    "EAGLE-3 tree: a kept candidate's parent was not kept",
+                ));
+            }
+            let token = self.drafter.w.draft_to_target[self.cand_tok[ci] as usize];
+            self.node_of[ci] = tree.add(parent, token as i32, self.cand_lp[ci])?;
+        }
+        tree.finalize(self.policy.budget)?;
+        self.drafted = true;
+        Ok(())
+    }
+}
+
+/// The `k` best draft ids of one logits row by log-softmax (best first, ties to the lower id, the
+/// contract's rule) into `top` as (id, log-prob). Log-probs are `(x - max) - ln(sum exp(x - max))` in
+/// f32, computed on the fly.
+fn top_log_probs(x: &[f32], k: usize, top: &mut Vec<(usize, f32)>) {
+    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    // Eight partial sums so the loop vectorises; exp_nonpositive is branch-free (x - max <= 0).
+    let mut sums = [0f32; 8];
+    for chunk in x.chunks(8) {
+        for (s, &v) in sums.iter_mut().zip(chunk) {
+            *s += exp_nonpositive(v - max);
+        }
+    }
+    let lse = sums.iter().sum::<f32>().ln();
+    top_k_by(x.len(), k, |i| (x[i] - max) - lse, top);
+}
+
+/// The `k` largest of `value(0..n)` as (index, value), best first; ties go to the lower index (the
+/// contract's rule). One pass keeping a sorted list of the best so far: for k much smaller than n
+/// almost every value is rejected by one comparison with the current k-th.
+fn top_k_by(n: usize, k: usize, value: impl Fn(usize) -> f32, top: &mut Vec<(usize, f32)>) {
+    top.clear();
+    let k = k.min(n);
+    if k == 0 {
+        return;
+    }
+    for i in 0..n {
+        let v = value(i);
+        // Scanning upwards, an equal value never displaces an earlier index.
+        if top.len() == k {
+            if v.total_cmp(&top[k - 1].1).is_le() {
+                continue;
+            }
+            top.pop();
+        }
+        let at = top.partition_point(|&(_, t)| t.total_cmp(&v).is_ge());
+        top.insert(at, (i, v));
+    }
+}
