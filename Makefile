@@ -144,8 +144,8 @@ datagen: build model prompts
 		--batch 8 --max-tokens 256 --target-tokens 500000 --seed 20261127
 	python3 tools/train/draft_vocab.py --data data/datagen --out data/vocab/draft_vocab.json
 
-## bench-drafter: SpecBlock drafting time per iteration against verification (untrained drafter of the
-## authors' shape unless DRAFTER=dir is given).
+## bench-drafter: drafting time per iteration, SpecBlock against EAGLE-3 at the same budgets, beside verification (untrained drafters of the
+## authors' shapes; DRAFTER=dir replaces the SpecBlock one).
 bench-drafter: build model
 	$(ENGINE) bench-drafter --model $(MODEL) $(if $(DRAFTER),--drafter $(DRAFTER))
 

@@ -21,7 +21,8 @@ USAGE:
                     EAGLE-3, against verification)
   specblock datagen [--prompts FILE] [--out DIR] [--batch B] [--max-tokens N] [--target-tokens T]
                     (self-distilled training data: tokens, loss mask, aux features, final hidden)
-  specblock random-drafter --out DIR [--seed S]   (an untrained SpecBlock drafter shaped for the model)
+  specblock random-drafter --out DIR [--seed S] [--eagle3]
+                    (an untrained SpecBlock drafter, or EAGLE-3 baseline, shaped for the model)
 
 OPTIONS:
   --model PATH        GGUF file (default: models/SmolLM2-135M-Instruct.Q4_1.gguf, or $SPECBLOCK_MODEL)
@@ -63,6 +64,7 @@ struct Opts {
     budget: Option<u32>,
     eagle_depth: u32,
     eagle_topk: u32,
+    eagle3: bool,
     json: bool,
     out_dir: Option<PathBuf>,
     prompts: Option<PathBuf>,
@@ -94,6 +96,7 @@ fn parse_args() -> Result<Opts> {
         budget: None,
         eagle_depth: 7,
         eagle_topk: 10,
+        eagle3: false,
         json: false,
         out_dir: None,
         prompts: None,
@@ -124,6 +127,7 @@ fn parse_args() -> Result<Opts> {
             "--eagle-depth" => o.eagle_depth = value(&a, args.next())?,
             "--eagle-topk" => o.eagle_topk = value(&a, args.next())?,
             "--json" => o.json = true,
+            "--eagle3" => o.eagle3 = true,
             "--out" => o.out_dir = Some(value::<String>(&a, args.next())?.into()),
             "--prompts" => o.prompts = Some(value::<String>(&a, args.next())?.into()),
             "--batch" => o.batch = value(&a, args.next())?,
@@ -414,9 +418,16 @@ fn run() -> Result<()> {
                 .out_dir
                 .clone()
                 .ok_or_else(|| Error::InvalidArgument("random-drafter needs --out DIR".into()))?;
-            let cfg = random_drafter_config();
-            specblock::drafter::write_random_drafter(&dir, &cfg, o.seed)
-                .map_err(|e| Error::Io(e.to_string()))?;
+            if o.eagle3 {
+                specblock::drafter::eagle3::write_random_eagle3(
+                    &dir,
+                    &random_eagle3_config(),
+                    o.seed,
+                )
+            } else {
+                specblock::drafter::write_random_drafter(&dir, &random_drafter_config(), o.seed)
+            }
+            .map_err(|e| Error::Io(e.to_string()))?;
             println!("{}", dir.display());
             Ok(())
         }
