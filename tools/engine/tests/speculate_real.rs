@@ -211,6 +211,11 @@ impl specblock_engine::speculate::DraftSession for PerturbedOracle {
             let Some(&right) = self.truth.get(self.pos + d) else {
                 break;
             };
+            let right = if on_track {
+                right
+            } else {
+                (right * 7 + 13) % 49152
+            };
             let wrong = (right + 1 + (self.coin() * 1000.0) as u32) % 49152;
             let token = if self.coin() < 0.85 { right } else { wrong };
             // The wrong sibling first, so the accepted node is not always the first child.
