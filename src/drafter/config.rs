@@ -134,17 +134,8 @@ impl DrafterConfig {
             || self.kv_heads == 0
         {
             Some("sizes must be positive".into())
-        } else if !self.heads.is_multiple_of(self.kv_heads) {
-            Some(std::format!(
-                "{} heads are not a multiple of {} KV heads",
-                self.heads,
-                self.kv_heads
-            ))
-        } else if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
-            Some(std::format!(
-                "head_dim {} must be even and positive",
-                self.head_dim
-            ))
+        } else if let Some(p) = attention_shape_problem(self.heads, self.kv_heads, self.head_dim) {
+            Some(p)
         } else if self.slots == 0 || self.slots > 16 {
             Some(std::format!(
                 "diffspec_draft_token_num {} must be 1..=16",
@@ -170,5 +161,25 @@ impl DrafterConfig {
             Some(p) => Err(load_err!("{origin}: {p}")),
             None => Ok(()),
         }
+    }
+}
+
+/// What is wrong with an attention shape, if anything: GQA needs the query heads to be a multiple of
+/// the KV heads, and rotate-half RoPE an even, positive head dimension. Both drafters check it.
+pub(crate) fn attention_shape_problem(
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+) -> Option<std::string::String> {
+    if !heads.is_multiple_of(kv_heads) {
+        Some(std::format!(
+            "{heads} heads are not a multiple of {kv_heads} KV heads"
+        ))
+    } else if head_dim == 0 || !head_dim.is_multiple_of(2) {
+        Some(std::format!(
+            "head_dim {head_dim} must be even and positive"
+        ))
+    } else {
+        None
     }
 }

@@ -111,17 +111,12 @@ impl Eagle3Config {
             || self.target_hidden == 0
         {
             Some("sizes must be positive".into())
-        } else if !self.heads.is_multiple_of(self.kv_heads) {
-            Some(std::format!(
-                "{} heads are not a multiple of {} KV heads",
-                self.heads,
-                self.kv_heads
-            ))
-        } else if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
-            Some(std::format!(
-                "head_dim {} must be even and positive",
-                self.head_dim
-            ))
+        } else if let Some(p) = crate::drafter::config::attention_shape_problem(
+            self.heads,
+            self.kv_heads,
+            self.head_dim,
+        ) {
+            Some(p)
         } else if self.draft_vocab == 0 || self.draft_vocab > self.vocab {
             Some(std::format!(
                 "draft_vocab_size {} must be in 1..=vocab_size ({})",

@@ -2,29 +2,17 @@
 //! token for token the plain greedy output (random-weight drafters, the paper's tree and a small one),
 //! and sampled output has the plain sampler's distribution (empirical total variation over many seeds).
 
+mod speculation;
 mod support;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::OnceLock;
 
 use serde_json::json;
 use specblock::drafter::eagle3::{Eagle3Drafter, Eagle3Policy, Eagle3Session, write_random_eagle3};
 use specblock::verify::Sampling;
 use specblock_engine::decode::generate_ids;
-use specblock_engine::model::{Llama, WeightFormat};
 use specblock_engine::speculate::speculative_generate;
-
-fn model() -> Option<&'static Llama> {
-    static MODEL: OnceLock<Option<Llama>> = OnceLock::new();
-    MODEL
-        .get_or_init(|| {
-            let path = support::model_path("eagle3_real")?;
-            let (loaded, _) = specblock_engine::load::load_gguf(&path).expect("model loads");
-            Some(Llama::new(loaded, WeightFormat::F32, 2).expect("model builds"))
-        })
-        .as_ref()
-}
+use speculation::{Frequencies, PROMPTS, model, total_variation};
 
 /// A random EAGLE-3 drafter shaped for SmolLM2 (H 576, features 3 x 576, vocab 49152).
 fn drafter(seed: u64) -> Eagle3Drafter {
@@ -38,15 +26,6 @@ fn drafter(seed: u64) -> Eagle3Drafter {
     write_random_eagle3(&dir, &cfg, seed).expect("write random EAGLE-3 drafter");
     Eagle3Drafter::load_dir(&dir, 1).expect("random EAGLE-3 drafter loads")
 }
-
-const PROMPTS: [&[u32]; 3] = [
-    &[
-        1, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 3365, 407, 19712, 8182, 2, 198, 1, 4093,
-        198,
-    ],
-    &[504, 3575, 282, 4649, 314],
-    &[1, 4093, 198, 4113, 253, 1456, 3917, 281, 29],
-];
 
 #[test]
 fn greedy_eagle3_equals_plain_greedy() {
@@ -101,8 +80,7 @@ fn sampled_eagle3_has_the_plain_distribution() {
     let mut session = Eagle3Session::new(&d, 128, policy).unwrap();
     let prompt = PROMPTS[1];
     let runs = 300u64;
-    let (mut plain, mut spec): (HashMap<Vec<u32>, f64>, HashMap<Vec<u32>, f64>) =
-        Default::default();
+    let (mut plain, mut spec): (Frequencies, Frequencies) = Default::default();
     for seed in 0..runs {
         let a = generate_ids(m, prompt, 2, &s, seed, None, |_| {})
             .unwrap()
@@ -122,12 +100,7 @@ fn sampled_eagle3_has_the_plain_distribution() {
         *plain.entry(a).or_default() += 1.0 / runs as f64;
         *spec.entry(b).or_default() += 1.0 / runs as f64;
     }
-    let keys: std::collections::HashSet<_> = plain.keys().chain(spec.keys()).cloned().collect();
-    let tv: f64 = keys
-        .iter()
-        .map(|k| (plain.get(k).unwrap_or(&0.0) - spec.get(k).unwrap_or(&0.0)).abs())
-        .sum::<f64>()
-        / 2.0;
+    let tv = total_variation(&plain, &spec);
     // Two independent samples of 300 from the same law rarely differ by more than this.
     assert!(
         tv < 0.2,

@@ -4,29 +4,17 @@
 //! drafter (the true continuation with wrong tokens and wrong siblings mixed in), whose trees are
 //! accepted several tokens deep, so acceptance, KV compaction and commits are exercised too.
 
+mod speculation;
 mod support;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::OnceLock;
 
 use serde_json::json;
 use specblock::drafter::{DraftPolicy, Drafter, Session, write_random_drafter};
 use specblock::verify::Sampling;
 use specblock_engine::decode::generate_ids;
-use specblock_engine::model::{Llama, WeightFormat};
 use specblock_engine::speculate::speculative_generate;
-
-fn model() -> Option<&'static Llama> {
-    static MODEL: OnceLock<Option<Llama>> = OnceLock::new();
-    MODEL
-        .get_or_init(|| {
-            let path = support::model_path("speculate_real")?;
-            let (loaded, _) = specblock_engine::load::load_gguf(&path).expect("model loads");
-            Some(Llama::new(loaded, WeightFormat::F32, 2).expect("model builds"))
-        })
-        .as_ref()
-}
+use speculation::{Frequencies, PROMPTS, model, total_variation};
 
 /// A random SpecBlock drafter shaped for SmolLM2 (H 576, features 3 x 576, vocab 49152).
 fn drafter(seed: u64) -> Drafter {
@@ -45,15 +33,6 @@ fn drafter_with(seed: u64, protocol: &str) -> Drafter {
     write_random_drafter(&dir, &cfg, seed).expect("write random drafter");
     Drafter::load_dir(&dir, 1).expect("random drafter loads")
 }
-
-const PROMPTS: [&[u32]; 3] = [
-    &[
-        1, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 3365, 407, 19712, 8182, 2, 198, 1, 4093,
-        198,
-    ],
-    &[504, 3575, 282, 4649, 314],
-    &[1, 4093, 198, 4113, 253, 1456, 3917, 281, 29],
-];
 
 #[test]
 fn greedy_speculation_equals_plain_greedy() {
@@ -113,8 +92,7 @@ fn sampled_speculation_has_the_plain_distribution() {
     .unwrap();
     let prompt = PROMPTS[1];
     let runs = 300u64;
-    let (mut plain, mut spec): (HashMap<Vec<u32>, f64>, HashMap<Vec<u32>, f64>) =
-        Default::default();
+    let (mut plain, mut spec): (Frequencies, Frequencies) = Default::default();
     for seed in 0..runs {
         let a = generate_ids(m, prompt, 2, &s, seed, None, |_| {})
             .unwrap()
@@ -134,12 +112,7 @@ fn sampled_speculation_has_the_plain_distribution() {
         *plain.entry(a).or_default() += 1.0 / runs as f64;
         *spec.entry(b).or_default() += 1.0 / runs as f64;
     }
-    let keys: std::collections::HashSet<_> = plain.keys().chain(spec.keys()).cloned().collect();
-    let tv: f64 = keys
-        .iter()
-        .map(|k| (plain.get(k).unwrap_or(&0.0) - spec.get(k).unwrap_or(&0.0)).abs())
-        .sum::<f64>()
-        / 2.0;
+    let tv = total_variation(&plain, &spec);
     // Two independent samples of 300 from the same law rarely differ by more than this.
     assert!(
         tv < 0.2,
@@ -290,8 +263,7 @@ fn sampled_speculation_with_a_perturbed_oracle_has_the_plain_distribution() {
         .unwrap()
         .tokens;
     let runs = 300u64;
-    let (mut plain, mut spec): (HashMap<Vec<u32>, f64>, HashMap<Vec<u32>, f64>) =
-        Default::default();
+    let (mut plain, mut spec): (Frequencies, Frequencies) = Default::default();
     let mut accepted = 0;
     for seed in 0..runs {
         let a = generate_ids(m, prompt, 3, &s, seed, None, |_| {})
@@ -313,12 +285,7 @@ fn sampled_speculation_with_a_perturbed_oracle_has_the_plain_distribution() {
         *plain.entry(a).or_default() += 1.0 / runs as f64;
         *spec.entry(st.tokens).or_default() += 1.0 / runs as f64;
     }
-    let keys: std::collections::HashSet<_> = plain.keys().chain(spec.keys()).cloned().collect();
-    let tv: f64 = keys
-        .iter()
-        .map(|k| (plain.get(k).unwrap_or(&0.0) - spec.get(k).unwrap_or(&0.0)).abs())
-        .sum::<f64>()
-        / 2.0;
+    let tv = total_variation(&plain, &spec);
     assert!(
         accepted as u64 > runs / 4,
         "the oracle should be accepted often ({accepted} tokens)"
