@@ -311,3 +311,43 @@ fn half_precision_checkpoints_load() {
         assert!(err > 0.0, "{name}: the weights must actually be rounded");
     }
 }
+
+/// bf16 weights (`use_bf16_weights`) keep the forward close to the f32 reference: the relative error
+/// of the logits is at the bf16 rounding level (about 2^-8 per weight, averaged down), far below 3e-2.
+#[test]
+fn bf16_weights_stay_close_to_the_reference() {
+    let dir = fixtures().join("drafter_tiny");
+    let mut drafter = Drafter::load_dir(&dir, 1).expect("tiny drafter loads");
+    drafter.use_bf16_weights();
+    let embed = SafeTensors::open(&dir.join("embed.safetensors"))
+        .unwrap()
+        .f32("model.embed_tokens.weight")
+        .unwrap()
+        .1;
+    let g = golden();
+    let mut cache = drafter.new_cache(16);
+    let pre = drafter
+        .context_forward(
+            &mut cache,
+            &embed,
+            &f32s(&g, "prefill.features"),
+            &ids(&g, "prefill.tokens"),
+            &ids(&g, "prefill.bases"),
+        )
+        .unwrap();
+    let want = f32s(&g, "prefill.logits");
+    let err: f64 = pre
+        .logits
+        .iter()
+        .zip(&want)
+        .map(|(&a, &b)| ((a - b) as f64).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let norm: f64 = want.iter().map(|&b| (b as f64).powi(2)).sum::<f64>().sqrt();
+    assert!(
+        err / norm < 3e-2,
+        "bf16 logits: relative error {}",
+        err / norm
+    );
+    assert!(err > 0.0, "bf16 weights should change the result at all");
+}

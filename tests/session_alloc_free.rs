@@ -13,11 +13,24 @@ use specblock::tree::{DraftTree, TreeParams};
 
 #[test]
 fn draft_and_commit_do_not_allocate() {
+    draft_and_commit_do_not_allocate_with(false);
+}
+
+/// bf16 weights round each matmul's activations into a per-thread buffer, reserved at session creation.
+#[test]
+fn draft_and_commit_do_not_allocate_with_bf16_weights() {
+    draft_and_commit_do_not_allocate_with(true);
+}
+
+fn draft_and_commit_do_not_allocate_with(bf16: bool) {
     let dir = PathBuf::from(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tools/engine/tests/fixtures/drafter_tiny"
     ));
-    let d = Drafter::load_dir(&dir, 1).unwrap();
+    let mut d = Drafter::load_dir(&dir, 1).unwrap();
+    if bf16 {
+        d.use_bf16_weights();
+    }
     let embed = SafeTensors::open(&dir.join("embed.safetensors"))
         .unwrap()
         .f32("model.embed_tokens.weight")

@@ -34,6 +34,13 @@ impl Matrix {
         }
     }
 
+    /// Rounds f32 weights to bf16 in place (round to nearest even); bf16 weights stay as they are.
+    pub fn convert_to_bf16(&mut self) {
+        if let Matrix::F32(w) = self {
+            *self = Matrix::Bf16(w.iter().map(|&x| f32_to_bf16(x)).collect());
+        }
+    }
+
     /// Bytes the weights occupy.
     pub fn bytes(&self) -> usize {
         match self {
@@ -549,16 +556,54 @@ pub fn matmul(
         Matrix::F32(d) => assert_eq!(d.len(), out * k, "matmul weight shape"),
         Matrix::Bf16(d) => assert_eq!(d.len(), out * k, "matmul weight shape"),
     }
+    // bf16 weights on a CPU with AVX512_BF16: round the activations to bf16 once and multiply pairs.
+    // The rounded copy lives in a per-thread buffer that only grows, so steady-state calls (a
+    // drafter session's draft and commit) allocate nothing.
+    if let Matrix::Bf16(_) = w
+        && have_avx512_bf16()
+    {
+        ACTIVATIONS_BF16.with_borrow_mut(|xb| {
+            xb.clear();
+            xb.extend(x[..n * k].iter().map(|&v| f32_to_bf16(v)));
+            matmul_impl(pool, w, out, k, x, n, y, Some(xb));
+        });
+        return;
+    }
+    matmul_impl(pool, w, out, k, x, n, y, None);
+}
+
+std::thread_local! {
+    /// The bf16 copy of a matmul's activations (see [`matmul`]).
+    static ACTIVATIONS_BF16: core::cell::RefCell<Vec<u16>> = const { core::cell::RefCell::new(Vec::new()) };
+}
+
+/// Grows the calling thread's bf16 activation buffer of [`matmul`] to `elements` (rows x input width)
+/// now, so later bf16 matmuls of up to that size on this thread allocate nothing. Drafter sessions call
+/// it at creation.
+pub fn reserve_bf16_activations(elements: usize) {
+    ACTIVATIONS_BF16.with_borrow_mut(|v| {
+        if v.capacity() < elements {
+            v.reserve_exact(elements - v.len());
+        }
+    });
+}
+
+/// [`matmul`] with the activations already rounded to bf16 when the weights are bf16 and the CPU
+/// multiplies bf16 pairs (`x_bf16`), else `None`.
+#[allow(clippy::too_many_arguments)]
+fn matmul_impl(
+    pool: &super::Pool,
+    w: &Matrix,
+    out: usize,
+    k: usize,
+    x: &[f32],
+    n: usize,
+    y: &mut [f32],
+    x_bf16: Option<&[u16]>,
+) {
     let yp = SendPtr(y.as_mut_ptr());
     let threads = pool.threads();
     let avx512 = have_avx512();
-    // bf16 weights on a CPU with AVX512_BF16: round the activations to bf16 once and multiply pairs.
-    let x_bf16: Option<Vec<u16>> = match w {
-        Matrix::Bf16(_) if have_avx512_bf16() => {
-            Some(x[..n * k].iter().map(|&v| f32_to_bf16(v)).collect())
-        }
-        _ => None,
-    };
     // Chunks of whole register tiles, several per thread, so a slow thread does not hold up the rest.
     let chunk_rows = (out.div_ceil(threads * 8)).max(16).next_multiple_of(TILE_R);
     let chunks = out.div_ceil(chunk_rows);
@@ -580,7 +625,7 @@ pub fn matmul(
             }
             Matrix::Bf16(d) => {
                 #[cfg(target_arch = "x86_64")]
-                if let Some(xb) = &x_bf16 {
+                if let Some(xb) = x_bf16 {
                     // SAFETY: AVX-512 and AVX512_BF16 checked; as above.
                     unsafe { avx512::matmul_rows_bf16_dot(d, k, xb, n, out, rows, yp.get()) };
                     return;

@@ -6,6 +6,7 @@ pub mod kernels;
 pub mod pool;
 
 pub use kernels::{
-    Matrix, SendPtr, matmul, matmul_local, rms_norm, softmax_in_place, swiglu, weighted_rows,
+    Matrix, SendPtr, matmul, matmul_local, reserve_bf16_activations, rms_norm, softmax_in_place,
+    swiglu, weighted_rows,
 };
 pub use pool::Pool;

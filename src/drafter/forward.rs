@@ -69,6 +69,14 @@ impl Scratch {
     pub fn with_capacity(d: &Drafter, rows: usize, keys: usize) -> Self {
         let c = &d.cfg;
         let (h, qd, kvd) = (c.hidden, c.heads * c.head_dim, c.kv_heads * c.head_dim);
+        // The widest matmul input, for bf16 weights' rounded activations (see `reserve_bf16_activations`).
+        let widest = (3 * c.target_hidden)
+            .max(3 * h)
+            .max(c.ffn)
+            .max(qd)
+            .max(h + super::weights::RANK_FEATURES)
+            .max(super::weights::RANK_HIDDEN);
+        crate::cpu::reserve_bf16_activations(rows * widest);
         let e = rows.div_ceil(c.slots);
         let v = |n: usize| Vec::with_capacity(n);
         Scratch {

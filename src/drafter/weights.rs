@@ -42,6 +42,29 @@ pub(crate) struct Weights {
     pub draft_to_target: Vec<u32>,
 }
 
+impl Weights {
+    /// Every matrix to bf16 (norms, queries and maps stay f32 / integer).
+    pub(crate) fn convert_to_bf16(&mut self) {
+        for m in [
+            &mut self.condition_proj,
+            &mut self.fuse,
+            &mut self.lm_head,
+            &mut self.rank1,
+            &mut self.rank2,
+        ] {
+            m.convert_to_bf16();
+        }
+        for m in &mut self.shift {
+            m.convert_to_bf16();
+        }
+        for l in &mut self.layers {
+            for m in [&mut l.wqkv, &mut l.wo, &mut l.w_gate_up, &mut l.w_down] {
+                m.convert_to_bf16();
+            }
+        }
+    }
+}
+
 fn take(st: &SafeTensors, name: &str, shape: &[usize]) -> Result<Vec<f32>, LoadError> {
     let (got, data) = st.f32(name)?;
     if got != shape {

@@ -121,6 +121,9 @@ impl Eagle3Scratch {
         let c = &d.cfg;
         let (h, qd, kvd) = (c.hidden, c.heads * c.head_dim, c.kv_heads * c.head_dim);
         let rows = rows.max(1);
+        // The widest matmul input, for bf16 weights' rounded activations (see `reserve_bf16_activations`).
+        let widest = c.feature_width().max(2 * h).max(c.ffn).max(qd);
+        crate::cpu::reserve_bf16_activations(rows * widest);
         let m = rows.min(ATTN_ROWS) * (c.heads / c.kv_heads);
         let v = |n: usize| Vec::with_capacity(n);
         Eagle3Scratch {

@@ -41,6 +41,13 @@ pub struct Eagle3Drafter {
 }
 
 impl Eagle3Drafter {
+    /// Stores every weight matrix as bf16 (round to nearest even): half the bytes, and on CPUs with
+    /// AVX512_BF16 the matmuls multiply bf16 pairs with f32 accumulation (activations are rounded to
+    /// bf16 once per matmul). Norms and all other arithmetic stay f32.
+    pub fn use_bf16_weights(&mut self) {
+        self.w.convert_to_bf16();
+    }
+
     /// Loads `config.json` and `model.safetensors` from a directory; forwards run on `threads` threads.
     pub fn load_dir(dir: &Path, threads: usize) -> Result<Self, LoadError> {
         let cfg_path = dir.join("config.json");

@@ -34,6 +34,22 @@ pub(crate) struct Weights {
     pub embed: Option<Vec<f32>>,
 }
 
+impl Weights {
+    /// Every matrix to bf16 (norms, maps and the optional embedding stay f32).
+    pub(crate) fn convert_to_bf16(&mut self) {
+        for m in [
+            &mut self.fc,
+            &mut self.wqkv,
+            &mut self.wo,
+            &mut self.w_gate_up,
+            &mut self.w_down,
+            &mut self.lm_head,
+        ] {
+            m.convert_to_bf16();
+        }
+    }
+}
+
 /// The stored name of `name`: as is, or with the `model.` prefix.
 fn stored(st: &SafeTensors, name: &str) -> Option<String> {
     if st.contains(name) {

@@ -31,6 +31,8 @@ pub struct Request {
     pub method: Method,
     /// Print one JSON object instead of streaming text.
     pub json: bool,
+    /// Store the drafter's weight matrices as bf16 (as `--bf16` does for the target).
+    pub drafter_bf16: bool,
 }
 
 /// How tokens are generated.
@@ -145,8 +147,11 @@ pub fn run_cli(model: &Llama, gguf: &GgufFile, req: &Request) -> Result<()> {
         }
         Method::SpecBlock { drafter, budget } => {
             let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-            let d =
+            let mut d =
                 Drafter::load_dir(drafter, threads).map_err(|e| Error::Format(e.to_string()))?;
+            if req.drafter_bf16 {
+                d.use_bf16_weights();
+            }
             if d.config().vocab != model.config().vocab
                 || d.config().hidden != model.config().hidden
             {
@@ -177,8 +182,11 @@ pub fn run_cli(model: &Llama, gguf: &GgufFile, req: &Request) -> Result<()> {
         }
         Method::Eagle3 { drafter, policy } => {
             let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-            let d = Eagle3Drafter::load_dir(drafter, threads)
+            let mut d = Eagle3Drafter::load_dir(drafter, threads)
                 .map_err(|e| Error::Format(e.to_string()))?;
+            if req.drafter_bf16 {
+                d.use_bf16_weights();
+            }
             let c = d.config();
             if c.vocab != model.config().vocab
                 || d.feature_width() != 3 * model.config().hidden

@@ -17,8 +17,8 @@ USAGE:
   specblock fetch-model [--models-dir DIR]
   specblock generate [OPTIONS] [--prompt TEXT]
   specblock bench [OPTIONS]
-  specblock bench-drafter [--drafter DIR] [--budget N]   (drafting time per iteration, SpecBlock vs
-                    EAGLE-3, against verification)
+  specblock bench-drafter [--drafter DIR] [--budget N] [--bf16]   (drafting time per iteration,
+                    SpecBlock vs EAGLE-3, against verification)
   specblock datagen [--prompts FILE] [--out DIR] [--batch B] [--max-tokens N] [--target-tokens T]
                     (self-distilled training data: tokens, loss mask, aux features, final hidden)
   specblock random-drafter --out DIR [--seed S] [--eagle3]
@@ -27,7 +27,7 @@ USAGE:
 OPTIONS:
   --model PATH        GGUF file (default: models/SmolLM2-135M-Instruct.Q4_1.gguf, or $SPECBLOCK_MODEL)
   --models-dir DIR    where fetch-model puts the model (default: models)
-  --bf16              bf16 weights (f32 accumulation) instead of f32
+  --bf16              bf16 weights (f32 accumulation) instead of f32, for the target and the drafter
   --threads N         threads (default: all cores)
   --prompt TEXT       user message (generate; default: a short question)
   --raw               do not apply the chat template (generate)
@@ -222,15 +222,20 @@ fn cmd_bench_drafter(o: &Opts) -> Result<()> {
     let e3_dir = std::env::temp_dir().join("specblock-bench-eagle3");
     specblock::drafter::eagle3::write_random_eagle3(&e3_dir, &random_eagle3_config(), 1)
         .map_err(|e| Error::Io(e.to_string()))?;
-    let d = Drafter::load_dir(&dir, o.threads).map_err(|e| Error::Format(e.to_string()))?;
-    let e3 =
+    let mut d = Drafter::load_dir(&dir, o.threads).map_err(|e| Error::Format(e.to_string()))?;
+    let mut e3 =
         Eagle3Drafter::load_dir(&e3_dir, o.threads).map_err(|e| Error::Format(e.to_string()))?;
+    if o.bf16 {
+        d.use_bf16_weights();
+        e3.use_bf16_weights();
+    }
     let prompt: Vec<u32> = (0..64).map(|i| 200 + (i * 7919) % 40000).collect();
     println!(
-        "# Drafting cost per iteration: SpecBlock (drafter {}) vs EAGLE-3 (depth 7, top-k 10), {} threads; \
-         medians of 3 runs of 48 tokens after a 64-token prompt",
+        "# Drafting cost per iteration: SpecBlock (drafter {}) vs EAGLE-3 (depth 7, top-k 10), {} threads, \
+         {} weights (target and drafters); medians of 3 runs of 48 tokens after a 64-token prompt",
         dir.display(),
-        o.threads
+        o.threads,
+        if o.bf16 { "bf16" } else { "f32" }
     );
     println!(
         "\n| method | budget | iterations | draft ms/iter | verify ms/iter | drafting share |\n\
@@ -410,6 +415,7 @@ fn run() -> Result<()> {
                     }
                 },
                 json: o.json,
+                drafter_bf16: o.bf16,
             };
             specblock_engine::generate::run_cli(&model, &gguf, &req)
         }

@@ -1,0 +1,127 @@
+//! Checkpoints written by the Python trainer's export (tools/train/train.py `export`, bf16 weights, the
+//! authors' / EAGLE-3 names, d2t and t2d) load in the Rust drafters and reproduce the outputs that PyTorch
+//! computed from the same files (tools/train/test_train.py `test_trained_export_fixture`, which writes
+//! tools/engine/tests/fixtures/trained_{specblock,eagle3}/ with SPECBLOCK_WRITE_FIXTURES=1).
+
+use std::path::PathBuf;
+
+use specblock::drafter::Drafter;
+use specblock::drafter::eagle3::Eagle3Drafter;
+use specblock::io::safetensors::SafeTensors;
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tools/engine/tests/fixtures"
+    ))
+    .join(name)
+}
+
+fn f32s(g: &SafeTensors, name: &str) -> Vec<f32> {
+    g.f32(name).unwrap_or_else(|e| panic!("{name}: {e}")).1
+}
+
+fn u32s(g: &SafeTensors, name: &str) -> Vec<u32> {
+    g.i64(name)
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+        .1
+        .iter()
+        .map(|&x| x as u32)
+        .collect()
+}
+
+fn close(got: &[f32], want: &[f32], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let scale = want.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+    for (i, (a, b)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (a - b).abs() <= 1e-4 * scale,
+            "{what}[{i}]: {a} vs PyTorch {b} (scale {scale})"
+        );
+    }
+}
+
+fn embed(dir: &std::path::Path) -> Vec<f32> {
+    f32s(
+        &SafeTensors::open(&dir.join("embed.safetensors")).expect("embed.safetensors"),
+        "model.embed_tokens.weight",
+    )
+}
+
+#[test]
+fn trained_specblock_export_matches_pytorch() {
+    let dir = fixture("trained_specblock");
+    let drafter = Drafter::load_dir(&dir, 2).expect("exported SpecBlock drafter loads");
+    let embed = embed(&dir);
+    let g = SafeTensors::open(&dir.join("expected.safetensors")).expect("expected outputs");
+    let mut cache = drafter.new_cache(16);
+    let ctx = drafter
+        .context_forward(
+            &mut cache,
+            &embed,
+            &f32s(&g, "context.features"),
+            &u32s(&g, "context.tokens"),
+            &u32s(&g, "context.bases"),
+        )
+        .unwrap();
+    close(&ctx.logits, &f32s(&g, "context.logits"), "context.logits");
+    close(
+        &ctx.rank_logits,
+        &f32s(&g, "context.rank_logits"),
+        "context.rank_logits",
+    );
+    close(&ctx.hidden, &f32s(&g, "context.h"), "context.h");
+    close(&ctx.normed, &f32s(&g, "context.n"), "context.n");
+    let seeds = drafter
+        .seed_forward(
+            &cache,
+            &embed,
+            &f32s(&g, "seed.hidden"),
+            &u32s(&g, "seed.tokens"),
+            &u32s(&g, "seed.visibility"),
+        )
+        .unwrap();
+    close(&seeds.logits, &f32s(&g, "seed.logits"), "seed.logits");
+    close(
+        &seeds.rank_logits,
+        &f32s(&g, "seed.rank_logits"),
+        "seed.rank_logits",
+    );
+    close(&seeds.hidden, &f32s(&g, "seed.h"), "seed.h");
+    close(&seeds.normed, &f32s(&g, "seed.n"), "seed.n");
+}
+
+#[test]
+fn trained_eagle3_export_matches_pytorch() {
+    let dir = fixture("trained_eagle3");
+    let drafter = Eagle3Drafter::load_dir(&dir, 2).expect("exported EAGLE-3 drafter loads");
+    assert!(!drafter.has_own_embedding());
+    let embed = embed(&dir);
+    let g = SafeTensors::open(&dir.join("expected.safetensors")).expect("expected outputs");
+    let mut cache = drafter.new_cache(16, 4);
+    let ctx = drafter
+        .context_forward(
+            &mut cache,
+            &embed,
+            &f32s(&g, "context.features"),
+            &u32s(&g, "context.tokens"),
+            &u32s(&g, "context.positions"),
+        )
+        .unwrap();
+    close(&ctx.logits, &f32s(&g, "context.logits"), "context.logits");
+    close(&ctx.hidden, &f32s(&g, "context.h"), "context.h");
+    close(&ctx.normed, &f32s(&g, "context.n"), "context.n");
+    let step = drafter
+        .draft_step(
+            &mut cache,
+            &embed,
+            &f32s(&g, "step.hidden"),
+            &u32s(&g, "step.tokens"),
+            &u32s(&g, "step.positions"),
+            &[-1, -1],
+        )
+        .unwrap();
+    close(&step.logits, &f32s(&g, "step.logits"), "step.logits");
+    close(&step.hidden, &f32s(&g, "step.h"), "step.h");
+    close(&step.normed, &f32s(&g, "step.n"), "step.n");
+}
