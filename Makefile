@@ -7,6 +7,8 @@ NOSTD_DIR := target/nostd
 # The staticlib needs these system libraries (`cargo rustc --crate-type staticlib -- --print native-static-libs`).
 STATIC_LIBS := -lpthread -ldl -lm
 
+
+.PHONY: train-specblock train-eagle3
 .PHONY: all build demo test deps check-tools fmt-check clippy cargo-test cuda-toolchain kernels gpu-bundle gpu-check nostd header bench bench-engine bench-llamacpp bench-drafter prompts datagen model install clean
 
 MODEL := models/SmolLM2-135M-Instruct.Q4_1.gguf
@@ -143,6 +145,20 @@ datagen: build model prompts
 	$(ENGINE) datagen --model $(MODEL) --prompts data/prompts/sharegpt_train.jsonl --out data/datagen \
 		--batch 8 --max-tokens 256 --target-tokens 500000 --seed 20261127
 	python3 tools/train/draft_vocab.py --data data/datagen --out data/vocab/draft_vocab.json
+
+## train-specblock / train-eagle3: the long drafter runs on the datagen shards (resumable: run again to
+## continue from runs/NAME/ckpt.pt; checkpoints every 50 steps), then export to runs/NAME/export.
+## Same data, vocabulary, batch, window and steps for both (a comparable budget). TRAIN_PY: a Python with
+## torch, numpy, safetensors and gguf.
+TRAIN_PY ?= python3
+TRAIN_ARGS := --data data/datagen --vocab data/vocab/draft_vocab.json --batch 8 --max-len 256 \
+	--steps 1500 --lr 3e-4 --ckpt-every 50 --eval-every 100 --threads 1
+train-specblock:
+	$(TRAIN_PY) tools/train/train.py --method specblock --out runs/specblock $(TRAIN_ARGS) \
+		$(if $(wildcard runs/specblock/ckpt.pt),--resume) --export runs/specblock/export
+train-eagle3:
+	$(TRAIN_PY) tools/train/train.py --method eagle3 --out runs/eagle3 $(TRAIN_ARGS) \
+		$(if $(wildcard runs/eagle3/ckpt.pt),--resume) --export runs/eagle3/export
 
 ## bench-drafter: drafting time per iteration, SpecBlock against EAGLE-3 at the same budgets, beside verification (untrained drafters of the
 ## authors' shapes; DRAFTER=dir replaces the SpecBlock one).
