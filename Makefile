@@ -8,7 +8,7 @@ NOSTD_DIR := target/nostd
 STATIC_LIBS := -lpthread -ldl -lm
 
 
-.PHONY: train-specblock train-eagle3
+.PHONY: train-specblock train-eagle3 train-venv train-test
 .PHONY: all build demo test deps check-tools fmt-check clippy cargo-test cuda-toolchain kernels gpu-bundle gpu-check nostd header bench bench-engine bench-llamacpp bench-drafter prompts datagen model install clean
 
 MODEL := models/SmolLM2-135M-Instruct.Q4_1.gguf
@@ -42,7 +42,7 @@ demo: build model
 		--prompt "Explain in two sentences why the sky is blue."
 
 ## test: everything CI runs, from a fresh machine (installs what it needs).
-test: deps cuda-toolchain fmt-check clippy model cargo-test nostd
+test: deps cuda-toolchain fmt-check clippy model cargo-test nostd train-test
 	@echo "make test: all checks passed"
 
 ## deps: system packages the C tests need (clang-14 with sanitizer runtimes, valgrind).
@@ -146,11 +146,29 @@ datagen: build model prompts
 		--batch 8 --max-tokens 256 --target-tokens 500000 --seed 20261127
 	python3 tools/train/draft_vocab.py --data data/datagen --out data/vocab/draft_vocab.json
 
+## train-venv: PyTorch (the PyPI torch 2.15.0 wheel, a CUDA build that runs on the CPU: ~5.4 GB installed,
+## ~4.5 minutes) for the trainer and its tests. It lives outside the checkout so that it is installed once per
+## machine and reused by every clone; override with TRAIN_VENV=... .
+TRAIN_VENV ?= $(HOME)/.cache/specblock/venv-train
+TRAIN_PINS := torch==2.15.0 numpy==2.4.6 safetensors==0.8.0 gguf==0.19.0 pytest==9.2.0
+# Bump the marker's name when the pins change.
+TRAIN_MARKER = $(TRAIN_VENV)/.installed-pins-1
+train-venv: $(TRAIN_MARKER)
+$(TRAIN_MARKER):
+	test -x $(TRAIN_VENV)/bin/python || python3 -m venv $(TRAIN_VENV)
+	@echo "installing $(TRAIN_PINS) into $(TRAIN_VENV) (first time only: ~5 GB, several minutes)"
+	$(TRAIN_VENV)/bin/python -m pip install -q --disable-pip-version-check $(TRAIN_PINS)
+	touch $@
+
+## train-test: the trainer's tests (masks, rank labels, unroll = inference forwards, loss decreases, export).
+train-test: train-venv
+	$(TRAIN_VENV)/bin/python -m pytest tools/train -q -p no:cacheprovider
+
 ## train-specblock / train-eagle3: the long drafter runs on the datagen shards (resumable: run again to
 ## continue from runs/NAME/ckpt.pt; checkpoints every 50 steps), then export to runs/NAME/export.
 ## Same data, vocabulary, batch, window and steps for both (a comparable budget). TRAIN_PY: a Python with
 ## torch, numpy, safetensors and gguf.
-TRAIN_PY ?= python3
+TRAIN_PY ?= $(TRAIN_VENV)/bin/python
 TRAIN_ARGS := --data data/datagen --vocab data/vocab/draft_vocab.json --batch 8 --max-len 256 \
 	--steps 1500 --lr 3e-4 --ckpt-every 50 --eval-every 100 --threads 1
 train-specblock:
