@@ -2,45 +2,11 @@
 //! SpecBlock drafter, a prefill context forward, a commit context forward and a block-2 seed forward
 //! must match every output within 1e-4 relative.
 
-use std::path::PathBuf;
+mod golden;
 
+use golden::{close, f32s, fixture, u32s as ids};
 use specblock::drafter::{BlockOutput, Drafter};
 use specblock::io::safetensors::SafeTensors;
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tools/engine/tests/fixtures"
-    ))
-}
-
-fn golden() -> SafeTensors {
-    SafeTensors::open(&fixtures().join("drafter_golden.safetensors")).expect("golden fixture")
-}
-
-fn f32s(g: &SafeTensors, name: &str) -> Vec<f32> {
-    g.f32(name).unwrap_or_else(|e| panic!("{e}")).1
-}
-
-fn ids(g: &SafeTensors, name: &str) -> Vec<u32> {
-    g.i64(name)
-        .unwrap_or_else(|e| panic!("{e}"))
-        .1
-        .iter()
-        .map(|&x| x as u32)
-        .collect()
-}
-
-fn close(got: &[f32], want: &[f32], what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let scale = want.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
-    for (i, (a, b)) in got.iter().zip(want).enumerate() {
-        assert!(
-            (a - b).abs() <= 1e-4 * scale,
-            "{what}[{i}]: {a} vs reference {b} (scale {scale})"
-        );
-    }
-}
 
 fn check(out: &BlockOutput, g: &SafeTensors, prefix: &str) {
     close(
@@ -67,14 +33,14 @@ fn check(out: &BlockOutput, g: &SafeTensors, prefix: &str) {
 
 #[test]
 fn forward_matches_the_pytorch_reference() {
-    let dir = fixtures().join("drafter_tiny");
+    let dir = fixture("drafter_tiny");
     let drafter = Drafter::load_dir(&dir, 2).expect("tiny drafter loads");
     let embed = SafeTensors::open(&dir.join("embed.safetensors"))
         .unwrap()
         .f32("model.embed_tokens.weight")
         .unwrap()
         .1;
-    let g = golden();
+    let g = golden::open("drafter_golden.safetensors");
     let mut cache = drafter.new_cache(16);
 
     let pre = drafter
@@ -131,7 +97,7 @@ fn forward_matches_the_pytorch_reference() {
 
 #[test]
 fn bad_inputs_are_errors_and_leave_the_cache_unchanged() {
-    let dir = fixtures().join("drafter_tiny");
+    let dir = fixture("drafter_tiny");
     let drafter = Drafter::load_dir(&dir, 1).unwrap();
     let embed = SafeTensors::open(&dir.join("embed.safetensors"))
         .unwrap()
@@ -196,7 +162,7 @@ fn bad_inputs_are_errors_and_leave_the_cache_unchanged() {
 
 #[test]
 fn checkpoint_errors_name_the_tensor() {
-    let dir = fixtures().join("drafter_tiny");
+    let dir = fixture("drafter_tiny");
     let text = std::fs::read_to_string(dir.join("config.json")).unwrap();
     let cfg = specblock::drafter::DrafterConfig::from_json(&text, "config.json").unwrap();
     let mut bigger = cfg.clone();
@@ -231,14 +197,14 @@ fn half_precision_checkpoints_load() {
         let back = f16_to_f32(f32_to_f16(x));
         assert!((back - x).abs() <= x.abs() * 1e-3 + 1e-7, "{x} -> {back}");
     }
-    let dir = fixtures().join("drafter_tiny");
+    let dir = fixture("drafter_tiny");
     let st = SafeTensors::open(&dir.join("model.safetensors")).unwrap();
     let embed = SafeTensors::open(&dir.join("embed.safetensors"))
         .unwrap()
         .f32("model.embed_tokens.weight")
         .unwrap()
         .1;
-    let g = golden();
+    let g = golden::open("drafter_golden.safetensors");
     let reference = Drafter::load_dir(&dir, 1).unwrap();
     let mut cache = reference.new_cache(8);
     let want = reference
@@ -316,7 +282,7 @@ fn half_precision_checkpoints_load() {
 /// of the logits is at the bf16 rounding level (about 2^-8 per weight, averaged down), far below 3e-2.
 #[test]
 fn bf16_weights_stay_close_to_the_reference() {
-    let dir = fixtures().join("drafter_tiny");
+    let dir = fixture("drafter_tiny");
     let mut drafter = Drafter::load_dir(&dir, 1).expect("tiny drafter loads");
     drafter.use_bf16_weights();
     let embed = SafeTensors::open(&dir.join("embed.safetensors"))
@@ -324,7 +290,7 @@ fn bf16_weights_stay_close_to_the_reference() {
         .f32("model.embed_tokens.weight")
         .unwrap()
         .1;
-    let g = golden();
+    let g = golden::open("drafter_golden.safetensors");
     let mut cache = drafter.new_cache(16);
     let pre = drafter
         .context_forward(

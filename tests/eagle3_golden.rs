@@ -3,42 +3,13 @@
 //! visibility), the RoPE tables, and a fresh EAGLE-2 tree (D 3, k 3, T 10) grown by a session. Floats
 //! within 1e-4 relative; candidate lists and the tree exactly.
 
-use std::path::PathBuf;
+mod golden;
 
+use golden::{close, f32s, fixture, i64s, u32s};
 use specblock::drafter::eagle3::{Eagle3Drafter, Eagle3Output, Eagle3Policy, Eagle3Session};
 use specblock::drafter::ops::rope_inv_freq;
 use specblock::io::safetensors::SafeTensors;
 use specblock::tree::{DraftTree, TreeParams};
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tools/engine/tests/fixtures"
-    ))
-}
-
-fn f32s(g: &SafeTensors, name: &str) -> Vec<f32> {
-    g.f32(name).unwrap_or_else(|e| panic!("{e}")).1
-}
-
-fn i64s(g: &SafeTensors, name: &str) -> Vec<i64> {
-    g.i64(name).unwrap_or_else(|e| panic!("{e}")).1
-}
-
-fn u32s(g: &SafeTensors, name: &str) -> Vec<u32> {
-    i64s(g, name).iter().map(|&x| x as u32).collect()
-}
-
-fn close(got: &[f32], want: &[f32], what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let scale = want.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
-    for (i, (a, b)) in got.iter().zip(want).enumerate() {
-        assert!(
-            (a - b).abs() <= 1e-4 * scale,
-            "{what}[{i}]: {a} vs reference {b} (scale {scale})"
-        );
-    }
-}
 
 fn check(out: &Eagle3Output, g: &SafeTensors, prefix: &str) {
     for (got, key) in [
@@ -54,14 +25,14 @@ fn check(out: &Eagle3Output, g: &SafeTensors, prefix: &str) {
 }
 
 fn setup() -> (Eagle3Drafter, Vec<f32>, SafeTensors) {
-    let dir = fixtures().join("eagle3_tiny");
+    let dir = fixture("eagle3_tiny");
     let drafter = Eagle3Drafter::load_dir(&dir, 2).expect("tiny EAGLE-3 drafter loads");
     assert!(!drafter.has_own_embedding());
     let embed = f32s(
         &SafeTensors::open(&dir.join("embed.safetensors")).unwrap(),
         "model.embed_tokens.weight",
     );
-    let g = SafeTensors::open(&fixtures().join("eagle3_golden.safetensors")).expect("golden");
+    let g = golden::open("eagle3_golden.safetensors");
     (drafter, embed, g)
 }
 

@@ -3,50 +3,12 @@
 //! computed from the same files (tools/train/test_train.py `test_trained_export_fixture`, which writes
 //! tools/engine/tests/fixtures/trained_{specblock,eagle3}/ with SPECBLOCK_WRITE_FIXTURES=1).
 
-use std::path::PathBuf;
+mod golden;
 
+use golden::{close, embedding as embed, f32s, fixture, u32s};
 use specblock::drafter::Drafter;
 use specblock::drafter::eagle3::Eagle3Drafter;
 use specblock::io::safetensors::SafeTensors;
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tools/engine/tests/fixtures"
-    ))
-    .join(name)
-}
-
-fn f32s(g: &SafeTensors, name: &str) -> Vec<f32> {
-    g.f32(name).unwrap_or_else(|e| panic!("{name}: {e}")).1
-}
-
-fn u32s(g: &SafeTensors, name: &str) -> Vec<u32> {
-    g.i64(name)
-        .unwrap_or_else(|e| panic!("{name}: {e}"))
-        .1
-        .iter()
-        .map(|&x| x as u32)
-        .collect()
-}
-
-fn close(got: &[f32], want: &[f32], what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let scale = want.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
-    for (i, (a, b)) in got.iter().zip(want).enumerate() {
-        assert!(
-            (a - b).abs() <= 1e-4 * scale,
-            "{what}[{i}]: {a} vs PyTorch {b} (scale {scale})"
-        );
-    }
-}
-
-fn embed(dir: &std::path::Path) -> Vec<f32> {
-    f32s(
-        &SafeTensors::open(&dir.join("embed.safetensors")).expect("embed.safetensors"),
-        "model.embed_tokens.weight",
-    )
-}
 
 #[test]
 fn trained_specblock_export_matches_pytorch() {

@@ -10,9 +10,7 @@ use std::path::PathBuf;
 use serde_json::json;
 use specblock::drafter::eagle3::{Eagle3Drafter, Eagle3Policy, Eagle3Session, write_random_eagle3};
 use specblock::verify::Sampling;
-use specblock_engine::decode::generate_ids;
-use specblock_engine::speculate::speculative_generate;
-use speculation::{Frequencies, PROMPTS, model, total_variation};
+use speculation::{PROMPTS, assert_greedy_matches_plain, model, sampled_distance};
 
 /// A random EAGLE-3 drafter shaped for SmolLM2 (H 576, features 3 x 576, vocab 49152).
 fn drafter(seed: u64) -> Eagle3Drafter {
@@ -30,11 +28,6 @@ fn drafter(seed: u64) -> Eagle3Drafter {
 #[test]
 fn greedy_eagle3_equals_plain_greedy() {
     let Some(m) = model() else { return };
-    let greedy = Sampling {
-        temperature: 0.0,
-        top_k: 0,
-        top_p: 1.0,
-    };
     // The paper's tree (depth 7, top-k 10, 59 nodes) on one prompt, a small tree on the rest.
     for (seed, policy, prompts) in [
         (31u64, Eagle3Policy::default(), &PROMPTS[..1]),
@@ -50,16 +43,12 @@ fn greedy_eagle3_equals_plain_greedy() {
     ] {
         let d = drafter(seed);
         let mut session = Eagle3Session::new(&d, 512, policy).unwrap();
-        for &prompt in prompts {
-            let plain = generate_ids(m, prompt, 128, &greedy, 0, None, |_| {}).unwrap();
-            let spec = speculative_generate(m, &mut session, prompt, 128, &greedy, 0, None, |_| {})
-                .unwrap();
-            assert_eq!(
-                spec.tokens, plain.tokens,
-                "seed {seed}, {policy:?}, prompt {prompt:?}"
-            );
-            assert!(spec.iterations > 0);
-        }
+        assert_greedy_matches_plain(
+            m,
+            &mut session,
+            prompts,
+            &format!("seed {seed}, {policy:?}"),
+        );
     }
 }
 
@@ -78,29 +67,7 @@ fn sampled_eagle3_has_the_plain_distribution() {
         budget: 6,
     };
     let mut session = Eagle3Session::new(&d, 128, policy).unwrap();
-    let prompt = PROMPTS[1];
-    let runs = 300u64;
-    let (mut plain, mut spec): (Frequencies, Frequencies) = Default::default();
-    for seed in 0..runs {
-        let a = generate_ids(m, prompt, 2, &s, seed, None, |_| {})
-            .unwrap()
-            .tokens;
-        let b = speculative_generate(
-            m,
-            &mut session,
-            prompt,
-            2,
-            &s,
-            seed + 2_000_000,
-            None,
-            |_| {},
-        )
-        .unwrap()
-        .tokens;
-        *plain.entry(a).or_default() += 1.0 / runs as f64;
-        *spec.entry(b).or_default() += 1.0 / runs as f64;
-    }
-    let tv = total_variation(&plain, &spec);
+    let (tv, _) = sampled_distance(m, &mut session, PROMPTS[1], &s, 2, 300);
     // Two independent samples of 300 from the same law rarely differ by more than this.
     assert!(
         tv < 0.2,

@@ -14,7 +14,9 @@ use specblock::drafter::{DraftPolicy, Drafter, Session, write_random_drafter};
 use specblock::verify::Sampling;
 use specblock_engine::decode::generate_ids;
 use specblock_engine::speculate::speculative_generate;
-use speculation::{Frequencies, PROMPTS, model, total_variation};
+use speculation::{
+    Frequencies, PROMPTS, assert_greedy_matches_plain, model, sampled_distance, total_variation,
+};
 
 /// A random SpecBlock drafter shaped for SmolLM2 (H 576, features 3 x 576, vocab 49152).
 fn drafter(seed: u64) -> Drafter {
@@ -37,11 +39,6 @@ fn drafter_with(seed: u64, protocol: &str) -> Drafter {
 #[test]
 fn greedy_speculation_equals_plain_greedy() {
     let Some(m) = model() else { return };
-    let greedy = Sampling {
-        temperature: 0.0,
-        top_k: 0,
-        top_p: 1.0,
-    };
     // The full default budget (90 nodes) on one prompt, a small one on the rest to keep the test short:
     // random drafters are rejected almost everywhere, so the budget does not change what is checked.
     for (seed, budget, prompts, protocol) in [
@@ -59,16 +56,7 @@ fn greedy_speculation_equals_plain_greedy() {
             },
         )
         .unwrap();
-        for &prompt in prompts {
-            let plain = generate_ids(m, prompt, 128, &greedy, 0, None, |_| {}).unwrap();
-            let spec = speculative_generate(m, &mut session, prompt, 128, &greedy, 0, None, |_| {})
-                .unwrap();
-            assert_eq!(
-                spec.tokens, plain.tokens,
-                "drafter seed {seed}, prompt {prompt:?}"
-            );
-            assert!(spec.iterations > 0);
-        }
+        assert_greedy_matches_plain(m, &mut session, prompts, &format!("drafter seed {seed}"));
     }
 }
 
@@ -90,35 +78,12 @@ fn sampled_speculation_has_the_plain_distribution() {
         },
     )
     .unwrap();
-    let prompt = PROMPTS[1];
-    let runs = 300u64;
-    let (mut plain, mut spec): (Frequencies, Frequencies) = Default::default();
-    for seed in 0..runs {
-        let a = generate_ids(m, prompt, 2, &s, seed, None, |_| {})
-            .unwrap()
-            .tokens;
-        let b = speculative_generate(
-            m,
-            &mut session,
-            prompt,
-            2,
-            &s,
-            seed + 1_000_000,
-            None,
-            |_| {},
-        )
-        .unwrap()
-        .tokens;
-        *plain.entry(a).or_default() += 1.0 / runs as f64;
-        *spec.entry(b).or_default() += 1.0 / runs as f64;
-    }
-    let tv = total_variation(&plain, &spec);
+    let (tv, most) = sampled_distance(m, &mut session, PROMPTS[1], &s, 2, 300);
     // Two independent samples of 300 from the same law rarely differ by more than this.
     assert!(
         tv < 0.2,
         "total variation {tv:.3} between plain and speculative (first two tokens)"
     );
-    let most = plain.values().cloned().fold(0.0, f64::max);
     assert!(
         most < 0.9,
         "the test needs a non-degenerate distribution (top pair has {most:.2})"

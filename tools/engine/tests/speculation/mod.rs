@@ -4,7 +4,10 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
 
+use specblock::verify::Sampling;
+use specblock_engine::decode::generate_ids;
 use specblock_engine::model::{Llama, WeightFormat};
+use specblock_engine::speculate::{DraftSession, speculative_generate};
 
 /// SmolLM2-135M with f32 weights on 2 threads, loaded once per test binary (None: skipped).
 pub fn model() -> Option<&'static Llama> {
@@ -38,4 +41,60 @@ pub fn total_variation(a: &Frequencies, b: &Frequencies) -> f64 {
         .map(|k| (a.get(*k).unwrap_or(&0.0) - b.get(*k).unwrap_or(&0.0)).abs())
         .sum::<f64>()
         / 2.0
+}
+
+/// Greedy speculative output equals plain greedy output, 128 tokens per prompt, with `session`
+/// reused across the prompts.
+pub fn assert_greedy_matches_plain(
+    m: &Llama,
+    session: &mut dyn DraftSession,
+    prompts: &[&[u32]],
+    what: &str,
+) {
+    let greedy = Sampling {
+        temperature: 0.0,
+        top_k: 0,
+        top_p: 1.0,
+    };
+    for &prompt in prompts {
+        let plain = generate_ids(m, prompt, 128, &greedy, 0, None, |_| {}).unwrap();
+        let spec = speculative_generate(m, session, prompt, 128, &greedy, 0, None, |_| {}).unwrap();
+        assert_eq!(spec.tokens, plain.tokens, "{what}, prompt {prompt:?}");
+        assert!(spec.iterations > 0);
+    }
+}
+
+/// Plain and speculative sampling of the first `new_tokens` tokens after `prompt` over `runs` seeds
+/// each (independent seeds): returns the total variation between the two empirical distributions and
+/// the largest plain frequency (the test needs a non-degenerate distribution).
+pub fn sampled_distance(
+    m: &Llama,
+    session: &mut dyn DraftSession,
+    prompt: &[u32],
+    s: &Sampling,
+    new_tokens: usize,
+    runs: u64,
+) -> (f64, f64) {
+    let (mut plain, mut spec): (Frequencies, Frequencies) = Default::default();
+    for seed in 0..runs {
+        let a = generate_ids(m, prompt, new_tokens, s, seed, None, |_| {})
+            .unwrap()
+            .tokens;
+        let b = speculative_generate(
+            m,
+            session,
+            prompt,
+            new_tokens,
+            s,
+            seed + 1_000_000,
+            None,
+            |_| {},
+        )
+        .unwrap()
+        .tokens;
+        *plain.entry(a).or_default() += 1.0 / runs as f64;
+        *spec.entry(b).or_default() += 1.0 / runs as f64;
+    }
+    let most = plain.values().cloned().fold(0.0, f64::max);
+    (total_variation(&plain, &spec), most)
 }
