@@ -33,15 +33,6 @@ impl Rng {
 
 type Node = (i32, i32, f32, NodeMeta);
 
-/// Waits for the legacy default stream: synchronous uploads from pageable memory and memsets may
-/// still be in flight when they return, and the test's non-blocking stream does not wait for them.
-fn legacy_sync() {
-    // SAFETY: the NULL stream is the legacy default stream of the current context.
-    unsafe { Stream::borrowed(core::ptr::null_mut()) }
-        .synchronize()
-        .unwrap();
-}
-
 fn random_tree(rng: &mut Rng, n_add: usize, max_depth: usize, alphabet: u64) -> (i32, Vec<Node>) {
     let root = rng.below(alphabet) as i32;
     let mut depth = vec![0usize];
@@ -170,19 +161,16 @@ fn run(
         gt.upload(&raw).unwrap();
         gt.poison_outputs().unwrap();
         gg.poison_outputs().unwrap();
-        legacy_sync();
         gt.finalize(stream).unwrap();
         let _keep_alive_f32;
         let _keep_alive_bf16;
         if bf16 {
             let d = DeviceBuffer::from_slice(gpu, &to_bf16_bits(&logits)).unwrap();
-            legacy_sync();
             gg.greedy_bf16(stream, gt, &d, vocab).unwrap();
             stream.synchronize().unwrap();
             _keep_alive_bf16 = Some(d);
         } else {
             let d = DeviceBuffer::from_slice(gpu, &logits).unwrap();
-            legacy_sync();
             gg.greedy_f32(stream, gt, &d, vocab).unwrap();
             stream.synchronize().unwrap();
             _keep_alive_f32 = Some(d);

@@ -183,15 +183,6 @@ impl Batch {
     }
 }
 
-/// Waits until uploads queued on the legacy stream (`DeviceBuffer::from_slice` from pageable memory
-/// may return before the copy lands) are done, because the kernel runs on a non-blocking stream.
-fn legacy_sync() {
-    // SAFETY: the NULL stream is valid in the current context and is not destroyed.
-    unsafe { Stream::borrowed(std::ptr::null_mut()) }
-        .synchronize()
-        .unwrap();
-}
-
 /// Runs the kernel (f32 or bf16 logits) on a batch and returns the outputs.
 fn run_gpu(
     gpu: &Gpu,
@@ -204,18 +195,15 @@ fn run_gpu(
 ) -> Vec<SampleOutput> {
     let stream = Stream::new(gpu).unwrap();
     let batch = Batch::upload(gpu, trees, sa.cap());
-    legacy_sync();
     sa.set_params(params, seeds).unwrap();
     sa.poison_outputs().unwrap();
     if bf16 {
         let bits: Vec<u16> = logits.iter().map(|x| (x.to_bits() >> 16) as u16).collect();
         let d = DeviceBuffer::from_slice(gpu, &bits).unwrap();
-        legacy_sync();
         sa.launch_bf16(gpu, &stream, &batch.buffers(), &d).unwrap();
         sa.read(&stream).unwrap()
     } else {
         let d = DeviceBuffer::from_slice(gpu, logits).unwrap();
-        legacy_sync();
         sa.launch_f32(gpu, &stream, &batch.buffers(), &d).unwrap();
         sa.read(&stream).unwrap()
     }

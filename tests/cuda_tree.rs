@@ -35,15 +35,6 @@ impl Rng {
 
 type Node = (i32, i32, f32, NodeMeta);
 
-/// Waits for the legacy default stream: synchronous uploads from pageable memory and memsets may
-/// still be in flight when they return, and the test's non-blocking stream does not wait for them.
-fn legacy_sync() {
-    // SAFETY: the NULL stream is the legacy default stream of the current context.
-    unsafe { Stream::borrowed(core::ptr::null_mut()) }
-        .synchronize()
-        .unwrap();
-}
-
 /// A random valid tree of `n_add` nodes: small token alphabets so siblings collide, parents mostly
 /// recent (deep chains) or anywhere, log-probabilities from a mix of ties, zeros, -0.0, positives,
 /// subnormals and -inf.
@@ -211,7 +202,6 @@ fn run_valid(gpu: &Gpu, stream: &Stream, shape: TreeShape, alphabet: u64, seed: 
             .map(|_| [0, 1, 31, 32, 33, 64, max_prefix][rng.below(7) as usize])
             .collect();
         lay.set_prefix_len(&prefixes).unwrap();
-        legacy_sync();
         let first_seq_id = rng.below(5) as i32;
         let max_seq = 1 << 20;
         gt.finalize(stream).unwrap();
@@ -443,7 +433,6 @@ fn invalid_trees_give_the_cpu_status_and_spare_the_others() {
         gt.poison_outputs().unwrap();
         lay.poison_outputs().unwrap();
         lay.set_prefix_len(&vec![3; shape.batch]).unwrap();
-        legacy_sync();
         gt.finalize(&stream).unwrap();
         lay.layouts(&stream, &gt, 0, 1 << 20).unwrap();
         stream.synchronize().unwrap();
@@ -489,14 +478,12 @@ fn layout_limits_give_the_cpu_status() {
         cpu.push(cpu_finalize(&shape, root, &nodes, 30, false).unwrap());
     }
     gt.upload(&raw).unwrap();
-    legacy_sync();
     gt.finalize(&stream).unwrap();
     // Tree 1's prefix exceeds max_prefix; max_seq admits only trees with few leaves.
     lay.set_prefix_len(&[40, 41, 0, 17]).unwrap();
     let first_seq_id = 2;
     let max_seq = cpu.iter().map(|t| t.num_leaves()).min().unwrap() as u32 + 2;
     lay.poison_outputs().unwrap();
-    legacy_sync();
     lay.layouts(&stream, &gt, first_seq_id, max_seq).unwrap();
     stream.synchronize().unwrap();
     for (b, t) in cpu.iter().enumerate() {

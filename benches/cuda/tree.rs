@@ -98,13 +98,6 @@ impl CpuWork {
     }
 }
 
-/// Waits for the legacy default stream: synchronous uploads from pageable memory may still be in
-/// flight when they return, and a non-blocking stream does not wait for them.
-fn legacy_sync() -> Result<(), specblock::Error> {
-    // SAFETY: the NULL stream is the legacy default stream of the current context.
-    unsafe { Stream::borrowed(core::ptr::null_mut()) }.synchronize()
-}
-
 fn case(
     gpu: &Gpu,
     report: &mut Report,
@@ -132,7 +125,6 @@ fn case(
     let gg = GpuGreedy::new(gpu, batch, max_nodes, 8)?;
     gt.upload(&raw)?;
     lay.set_prefix_len(&vec![PREFIX; batch])?;
-    legacy_sync()?;
     // Logits: random bf16 in [-4, 4); rotate copies so small batches do not run from L2.
     let per = batch * cap * VOCAB;
     let copies = (64 << 20) / (per * 2) + 1;
@@ -147,7 +139,6 @@ fn case(
             .collect();
         bufs.push(DeviceBuffer::from_slice(gpu, &host)?);
     }
-    legacy_sync()?;
     let step = |s: &Stream, logits: &DeviceBuffer<u16>| -> Result<(), specblock::Error> {
         gt.finalize(s)?;
         lay.layouts(s, &gt, 0, 1 << 20)?;

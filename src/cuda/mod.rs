@@ -569,7 +569,7 @@ impl<T: DeviceCopy> Drop for DeviceBuffer<T> {
 /// Waits for the legacy default stream. The "synchronous" copy from pageable memory and memset may
 /// return before the data lands, and the library's streams are non-blocking (they do not wait for the
 /// legacy stream), so the synchronous helpers finish their work before returning.
-pub(crate) fn legacy_sync() -> Result<(), Error> {
+fn legacy_sync() -> Result<(), Error> {
     // SAFETY: the NULL stream is always valid in a current context.
     check("cuStreamSynchronize", unsafe {
         sys::cuStreamSynchronize(core::ptr::null_mut())

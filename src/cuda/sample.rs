@@ -24,7 +24,7 @@
 use core::ffi::c_void;
 use std::vec::Vec;
 
-use super::{DeviceBuffer, Function, Gpu, Module, Stream, arg, legacy_sync};
+use super::{DeviceBuffer, Function, Gpu, Module, Stream, arg};
 use crate::error::Error;
 use crate::verify::Sampling;
 
@@ -217,8 +217,8 @@ impl SampleAccept {
         self.temperature.upload(&t)?;
         self.top_k.upload(&k)?;
         self.top_p.upload(&p)?;
-        self.seed.upload(seeds)?;
-        legacy_sync()
+        // `upload` returns once the data is on the device (it waits for the legacy stream).
+        self.seed.upload(seeds)
     }
 
     /// Queues the acceptance of every sequence on `stream` (no host synchronisation). Checks that the
@@ -402,8 +402,7 @@ impl SampleAccept {
         self.bonus.fill_bytes(0xFF)?;
         self.keep.fill_bytes(0xFF)?;
         // Status gets a value no kernel path writes, so an unwritten status cannot pass as an error.
-        self.status.fill_bytes(0x7F)?;
-        legacy_sync()
+        self.status.fill_bytes(0x7F)
     }
 
     /// Waits for `stream` and downloads every sequence's outputs (a host helper for tests and tools).
