@@ -169,8 +169,10 @@ train-test: train-venv
 ## Same data, vocabulary, batch, window and steps for both (a comparable budget). TRAIN_PY: a Python with
 ## torch, numpy, safetensors and gguf.
 TRAIN_PY ?= $(TRAIN_VENV)/bin/python
+TRAIN_STEPS ?= 300
+TRAIN_THREADS ?= 1
 TRAIN_ARGS := --data data/datagen --vocab data/vocab/draft_vocab.json --batch 8 --max-len 256 \
-	--steps 1500 --lr 3e-4 --ckpt-every 50 --eval-every 100 --threads 1
+	--steps $(TRAIN_STEPS) --lr 3e-4 --ckpt-every 25 --eval-every 50 --threads $(TRAIN_THREADS)
 train-specblock:
 	$(TRAIN_PY) tools/train/train.py --method specblock --out runs/specblock $(TRAIN_ARGS) \
 		$(if $(wildcard runs/specblock/ckpt.pt),--resume) --export runs/specblock/export

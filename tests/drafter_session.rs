@@ -200,3 +200,55 @@ fn reference_protocol_bookkeeping() {
     );
     assert_eq!(s.context_entries(), 8);
 }
+
+#[test]
+fn seed_pruning_changes_no_tree_and_cuts_block2_at_small_budgets() {
+    let (d, embed) = setup();
+    let w = 3 * d.config().target_hidden;
+    let mut pruned_any = false;
+    for budget in [1u32, 2, 3, 5, 8, 13, 20, 90] {
+        let policy = |prune_seeds| DraftPolicy {
+            budget,
+            prune_seeds,
+            ..DraftPolicy::default()
+        };
+        let mut on = Session::new(&d, 64, policy(true)).unwrap();
+        let mut off = Session::new(&d, 64, policy(false)).unwrap();
+        let params = TreeParams {
+            max_nodes: 2048,
+            max_depth: 16,
+        };
+        let (mut t_on, mut t_off) = (
+            DraftTree::new(params).unwrap(),
+            DraftTree::new(params).unwrap(),
+        );
+        on.prefill(&embed, &features(4, w, budget), &[3, 1, 4, 1, 5])
+            .unwrap();
+        off.prefill(&embed, &features(4, w, budget), &[3, 1, 4, 1, 5])
+            .unwrap();
+        for step in 0..4u32 {
+            on.draft(&embed, &mut t_on).unwrap();
+            off.draft(&embed, &mut t_off).unwrap();
+            assert_eq!(t_on.tokens(), t_off.tokens(), "budget {budget} step {step}");
+            assert_eq!(
+                t_on.parents(),
+                t_off.parents(),
+                "budget {budget} step {step}"
+            );
+            assert_eq!(t_on.cum_logprobs(), t_off.cum_logprobs());
+            assert!(on.block2_seeds() <= off.block2_seeds());
+            assert!(on.block2_seeds() <= budget as usize);
+            pruned_any |= on.block2_seeds() < off.block2_seeds();
+            // Accept the first child of the root (if any), then a bonus token.
+            let acc: Vec<u32> = if t_on.len() > 1 {
+                vec![t_on.tokens()[1] as u32]
+            } else {
+                vec![]
+            };
+            let f = features(acc.len() + 1, w, 100 + step);
+            on.commit(&embed, &acc, 7 + step, &f).unwrap();
+            off.commit(&embed, &acc, 7 + step, &f).unwrap();
+        }
+    }
+    assert!(pruned_any, "small budgets should drop seeds");
+}

@@ -22,6 +22,9 @@ pub struct DraftPolicy {
     pub width_table: Vec<u32>,
     /// Then capped: the first `(p, cap)` with `p_k >= p` caps the width at `cap`.
     pub prob_caps: Vec<(f32, u32)>,
+    /// Skip block-2 seeds that the budget prune would remove anyway (those with `budget` block-1 nodes
+    /// ranked above them). The finalized tree is the same either way; on: fewer block-2 rows.
+    pub prune_seeds: bool,
 }
 
 impl Default for DraftPolicy {
@@ -32,6 +35,7 @@ impl Default for DraftPolicy {
             slot0_widths: std::vec![(0.9, 3), (0.8, 5), (0.6, 8)],
             width_table: std::vec![2, 4, 6, 4],
             prob_caps: std::vec![(0.95, 2), (0.85, 3)],
+            prune_seeds: true,
         }
     }
 }
@@ -130,6 +134,11 @@ impl<'d> Session<'d> {
     /// Entries in the drafter's context cache.
     pub fn context_entries(&self) -> usize {
         self.cache.entries()
+    }
+
+    /// Block-2 seeds of the last draft (each costs one block-2 forward of `slots` rows).
+    pub fn block2_seeds(&self) -> usize {
+        self.seeds.len()
     }
 
     /// The root token of the next draft (the last committed token, not yet seen by the target).
@@ -395,6 +404,10 @@ impl<'d> Session<'d> {
                 slot: k_slots - 1,
             });
         }
+        if self.policy.prune_seeds {
+            let budget = self.policy.budget as usize;
+            self.seeds.retain(|s| ranked_above(tree, s.node) < budget);
+        }
         // Block 2: one batched forward over every seed, positions of the origin entry.
         if !self.seeds.is_empty() {
             self.seed_hidden.clear();
@@ -446,6 +459,25 @@ impl<'d> Session<'d> {
         self.drafted = true;
         Ok(())
     }
+}
+
+/// How many nodes of `tree` (block 1 so far) outrank `node` in the finalize's budget order: higher
+/// cumulative log-probability, then shallower, then earlier. With `budget` of them above it, the prune
+/// drops `node` and its whole subtree: descendants rank below their ancestors, and dedup keeps the
+/// better of two duplicates, so the nodes above it stay above it.
+fn ranked_above(tree: &DraftTree, node: i32) -> usize {
+    let (cum, depth) = (tree.cum_logprobs(), tree.depths());
+    let n = node as usize;
+    (1..tree.len())
+        .filter(|&j| {
+            cum[j]
+                .total_cmp(&cum[n])
+                .reverse()
+                .then(depth[j].cmp(&depth[n]))
+                .then(j.cmp(&n))
+                .is_lt()
+        })
+        .count()
 }
 
 /// Fills `top` with the best candidates of one output row (target ids, log-softmax), best first, and

@@ -1,7 +1,7 @@
 //! `specblock generate`: a prompt through the chat template, plain (`ar`) or speculative
 //! (`specblock`) decoding, streamed text or one JSON line.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use specblock::drafter::eagle3::{Eagle3Drafter, Eagle3Policy, Eagle3Session};
 use specblock::drafter::{DraftPolicy, Drafter, Session};
@@ -54,6 +54,74 @@ pub enum Method {
         /// The tree growth: depth, top-k per step, budget (non-root nodes kept).
         policy: Eagle3Policy,
     },
+}
+
+/// Where `--method specblock` finds its drafter without `--drafter`: the committed trained weights.
+pub const DEFAULT_SPECBLOCK_DRAFTER: &str = "models/drafters/specblock";
+/// Where `--method eagle3` finds its drafter without `--drafter`: the committed trained baseline.
+pub const DEFAULT_EAGLE3_DRAFTER: &str = "models/drafters/eagle3";
+
+fn require_dir(dir: &Path) -> Result<()> {
+    if dir.is_dir() {
+        Ok(())
+    } else {
+        Err(Error::Io(format!(
+            "no drafter directory at {} (the defaults are relative to the repository root; pass --drafter DIR)",
+            dir.display()
+        )))
+    }
+}
+
+fn drafter_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Loads a SpecBlock drafter directory and checks that it fits `model` (vocabulary and width).
+pub fn load_specblock_drafter(model: &Llama, dir: &Path, bf16: bool) -> Result<Drafter> {
+    require_dir(dir)?;
+    let mut d = Drafter::load_dir(dir, drafter_threads())
+        .map_err(|e| Error::Format(format!("drafter {}: {e}", dir.display())))?;
+    if bf16 {
+        d.use_bf16_weights();
+    }
+    if d.config().vocab != model.config().vocab || d.config().hidden != model.config().hidden {
+        return Err(Error::InvalidArgument(format!(
+            "drafter {} (vocab {}, hidden {}) does not fit the target (vocab {}, hidden {})",
+            dir.display(),
+            d.config().vocab,
+            d.config().hidden,
+            model.config().vocab,
+            model.config().hidden
+        )));
+    }
+    Ok(d)
+}
+
+/// Loads an EAGLE-3 drafter directory and checks that it fits `model`.
+pub fn load_eagle3_drafter(model: &Llama, dir: &Path, bf16: bool) -> Result<Eagle3Drafter> {
+    require_dir(dir)?;
+    let mut d = Eagle3Drafter::load_dir(dir, drafter_threads())
+        .map_err(|e| Error::Format(format!("EAGLE-3 drafter {}: {e}", dir.display())))?;
+    if bf16 {
+        d.use_bf16_weights();
+    }
+    let c = d.config();
+    if c.vocab != model.config().vocab
+        || d.feature_width() != 3 * model.config().hidden
+        || (!d.has_own_embedding() && c.hidden != model.config().hidden)
+    {
+        return Err(Error::InvalidArgument(format!(
+            "EAGLE-3 drafter {} (vocab {}, hidden {}, features {}) does not fit the target \
+             (vocab {}, hidden {})",
+            dir.display(),
+            c.vocab,
+            c.hidden,
+            d.feature_width(),
+            model.config().vocab,
+            model.config().hidden
+        )));
+    }
+    Ok(d)
 }
 
 /// Runs speculative generation with `session` and fills the method's fields of the JSON report;
@@ -146,24 +214,7 @@ pub fn run_cli(model: &Llama, gguf: &GgufFile, req: &Request) -> Result<()> {
             (st.tokens, st.prefill_s, st.decode_s)
         }
         Method::SpecBlock { drafter, budget } => {
-            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-            let mut d =
-                Drafter::load_dir(drafter, threads).map_err(|e| Error::Format(e.to_string()))?;
-            if req.drafter_bf16 {
-                d.use_bf16_weights();
-            }
-            if d.config().vocab != model.config().vocab
-                || d.config().hidden != model.config().hidden
-            {
-                return Err(Error::InvalidArgument(format!(
-                    "drafter {} (vocab {}, hidden {}) does not fit the target (vocab {}, hidden {})",
-                    drafter.display(),
-                    d.config().vocab,
-                    d.config().hidden,
-                    model.config().vocab,
-                    model.config().hidden
-                )));
-            }
+            let d = load_specblock_drafter(model, drafter, req.drafter_bf16)?;
             let policy = DraftPolicy {
                 budget: *budget,
                 ..DraftPolicy::default()
@@ -181,28 +232,7 @@ pub fn run_cli(model: &Llama, gguf: &GgufFile, req: &Request) -> Result<()> {
             )?
         }
         Method::Eagle3 { drafter, policy } => {
-            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-            let mut d = Eagle3Drafter::load_dir(drafter, threads)
-                .map_err(|e| Error::Format(e.to_string()))?;
-            if req.drafter_bf16 {
-                d.use_bf16_weights();
-            }
-            let c = d.config();
-            if c.vocab != model.config().vocab
-                || d.feature_width() != 3 * model.config().hidden
-                || (!d.has_own_embedding() && c.hidden != model.config().hidden)
-            {
-                return Err(Error::InvalidArgument(format!(
-                    "EAGLE-3 drafter {} (vocab {}, hidden {}, features {}) does not fit the target \
-                     (vocab {}, hidden {})",
-                    drafter.display(),
-                    c.vocab,
-                    c.hidden,
-                    d.feature_width(),
-                    model.config().vocab,
-                    model.config().hidden
-                )));
-            }
+            let d = load_eagle3_drafter(model, drafter, req.drafter_bf16)?;
             let mut session = Eagle3Session::new(&d, prompt.len() + req.max_tokens + 1, *policy)?;
             speculative_report(
                 model,

@@ -7,6 +7,7 @@ pub mod bench;
 pub mod datagen;
 pub mod decode;
 pub mod error;
+pub mod evaluate;
 pub mod fetch;
 pub mod generate;
 pub mod gguf;

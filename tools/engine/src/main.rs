@@ -21,6 +21,10 @@ USAGE:
                     SpecBlock vs EAGLE-3, against verification)
   specblock datagen [--prompts FILE] [--out DIR] [--batch B] [--max-tokens N] [--target-tokens T]
                     (self-distilled training data: tokens, loss mask, aux features, final hidden)
+  specblock bench-spec --prompts FILE [--limit N] [--methods ar,eagle3:B,specblock:B] [--out FILE]
+                    [--drafter DIR] [--eagle3-drafter DIR] [--temperature T] [--max-tokens N] [--bf16]
+                    (each method on each prompt, back to back; one JSON line per run, appended to
+                    --out or printed; greedy runs check every speculative answer against plain decoding)
   specblock random-drafter --out DIR [--seed S] [--eagle3]
                     (an untrained SpecBlock drafter, or EAGLE-3 baseline, shaped for the model)
 
@@ -36,8 +40,9 @@ OPTIONS:
   --top-k K           0 = off (default 0)
   --top-p P           1 = off (default 1)
   --seed S            sampling seed (default 0)
-  --method M          ar (plain decoding, default), specblock or eagle3 (speculative, need --drafter)
-  --drafter DIR       drafter directory: config.json + model.safetensors
+  --method M          ar (plain decoding, default), specblock or eagle3 (speculative)
+  --drafter DIR       drafter directory: config.json + model.safetensors (default: the committed
+                      trained drafter, models/drafters/specblock or models/drafters/eagle3)
   --budget N          draft-tree nodes per iteration (default 90 for specblock, 59 for eagle3)
   --eagle-depth D     EAGLE-3 tree depth (drafting steps per iteration, default 7)
   --eagle-topk K      EAGLE-3 children per node and frontier width (default 10)
@@ -70,6 +75,9 @@ struct Opts {
     prompts: Option<PathBuf>,
     batch: usize,
     target_tokens: usize,
+    limit: usize,
+    methods: String,
+    eagle3_drafter: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Opts> {
@@ -102,6 +110,9 @@ fn parse_args() -> Result<Opts> {
         prompts: None,
         batch: 8,
         target_tokens: 500_000,
+        limit: 0,
+        methods: "ar,eagle3,specblock".into(),
+        eagle3_drafter: None,
     };
     fn value<T: std::str::FromStr>(flag: &str, v: Option<String>) -> Result<T> {
         let v = v.ok_or_else(|| Error::InvalidArgument(format!("{flag} needs a value")))?;
@@ -132,6 +143,9 @@ fn parse_args() -> Result<Opts> {
             "--prompts" => o.prompts = Some(value::<String>(&a, args.next())?.into()),
             "--batch" => o.batch = value(&a, args.next())?,
             "--target-tokens" => o.target_tokens = value(&a, args.next())?,
+            "--limit" => o.limit = value(&a, args.next())?,
+            "--methods" => o.methods = value(&a, args.next())?,
+            "--eagle3-drafter" => o.eagle3_drafter = Some(value::<String>(&a, args.next())?.into()),
             "-h" | "--help" => {
                 print!("{USAGE}");
                 std::process::exit(0);
@@ -266,6 +280,55 @@ fn cmd_bench_drafter(o: &Opts) -> Result<()> {
     Ok(())
 }
 
+/// `bench-spec`: see [`specblock_engine::evaluate`].
+fn cmd_bench_spec(o: &Opts) -> Result<()> {
+    use specblock_engine::evaluate::{MethodSpec, SuiteConfig, run_suite};
+    use specblock_engine::generate::{DEFAULT_EAGLE3_DRAFTER, DEFAULT_SPECBLOCK_DRAFTER};
+    let cfg = SuiteConfig {
+        prompts: o
+            .prompts
+            .clone()
+            .ok_or_else(|| Error::InvalidArgument("bench-spec needs --prompts FILE".into()))?,
+        limit: o.limit,
+        methods: MethodSpec::parse_list(&o.methods)?,
+        max_tokens: o.max_tokens,
+        sampling: specblock::verify::Sampling {
+            temperature: o.temperature,
+            top_k: o.top_k,
+            top_p: o.top_p,
+        },
+        seed: o.seed,
+        specblock_drafter: o
+            .drafter
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_SPECBLOCK_DRAFTER)),
+        eagle3_drafter: o
+            .eagle3_drafter
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_EAGLE3_DRAFTER)),
+        drafter_bf16: o.bf16,
+    };
+    let (model, gguf) = load_model(o)?;
+    let tok = specblock_engine::tokenizer::Tokenizer::from_gguf(&gguf)?;
+    let mismatches = match &o.out_dir {
+        Some(path) => {
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
+            run_suite(&model, &tok, &cfg, &mut f)?
+        }
+        None => run_suite(&model, &tok, &cfg, &mut std::io::stdout().lock())?,
+    };
+    if mismatches > 0 {
+        return Err(Error::Format(format!(
+            "{mismatches} greedy speculative answers differed from plain decoding"
+        )));
+    }
+    Ok(())
+}
+
 /// One row of the drafting-cost table: the median of 3 greedy runs of 48 tokens (by draft time);
 /// returns draft milliseconds per iteration.
 fn bench_row<'a>(
@@ -337,6 +400,7 @@ fn run() -> Result<()> {
         }
         "bench" => cmd_bench(&o),
         "bench-drafter" => cmd_bench_drafter(&o),
+        "bench-spec" => cmd_bench_spec(&o),
         "datagen" => {
             let (model, gguf) = load_model(&o)?;
             let tok = specblock_engine::tokenizer::Tokenizer::from_gguf(&gguf)?;
@@ -393,15 +457,15 @@ fn run() -> Result<()> {
                 method: match o.method.as_str() {
                     "ar" => specblock_engine::generate::Method::Ar,
                     "specblock" => specblock_engine::generate::Method::SpecBlock {
-                        drafter: o.drafter.clone().ok_or_else(|| {
-                            Error::InvalidArgument("--method specblock needs --drafter DIR".into())
-                        })?,
+                        drafter: o.drafter.clone().unwrap_or_else(|| {
+                            PathBuf::from(specblock_engine::generate::DEFAULT_SPECBLOCK_DRAFTER)
+                        }),
                         budget: o.budget.unwrap_or(90),
                     },
                     "eagle3" => specblock_engine::generate::Method::Eagle3 {
-                        drafter: o.drafter.clone().ok_or_else(|| {
-                            Error::InvalidArgument("--method eagle3 needs --drafter DIR".into())
-                        })?,
+                        drafter: o.drafter.clone().unwrap_or_else(|| {
+                            PathBuf::from(specblock_engine::generate::DEFAULT_EAGLE3_DRAFTER)
+                        }),
                         policy: specblock::drafter::eagle3::Eagle3Policy {
                             depth: o.eagle_depth,
                             top_k: o.eagle_topk,

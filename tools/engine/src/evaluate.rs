@@ -1,0 +1,382 @@
+//! `specblock bench-spec`: plain decoding and both speculative methods over a prompt file, one JSON line per
+//! (prompt, method) run. Methods run back to back on each prompt, so slow drift of the machine hits all of
+//! them alike and the speedup over `ar` is measured in the same run. Greedy runs also check losslessness:
+//! every speculative answer must equal the plain one token for token.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use specblock::drafter::eagle3::{Eagle3Drafter, Eagle3Policy, Eagle3Session};
+use specblock::drafter::{DraftPolicy, Drafter, Session};
+use specblock::verify::Sampling;
+
+use crate::decode::generate_ids;
+use crate::error::{Error, Result};
+use crate::generate::{load_eagle3_drafter, load_specblock_drafter};
+use crate::model::Llama;
+use crate::speculate::{SpecStats, speculative_generate};
+use crate::tokenizer::Tokenizer;
+
+/// One method of a run: plain decoding, or a speculative method at a tree budget.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MethodSpec {
+    /// Plain autoregressive decoding.
+    Ar,
+    /// EAGLE-3 at `budget` non-root nodes, `depth` drafting steps, `top_k` children per node.
+    Eagle3 {
+        /// Draft-tree budget.
+        budget: u32,
+        /// Drafting steps (tree depth).
+        depth: u32,
+        /// Children per expanded node and frontier width.
+        top_k: u32,
+    },
+    /// SpecBlock at `budget` non-root nodes.
+    SpecBlock {
+        /// Draft-tree budget.
+        budget: u32,
+    },
+}
+
+impl MethodSpec {
+    /// Parses `ar`, `eagle3[:BUDGET[:DEPTH[:TOPK]]]` or `specblock[:BUDGET]` (defaults: the
+    /// authors' settings, EAGLE-3 59 nodes at depth 7 and top-k 10, SpecBlock 90 nodes).
+    pub fn parse(s: &str) -> Result<Self> {
+        let mut parts = s.split(':');
+        let name = parts.next().unwrap_or_default();
+        let nums: Vec<u32> = parts
+            .map(|p| match p.parse::<u32>() {
+                Ok(v) if v > 0 => Ok(v),
+                _ => Err(Error::InvalidArgument(format!(
+                    "method {s:?}: {p:?} is not a positive number"
+                ))),
+            })
+            .collect::<Result<_>>()?;
+        let e3 = Eagle3Policy::default();
+        match (name, nums.as_slice()) {
+            ("ar", []) => Ok(Self::Ar),
+            ("eagle3", n) if n.len() <= 3 => Ok(Self::Eagle3 {
+                budget: n.first().copied().unwrap_or(e3.budget),
+                depth: n.get(1).copied().unwrap_or(e3.depth),
+                top_k: n.get(2).copied().unwrap_or(e3.top_k),
+            }),
+            ("specblock", n) if n.len() <= 1 => Ok(Self::SpecBlock {
+                budget: n.first().copied().unwrap_or(DraftPolicy::default().budget),
+            }),
+            _ => Err(Error::InvalidArgument(format!(
+                "method {s:?}: expected ar, eagle3[:BUDGET[:DEPTH[:TOPK]]] or specblock[:BUDGET]"
+            ))),
+        }
+    }
+
+    /// Parses a comma-separated list.
+    pub fn parse_list(s: &str) -> Result<Vec<Self>> {
+        let v: Vec<Self> = s
+            .split(',')
+            .filter(|x| !x.trim().is_empty())
+            .map(|x| Self::parse(x.trim()))
+            .collect::<Result<_>>()?;
+        if v.is_empty() {
+            return Err(Error::InvalidArgument("--methods: empty list".into()));
+        }
+        Ok(v)
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Ar => "ar",
+            Self::Eagle3 { .. } => "eagle3",
+            Self::SpecBlock { .. } => "specblock",
+        }
+    }
+
+    fn budget(&self) -> Option<u32> {
+        match self {
+            Self::Ar => None,
+            Self::Eagle3 { budget, .. } | Self::SpecBlock { budget } => Some(*budget),
+        }
+    }
+}
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct SuiteConfig {
+    /// JSON-lines prompt file (`{"id": ..., "prompt": ...}` per line).
+    pub prompts: PathBuf,
+    /// Use at most this many prompts (the first ones in the file); 0 = all.
+    pub limit: usize,
+    /// Methods, run in this order on each prompt.
+    pub methods: Vec<MethodSpec>,
+    /// New tokens per answer.
+    pub max_tokens: usize,
+    /// Target sampling (temperature 0 = greedy).
+    pub sampling: Sampling,
+    /// Sampling seed (per prompt: seed + prompt index).
+    pub seed: u64,
+    /// SpecBlock drafter directory.
+    pub specblock_drafter: PathBuf,
+    /// EAGLE-3 drafter directory.
+    pub eagle3_drafter: PathBuf,
+    /// bf16 drafter weights.
+    pub drafter_bf16: bool,
+}
+
+/// One prompt of a prompt file.
+#[derive(Clone, Debug)]
+pub struct Prompt {
+    /// The prompt's id in its dataset.
+    pub id: String,
+    /// The user message.
+    pub text: String,
+}
+
+/// Reads a JSON-lines prompt file; every line needs string fields `id` and `prompt`.
+pub fn read_prompts(path: &Path, limit: usize) -> Result<Vec<Prompt>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::Io(format!("prompt file {}: {e}", path.display())))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        if limit > 0 && out.len() == limit {
+            break;
+        }
+        let bad = |what: &str| Error::Format(format!("{}:{}: {what}", path.display(), i + 1));
+        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| bad(&e.to_string()))?;
+        let id = v["id"].as_str().ok_or_else(|| bad("no string \"id\""))?;
+        let prompt = v["prompt"]
+            .as_str()
+            .ok_or_else(|| bad("no string \"prompt\""))?;
+        out.push(Prompt {
+            id: id.to_string(),
+            text: prompt.to_string(),
+        });
+    }
+    if out.is_empty() {
+        return Err(Error::Format(format!("{}: no prompts", path.display())));
+    }
+    Ok(out)
+}
+
+/// Runs every method on every prompt and writes one JSON line per run to `out`; progress goes to stderr.
+/// Returns the number of greedy speculative answers that differed from plain decoding (0 when lossless).
+pub fn run_suite(
+    model: &Llama,
+    tok: &Tokenizer,
+    cfg: &SuiteConfig,
+    out: &mut dyn Write,
+) -> Result<usize> {
+    let prompts = read_prompts(&cfg.prompts, cfg.limit)?;
+    let dataset = cfg.prompts.file_stem().map_or_else(
+        || "prompts".to_string(),
+        |s| s.to_string_lossy().into_owned(),
+    );
+    let wants = |name: &str| cfg.methods.iter().any(|m| m.name() == name);
+    let sb: Option<Drafter> = if wants("specblock") {
+        Some(load_specblock_drafter(
+            model,
+            &cfg.specblock_drafter,
+            cfg.drafter_bf16,
+        )?)
+    } else {
+        None
+    };
+    let e3: Option<Eagle3Drafter> = if wants("eagle3") {
+        Some(load_eagle3_drafter(
+            model,
+            &cfg.eagle3_drafter,
+            cfg.drafter_bf16,
+        )?)
+    } else {
+        None
+    };
+    let eos = tok.eos();
+    let greedy = cfg.sampling.temperature == 0.0;
+    let mut mismatches = 0usize;
+    let started = std::time::Instant::now();
+    for (pi, p) in prompts.iter().enumerate() {
+        let text = tok.apply_chat_template(&[("user", p.text.as_str())], true);
+        let ids = tok.encode(&text, true);
+        let seed = cfg.seed.wrapping_add(pi as u64);
+        let mut plain: Option<Vec<u32>> = None;
+        for m in &cfg.methods {
+            let mut rec = serde_json::json!({
+                "dataset": dataset, "id": p.id, "method": m.name(), "budget": m.budget(),
+                "temperature": cfg.sampling.temperature, "prompt_tokens": ids.len(),
+                "max_tokens": cfg.max_tokens,
+            });
+            let (tokens, prefill_s, decode_s) = match m {
+                MethodSpec::Ar => {
+                    let st = generate_ids(
+                        model,
+                        &ids,
+                        cfg.max_tokens,
+                        &cfg.sampling,
+                        seed,
+                        eos,
+                        |_| {},
+                    )?;
+                    (st.tokens, st.prefill_s, st.decode_s)
+                }
+                MethodSpec::Eagle3 {
+                    budget,
+                    depth,
+                    top_k,
+                } => {
+                    rec["depth"] = (*depth).into();
+                    rec["top_k"] = (*top_k).into();
+                    let d = e3.as_ref().expect("loaded above");
+                    let policy = Eagle3Policy {
+                        budget: *budget,
+                        depth: *depth,
+                        top_k: *top_k,
+                    };
+                    let mut s = Eagle3Session::new(d, ids.len() + cfg.max_tokens + 1, policy)?;
+                    let st = speculative_generate(
+                        model,
+                        &mut s,
+                        &ids,
+                        cfg.max_tokens,
+                        &cfg.sampling,
+                        seed,
+                        eos,
+                        |_| {},
+                    )?;
+                    spec_fields(&mut rec, &st)
+                }
+                MethodSpec::SpecBlock { budget } => {
+                    let d = sb.as_ref().expect("loaded above");
+                    let policy = DraftPolicy {
+                        budget: *budget,
+                        ..DraftPolicy::default()
+                    };
+                    let mut s = Session::new(d, ids.len() + cfg.max_tokens + 1, policy)?;
+                    let st = speculative_generate(
+                        model,
+                        &mut s,
+                        &ids,
+                        cfg.max_tokens,
+                        &cfg.sampling,
+                        seed,
+                        eos,
+                        |_| {},
+                    )?;
+                    spec_fields(&mut rec, &st)
+                }
+            };
+            if greedy {
+                match (&plain, m) {
+                    (None, MethodSpec::Ar) => plain = Some(tokens.clone()),
+                    (Some(reference), MethodSpec::Eagle3 { .. } | MethodSpec::SpecBlock { .. }) => {
+                        let same = *reference == tokens;
+                        rec["matches_ar"] = same.into();
+                        if !same {
+                            mismatches += 1;
+                            eprintln!(
+                                "LOSSLESSNESS VIOLATION: {} on {} differs from plain greedy decoding",
+                                m.name(),
+                                p.id
+                            );
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            rec["new_tokens"] = tokens.len().into();
+            rec["prefill_seconds"] = prefill_s.into();
+            rec["decode_seconds"] = decode_s.into();
+            // The first token comes from the prefill; the rest from decoding.
+            rec["tokens_per_second"] = if decode_s > 0.0 {
+                (tokens.len().saturating_sub(1) as f64 / decode_s).into()
+            } else {
+                0.0.into()
+            };
+            writeln!(out, "{rec}").map_err(|e| Error::Io(e.to_string()))?;
+        }
+        out.flush().map_err(|e| Error::Io(e.to_string()))?;
+        eprintln!(
+            "[{dataset} T={}] {}/{} prompts, {:.0} s",
+            cfg.sampling.temperature,
+            pi + 1,
+            prompts.len(),
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(mismatches)
+}
+
+/// Adds the speculative fields to `rec`; returns (tokens, prefill seconds, decode seconds).
+fn spec_fields(rec: &mut serde_json::Value, st: &SpecStats) -> (Vec<u32>, f64, f64) {
+    rec["iterations"] = st.iterations.into();
+    rec["accepted"] = st.accepted.into();
+    rec["draft_seconds"] = st.draft_s.into();
+    rec["verify_seconds"] = st.verify_s.into();
+    rec["accepted_at_depth"] = st.accepted_at_depth.clone().into();
+    (st.tokens.clone(), st.prefill_s, st.draft_s + st.verify_s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn method_lists_parse_with_budgets_and_reject_nonsense() {
+        assert_eq!(
+            MethodSpec::parse_list("ar, eagle3:16,specblock, eagle3:8:4:3").unwrap(),
+            vec![
+                MethodSpec::Ar,
+                MethodSpec::Eagle3 {
+                    budget: 16,
+                    depth: 7,
+                    top_k: 10
+                },
+                MethodSpec::SpecBlock { budget: 90 },
+                MethodSpec::Eagle3 {
+                    budget: 8,
+                    depth: 4,
+                    top_k: 3
+                },
+            ]
+        );
+        for bad in [
+            "",
+            "ar:3",
+            "eagle3:x",
+            "specblock:0",
+            "specblock:8:2",
+            "eagle3:1:2:3:4",
+            "medusa",
+        ] {
+            assert!(MethodSpec::parse_list(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn prompt_files_need_id_and_prompt() {
+        let dir = std::env::temp_dir().join(format!("sb-prompts-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("good.jsonl");
+        std::fs::write(
+            &good,
+            "{\"id\":\"a\",\"prompt\":\"x\"}\n\n{\"id\":\"b\",\"prompt\":\"y\"}\n{\"id\":\"c\",\"prompt\":\"z\"}\n",
+        )
+        .unwrap();
+        let p = read_prompts(&good, 2).unwrap();
+        assert_eq!(
+            p.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+        assert_eq!(read_prompts(&good, 0).unwrap().len(), 3);
+        let bad = dir.join("bad.jsonl");
+        std::fs::write(&bad, "{\"id\":\"a\"}\n").unwrap();
+        let e = read_prompts(&bad, 0).unwrap_err().to_string();
+        assert!(e.contains("bad.jsonl:1"), "{e}");
+        std::fs::write(&bad, "not json\n").unwrap();
+        assert!(read_prompts(&bad, 0).is_err());
+        std::fs::write(&bad, "\n").unwrap();
+        assert!(read_prompts(&bad, 0).is_err());
+        assert!(read_prompts(&dir.join("missing.jsonl"), 0).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
