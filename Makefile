@@ -9,7 +9,7 @@ STATIC_LIBS := -lpthread -ldl -lm
 
 
 .PHONY: train-specblock train-eagle3 train-venv train-test
-.PHONY: all build demo test deps check-tools fmt-check clippy cargo-test cuda-toolchain kernels gpu-bundle gpu-check nostd header bench bench-engine bench-llamacpp bench-drafter prompts datagen model install clean
+.PHONY: all build demo test deps check-tools fmt-check clippy cargo-test cuda-toolchain kernels gpu-bundle gpu-check nostd header bench bench-core bench-engine bench-llamacpp bench-drafter prompts datagen model install clean
 
 MODEL := models/SmolLM2-135M-Instruct.Q4_1.gguf
 ENGINE := target/release/specblock
@@ -126,7 +126,20 @@ header:
 	SPECBLOCK_UPDATE_HEADER=1 $(CARGO) build
 
 ## bench: core benchmarks (finalize + layouts + verify); run on an idle machine.
-bench:
+## bench: the speculative-decoding report in docs/results/ (tools/bench/report.py): a budget sweep on the
+## ShareGPT held-out prompts, then ar / EAGLE-3 / SpecBlock on MT-bench, HumanEval and ShareGPT held-out at
+## T = 0 and 1 with the committed drafters, and llama.cpp's plain decoding of the same GGUF as a reference.
+## BENCH_LIMIT prompts per dataset (0 = all 80 / 164 / 200: about 1.5 hours), BENCH_SWEEP_LIMIT in the sweep.
+## Run it on an idle machine (each engine run waits up to 2 minutes for one).
+BENCH_LIMIT ?= 20
+BENCH_SWEEP_LIMIT ?= 20
+bench: build model prompts $(BENCH_VENV)/.installed
+	python3 tools/bench/report.py --engine $(ENGINE) --model $(MODEL) --limit $(BENCH_LIMIT) \
+		--sweep-limit $(BENCH_SWEEP_LIMIT) --llamacpp-python $(BENCH_PY) --out docs/results \
+		--make-command "make bench BENCH_LIMIT=$(BENCH_LIMIT) BENCH_SWEEP_LIMIT=$(BENCH_SWEEP_LIMIT)"
+
+## bench-core: the library's microbenchmarks (tree, layouts, verification).
+bench-core:
 	$(CARGO) bench --bench core
 
 ## bench-engine: engine speed on an idle machine (bandwidth, decode tok/s vs floor, verify t(N)/t(1)).

@@ -708,6 +708,60 @@ fn softmax_avx512(row: &mut [f32]) {
     softmax_generic(row)
 }
 
+/// Attention's softmax over a row of scores whose keys `0..prefix` sit at positions `0..prefix` and
+/// whose other keys sit at `tail_positions` (one per key after the prefix). Key at position `p` adds
+/// into partial sum `p % 16`, every partial sum in key order, so a query's result depends only on the
+/// positions and scores of the keys it sees, not on where masked keys sit or how the row was split
+/// between cache and new tokens: tree verification and one-token decoding of the same path give
+/// bit-identical probabilities (masked keys add exact zeros). Same as [`softmax_in_place`] when
+/// `tail_positions` continue the prefix.
+pub fn softmax_in_place_by_position(row: &mut [f32], prefix: usize, tail_positions: &[u32]) {
+    assert_eq!(
+        prefix + tail_positions.len(),
+        row.len(),
+        "softmax: one position per tail key"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if have_avx512() {
+        // SAFETY: AVX-512F checked.
+        return unsafe { softmax_by_position_avx512(row, prefix, tail_positions) };
+    }
+    softmax_by_position_generic(row, prefix, tail_positions)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+fn softmax_by_position_avx512(row: &mut [f32], prefix: usize, tail_positions: &[u32]) {
+    softmax_by_position_generic(row, prefix, tail_positions)
+}
+
+#[inline(always)]
+fn softmax_by_position_generic(row: &mut [f32], prefix: usize, tail_positions: &[u32]) {
+    let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    if max == f32::NEG_INFINITY {
+        row.fill(0.0);
+        return;
+    }
+    let mut sums = [0f32; L];
+    let (head, tail) = row.split_at_mut(prefix);
+    for chunk in head.chunks_mut(L) {
+        for (i, x) in chunk.iter_mut().enumerate() {
+            *x = exp_nonpositive(*x - max);
+            sums[i] += *x;
+        }
+    }
+    for x in tail.iter_mut() {
+        *x = exp_nonpositive(*x - max);
+    }
+    for (x, &p) in tail.iter().zip(tail_positions) {
+        sums[p as usize % L] += *x;
+    }
+    let inv = 1.0 / sums.iter().sum::<f32>();
+    for x in row.iter_mut() {
+        *x *= inv;
+    }
+}
+
 #[inline(always)]
 fn softmax_generic(row: &mut [f32]) {
     let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
@@ -902,6 +956,36 @@ mod tests {
                 }
             }
         }
+        // Position-keyed softmax: a masked key anywhere in the tail changes nothing, bit for bit.
+        let scores: Vec<f32> = (0..40)
+            .map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.7)
+            .collect();
+        let mut plain = scores.clone();
+        softmax_in_place(&mut plain);
+        let mut contiguous = scores.clone();
+        let pos: Vec<u32> = (33..40).collect();
+        softmax_in_place_by_position(&mut contiguous, 33, &pos);
+        assert_eq!(plain, contiguous, "a continuing tail is the plain softmax");
+        // The same visible keys as a tree row: prefix 30, then tail slots at positions 30.. with
+        // masked siblings interleaved.
+        let mut tree = scores[..30].to_vec();
+        let mut tree_pos = Vec::new();
+        for (t, p) in [(30usize, 30u32), (99, 31), (31, 31), (99, 32), (32, 32)] {
+            tree.push(if t == 99 {
+                f32::NEG_INFINITY
+            } else {
+                scores[t]
+            });
+            tree_pos.push(p);
+        }
+        softmax_in_place_by_position(&mut tree, 30, &tree_pos);
+        let mut path = scores[..33].to_vec();
+        softmax_in_place(&mut path);
+        let visible: Vec<f32> = tree.iter().copied().filter(|&x| x != 0.0).collect();
+        assert_eq!(
+            visible, path,
+            "tree row equals the decoded path's row bit for bit"
+        );
         let mut row = vec![1.0f32, f32::NEG_INFINITY, 3.0, -2.0, 0.5];
         softmax_in_place(&mut row);
         let z: f64 = [1.0f64, 3.0, -2.0, 0.5].iter().map(|x| x.exp()).sum();

@@ -7,6 +7,6 @@ pub mod pool;
 
 pub use kernels::{
     Matrix, SendPtr, matmul, matmul_local, reserve_bf16_activations, rms_norm, softmax_in_place,
-    swiglu, weighted_rows,
+    softmax_in_place_by_position, swiglu, weighted_rows,
 };
 pub use pool::Pool;

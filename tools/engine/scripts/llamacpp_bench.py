@@ -239,6 +239,7 @@ def main():
     ap.add_argument("models", nargs="+")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-wait", type=float, default=120.0, help="seconds to wait for an idle machine")
+    ap.add_argument("--json", default=None, metavar="FILE", help="also write the decode numbers as JSON")
     args = ap.parse_args()
 
     L.llama_log_set(_log, ctypes.c_void_p(0))
@@ -247,6 +248,14 @@ def main():
     load = os.getloadavg()
     results = [run_model(p, args.threads) for p in args.models]
     load_after = os.getloadavg()
+
+    if args.json:
+        import json
+        with open(args.json, "w") as f:
+            json.dump({"version": version_info(), "threads": args.threads, "idle_gate_passed": ok,
+                       "models": [{"name": r["name"], "desc": r["desc"],
+                                   "decode_tok_s_short_ctx": r["short"], "decode_tok_s_ctx512": r["long"],
+                                   "other_cpu": r["busy"]} for r in results]}, f, indent=2)
 
     print(f"# llama.cpp benchmark ({version_info()})")
     print(f"{args.threads} threads, n_ctx {N_CTX}, flash attention {results[0]['flash_attn']}, greedy argmax; "

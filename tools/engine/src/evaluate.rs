@@ -272,9 +272,16 @@ pub fn run_suite(
                         let same = *reference == tokens;
                         rec["matches_ar"] = same.into();
                         if !same {
+                            // The engine's forward is batch-invariant (verification and one-token
+                            // decoding give bit-identical logits), so any difference is a bug; the
+                            // logit gap at the first differing token helps find it.
+                            let (at, gap) = divergence(model, &ids, reference, &tokens)?;
+                            rec["diverges_at"] = at.into();
+                            rec["divergence_logit_gap"] = gap.into();
                             mismatches += 1;
                             eprintln!(
-                                "LOSSLESSNESS VIOLATION: {} on {} differs from plain greedy decoding",
+                                "LOSSLESSNESS VIOLATION: {} on {} differs from plain greedy decoding at \
+                                 token {at} (plain-forward logit gap between the two tokens: {gap:.4})",
                                 m.name(),
                                 p.id
                             );
@@ -304,6 +311,44 @@ pub fn run_suite(
         );
     }
     Ok(mismatches)
+}
+
+/// The first index where `spec` departs from `reference`, and how far apart the two tokens' logits
+/// are there in a plain causal forward over the prompt and the common prefix.
+fn divergence(
+    model: &Llama,
+    prompt: &[u32],
+    reference: &[u32],
+    spec: &[u32],
+) -> Result<(usize, f32)> {
+    use crate::model::{Capture, Logits, Mask, Segment};
+    let at = reference
+        .iter()
+        .zip(spec)
+        .position(|(a, b)| a != b)
+        .unwrap_or(reference.len().min(spec.len()));
+    let (Some(&want), Some(&got)) = (reference.get(at), spec.get(at)) else {
+        // One answer is a prefix of the other: a length difference, never a tie.
+        return Ok((at, f32::INFINITY));
+    };
+    let mut seq = prompt.to_vec();
+    seq.extend_from_slice(&reference[..at]);
+    let positions: Vec<u32> = (0..seq.len() as u32).collect();
+    let mut kv = model.new_cache(seq.len());
+    let out = model.forward(
+        Segment {
+            kv: &mut kv,
+            tokens: &seq,
+            positions: &positions,
+            mask: Mask::Causal,
+            logits: Logits::Last,
+        },
+        &Capture::default(),
+    )?;
+    Ok((
+        at,
+        (out.logits[want as usize] - out.logits[got as usize]).abs(),
+    ))
 }
 
 /// Adds the speculative fields to `rec`; returns (tokens, prefill seconds, decode seconds).

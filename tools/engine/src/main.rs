@@ -308,6 +308,7 @@ fn cmd_bench_spec(o: &Opts) -> Result<()> {
             .unwrap_or_else(|| PathBuf::from(DEFAULT_EAGLE3_DRAFTER)),
         drafter_bf16: o.bf16,
     };
+    bench::wait_for_idle(Duration::from_secs(120));
     let (model, gguf) = load_model(o)?;
     let tok = specblock_engine::tokenizer::Tokenizer::from_gguf(&gguf)?;
     let mismatches = match &o.out_dir {

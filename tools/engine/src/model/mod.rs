@@ -455,7 +455,13 @@ impl Llama {
                                 *sc = f32::NEG_INFINITY;
                             }
                         }
-                        kernels::softmax_in_place(row);
+                        // Sums keyed by key position: a tree row and the one-token decode of the same
+                        // path (cached keys at positions = indices) give bit-identical weights.
+                        kernels::softmax_in_place_by_position(
+                            row,
+                            kv0[s],
+                            &seg.positions[..len - kv0[s]],
+                        );
                     }
                 }
                 acc.clear();

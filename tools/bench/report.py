@@ -1,0 +1,355 @@
+#!/usr/bin/env python3
+"""`make bench`: the speculative-decoding report (plain decoding, EAGLE-3, SpecBlock), standard library only.
+
+1. Budget sweep on the ShareGPT held-out prompts at temperature 0: every candidate setting of each method
+   runs back to back with plain decoding on each prompt (`specblock bench-spec`); the best mean speedup
+   picks each method's setting.
+2. Main runs: MT-bench, HumanEval and ShareGPT held-out, temperature 0 and 1, ar + both methods at their
+   chosen settings, again back to back per prompt so the speedup over ar is measured in the same run.
+3. Optional reference row: llama.cpp's plain decoding of the same Q4_1 GGUF (llama-cpp-python), when a
+   Python with it is given.
+
+Writes OUT/results.json (every aggregate, the settings, the commands), OUT/README.md (tables and the
+goals), OUT/accept_length.svg and OUT/speedup.svg, and the raw JSON lines under OUT/raw/.
+
+Usage: python3 tools/bench/report.py --engine target/release/specblock --model M.gguf [--limit N]
+       [--sweep-limit N] [--out docs/results] [--llamacpp-python .venv-bench/bin/python]
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+
+DATASETS = [("mtbench", "MT-bench"), ("humaneval", "HumanEval"), ("sharegpt_heldout", "ShareGPT held-out")]
+TEMPERATURES = [0.0, 1.0]
+# Candidate settings per method (method spec strings of `specblock bench-spec`). EAGLE-3 gets its own
+# cheaper trees (shallower, narrower) as well as the budget sweep, so the baseline is tuned as fairly as
+# ours on this CPU, where every extra drafted or verified row costs time.
+SWEEP = {
+    "eagle3": ["eagle3:4:4:1", "eagle3:8:4:4", "eagle3:16:6:6", "eagle3:32:7:8", "eagle3:59:7:10"],
+    "specblock": ["specblock:4", "specblock:8", "specblock:16", "specblock:32", "specblock:59", "specblock:90"],
+}
+
+
+def run_suite(args, dataset, temperature, methods, limit, raw_path):
+    """Runs `bench-spec` once; returns its records and the command line."""
+    cmd = [args.engine, "bench-spec", "--model", args.model, "--prompts",
+           os.path.join(args.prompts_dir, dataset + ".jsonl"), "--limit", str(limit), "--methods",
+           ",".join(methods), "--temperature", str(temperature), "--max-tokens", str(args.max_tokens),
+           "--seed", "1", "--out", raw_path]
+    if args.bf16:
+        cmd.append("--bf16")
+    if args.specblock_drafter:
+        cmd += ["--drafter", args.specblock_drafter]
+    if args.eagle3_drafter:
+        cmd += ["--eagle3-drafter", args.eagle3_drafter]
+    if os.path.exists(raw_path):
+        os.remove(raw_path)
+    print("+ " + shlex.join(cmd), file=sys.stderr, flush=True)
+    subprocess.run(cmd, check=True)
+    with open(raw_path) as f:
+        return [json.loads(line) for line in f if line.strip()], shlex.join(cmd)
+
+
+def label(rec):
+    """The setting a record ran: ar, specblock:B or eagle3:B:D:K."""
+    m = rec["method"]
+    if m == "ar":
+        return "ar"
+    if m == "eagle3":
+        return f"eagle3:{rec['budget']}:{rec['depth']}:{rec['top_k']}"
+    return f"specblock:{rec['budget']}"
+
+
+def aggregate(records):
+    """Per setting: throughput, speedup over ar on the same prompts, tau, drafting share, per-depth acceptance."""
+    by = {}
+    for r in records:
+        by.setdefault(label(r), []).append(r)
+    ar = {r["id"]: r for r in by.get("ar", [])}
+
+    def tps(rs):
+        toks = sum(max(r["new_tokens"] - 1, 0) for r in rs)
+        secs = sum(r["decode_seconds"] for r in rs)
+        return toks / secs if secs > 0 else 0.0
+
+    out = {}
+    for name, rs in by.items():
+        a = {"setting": name, "prompts": len(rs), "tokens_per_second": tps(rs),
+             "new_tokens": sum(r["new_tokens"] for r in rs)}
+        if name != "ar" and ar:
+            base = [ar[r["id"]] for r in rs if r["id"] in ar]
+            a["speedup"] = a["tokens_per_second"] / max(tps(base), 1e-12)
+            per = sorted((max(r["new_tokens"] - 1, 0) / max(r["decode_seconds"], 1e-12))
+                         / max(max(ar[r["id"]]["new_tokens"] - 1, 0) / max(ar[r["id"]]["decode_seconds"], 1e-12),
+                               1e-12)
+                         for r in rs if r["id"] in ar)
+            a["median_prompt_speedup"] = per[len(per) // 2] if per else None
+        if name != "ar":
+            it = sum(r["iterations"] for r in rs)
+            acc = sum(r["accepted"] for r in rs)
+            draft = sum(r["draft_seconds"] for r in rs)
+            verify = sum(r["verify_seconds"] for r in rs)
+            depth = max((len(r["accepted_at_depth"]) for r in rs), default=0)
+            a.update({
+                "iterations": it,
+                "mean_accept_length": (acc + it) / it if it else 0.0,
+                "drafting_share": draft / (draft + verify) if draft + verify > 0 else 0.0,
+                "draft_ms_per_iteration": 1e3 * draft / it if it else 0.0,
+                "verify_ms_per_iteration": 1e3 * verify / it if it else 0.0,
+                "acceptance_per_depth": [sum(r["accepted_at_depth"][d] for r in rs if d < len(r["accepted_at_depth"]))
+                                         / it for d in range(depth)] if it else [],
+            })
+            checked = [r["matches_ar"] for r in rs if "matches_ar" in r]
+            if checked:
+                a["greedy_matches_ar"] = f"{sum(checked)}/{len(checked)}"
+        out[name] = a
+    return out
+
+
+def bar_svg(path, title, ylabel, groups, series, values, baseline=None):
+    """A grouped bar chart: `values[(group, series)]`; a dashed line at `baseline` if given."""
+    w, h, left, bottom, top = 760, 340, 60, 60, 40
+    top_val = max([v for v in values.values() if v is not None] + [baseline or 0]) * 1.15 or 1.0
+    gw = (w - left - 20) / len(groups)
+    bw = gw * 0.8 / len(series)
+    colors = ["#4c72b0", "#dd8452", "#55a868", "#c44e52"]
+    y = lambda v: top + (h - top - bottom) * (1 - v / top_val)
+    el = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">',
+          f'<rect width="{w}" height="{h}" fill="white"/>',
+          f'<text x="{w / 2}" y="20" text-anchor="middle" font-size="14">{title}</text>',
+          f'<text x="15" y="{(h - bottom + top) / 2}" transform="rotate(-90 15 {(h - bottom + top) / 2})" '
+          f'text-anchor="middle">{ylabel}</text>',
+          f'<line x1="{left}" y1="{h - bottom}" x2="{w - 20}" y2="{h - bottom}" stroke="black"/>',
+          f'<line x1="{left}" y1="{top}" x2="{left}" y2="{h - bottom}" stroke="black"/>']
+    for i in range(5):
+        v = top_val * i / 4
+        el.append(f'<text x="{left - 5}" y="{y(v) + 4}" text-anchor="end">{v:.2f}</text>')
+        el.append(f'<line x1="{left}" y1="{y(v)}" x2="{w - 20}" y2="{y(v)}" stroke="#ddd"/>')
+    for gi, g in enumerate(groups):
+        x0 = left + gi * gw + gw * 0.1
+        for si, s in enumerate(series):
+            v = values.get((g, s))
+            if v is None:
+                continue
+            x = x0 + si * bw
+            el.append(f'<rect x="{x:.1f}" y="{y(v):.1f}" width="{bw - 2:.1f}" height="{h - bottom - y(v):.1f}" '
+                      f'fill="{colors[si % len(colors)]}"/>')
+            el.append(f'<text x="{x + bw / 2 - 1:.1f}" y="{y(v) - 3:.1f}" text-anchor="middle" font-size="10">{v:.2f}</text>')
+        el.append(f'<text x="{left + gi * gw + gw / 2:.1f}" y="{h - bottom + 16}" text-anchor="middle">{g}</text>')
+    if baseline is not None:
+        el.append(f'<line x1="{left}" y1="{y(baseline)}" x2="{w - 20}" y2="{y(baseline)}" stroke="black" '
+                  f'stroke-dasharray="5,4"/>')
+    for si, s in enumerate(series):
+        x = left + 10 + si * 170
+        el.append(f'<rect x="{x}" y="{h - 25}" width="12" height="12" fill="{colors[si % len(colors)]}"/>')
+        el.append(f'<text x="{x + 16}" y="{h - 15}">{s}</text>')
+    el.append("</svg>")
+    with open(path, "w") as f:
+        f.write("\n".join(el) + "\n")
+
+
+def fmt(v, spec=".2f"):
+    return "–" if v is None else format(v, spec)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--engine", default="target/release/specblock")
+    ap.add_argument("--model", default="models/SmolLM2-135M-Instruct.Q4_1.gguf")
+    ap.add_argument("--prompts-dir", default="data/prompts")
+    ap.add_argument("--specblock-drafter", default=None)
+    ap.add_argument("--eagle3-drafter", default=None)
+    ap.add_argument("--limit", type=int, default=0, help="prompts per dataset in the main runs (0 = all)")
+    ap.add_argument("--sweep-limit", type=int, default=20, help="ShareGPT held-out prompts in the sweep")
+    ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--no-bf16", dest="bf16", action="store_false", help="f32 weights (default bf16)")
+    ap.add_argument("--llamacpp-python", default=None, help="a Python with llama-cpp-python==0.3.36")
+    ap.add_argument("--out", default="docs/results")
+    ap.add_argument("--make-command", default="make bench", help="recorded as the reproducing command")
+    args = ap.parse_args()
+
+    raw = os.path.join(args.out, "raw")
+    os.makedirs(raw, exist_ok=True)
+    started = time.time()
+    commands = []
+
+    # 1. Sweep.
+    sweep_methods = ["ar"] + SWEEP["eagle3"] + SWEEP["specblock"]
+    recs, cmd = run_suite(args, "sharegpt_heldout", 0.0, sweep_methods, args.sweep_limit,
+                          os.path.join(raw, "sweep_sharegpt_heldout_t0.jsonl"))
+    commands.append(cmd)
+    sweep = aggregate(recs)
+    chosen = {}
+    for method, settings in SWEEP.items():
+        chosen[method] = max(settings, key=lambda s: sweep[s]["speedup"])
+    print(f"sweep: chosen {chosen}", file=sys.stderr, flush=True)
+
+    # 2. Main runs.
+    main_runs = {}
+    for ds, _ in DATASETS:
+        for t in TEMPERATURES:
+            recs, cmd = run_suite(args, ds, t, ["ar", chosen["eagle3"], chosen["specblock"]], args.limit,
+                                  os.path.join(raw, f"{ds}_t{t:g}.jsonl"))
+            commands.append(cmd)
+            main_runs[f"{ds}@T{t:g}"] = aggregate(recs)
+
+    # 3. llama.cpp reference.
+    llama = None
+    if args.llamacpp_python:
+        path = os.path.join(raw, "llamacpp.json")
+        cmd = [args.llamacpp_python, "tools/engine/scripts/llamacpp_bench.py", args.model, "--json", path]
+        print("+ " + shlex.join(cmd), file=sys.stderr, flush=True)
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        with open(path) as f:
+            llama = json.load(f)
+        commands.append(shlex.join(cmd))
+
+    # Summary across datasets and temperatures: mean of the per-run speedups.
+    def mean_over_runs(setting_of, key):
+        vals = [main_runs[k][setting_of][key] for k in main_runs if setting_of in main_runs[k]]
+        return sum(vals) / len(vals) if vals else None
+
+    summary = {}
+    for method in ("eagle3", "specblock"):
+        s = chosen[method]
+        summary[method] = {k: mean_over_runs(s, k) for k in
+                           ("speedup", "mean_accept_length", "tokens_per_second", "draft_ms_per_iteration",
+                            "drafting_share")}
+    summary["ar"] = {"tokens_per_second": mean_over_runs("ar", "tokens_per_second")}
+    sb, e3 = summary["specblock"], summary["eagle3"]
+    llama_q41 = None
+    if llama:
+        llama_q41 = next((m["decode_tok_s_short_ctx"] for m in llama["models"]), None)
+    goals = {
+        "specblock_speedup_vs_eagle3": sb["speedup"] / e3["speedup"] - 1 if e3["speedup"] else None,
+        "specblock_draft_time_vs_eagle3": sb["draft_ms_per_iteration"] / e3["draft_ms_per_iteration"]
+        if e3["draft_ms_per_iteration"] else None,
+        "specblock_tok_s_vs_llamacpp_q4_1": sb["tokens_per_second"] / llama_q41 if llama_q41 else None,
+    }
+    result = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
+        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version()},
+        "settings": {"max_tokens": args.max_tokens, "bf16": args.bf16, "limit": args.limit,
+                     "sweep_limit": args.sweep_limit, "temperatures": TEMPERATURES, "seed": 1},
+        "reproduce": args.make_command, "commands": commands,
+        "sweep": sweep, "chosen": chosen, "runs": main_runs, "summary": summary, "llamacpp": llama,
+        "goals": goals, "wall_seconds": time.time() - started,
+    }
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump(result, f, indent=2)
+
+    groups = [f"{name} T{t:g}" for ds, name in DATASETS for t in TEMPERATURES]
+    keys = [f"{ds}@T{t:g}" for ds, _ in DATASETS for t in TEMPERATURES]
+    series = [("EAGLE-3", chosen["eagle3"]), ("SpecBlock", chosen["specblock"])]
+    for fname, key, title, ylabel, base in (
+            ("accept_length.svg", "mean_accept_length", "Mean accept length τ (tokens per iteration)", "τ", 1.0),
+            ("speedup.svg", "speedup", "Speedup over plain decoding (same run)", "speedup", 1.0)):
+        vals = {(g, sname): main_runs[k].get(s, {}).get(key) for g, k in zip(groups, keys) for sname, s in series}
+        bar_svg(os.path.join(args.out, fname), title, ylabel, groups, [s for s, _ in series], vals, base)
+    write_markdown(args, result, groups, keys, series)
+    print(f"wrote {args.out}/results.json, README.md, accept_length.svg, speedup.svg "
+          f"({(time.time() - started) / 60:.1f} min)", file=sys.stderr)
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def write_markdown(args, r, groups, keys, series):
+    L = []
+    s = r["settings"]
+    lim = "all" if not s["limit"] else f"the first {s['limit']}"
+    L.append("# Speculative decoding report: plain decoding, EAGLE-3, SpecBlock (SmolLM2-135M-Instruct, CPU)\n")
+    L.append(f"Produced by `{r['reproduce']}` ({r['date']}, commit {r['commit']}, {r['machine']['cpu']}, "
+             f"{r['machine']['cores']} cores; {r['wall_seconds'] / 60:.0f} min). Target and drafters with "
+             f"{'bf16' if s['bf16'] else 'f32'} weights; {s['max_tokens']} new tokens per answer; {lim} prompts "
+             f"of each dataset; seed {s['seed']}. Each prompt runs ar, EAGLE-3 and SpecBlock back to back, so every "
+             f"speedup is over plain decoding in the same run on the same prompts. Raw per-prompt records: `raw/`; "
+             f"all numbers: `results.json`; commands: at the end.\n")
+    L.append("## Summary (mean over the 6 dataset × temperature runs)\n")
+    L.append("| method | setting | speedup over ar | τ | tok/s | draft ms / iteration | drafting share |")
+    L.append("|---|---|---:|---:|---:|---:|---:|")
+    L.append(f"| ar | – | 1.00 | 1.00 | {fmt(r['summary']['ar']['tokens_per_second'], '.1f')} | – | – |")
+    for name, m in (("EAGLE-3", "eagle3"), ("SpecBlock", "specblock")):
+        x = r["summary"][m]
+        L.append(f"| {name} | `{r['chosen'][m]}` | {fmt(x['speedup'])} | {fmt(x['mean_accept_length'])} | "
+                 f"{fmt(x['tokens_per_second'], '.1f')} | {fmt(x['draft_ms_per_iteration'], '.1f')} | "
+                 f"{fmt(x['drafting_share'] * 100 if x['drafting_share'] is not None else None, '.0f')}% |")
+    if r["llamacpp"]:
+        for m in r["llamacpp"]["models"]:
+            L.append(f"| llama.cpp plain decoding ({m['desc']}) | reference | – | 1.00 | "
+                     f"{m['decode_tok_s_short_ctx']:.1f} (16-token ctx), {m['decode_tok_s_ctx512']:.1f} (ctx 512) | – | – |")
+    g = r["goals"]
+    L.append("\n## Goals\n")
+    L.append("| goal | measured | verdict |\n|---|---:|---|")
+    v = g["specblock_speedup_vs_eagle3"]
+    L.append(f"| SpecBlock mean speedup ≥ 8% above EAGLE-3's | {fmt(v * 100 if v is not None else None, '+.1f')}% | "
+             f"{'met' if v is not None and v >= 0.08 else 'missed'} |")
+    v = g["specblock_draft_time_vs_eagle3"]
+    L.append(f"| SpecBlock drafting time ≤ 52% of EAGLE-3's (per iteration) | {fmt(v * 100 if v is not None else None, '.0f')}% | "
+             f"{'met' if v is not None and v <= 0.52 else 'missed'} |")
+    v = g["specblock_tok_s_vs_llamacpp_q4_1"]
+    L.append(f"| SpecBlock tok/s above llama.cpp Q4_1 plain decoding | "
+             f"{fmt(v, '.2f') + '×' if v is not None else 'not measured'} | "
+             f"{('met' if v > 1 else 'missed') if v is not None else 'not measured (no llama.cpp Python given)'} |")
+    L.append("\n## Per dataset and temperature\n")
+    L.append("| dataset | T | method | setting | τ | tok/s | speedup | median prompt speedup | draft ms/iter | "
+             "verify ms/iter | drafting share | greedy = ar |")
+    L.append("|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    for (ds, name) in DATASETS:
+        for t in TEMPERATURES:
+            run = r["runs"][f"{ds}@T{t:g}"]
+            for mname, setting in [("ar", "ar")] + list(series):
+                x = run.get(setting)
+                if not x:
+                    continue
+                L.append(f"| {name} | {t:g} | {mname} | `{setting}` | {fmt(x.get('mean_accept_length', 1.0))} | "
+                         f"{x['tokens_per_second']:.1f} | {fmt(x.get('speedup', 1.0))} | "
+                         f"{fmt(x.get('median_prompt_speedup', 1.0))} | {fmt(x.get('draft_ms_per_iteration'), '.1f')} | "
+                         f"{fmt(x.get('verify_ms_per_iteration'), '.1f')} | "
+                         f"{fmt(x['drafting_share'] * 100 if 'drafting_share' in x else None, '.0f')}% | "
+                         f"{x.get('greedy_matches_ar', '–')} |")
+    L.append("\n![accept length](accept_length.svg)\n\n![speedup](speedup.svg)\n")
+    L.append("\n## Per-depth acceptance (fraction of iterations that accepted at least d draft tokens)\n")
+    L.append("| dataset | T | method | d=1 | 2 | 3 | 4 | 5 | 6 | 7 | 8 |\n|---|---:|---|" + "---:|" * 8)
+    for (ds, name) in DATASETS:
+        for t in TEMPERATURES:
+            run = r["runs"][f"{ds}@T{t:g}"]
+            for mname, setting in series:
+                x = run.get(setting)
+                if x:
+                    cells = [f"{v:.2f}" for v in x["acceptance_per_depth"][:8]]
+                    cells += ["0"] * (8 - len(cells))
+                    L.append(f"| {name} | {t:g} | {mname} | " + " | ".join(cells) + " |")
+    L.append(f"\n## Budget sweep (ShareGPT held-out, first {s['sweep_limit']} prompts, T = 0)\n")
+    L.append("| setting | τ | tok/s | speedup | draft ms/iter | verify ms/iter | drafting share | greedy = ar |")
+    L.append("|---|---:|---:|---:|---:|---:|---:|---|")
+    for setting, x in r["sweep"].items():
+        mark = " **(chosen)**" if setting in r["chosen"].values() else ""
+        L.append(f"| `{setting}`{mark} | {fmt(x.get('mean_accept_length', 1.0))} | {x['tokens_per_second']:.1f} | "
+                 f"{fmt(x.get('speedup', 1.0))} | {fmt(x.get('draft_ms_per_iteration'), '.1f')} | "
+                 f"{fmt(x.get('verify_ms_per_iteration'), '.1f')} | "
+                 f"{fmt(x['drafting_share'] * 100 if 'drafting_share' in x else None, '.0f')}% | "
+                 f"{x.get('greedy_matches_ar', '–')} |")
+    L.append("\nSettings: `eagle3:BUDGET:DEPTH:TOPK`, `specblock:BUDGET` (non-root tree nodes kept after the prune).\n")
+    L.append("## Commands\n\n```sh\n" + "\n".join(r["commands"]) + "\n```\n")
+    with open(os.path.join(args.out, "README.md"), "w") as f:
+        f.write("\n".join(L) + "\n")
+
+
+if __name__ == "__main__":
+    main()
