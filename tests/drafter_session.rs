@@ -252,3 +252,41 @@ fn seed_pruning_changes_no_tree_and_cuts_block2_at_small_budgets() {
     }
     assert!(pruned_any, "small budgets should drop seeds");
 }
+
+#[test]
+fn max_seeds_limits_block2_to_the_best_seeds() {
+    let (d, embed) = setup();
+    let w = 3 * d.config().target_hidden;
+    let k = d.config().slots;
+    let params = TreeParams {
+        max_nodes: 2048,
+        max_depth: 16,
+    };
+    let run = |max_seeds: u32| {
+        let mut s = Session::new(
+            &d,
+            64,
+            DraftPolicy {
+                max_seeds,
+                ..DraftPolicy::default()
+            },
+        )
+        .unwrap();
+        let mut tree = DraftTree::new(params).unwrap();
+        s.prefill(&embed, &features(4, w, 9), &[3, 1, 4, 1, 5])
+            .unwrap();
+        s.draft(&embed, &mut tree).unwrap();
+        (s.block2_seeds(), tree)
+    };
+    let (all, full) = run(u32::MAX);
+    assert!(all > 2, "the tiny drafter seeds more than two ({all})");
+    let (none, block1) = run(0);
+    assert_eq!(none, 0);
+    assert!(block1.deepest() <= k, "block 1 only: depth <= K");
+    let (two, pruned) = run(2);
+    assert_eq!(two, 2);
+    assert!(pruned.deepest() <= 2 * k);
+    // Fewer seeds, fewer nodes (the budget of 90 is not what limits these trees).
+    assert!(block1.len() < pruned.len());
+    assert!(pruned.len() < full.len());
+}

@@ -25,6 +25,10 @@ pub struct DraftPolicy {
     /// Skip block-2 seeds that the budget prune would remove anyway (those with `budget` block-1 nodes
     /// ranked above them). The finalized tree is the same either way; on: fewer block-2 rows.
     pub prune_seeds: bool,
+    /// At most this many block-2 seeds, the best by the budget rank (cumulative log-probability);
+    /// 0 drafts block 1 only (one forward per iteration, the one the commit runs anyway). Where every
+    /// drafted row costs time (a CPU), a few seeds can beat the full block 2.
+    pub max_seeds: u32,
 }
 
 impl Default for DraftPolicy {
@@ -36,6 +40,7 @@ impl Default for DraftPolicy {
             width_table: std::vec![2, 4, 6, 4],
             prob_caps: std::vec![(0.95, 2), (0.85, 3)],
             prune_seeds: true,
+            max_seeds: u32::MAX,
         }
     }
 }
@@ -407,6 +412,23 @@ impl<'d> Session<'d> {
         if self.policy.prune_seeds {
             let budget = self.policy.budget as usize;
             self.seeds.retain(|s| ranked_above(tree, s.node) < budget);
+        }
+        let max_seeds = self.policy.max_seeds as usize;
+        if self.seeds.len() > max_seeds {
+            // Keep the best `max_seeds` in their original order (ranks are distinct: a total order).
+            self.seed_vis.clear();
+            self.seed_vis
+                .extend(self.seeds.iter().map(|s| ranked_above(tree, s.node) as u32));
+            self.seed_tokens.clear();
+            self.seed_tokens.extend_from_slice(&self.seed_vis);
+            self.seed_tokens.sort_unstable();
+            let cut = self.seed_tokens.get(max_seeds).copied().unwrap_or(u32::MAX);
+            let mut i = 0;
+            let ranks = &self.seed_vis;
+            self.seeds.retain(|_| {
+                i += 1;
+                ranks[i - 1] < cut
+            });
         }
         // Block 2: one batched forward over every seed, positions of the origin entry.
         if !self.seeds.is_empty() {

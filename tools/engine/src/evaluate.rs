@@ -31,27 +31,39 @@ pub enum MethodSpec {
         /// Children per expanded node and frontier width.
         top_k: u32,
     },
-    /// SpecBlock at `budget` non-root nodes.
+    /// SpecBlock at `budget` non-root nodes with at most `max_seeds` block-2 seeds.
     SpecBlock {
         /// Draft-tree budget.
         budget: u32,
+        /// Block-2 seeds (0 = block 1 only; `u32::MAX` = the authors' policy, all of them).
+        max_seeds: u32,
     },
 }
 
 impl MethodSpec {
-    /// Parses `ar`, `eagle3[:BUDGET[:DEPTH[:TOPK]]]` or `specblock[:BUDGET]` (defaults: the
-    /// authors' settings, EAGLE-3 59 nodes at depth 7 and top-k 10, SpecBlock 90 nodes).
+    /// Parses `ar`, `eagle3[:BUDGET[:DEPTH[:TOPK]]]` or `specblock[:BUDGET[:SEEDS]]` (defaults: the
+    /// authors' settings, EAGLE-3 59 nodes at depth 7 and top-k 10, SpecBlock 90 nodes and every
+    /// block-2 seed; `specblock:8:0` drafts block 1 only).
     pub fn parse(s: &str) -> Result<Self> {
         let mut parts = s.split(':');
         let name = parts.next().unwrap_or_default();
         let nums: Vec<u32> = parts
-            .map(|p| match p.parse::<u32>() {
-                Ok(v) if v > 0 => Ok(v),
-                _ => Err(Error::InvalidArgument(format!(
-                    "method {s:?}: {p:?} is not a positive number"
-                ))),
+            .map(|p| {
+                p.parse::<u32>().map_err(|_| {
+                    Error::InvalidArgument(format!("method {s:?}: {p:?} is not a number"))
+                })
             })
             .collect::<Result<_>>()?;
+        // Budgets, depths and widths are positive; a seed limit may be 0.
+        let positive = match name {
+            "specblock" => nums.len().min(1),
+            _ => nums.len(),
+        };
+        if nums[..positive].contains(&0) {
+            return Err(Error::InvalidArgument(format!(
+                "method {s:?}: budget, depth and top-k must be >= 1"
+            )));
+        }
         let e3 = Eagle3Policy::default();
         match (name, nums.as_slice()) {
             ("ar", []) => Ok(Self::Ar),
@@ -60,11 +72,12 @@ impl MethodSpec {
                 depth: n.get(1).copied().unwrap_or(e3.depth),
                 top_k: n.get(2).copied().unwrap_or(e3.top_k),
             }),
-            ("specblock", n) if n.len() <= 1 => Ok(Self::SpecBlock {
+            ("specblock", n) if n.len() <= 2 => Ok(Self::SpecBlock {
                 budget: n.first().copied().unwrap_or(DraftPolicy::default().budget),
+                max_seeds: n.get(1).copied().unwrap_or(u32::MAX),
             }),
             _ => Err(Error::InvalidArgument(format!(
-                "method {s:?}: expected ar, eagle3[:BUDGET[:DEPTH[:TOPK]]] or specblock[:BUDGET]"
+                "method {s:?}: expected ar, eagle3[:BUDGET[:DEPTH[:TOPK]]] or specblock[:BUDGET[:SEEDS]]"
             ))),
         }
     }
@@ -93,7 +106,7 @@ impl MethodSpec {
     fn budget(&self) -> Option<u32> {
         match self {
             Self::Ar => None,
-            Self::Eagle3 { budget, .. } | Self::SpecBlock { budget } => Some(*budget),
+            Self::Eagle3 { budget, .. } | Self::SpecBlock { budget, .. } => Some(*budget),
         }
     }
 }
@@ -245,10 +258,14 @@ pub fn run_suite(
                     )?;
                     spec_fields(&mut rec, &st)
                 }
-                MethodSpec::SpecBlock { budget } => {
+                MethodSpec::SpecBlock { budget, max_seeds } => {
+                    if *max_seeds != u32::MAX {
+                        rec["max_seeds"] = (*max_seeds).into();
+                    }
                     let d = sb.as_ref().expect("loaded above");
                     let policy = DraftPolicy {
                         budget: *budget,
+                        max_seeds: *max_seeds,
                         ..DraftPolicy::default()
                     };
                     let mut s = Session::new(d, ids.len() + cfg.max_tokens + 1, policy)?;
@@ -368,7 +385,7 @@ mod tests {
     #[test]
     fn method_lists_parse_with_budgets_and_reject_nonsense() {
         assert_eq!(
-            MethodSpec::parse_list("ar, eagle3:16,specblock, eagle3:8:4:3").unwrap(),
+            MethodSpec::parse_list("ar, eagle3:16,specblock, eagle3:8:4:3, specblock:8:0").unwrap(),
             vec![
                 MethodSpec::Ar,
                 MethodSpec::Eagle3 {
@@ -376,11 +393,18 @@ mod tests {
                     depth: 7,
                     top_k: 10
                 },
-                MethodSpec::SpecBlock { budget: 90 },
+                MethodSpec::SpecBlock {
+                    budget: 90,
+                    max_seeds: u32::MAX
+                },
                 MethodSpec::Eagle3 {
                     budget: 8,
                     depth: 4,
                     top_k: 3
+                },
+                MethodSpec::SpecBlock {
+                    budget: 8,
+                    max_seeds: 0
                 },
             ]
         );
@@ -389,7 +413,9 @@ mod tests {
             "ar:3",
             "eagle3:x",
             "specblock:0",
-            "specblock:8:2",
+            "specblock:8:2:1",
+            "specblock:0:2",
+            "eagle3:8:0:2",
             "eagle3:1:2:3:4",
             "medusa",
         ] {

@@ -21,7 +21,7 @@ USAGE:
                     SpecBlock vs EAGLE-3, against verification)
   specblock datagen [--prompts FILE] [--out DIR] [--batch B] [--max-tokens N] [--target-tokens T]
                     (self-distilled training data: tokens, loss mask, aux features, final hidden)
-  specblock bench-spec --prompts FILE [--limit N] [--methods ar,eagle3:B,specblock:B] [--out FILE]
+  specblock bench-spec --prompts FILE [--limit N] [--methods ar,eagle3:B:D:K,specblock:B:S] [--out FILE]
                     [--drafter DIR] [--eagle3-drafter DIR] [--temperature T] [--max-tokens N] [--bf16]
                     (each method on each prompt, back to back; one JSON line per run, appended to
                     --out or printed; greedy runs check every speculative answer against plain decoding)
