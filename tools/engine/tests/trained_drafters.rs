@@ -2,30 +2,19 @@
 //! benchmark's setting: greedy speculative output is token for token the plain greedy output, and the
 //! drafters really draft — their mean accept length is well above an untrained drafter's 1.0.
 
+#[allow(dead_code)] // this binary uses only the prompts and the bf16 model
 mod speculation;
 mod support;
 
 use std::path::PathBuf;
-use std::sync::OnceLock;
 
 use specblock::drafter::eagle3::{Eagle3Drafter, Eagle3Policy, Eagle3Session};
 use specblock::drafter::{DraftPolicy, Drafter, Session};
 use specblock::verify::Sampling;
 use specblock_engine::decode::generate_ids;
-use specblock_engine::model::{Llama, WeightFormat};
+use specblock_engine::model::Llama;
 use specblock_engine::speculate::{DraftSession, speculative_generate};
-use speculation::PROMPTS;
-
-fn bf16_model() -> Option<&'static Llama> {
-    static MODEL: OnceLock<Option<Llama>> = OnceLock::new();
-    MODEL
-        .get_or_init(|| {
-            let path = support::model_path("the trained drafters on the real model")?;
-            let (loaded, _) = specblock_engine::load::load_gguf(&path).expect("model loads");
-            Some(Llama::new(loaded, WeightFormat::Bf16, 2).expect("model builds"))
-        })
-        .as_ref()
-}
+use speculation::{PROMPTS, model_bf16};
 
 fn committed(name: &str) -> PathBuf {
     PathBuf::from(concat!(
@@ -56,7 +45,7 @@ fn greedy_accept_length(m: &Llama, session: &mut dyn DraftSession, what: &str) -
 
 #[test]
 fn trained_eagle3_is_lossless_and_accepts() {
-    let Some(m) = bf16_model() else { return };
+    let Some(m) = model_bf16() else { return };
     let mut d = Eagle3Drafter::load_dir(&committed("eagle3"), 2).expect("committed EAGLE-3 loads");
     d.use_bf16_weights();
     for policy in [
@@ -76,7 +65,7 @@ fn trained_eagle3_is_lossless_and_accepts() {
 
 #[test]
 fn trained_specblock_is_lossless_and_accepts() {
-    let Some(m) = bf16_model() else { return };
+    let Some(m) = model_bf16() else { return };
     let mut d = Drafter::load_dir(&committed("specblock"), 2).expect("committed SpecBlock loads");
     d.use_bf16_weights();
     for budget in [90u32, 8] {

@@ -12,13 +12,19 @@ use specblock_engine::speculate::{DraftSession, speculative_generate};
 /// SmolLM2-135M with f32 weights on 2 threads, loaded once per test binary (None: skipped).
 pub fn model() -> Option<&'static Llama> {
     static MODEL: OnceLock<Option<Llama>> = OnceLock::new();
-    MODEL
-        .get_or_init(|| {
-            let path = crate::support::model_path("speculative decoding on the real model")?;
-            let (loaded, _) = specblock_engine::load::load_gguf(&path).expect("model loads");
-            Some(Llama::new(loaded, WeightFormat::F32, 2).expect("model builds"))
-        })
-        .as_ref()
+    MODEL.get_or_init(|| load(WeightFormat::F32)).as_ref()
+}
+
+/// The same with bf16 weights (the benchmark's setting).
+pub fn model_bf16() -> Option<&'static Llama> {
+    static MODEL: OnceLock<Option<Llama>> = OnceLock::new();
+    MODEL.get_or_init(|| load(WeightFormat::Bf16)).as_ref()
+}
+
+fn load(format: WeightFormat) -> Option<Llama> {
+    let path = crate::support::model_path("speculative decoding on the real model")?;
+    let (loaded, _) = specblock_engine::load::load_gguf(&path).expect("model loads");
+    Some(Llama::new(loaded, format, 2).expect("model builds"))
 }
 
 /// A chat-formatted question, a bare sentence start, and a short chat turn.
