@@ -16,6 +16,7 @@ pub fn model() -> Option<&'static Llama> {
 }
 
 /// The same with bf16 weights (the benchmark's setting).
+#[allow(dead_code)] // only the trained-drafter tests run the bf16 model
 pub fn model_bf16() -> Option<&'static Llama> {
     static MODEL: OnceLock<Option<Llama>> = OnceLock::new();
     MODEL.get_or_init(|| load(WeightFormat::Bf16)).as_ref()
