@@ -46,6 +46,8 @@ pub enum Method {
         drafter: PathBuf,
         /// Draft-tree budget (non-root nodes).
         budget: u32,
+        /// Most block-2 seeds (0: block 1 only; `u32::MAX`: all, the authors' policy).
+        max_seeds: u32,
     },
     /// The EAGLE-3 baseline (one decoder layer, EAGLE-2 dynamic tree) with the drafter in `drafter`.
     Eagle3 {
@@ -213,10 +215,15 @@ pub fn run_cli(model: &Llama, gguf: &GgufFile, req: &Request) -> Result<()> {
             )?;
             (st.tokens, st.prefill_s, st.decode_s)
         }
-        Method::SpecBlock { drafter, budget } => {
+        Method::SpecBlock {
+            drafter,
+            budget,
+            max_seeds,
+        } => {
             let d = load_specblock_drafter(model, drafter, req.drafter_bf16)?;
             let policy = DraftPolicy {
                 budget: *budget,
+                max_seeds: *max_seeds,
                 ..DraftPolicy::default()
             };
             let mut session = Session::new(&d, prompt.len() + req.max_tokens + 1, policy)?;

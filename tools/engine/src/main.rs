@@ -44,6 +44,7 @@ OPTIONS:
   --drafter DIR       drafter directory: config.json + model.safetensors (default: the committed
                       trained drafter, models/drafters/specblock or models/drafters/eagle3)
   --budget N          draft-tree nodes per iteration (default 90 for specblock, 59 for eagle3)
+  --max-seeds S       SpecBlock: most block-2 seeds (0 = block 1 only; default all, the authors' policy)
   --eagle-depth D     EAGLE-3 tree depth (drafting steps per iteration, default 7)
   --eagle-topk K      EAGLE-3 children per node and frontier width (default 10)
   --json              print one JSON object (text, tokens, timings, and for specblock: iterations,
@@ -78,6 +79,7 @@ struct Opts {
     limit: usize,
     methods: String,
     eagle3_drafter: Option<PathBuf>,
+    max_seeds: Option<u32>,
 }
 
 fn parse_args() -> Result<Opts> {
@@ -113,6 +115,7 @@ fn parse_args() -> Result<Opts> {
         limit: 0,
         methods: "ar,eagle3,specblock".into(),
         eagle3_drafter: None,
+        max_seeds: None,
     };
     fn value<T: std::str::FromStr>(flag: &str, v: Option<String>) -> Result<T> {
         let v = v.ok_or_else(|| Error::InvalidArgument(format!("{flag} needs a value")))?;
@@ -144,6 +147,7 @@ fn parse_args() -> Result<Opts> {
             "--batch" => o.batch = value(&a, args.next())?,
             "--target-tokens" => o.target_tokens = value(&a, args.next())?,
             "--limit" => o.limit = value(&a, args.next())?,
+            "--max-seeds" => o.max_seeds = Some(value(&a, args.next())?),
             "--methods" => o.methods = value(&a, args.next())?,
             "--eagle3-drafter" => o.eagle3_drafter = Some(value::<String>(&a, args.next())?.into()),
             "-h" | "--help" => {
@@ -462,6 +466,7 @@ fn run() -> Result<()> {
                             PathBuf::from(specblock_engine::generate::DEFAULT_SPECBLOCK_DRAFTER)
                         }),
                         budget: o.budget.unwrap_or(90),
+                        max_seeds: o.max_seeds.unwrap_or(u32::MAX),
                     },
                     "eagle3" => specblock_engine::generate::Method::Eagle3 {
                         drafter: o.drafter.clone().unwrap_or_else(|| {
