@@ -721,6 +721,15 @@ pub fn softmax_in_place_by_position(row: &mut [f32], prefix: usize, tail_positio
         row.len(),
         "softmax: one position per tail key"
     );
+    // Positions equal to indices (decoding, causal prefill): the plain softmax's lanes already are
+    // the positions' (vectorised over the whole row).
+    if tail_positions
+        .iter()
+        .enumerate()
+        .all(|(t, &p)| p as usize == prefix + t)
+    {
+        return softmax_in_place(row);
+    }
     #[cfg(target_arch = "x86_64")]
     if have_avx512() {
         // SAFETY: AVX-512F checked.
