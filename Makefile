@@ -24,21 +24,25 @@ model: build
 	$(ENGINE) fetch-model --models-dir models
 
 ## demo: the C example on the library, then the reference engine answering a question on the real model.
+DEMO_SPECBLOCK := --budget 4 --max-seeds 0
+DEMO_EAGLE3 := --budget 8 --eagle-depth 4 --eagle-topk 4
 demo: build model
 	@mkdir -p target/demo
 	cc -std=c11 -O2 -Wall -Wextra -Wpedantic -Werror -Iinclude examples/c/tree_demo.c \
 		$(RELEASE_DIR)/libspecblock.a $(STATIC_LIBS) -o target/demo/tree_demo
 	./target/demo/tree_demo
 	@echo
-	@echo "== specblock generate (SmolLM2-135M-Instruct, f32 weights, greedy) =="
-	$(ENGINE) generate --model $(MODEL) --max-tokens 96 \
+	@echo "== specblock generate (SmolLM2-135M-Instruct, bf16 weights, greedy, plain decoding) =="
+	$(ENGINE) generate --model $(MODEL) --bf16 --max-tokens 96 \
 		--prompt "Explain in two sentences why the sky is blue."
 	@echo
-	@echo "== the same with SpecBlock speculative decoding (an UNTRAINED drafter until one is trained:"
-	@echo "   the text must be identical; the speed-up comes with a trained drafter) =="
-	$(ENGINE) random-drafter --out target/demo/untrained-drafter --seed 1 > /dev/null
-	$(ENGINE) generate --model $(MODEL) --max-tokens 96 --method specblock \
-		--drafter target/demo/untrained-drafter --budget 32 \
+	@echo "== the same with SpecBlock speculative decoding (the committed trained drafter, models/drafters/specblock,"
+	@echo "   at this CPU's best setting from docs/results: $(DEMO_SPECBLOCK)); the text must be identical =="
+	$(ENGINE) generate --model $(MODEL) --bf16 --max-tokens 96 --method specblock $(DEMO_SPECBLOCK) \
+		--prompt "Explain in two sentences why the sky is blue."
+	@echo
+	@echo "== and with the EAGLE-3 baseline (models/drafters/eagle3, $(DEMO_EAGLE3)) =="
+	$(ENGINE) generate --model $(MODEL) --bf16 --max-tokens 96 --method eagle3 $(DEMO_EAGLE3) \
 		--prompt "Explain in two sentences why the sky is blue."
 
 ## test: everything CI runs, from a fresh machine (installs what it needs).

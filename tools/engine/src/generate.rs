@@ -277,8 +277,11 @@ pub fn run_cli(model: &Llama, gguf: &GgufFile, req: &Request) -> Result<()> {
         );
         if let Some(m) = report.get("mean_accept_length") {
             eprintln!(
-                "[specblock: {} iterations, mean accept length {m}]",
-                report["iterations"]
+                "[{}: {} iterations, mean accept length {:.2}, drafting {:.0}% of the decode time]",
+                report["method"].as_str().unwrap_or_default(),
+                report["iterations"],
+                m.as_f64().unwrap_or_default(),
+                100.0 * report["draft_seconds"].as_f64().unwrap_or_default() / decode_s.max(1e-12)
             );
         }
     }
