@@ -12,6 +12,9 @@ STATIC_LIBS := -lpthread -ldl -lm
 .PHONY: all build demo test deps check-tools fmt-check clippy cargo-test cuda-toolchain kernels gpu-bundle gpu-check nostd header bench bench-core bench-engine bench-llamacpp bench-drafter prompts datagen model install clean
 
 MODEL := models/SmolLM2-135M-Instruct.Q4_1.gguf
+# llama-cpp-python for the llama.cpp reference numbers (bench, bench-llamacpp).
+BENCH_VENV := .venv-bench
+BENCH_PY := $(BENCH_VENV)/bin/python
 ENGINE := target/release/specblock
 
 all: build
@@ -204,8 +207,6 @@ bench-drafter: build model
 
 ## bench-llamacpp: our engine's bench, then llama.cpp (llama-cpp-python 0.3.36) on the Q4_1 and F16 GGUFs,
 ## side by side, on an idle machine. The first run builds llama.cpp from the sdist (~6 minutes on 2 cores).
-BENCH_VENV := .venv-bench
-BENCH_PY := $(BENCH_VENV)/bin/python
 MODEL_F16 := models/SmolLM2-135M-Instruct.F16.gguf
 
 $(BENCH_VENV)/.installed:
