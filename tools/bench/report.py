@@ -169,6 +169,11 @@ def fmt(v, spec=".2f"):
     return "–" if v is None else format(v, spec)
 
 
+def pct(x):
+    """A fraction as a percentage cell; "–" when absent."""
+    return "–" if x is None else f"{x * 100:.0f}%"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--engine", default="target/release/specblock")
@@ -183,7 +188,14 @@ def main():
     ap.add_argument("--llamacpp-python", default=None, help="a Python with llama-cpp-python==0.3.36")
     ap.add_argument("--out", default="docs/results")
     ap.add_argument("--make-command", default="make bench", help="recorded as the reproducing command")
+    ap.add_argument("--rewrite", action="store_true",
+                    help="only rewrite README.md and the plots from OUT/results.json (no runs)")
     args = ap.parse_args()
+    if args.rewrite:
+        with open(os.path.join(args.out, "results.json")) as f:
+            result = json.load(f)
+        write_outputs(args, result)
+        return
 
     raw = os.path.join(args.out, "raw")
     os.makedirs(raw, exist_ok=True)
@@ -256,6 +268,14 @@ def main():
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(result, f, indent=2)
 
+    write_outputs(args, result)
+    print(f"wrote {args.out}/results.json, README.md, accept_length.svg, speedup.svg "
+          f"({(time.time() - started) / 60:.1f} min)", file=sys.stderr)
+
+
+def write_outputs(args, result):
+    """README.md and the two plots from the results."""
+    chosen, main_runs = result["chosen"], result["runs"]
     groups = [f"{name} T{t:g}" for ds, name in DATASETS for t in TEMPERATURES]
     keys = [f"{ds}@T{t:g}" for ds, _ in DATASETS for t in TEMPERATURES]
     series = [("EAGLE-3", chosen["eagle3"]), ("SpecBlock", chosen["specblock"])]
@@ -265,8 +285,6 @@ def main():
         vals = {(g, sname): main_runs[k].get(s, {}).get(key) for g, k in zip(groups, keys) for sname, s in series}
         bar_svg(os.path.join(args.out, fname), title, ylabel, groups, [s for s, _ in series], vals, base)
     write_markdown(args, result, groups, keys, series)
-    print(f"wrote {args.out}/results.json, README.md, accept_length.svg, speedup.svg "
-          f"({(time.time() - started) / 60:.1f} min)", file=sys.stderr)
 
 
 def cpu_name():
@@ -303,10 +321,10 @@ def write_markdown(args, r, groups, keys, series):
         x = r["summary"][m]
         L.append(f"| {name} | `{r['chosen'][m]}` | {fmt(x['speedup'])} | {fmt(x['mean_accept_length'])} | "
                  f"{fmt(x['tokens_per_second'], '.1f')} | {fmt(x['draft_ms_per_iteration'], '.1f')} | "
-                 f"{fmt(x['drafting_share'] * 100 if x['drafting_share'] is not None else None, '.0f')}% |")
+                 f"{pct(x['drafting_share'])} |")
     if r["llamacpp"]:
         for m in r["llamacpp"]["models"]:
-            L.append(f"| llama.cpp plain decoding ({m['desc']}) | reference | – | 1.00 | "
+            L.append(f"| llama.cpp plain decoding ({m['name']}) | reference | – | 1.00 | "
                      f"{m['decode_tok_s_short_ctx']:.1f} (16-token ctx), {m['decode_tok_s_ctx512']:.1f} (ctx 512) | – | – |")
     g = r["goals"]
     L.append("\n## Goals\n")
@@ -321,6 +339,10 @@ def write_markdown(args, r, groups, keys, series):
     L.append(f"| SpecBlock tok/s above llama.cpp Q4_1 plain decoding | "
              f"{fmt(v, '.2f') + '×' if v is not None else 'not measured'} | "
              f"{('met' if v > 1 else 'missed') if v is not None else 'not measured (no llama.cpp Python given)'} |")
+    L.append("\nThe llama.cpp row is llama-cpp-python's plain greedy decoding of the same GGUF (2 threads) at a 16-token "
+             "and a 512-token context, measured in the same `make bench` run after the speculative runs; the goal "
+             "compares SpecBlock's mean tok/s with the 16-token figure. What limits each number: "
+             "`docs/performance.md`, section \"Trained drafters on the CPU\".")
     L.append("\n## Per dataset and temperature\n")
     L.append("| dataset | T | method | setting | τ | tok/s | speedup | median prompt speedup | draft ms/iter | "
              "verify ms/iter | drafting share | greedy = ar |")
@@ -336,7 +358,7 @@ def write_markdown(args, r, groups, keys, series):
                          f"{x['tokens_per_second']:.1f} | {fmt(x.get('speedup', 1.0))} | "
                          f"{fmt(x.get('median_prompt_speedup', 1.0))} | {fmt(x.get('draft_ms_per_iteration'), '.1f')} | "
                          f"{fmt(x.get('verify_ms_per_iteration'), '.1f')} | "
-                         f"{fmt(x['drafting_share'] * 100 if 'drafting_share' in x else None, '.0f')}% | "
+                         f"{pct(x.get('drafting_share'))} | "
                          f"{x.get('greedy_matches_ar', '–')} |")
     L.append("\n![accept length](accept_length.svg)\n\n![speedup](speedup.svg)\n")
     L.append("\n## Per-depth acceptance (fraction of iterations that accepted at least d draft tokens)\n")
@@ -358,7 +380,7 @@ def write_markdown(args, r, groups, keys, series):
         L.append(f"| `{setting}`{mark} | {fmt(x.get('mean_accept_length', 1.0))} | {x['tokens_per_second']:.1f} | "
                  f"{fmt(x.get('speedup', 1.0))} | {fmt(x.get('draft_ms_per_iteration'), '.1f')} | "
                  f"{fmt(x.get('verify_ms_per_iteration'), '.1f')} | "
-                 f"{fmt(x['drafting_share'] * 100 if 'drafting_share' in x else None, '.0f')}% | "
+                 f"{pct(x.get('drafting_share'))} | "
                  f"{x.get('greedy_matches_ar', '–')} |")
     L.append("\nSettings: `eagle3:BUDGET:DEPTH:TOPK`; `specblock:BUDGET[:SEEDS]` (SEEDS: most block-2 seeds, 0 = block "
              "1 only; none = all, the authors' policy). BUDGET: non-root tree nodes kept after the prune.\n")
