@@ -28,7 +28,7 @@ model: build
 
 ## demo: the C example on the library, then the reference engine answering a question on the real model.
 DEMO_SPECBLOCK := --budget 4 --max-seeds 0
-DEMO_EAGLE3 := --budget 8 --eagle-depth 4 --eagle-topk 4
+DEMO_EAGLE3 := --budget 6 --eagle-depth 3 --eagle-topk 2
 demo: build model
 	@mkdir -p target/demo
 	cc -std=c11 -O2 -Wall -Wextra -Wpedantic -Werror -Iinclude examples/c/tree_demo.c \
@@ -44,7 +44,7 @@ demo: build model
 	$(ENGINE) generate --model $(MODEL) --bf16 --max-tokens 96 --method specblock $(DEMO_SPECBLOCK) \
 		--prompt "Explain in two sentences why the sky is blue."
 	@echo
-	@echo "== and with the EAGLE-3 baseline (models/drafters/eagle3, $(DEMO_EAGLE3)) =="
+	@echo "== and with the EAGLE-3 baseline (models/drafters/eagle3, its best setting here: $(DEMO_EAGLE3)) =="
 	$(ENGINE) generate --model $(MODEL) --bf16 --max-tokens 96 --method eagle3 $(DEMO_EAGLE3) \
 		--prompt "Explain in two sentences why the sky is blue."
 
