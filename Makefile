@@ -136,10 +136,10 @@ header:
 ## bench: the speculative-decoding report in docs/results/ (tools/bench/report.py): a budget sweep on the
 ## ShareGPT held-out prompts, then ar / EAGLE-3 / SpecBlock on MT-bench, HumanEval and ShareGPT held-out at
 ## T = 0 and 1 with the committed drafters, and llama.cpp's plain decoding of the same GGUF as a reference.
-## BENCH_LIMIT prompts per dataset (default 40, ~25 minutes in all; 0 = all 80 / 164 / 200, about 1 hour),
+## BENCH_LIMIT prompts per dataset (default 0 = all 80 / 164 / 200: about 1 hour; 40: ~25 minutes),
 ## BENCH_SWEEP_LIMIT ShareGPT held-out prompts in the sweep.
 ## Run it on an idle machine (each engine run waits up to 2 minutes for one).
-BENCH_LIMIT ?= 40
+BENCH_LIMIT ?= 0
 BENCH_SWEEP_LIMIT ?= 20
 bench: build model prompts $(BENCH_VENV)/.installed
 	python3 tools/bench/report.py --engine $(ENGINE) --model $(MODEL) --limit $(BENCH_LIMIT) \

@@ -14,7 +14,7 @@ use crate::decode::generate_ids;
 use crate::error::{Error, Result};
 use crate::generate::{load_eagle3_drafter, load_specblock_drafter};
 use crate::model::Llama;
-use crate::speculate::{SpecStats, speculative_generate};
+use crate::speculate::{DraftSession, speculative_generate};
 use crate::tokenizer::Tokenizer;
 
 /// One method of a run: plain decoding, or a speculative method at a tree budget.
@@ -239,47 +239,27 @@ pub fn run_suite(
                 } => {
                     rec["depth"] = (*depth).into();
                     rec["top_k"] = (*top_k).into();
-                    let d = e3.as_ref().expect("loaded above");
                     let policy = Eagle3Policy {
                         budget: *budget,
                         depth: *depth,
                         top_k: *top_k,
                     };
+                    let d = e3.as_ref().expect("loaded above");
                     let mut s = Eagle3Session::new(d, ids.len() + cfg.max_tokens + 1, policy)?;
-                    let st = speculative_generate(
-                        model,
-                        &mut s,
-                        &ids,
-                        cfg.max_tokens,
-                        &cfg.sampling,
-                        seed,
-                        eos,
-                        |_| {},
-                    )?;
-                    spec_fields(&mut rec, &st)
+                    speculate(model, &mut s, &ids, cfg, seed, eos, &mut rec)?
                 }
                 MethodSpec::SpecBlock { budget, max_seeds } => {
                     if *max_seeds != u32::MAX {
                         rec["max_seeds"] = (*max_seeds).into();
                     }
-                    let d = sb.as_ref().expect("loaded above");
                     let policy = DraftPolicy {
                         budget: *budget,
                         max_seeds: *max_seeds,
                         ..DraftPolicy::default()
                     };
+                    let d = sb.as_ref().expect("loaded above");
                     let mut s = Session::new(d, ids.len() + cfg.max_tokens + 1, policy)?;
-                    let st = speculative_generate(
-                        model,
-                        &mut s,
-                        &ids,
-                        cfg.max_tokens,
-                        &cfg.sampling,
-                        seed,
-                        eos,
-                        |_| {},
-                    )?;
-                    spec_fields(&mut rec, &st)
+                    speculate(model, &mut s, &ids, cfg, seed, eos, &mut rec)?
                 }
             };
             if greedy {
@@ -368,14 +348,33 @@ fn divergence(
     ))
 }
 
-/// Adds the speculative fields to `rec`; returns (tokens, prefill seconds, decode seconds).
-fn spec_fields(rec: &mut serde_json::Value, st: &SpecStats) -> (Vec<u32>, f64, f64) {
+/// One speculative answer with `session`; adds its fields to `rec` and returns (tokens, prefill
+/// seconds, decode seconds).
+fn speculate(
+    model: &Llama,
+    session: &mut dyn DraftSession,
+    ids: &[u32],
+    cfg: &SuiteConfig,
+    seed: u64,
+    eos: Option<u32>,
+    rec: &mut serde_json::Value,
+) -> Result<(Vec<u32>, f64, f64)> {
+    let st = speculative_generate(
+        model,
+        session,
+        ids,
+        cfg.max_tokens,
+        &cfg.sampling,
+        seed,
+        eos,
+        |_| {},
+    )?;
     rec["iterations"] = st.iterations.into();
     rec["accepted"] = st.accepted.into();
     rec["draft_seconds"] = st.draft_s.into();
     rec["verify_seconds"] = st.verify_s.into();
     rec["accepted_at_depth"] = st.accepted_at_depth.clone().into();
-    (st.tokens.clone(), st.prefill_s, st.draft_s + st.verify_s)
+    Ok((st.tokens, st.prefill_s, st.draft_s + st.verify_s))
 }
 
 #[cfg(test)]

@@ -82,6 +82,17 @@ struct Opts {
     max_seeds: Option<u32>,
 }
 
+impl Opts {
+    /// The target sampling parameters of --temperature, --top-k and --top-p.
+    fn sampling(&self) -> specblock::verify::Sampling {
+        specblock::verify::Sampling {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+        }
+    }
+}
+
 fn parse_args() -> Result<Opts> {
     let mut args = std::env::args().skip(1);
     let command = args.next().unwrap_or_default();
@@ -296,11 +307,7 @@ fn cmd_bench_spec(o: &Opts) -> Result<()> {
         limit: o.limit,
         methods: MethodSpec::parse_list(&o.methods)?,
         max_tokens: o.max_tokens,
-        sampling: specblock::verify::Sampling {
-            temperature: o.temperature,
-            top_k: o.top_k,
-            top_p: o.top_p,
-        },
+        sampling: o.sampling(),
         seed: o.seed,
         specblock_drafter: o
             .drafter
@@ -453,11 +460,7 @@ fn run() -> Result<()> {
                 prompt: o.prompt.clone(),
                 chat: !o.raw,
                 max_tokens: o.max_tokens,
-                sampling: specblock::verify::Sampling {
-                    temperature: o.temperature,
-                    top_k: o.top_k,
-                    top_p: o.top_p,
-                },
+                sampling: o.sampling(),
                 seed: o.seed,
                 method: match o.method.as_str() {
                     "ar" => specblock_engine::generate::Method::Ar,
