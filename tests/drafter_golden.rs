@@ -4,42 +4,15 @@
 
 mod golden;
 
-use golden::{close, f32s, fixture, u32s as ids};
-use specblock::drafter::{BlockOutput, Drafter};
+use golden::{close, close_block, embedding, f32s, fixture, u32s as ids};
+use specblock::drafter::Drafter;
 use specblock::io::safetensors::SafeTensors;
-
-fn check(out: &BlockOutput, g: &SafeTensors, prefix: &str) {
-    close(
-        &out.logits,
-        &f32s(g, &format!("{prefix}.logits")),
-        &format!("{prefix}.logits"),
-    );
-    close(
-        &out.rank_logits,
-        &f32s(g, &format!("{prefix}.rank_logits")),
-        &format!("{prefix}.rank_logits"),
-    );
-    close(
-        &out.hidden,
-        &f32s(g, &format!("{prefix}.h")),
-        &format!("{prefix}.h"),
-    );
-    close(
-        &out.normed,
-        &f32s(g, &format!("{prefix}.n")),
-        &format!("{prefix}.n"),
-    );
-}
 
 #[test]
 fn forward_matches_the_pytorch_reference() {
     let dir = fixture("drafter_tiny");
     let drafter = Drafter::load_dir(&dir, 2).expect("tiny drafter loads");
-    let embed = SafeTensors::open(&dir.join("embed.safetensors"))
-        .unwrap()
-        .f32("model.embed_tokens.weight")
-        .unwrap()
-        .1;
+    let embed = embedding(&dir);
     let g = golden::open("drafter_golden.safetensors");
     let mut cache = drafter.new_cache(16);
 
@@ -52,7 +25,7 @@ fn forward_matches_the_pytorch_reference() {
             &ids(&g, "prefill.bases"),
         )
         .unwrap();
-    check(&pre, &g, "prefill");
+    close_block(&pre, &g, "prefill");
     let commit = drafter
         .context_forward(
             &mut cache,
@@ -62,7 +35,7 @@ fn forward_matches_the_pytorch_reference() {
             &ids(&g, "commit.bases"),
         )
         .unwrap();
-    check(&commit, &g, "commit");
+    close_block(&commit, &g, "commit");
     assert_eq!(cache.entries(), 8);
     let c = drafter.config();
     for layer in 0..c.layers {
@@ -91,7 +64,7 @@ fn forward_matches_the_pytorch_reference() {
             &ids(&g, "seed.visibility"),
         )
         .unwrap();
-    check(&seeds, &g, "seed");
+    close_block(&seeds, &g, "seed");
     assert_eq!(cache.entries(), 8, "a seed forward appends nothing");
 }
 
@@ -99,11 +72,7 @@ fn forward_matches_the_pytorch_reference() {
 fn bad_inputs_are_errors_and_leave_the_cache_unchanged() {
     let dir = fixture("drafter_tiny");
     let drafter = Drafter::load_dir(&dir, 1).unwrap();
-    let embed = SafeTensors::open(&dir.join("embed.safetensors"))
-        .unwrap()
-        .f32("model.embed_tokens.weight")
-        .unwrap()
-        .1;
+    let embed = embedding(&dir);
     let c = drafter.config().clone();
     let f = vec![0.1f32; 3 * c.target_hidden];
     let mut cache = drafter.new_cache(2);
@@ -199,11 +168,7 @@ fn half_precision_checkpoints_load() {
     }
     let dir = fixture("drafter_tiny");
     let st = SafeTensors::open(&dir.join("model.safetensors")).unwrap();
-    let embed = SafeTensors::open(&dir.join("embed.safetensors"))
-        .unwrap()
-        .f32("model.embed_tokens.weight")
-        .unwrap()
-        .1;
+    let embed = embedding(&dir);
     let g = golden::open("drafter_golden.safetensors");
     let reference = Drafter::load_dir(&dir, 1).unwrap();
     let mut cache = reference.new_cache(8);
@@ -285,11 +250,7 @@ fn bf16_weights_stay_close_to_the_reference() {
     let dir = fixture("drafter_tiny");
     let mut drafter = Drafter::load_dir(&dir, 1).expect("tiny drafter loads");
     drafter.use_bf16_weights();
-    let embed = SafeTensors::open(&dir.join("embed.safetensors"))
-        .unwrap()
-        .f32("model.embed_tokens.weight")
-        .unwrap()
-        .1;
+    let embed = embedding(&dir);
     let g = golden::open("drafter_golden.safetensors");
     let mut cache = drafter.new_cache(16);
     let pre = drafter

@@ -5,7 +5,7 @@
 
 mod golden;
 
-use golden::{close, embedding as embed, f32s, fixture, u32s};
+use golden::{close, close_block, embedding as embed, f32s, fixture, u32s};
 use specblock::drafter::Drafter;
 use specblock::drafter::eagle3::Eagle3Drafter;
 use specblock::io::safetensors::SafeTensors;
@@ -26,14 +26,7 @@ fn trained_specblock_export_matches_pytorch() {
             &u32s(&g, "context.bases"),
         )
         .unwrap();
-    close(&ctx.logits, &f32s(&g, "context.logits"), "context.logits");
-    close(
-        &ctx.rank_logits,
-        &f32s(&g, "context.rank_logits"),
-        "context.rank_logits",
-    );
-    close(&ctx.hidden, &f32s(&g, "context.h"), "context.h");
-    close(&ctx.normed, &f32s(&g, "context.n"), "context.n");
+    close_block(&ctx, &g, "context");
     let seeds = drafter
         .seed_forward(
             &cache,
@@ -43,14 +36,7 @@ fn trained_specblock_export_matches_pytorch() {
             &u32s(&g, "seed.visibility"),
         )
         .unwrap();
-    close(&seeds.logits, &f32s(&g, "seed.logits"), "seed.logits");
-    close(
-        &seeds.rank_logits,
-        &f32s(&g, "seed.rank_logits"),
-        "seed.rank_logits",
-    );
-    close(&seeds.hidden, &f32s(&g, "seed.h"), "seed.h");
-    close(&seeds.normed, &f32s(&g, "seed.n"), "seed.n");
+    close_block(&seeds, &g, "seed");
 }
 
 #[test]

@@ -55,3 +55,18 @@ pub fn close(got: &[f32], want: &[f32], what: &str) {
         );
     }
 }
+
+/// A drafter block output against the reference tensors `{prefix}.logits`, `.rank_logits`, `.h` (hidden)
+/// and `.n` (normed), each with [`close`].
+#[allow(dead_code)] // not every test binary compares SpecBlock block outputs
+pub fn close_block(out: &specblock::drafter::BlockOutput, g: &SafeTensors, prefix: &str) {
+    for (got, name) in [
+        (&out.logits, "logits"),
+        (&out.rank_logits, "rank_logits"),
+        (&out.hidden, "h"),
+        (&out.normed, "n"),
+    ] {
+        let what = format!("{prefix}.{name}");
+        close(got, &f32s(g, &what), &what);
+    }
+}
