@@ -751,6 +751,7 @@ fn softmax_by_position_generic(row: &mut [f32], prefix: usize, tail_positions: &
         row.fill(0.0);
         return;
     }
+    // 16 partial sums so the prefix loop vectorises; exp_nonpositive is branch-free (and -inf -> 0).
     let mut sums = [0f32; L];
     let (head, tail) = row.split_at_mut(prefix);
     for chunk in head.chunks_mut(L) {
@@ -771,25 +772,10 @@ fn softmax_by_position_generic(row: &mut [f32], prefix: usize, tail_positions: &
     }
 }
 
+/// The whole row is prefix: lanes are indices.
 #[inline(always)]
 fn softmax_generic(row: &mut [f32]) {
-    let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-    if max == f32::NEG_INFINITY {
-        row.fill(0.0);
-        return;
-    }
-    // 16 partial sums so the loop vectorises; exp_nonpositive is branch-free (and -inf -> 0).
-    let mut sums = [0f32; L];
-    for chunk in row.chunks_mut(L) {
-        for (i, x) in chunk.iter_mut().enumerate() {
-            *x = exp_nonpositive(*x - max);
-            sums[i] += *x;
-        }
-    }
-    let inv = 1.0 / sums.iter().sum::<f32>();
-    for x in row.iter_mut() {
-        *x *= inv;
-    }
+    softmax_by_position_generic(row, row.len(), &[])
 }
 
 /// `acc[q, d] += sum_j p[q, j] * v[j, d]` for `m` rows of `p` (`len` wide) and `v` of `len x hd`.

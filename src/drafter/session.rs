@@ -51,6 +51,8 @@ struct Seed {
     node: i32,
     token: u32,
     slot: usize,
+    /// Block-1 nodes ranked above `node` in the budget order (set when seeds are filtered).
+    rank: u32,
 }
 
 /// A sequence's drafting session. Create one per sequence; reuse it across requests with `reset`.
@@ -387,6 +389,7 @@ impl<'d> Session<'d> {
                     node: greedy,
                     token: g,
                     slot: k,
+                    rank: 0,
                 });
             }
             for &(alt, alp) in self.top.iter().take(width as usize).skip(1) {
@@ -395,6 +398,7 @@ impl<'d> Session<'d> {
                     node,
                     token: alt,
                     slot: k,
+                    rank: 0,
                 });
             }
             (last_width, last_greedy) = (width, g);
@@ -407,28 +411,24 @@ impl<'d> Session<'d> {
                 node: parent,
                 token: last_greedy,
                 slot: k_slots - 1,
+                rank: 0,
             });
-        }
-        if self.policy.prune_seeds {
-            let budget = self.policy.budget as usize;
-            self.seeds.retain(|s| ranked_above(tree, s.node) < budget);
         }
         let max_seeds = self.policy.max_seeds as usize;
-        if self.seeds.len() > max_seeds {
-            // Keep the best `max_seeds` in their original order (ranks are distinct: a total order).
-            self.seed_vis.clear();
-            self.seed_vis
-                .extend(self.seeds.iter().map(|s| ranked_above(tree, s.node) as u32));
-            self.seed_tokens.clear();
-            self.seed_tokens.extend_from_slice(&self.seed_vis);
-            self.seed_tokens.sort_unstable();
-            let cut = self.seed_tokens.get(max_seeds).copied().unwrap_or(u32::MAX);
-            let mut i = 0;
-            let ranks = &self.seed_vis;
-            self.seeds.retain(|_| {
-                i += 1;
-                ranks[i - 1] < cut
-            });
+        if self.policy.prune_seeds || self.seeds.len() > max_seeds {
+            for seed in self.seeds.iter_mut() {
+                seed.rank = ranked_above(tree, seed.node) as u32;
+            }
+            if self.policy.prune_seeds {
+                let budget = self.policy.budget;
+                self.seeds.retain(|s| s.rank < budget);
+            }
+            if self.seeds.len() > max_seeds {
+                // The best `max_seeds` (ranks are distinct), back in insertion order, which node ids follow.
+                self.seeds.sort_unstable_by_key(|s| s.rank);
+                self.seeds.truncate(max_seeds);
+                self.seeds.sort_unstable_by_key(|s| s.node);
+            }
         }
         // Block 2: one batched forward over every seed, positions of the origin entry.
         if !self.seeds.is_empty() {
