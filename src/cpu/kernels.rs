@@ -1,7 +1,8 @@
 //! CPU kernels of the forward passes (the reference engine's target and the drafters). The matmul streams the weight matrix once per call and applies each
 //! block of weight rows to every activation row while it is in cache, so the cost of N rows stays near
 //! the cost of one until the arithmetic catches up with memory (DESIGN.md §7). The same generic code is
-//! compiled for AVX-512 and chosen at run time; the portable build is the fallback.
+//! compiled for AVX-512 and for AVX2 + FMA and chosen at run time ([`Isa`]); the portable build is the
+//! fallback.
 
 #![allow(clippy::needless_range_loop)] // index loops over register tiles read clearer
 
@@ -163,366 +164,75 @@ fn matmul_rows<W: Row + ?Sized>(
     }
 }
 
-/// AVX-512 kernels with compile-time register tiles: `R` weight rows times `C` activation rows, all
-/// `R * C` accumulators in registers. Weight-row tiles are the outer loop so each tile is read from
-/// memory once and reused from L1 for every activation tile (activations stay in L2). A [`Kernel`]
-/// says how one step of the inner product loads and multiplies: f32 x f32, bf16 weights widened to f32,
-/// or bf16 x bf16 pairs with `vdpbf16ps` (twice the arithmetic per instruction).
-#[cfg(target_arch = "x86_64")]
-mod avx512 {
-    use core::arch::x86_64::*;
-
-    /// One inner-product step over `STEP` columns.
-    pub trait Kernel {
-        /// Weight element.
-        type W;
-        /// Activation element.
-        type X;
-        /// Operand register.
-        type V: Copy;
-        /// Columns per step.
-        const STEP: usize;
-        /// # Safety
-        /// `p` points to `STEP` readable weights; the target features are available.
-        unsafe fn load_w(p: *const Self::W) -> Self::V;
-        /// # Safety
-        /// `p` points to `STEP` readable activations; the target features are available.
-        unsafe fn load_x(p: *const Self::X) -> Self::V;
-        /// # Safety
-        /// The target features are available.
-        unsafe fn fma(acc: __m512, w: Self::V, x: Self::V) -> __m512;
-        /// # Safety
-        /// Both pointers are readable.
-        unsafe fn product(w: *const Self::W, x: *const Self::X) -> f32;
-    }
-
-    /// f32 weights and activations.
-    pub struct F32;
-    /// bf16 weights widened to f32 (exact), f32 activations.
-    pub struct Bf16;
-    /// bf16 weights and bf16-rounded activations, products summed in f32 by `vdpbf16ps`.
-    pub struct Bf16Dot;
-
-    #[inline(always)]
-    fn bf16(x: u16) -> f32 {
-        f32::from_bits((x as u32) << 16)
-    }
-
-    impl Kernel for F32 {
-        type W = f32;
-        type X = f32;
-        type V = __m512;
-        const STEP: usize = 16;
-        #[inline(always)]
-        unsafe fn load_w(p: *const f32) -> __m512 {
-            // SAFETY: caller contract.
-            unsafe { _mm512_loadu_ps(p) }
-        }
-        #[inline(always)]
-        unsafe fn load_x(p: *const f32) -> __m512 {
-            // SAFETY: caller contract.
-            unsafe { _mm512_loadu_ps(p) }
-        }
-        #[inline(always)]
-        unsafe fn fma(acc: __m512, w: __m512, x: __m512) -> __m512 {
-            // SAFETY: caller contract.
-            unsafe { _mm512_fmadd_ps(w, x, acc) }
-        }
-        #[inline(always)]
-        unsafe fn product(w: *const f32, x: *const f32) -> f32 {
-            // SAFETY: caller contract.
-            unsafe { *w * *x }
-        }
-    }
-
-    impl Kernel for Bf16 {
-        type W = u16;
-        type X = f32;
-        type V = __m512;
-        const STEP: usize = 16;
-        #[inline(always)]
-        unsafe fn load_w(p: *const u16) -> __m512 {
-            // SAFETY: caller contract; bf16 -> f32 is a 16-bit left shift.
-            unsafe {
-                let h = _mm256_loadu_si256(p as *const __m256i);
-                _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
-            }
-        }
-        #[inline(always)]
-        unsafe fn load_x(p: *const f32) -> __m512 {
-            // SAFETY: caller contract.
-            unsafe { _mm512_loadu_ps(p) }
-        }
-        #[inline(always)]
-        unsafe fn fma(acc: __m512, w: __m512, x: __m512) -> __m512 {
-            // SAFETY: caller contract.
-            unsafe { _mm512_fmadd_ps(w, x, acc) }
-        }
-        #[inline(always)]
-        unsafe fn product(w: *const u16, x: *const f32) -> f32 {
-            // SAFETY: caller contract.
-            unsafe { bf16(*w) * *x }
-        }
-    }
-
-    impl Kernel for Bf16Dot {
-        type W = u16;
-        type X = u16;
-        type V = __m512bh;
-        const STEP: usize = 32;
-        #[inline(always)]
-        unsafe fn load_w(p: *const u16) -> __m512bh {
-            // SAFETY: caller contract; __m512i and __m512bh have the same size and layout.
-            unsafe { core::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(p as *const _)) }
-        }
-        #[inline(always)]
-        unsafe fn load_x(p: *const u16) -> __m512bh {
-            // SAFETY: as above.
-            unsafe { core::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(p as *const _)) }
-        }
-        #[inline(always)]
-        unsafe fn fma(acc: __m512, w: __m512bh, x: __m512bh) -> __m512 {
-            // SAFETY: caller contract (avx512bf16).
-            unsafe { _mm512_dpbf16_ps(acc, w, x) }
-        }
-        #[inline(always)]
-        unsafe fn product(w: *const u16, x: *const u16) -> f32 {
-            // SAFETY: caller contract.
-            unsafe { bf16(*w) * bf16(*x) }
-        }
-    }
-
-    /// One `R x C` tile: `y[c][r] = w[r] . x[c]` over `k` columns. With `PREFETCH`, also pulls the
-    /// next `R` weight rows toward L1 while this tile computes, so the memory stream overlaps the
-    /// arithmetic (used on the first activation tile of each weight tile).
-    #[inline(always)]
-    unsafe fn tile<K: Kernel, const R: usize, const C: usize, const PREFETCH: bool>(
-        w: *const K::W,
-        x: *const K::X,
-        k: usize,
-        y: *mut f32,
-        out: usize,
-    ) {
-        // SAFETY (whole body): the caller guarantees R rows of w and C rows of x of k values each, and
-        // a y with C rows of stride `out` and R columns from `y`. Prefetches never fault.
-        unsafe {
-            let mut acc = [[_mm512_setzero_ps(); C]; R];
-            let k_vec = k / K::STEP * K::STEP;
-            let mut j = 0;
-            while j < k_vec {
-                let mut wv = [K::load_w(w); R];
-                for r in 0..R {
-                    wv[r] = K::load_w(w.add(r * k + j));
-                    if PREFETCH {
-                        _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add((R + r) * k + j) as *const i8);
-                    }
-                }
-                for c in 0..C {
-                    let xv = K::load_x(x.add(c * k + j));
-                    for r in 0..R {
-                        acc[r][c] = K::fma(acc[r][c], wv[r], xv);
-                    }
-                }
-                j += K::STEP;
-            }
-            for r in 0..R {
-                for c in 0..C {
-                    let mut s = _mm512_reduce_add_ps(acc[r][c]);
-                    for jj in k_vec..k {
-                        s += K::product(w.add(r * k + jj), x.add(c * k + jj));
-                    }
-                    *y.add(c * out + r) = s;
-                }
-            }
-        }
-    }
-
-    /// Activation tiles of `C` rows (and the remainder) for one tile of `R` weight rows.
-    #[inline(always)]
-    unsafe fn row_tile<K: Kernel, const R: usize>(
-        w: *const K::W,
-        x: *const K::X,
-        n: usize,
-        k: usize,
-        y: *mut f32,
-        out: usize,
-    ) {
-        const C: usize = 6;
-        // SAFETY: forwarded caller contract; every tile stays inside the n rows.
-        unsafe {
-            let mut c = 0;
-            while c + C <= n {
-                if c == 0 {
-                    tile::<K, R, C, true>(w, x, k, y, out);
-                } else {
-                    tile::<K, R, C, false>(w, x.add(c * k), k, y.add(c * out), out);
-                }
-                c += C;
-            }
-            let (xr, yr) = (x.add(c * k), y.add(c * out));
-            match (n - c, c == 0) {
-                (0, _) => {}
-                (1, true) => tile::<K, R, 1, true>(w, xr, k, yr, out),
-                (1, false) => tile::<K, R, 1, false>(w, xr, k, yr, out),
-                (2, true) => tile::<K, R, 2, true>(w, xr, k, yr, out),
-                (2, false) => tile::<K, R, 2, false>(w, xr, k, yr, out),
-                (3, true) => tile::<K, R, 3, true>(w, xr, k, yr, out),
-                (3, false) => tile::<K, R, 3, false>(w, xr, k, yr, out),
-                (4, true) => tile::<K, R, 4, true>(w, xr, k, yr, out),
-                (4, false) => tile::<K, R, 4, false>(w, xr, k, yr, out),
-                (_, true) => tile::<K, R, 5, true>(w, xr, k, yr, out),
-                (_, false) => tile::<K, R, 5, false>(w, xr, k, yr, out),
-            }
-        }
-    }
-
-    /// `y[c, r] = w[r] . x[c]` for `r` in `rows`, `c` in `0..n`.
-    ///
-    /// # Safety
-    /// The kernel's target features are available (the callers below enable them); `w` holds
-    /// `rows.end * k` elements, `x` holds `n * k`, `y` holds `n * out` with `rows.end <= out`, and no
-    /// other thread writes these columns.
-    #[inline(always)]
-    unsafe fn rows_impl<K: Kernel>(
-        w: &[K::W],
-        k: usize,
-        x: &[K::X],
-        n: usize,
-        out: usize,
-        rows: std::ops::Range<usize>,
-        y: *mut f32,
-    ) {
-        const R: usize = 4;
-        let (wp, xp) = (w.as_ptr(), x.as_ptr());
-        // SAFETY: caller contract; tiles stay within `rows`.
-        unsafe {
-            let mut r = rows.start;
-            while r + R <= rows.end {
-                row_tile::<K, R>(wp.add(r * k), xp, n, k, y.add(r), out);
-                r += R;
-            }
-            while r < rows.end {
-                row_tile::<K, 1>(wp.add(r * k), xp, n, k, y.add(r), out);
-                r += 1;
-            }
-        }
-    }
-
-    /// [`rows_impl`] for f32 or widened-bf16 kernels. # Safety: as `rows_impl`, with AVX-512F/BW, FMA.
-    #[target_feature(enable = "avx512f,avx512bw,fma")]
-    pub unsafe fn matmul_rows<K: Kernel>(
-        w: &[K::W],
-        k: usize,
-        x: &[K::X],
-        n: usize,
-        out: usize,
-        rows: std::ops::Range<usize>,
-        y: *mut f32,
-    ) {
-        // SAFETY: forwarded.
-        unsafe { rows_impl::<K>(w, k, x, n, out, rows, y) }
-    }
-
-    /// `acc[q, 0..64] += sum_j p[q, j] * v[j, 0..64]` for `Q` query rows starting at `q0`: a register
-    /// tile of `Q x 4` accumulators, one pass over the value rows.
-    #[inline(always)]
-    unsafe fn weighted_block_64<const Q: usize>(
-        p: *const f32,
-        len: usize,
-        v: *const f32,
-        acc: *mut f32,
-    ) {
-        // SAFETY: the caller guarantees Q rows of p (len wide), len rows of v (64 wide), Q rows of acc.
-        unsafe {
-            let mut a = [[_mm512_setzero_ps(); 4]; Q];
-            for j in 0..len {
-                let vj = [
-                    _mm512_loadu_ps(v.add(j * 64)),
-                    _mm512_loadu_ps(v.add(j * 64 + 16)),
-                    _mm512_loadu_ps(v.add(j * 64 + 32)),
-                    _mm512_loadu_ps(v.add(j * 64 + 48)),
-                ];
-                for q in 0..Q {
-                    let pb = _mm512_set1_ps(*p.add(q * len + j));
-                    for d in 0..4 {
-                        a[q][d] = _mm512_fmadd_ps(pb, vj[d], a[q][d]);
-                    }
-                }
-            }
-            for q in 0..Q {
-                for d in 0..4 {
-                    let dst = acc.add(q * 64 + d * 16);
-                    _mm512_storeu_ps(dst, _mm512_add_ps(_mm512_loadu_ps(dst), a[q][d]));
-                }
-            }
-        }
-    }
-
-    /// Attention's weighted sum for head_dim 64. # Safety: AVX-512F and FMA available; `p` holds
-    /// `m * len`, `v` holds `len * 64`, `acc` holds `m * 64`.
-    #[target_feature(enable = "avx512f,fma")]
-    pub unsafe fn weighted_rows_64(p: &[f32], m: usize, len: usize, v: &[f32], acc: &mut [f32]) {
-        let (pp, vp, ap) = (p.as_ptr(), v.as_ptr(), acc.as_mut_ptr());
-        // SAFETY: caller contract; each block stays within the m rows.
-        unsafe {
-            let mut q = 0;
-            while q + 6 <= m {
-                weighted_block_64::<6>(pp.add(q * len), len, vp, ap.add(q * 64));
-                q += 6;
-            }
-            match m - q {
-                0 => {}
-                1 => weighted_block_64::<1>(pp.add(q * len), len, vp, ap.add(q * 64)),
-                2 => weighted_block_64::<2>(pp.add(q * len), len, vp, ap.add(q * 64)),
-                3 => weighted_block_64::<3>(pp.add(q * len), len, vp, ap.add(q * 64)),
-                4 => weighted_block_64::<4>(pp.add(q * len), len, vp, ap.add(q * 64)),
-                _ => weighted_block_64::<5>(pp.add(q * len), len, vp, ap.add(q * 64)),
-            }
-        }
-    }
-
-    /// [`rows_impl`] with `vdpbf16ps`. # Safety: as `rows_impl`, with AVX-512F/BW and AVX512_BF16.
-    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    pub unsafe fn matmul_rows_bf16_dot(
-        w: &[u16],
-        k: usize,
-        x: &[u16],
-        n: usize,
-        out: usize,
-        rows: std::ops::Range<usize>,
-        y: *mut f32,
-    ) {
-        // SAFETY: forwarded.
-        unsafe { rows_impl::<Bf16Dot>(w, k, x, n, out, rows, y) }
-    }
+/// The instruction set the kernels run with, detected once per process (see [`Isa::detect`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    /// AVX-512F/BW with AVX512_BF16: bf16 x bf16 products (`vdpbf16ps`) for bf16 weights.
+    Avx512Bf16,
+    /// AVX-512F/BW and FMA.
+    Avx512,
+    /// AVX2 and FMA (x86-64 hosts without AVX-512, e.g. AMD Zen 2/3).
+    Avx2,
+    /// Portable Rust (any other host).
+    Portable,
 }
 
-/// Whether the AVX512_BF16 dot-product kernel can run here (checked once).
-fn have_avx512_bf16() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
+impl Isa {
+    /// The best instruction set this CPU offers (checked once).
+    pub fn detect() -> Isa {
         use std::sync::OnceLock;
-        static HAVE: OnceLock<bool> = OnceLock::new();
-        *HAVE.get_or_init(|| have_avx512() && std::is_x86_feature_detected!("avx512bf16"))
+        static ISA: OnceLock<Isa> = OnceLock::new();
+        *ISA.get_or_init(|| {
+            let all = Isa::available();
+            all.first().copied().unwrap_or(Isa::Portable)
+        })
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
+
+    /// Every instruction set this CPU can run, best first (tests run each).
+    pub fn available() -> Vec<Isa> {
+        let mut v = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx512 = std::is_x86_feature_detected!("avx512f")
+                && std::is_x86_feature_detected!("avx512bw")
+                && std::is_x86_feature_detected!("fma");
+            if avx512 && std::is_x86_feature_detected!("avx512bf16") {
+                v.push(Isa::Avx512Bf16);
+            }
+            if avx512 {
+                v.push(Isa::Avx512);
+            }
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                v.push(Isa::Avx2);
+            }
+        }
+        v.push(Isa::Portable);
+        v
+    }
+
+    /// Short name for logs and benchmarks.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Avx512Bf16 => "avx512-bf16",
+            Isa::Avx512 => "avx512",
+            Isa::Avx2 => "avx2-fma",
+            Isa::Portable => "portable",
+        }
+    }
+
+    fn has_avx512(self) -> bool {
+        matches!(self, Isa::Avx512Bf16 | Isa::Avx512)
+    }
 }
 
 /// Whether the AVX-512 kernels can run here (checked once).
 fn have_avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::sync::OnceLock;
-        static HAVE: OnceLock<bool> = OnceLock::new();
-        *HAVE.get_or_init(|| {
-            std::is_x86_feature_detected!("avx512f")
-                && std::is_x86_feature_detected!("avx512bw")
-                && std::is_x86_feature_detected!("fma")
-        })
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
+    Isa::detect().has_avx512()
+}
+
+/// Whether the AVX2 + FMA kernels are the best this host has (checked once).
+fn have_avx2() -> bool {
+    Isa::detect() == Isa::Avx2
 }
 
 /// Raw pointer that may cross threads: each thread writes disjoint elements.
@@ -551,25 +261,44 @@ pub fn matmul(
     n: usize,
     y: &mut [f32],
 ) {
+    matmul_with(Isa::detect(), pool, w, out, k, x, n, y)
+}
+
+/// [`matmul`] on a given instruction set, which must be one of [`Isa::available`] (tests compare them).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_with(
+    isa: Isa,
+    pool: &super::Pool,
+    w: &Matrix,
+    out: usize,
+    k: usize,
+    x: &[f32],
+    n: usize,
+    y: &mut [f32],
+) {
     assert!(x.len() >= n * k && y.len() >= n * out, "matmul shapes");
     match w {
         Matrix::F32(d) => assert_eq!(d.len(), out * k, "matmul weight shape"),
         Matrix::Bf16(d) => assert_eq!(d.len(), out * k, "matmul weight shape"),
     }
+    assert!(
+        Isa::available().contains(&isa),
+        "{isa:?} is not available on this CPU"
+    );
     // bf16 weights on a CPU with AVX512_BF16: round the activations to bf16 once and multiply pairs.
     // The rounded copy lives in a per-thread buffer that only grows, so steady-state calls (a
     // drafter session's draft and commit) allocate nothing.
     if let Matrix::Bf16(_) = w
-        && have_avx512_bf16()
+        && isa == Isa::Avx512Bf16
     {
         ACTIVATIONS_BF16.with_borrow_mut(|xb| {
             xb.clear();
             xb.extend(x[..n * k].iter().map(|&v| f32_to_bf16(v)));
-            matmul_impl(pool, w, out, k, x, n, y, Some(xb));
+            matmul_impl(isa, pool, w, out, k, x, n, y, Some(xb));
         });
         return;
     }
-    matmul_impl(pool, w, out, k, x, n, y, None);
+    matmul_impl(isa, pool, w, out, k, x, n, y, None);
 }
 
 std::thread_local! {
@@ -588,10 +317,56 @@ pub fn reserve_bf16_activations(elements: usize) {
     });
 }
 
-/// [`matmul`] with the activations already rounded to bf16 when the weights are bf16 and the CPU
-/// multiplies bf16 pairs (`x_bf16`), else `None`.
+/// One thread's share of a matmul: weight rows `rows` against every activation row, on `isa`.
+/// `x_bf16` is the bf16-rounded copy of `x` that `Isa::Avx512Bf16` multiplies with bf16 weights.
+#[allow(clippy::too_many_arguments)]
+fn matmul_rows_on(
+    isa: Isa,
+    w: &Matrix,
+    k: usize,
+    x: &[f32],
+    x_bf16: Option<&[u16]>,
+    n: usize,
+    out: usize,
+    rows: std::ops::Range<usize>,
+    y: *mut f32,
+) {
+    // SAFETY (every arm): the CPU has the arm's features (`isa` is one of Isa::available, asserted
+    // by the callers); the callers checked the shapes, and each thread owns disjoint row ranges of y.
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        use super::simd::{avx2, avx512};
+        match (w, isa, x_bf16) {
+            (Matrix::Bf16(d), Isa::Avx512Bf16, Some(xb)) => {
+                return avx512::matmul_rows_bf16_dot(d, k, xb, n, out, rows, y);
+            }
+            (Matrix::F32(d), Isa::Avx512Bf16 | Isa::Avx512, _) => {
+                return avx512::matmul_rows::<avx512::F32>(d, k, x, n, out, rows, y);
+            }
+            (Matrix::Bf16(d), Isa::Avx512Bf16 | Isa::Avx512, _) => {
+                return avx512::matmul_rows::<avx512::Bf16>(d, k, x, n, out, rows, y);
+            }
+            (Matrix::F32(d), Isa::Avx2, _) => {
+                return avx2::matmul_rows::<avx2::F32>(d, k, x, n, out, rows, y);
+            }
+            (Matrix::Bf16(d), Isa::Avx2, _) => {
+                return avx2::matmul_rows::<avx2::Bf16>(d, k, x, n, out, rows, y);
+            }
+            _ => {}
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (isa, x_bf16);
+    match w {
+        Matrix::F32(d) => matmul_rows(d.as_slice(), k, x, n, out, rows, y),
+        Matrix::Bf16(d) => matmul_rows(d.as_slice(), k, x, n, out, rows, y),
+    }
+}
+
+/// [`matmul_with`] after the activations were rounded to bf16 where `isa` multiplies bf16 pairs.
 #[allow(clippy::too_many_arguments)]
 fn matmul_impl(
+    isa: Isa,
     pool: &super::Pool,
     w: &Matrix,
     out: usize,
@@ -603,41 +378,13 @@ fn matmul_impl(
 ) {
     let yp = SendPtr(y.as_mut_ptr());
     let threads = pool.threads();
-    let avx512 = have_avx512();
     // Chunks of whole register tiles, several per thread, so a slow thread does not hold up the rest.
     let chunk_rows = (out.div_ceil(threads * 8)).max(16).next_multiple_of(TILE_R);
     let chunks = out.div_ceil(chunk_rows);
     pool.for_each_chunk(chunks, &|c| {
         let rows = c * chunk_rows..((c + 1) * chunk_rows).min(out);
-        if rows.is_empty() {
-            return;
-        }
-        match w {
-            Matrix::F32(d) => {
-                #[cfg(target_arch = "x86_64")]
-                if avx512 {
-                    // SAFETY: the CPU has AVX-512F/BW and FMA (checked by have_avx512); shapes were
-                    // checked above and threads own disjoint row ranges.
-                    unsafe { avx512::matmul_rows::<avx512::F32>(d, k, x, n, out, rows, yp.get()) };
-                    return;
-                }
-                matmul_rows(d.as_slice(), k, x, n, out, rows, yp.get())
-            }
-            Matrix::Bf16(d) => {
-                #[cfg(target_arch = "x86_64")]
-                if let Some(xb) = x_bf16 {
-                    // SAFETY: AVX-512 and AVX512_BF16 checked; as above.
-                    unsafe { avx512::matmul_rows_bf16_dot(d, k, xb, n, out, rows, yp.get()) };
-                    return;
-                }
-                #[cfg(target_arch = "x86_64")]
-                if avx512 {
-                    // SAFETY: as above.
-                    unsafe { avx512::matmul_rows::<avx512::Bf16>(d, k, x, n, out, rows, yp.get()) };
-                    return;
-                }
-                matmul_rows(d.as_slice(), k, x, n, out, rows, yp.get())
-            }
+        if !rows.is_empty() {
+            matmul_rows_on(isa, w, k, x, x_bf16, n, out, rows, yp.get());
         }
     });
 }
@@ -667,12 +414,23 @@ fn stream_sum_avx512(buf: &[f32]) -> f32 {
     stream_sum_generic(buf)
 }
 
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn stream_sum_avx2(buf: &[f32]) -> f32 {
+    stream_sum_generic(buf)
+}
+
 /// Reads every value of `buf` once (see [`stream_sum_generic`]); returns their sum.
 pub fn stream_sum(buf: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if have_avx512() {
         // SAFETY: AVX-512F checked.
         return unsafe { stream_sum_avx512(buf) };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if have_avx2() {
+        // SAFETY: AVX2 checked.
+        return unsafe { stream_sum_avx2(buf) };
     }
     stream_sum_generic(buf)
 }
@@ -684,10 +442,18 @@ pub fn matmul_local(w: &[f32], out: usize, k: usize, x: &[f32], n: usize, y: &mu
         "matmul_local shapes"
     );
     #[cfg(target_arch = "x86_64")]
-    if have_avx512() {
-        // SAFETY: AVX-512 checked; shapes checked above; this thread owns y.
-        unsafe { avx512::matmul_rows::<avx512::F32>(w, k, x, n, out, 0..out, y.as_mut_ptr()) };
-        return;
+    {
+        use super::simd::{avx2, avx512};
+        if have_avx512() {
+            // SAFETY: AVX-512 checked; shapes checked above; this thread owns y.
+            unsafe { avx512::matmul_rows::<avx512::F32>(w, k, x, n, out, 0..out, y.as_mut_ptr()) };
+            return;
+        }
+        if have_avx2() {
+            // SAFETY: AVX2 and FMA checked; as above.
+            unsafe { avx2::matmul_rows::<avx2::F32>(w, k, x, n, out, 0..out, y.as_mut_ptr()) };
+            return;
+        }
     }
     matmul_rows(w, k, x, n, out, 0..out, y.as_mut_ptr());
 }
@@ -699,6 +465,17 @@ pub fn softmax_in_place(row: &mut [f32]) {
         // SAFETY: AVX-512F checked.
         return unsafe { softmax_avx512(row) };
     }
+    #[cfg(target_arch = "x86_64")]
+    if have_avx2() {
+        // SAFETY: AVX2 and FMA checked.
+        return unsafe { softmax_avx2(row) };
+    }
+    softmax_generic(row)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn softmax_avx2(row: &mut [f32]) {
     softmax_generic(row)
 }
 
@@ -735,6 +512,17 @@ pub fn softmax_in_place_by_position(row: &mut [f32], prefix: usize, tail_positio
         // SAFETY: AVX-512F checked.
         return unsafe { softmax_by_position_avx512(row, prefix, tail_positions) };
     }
+    #[cfg(target_arch = "x86_64")]
+    if have_avx2() {
+        // SAFETY: AVX2 and FMA checked.
+        return unsafe { softmax_by_position_avx2(row, prefix, tail_positions) };
+    }
+    softmax_by_position_generic(row, prefix, tail_positions)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn softmax_by_position_avx2(row: &mut [f32], prefix: usize, tail_positions: &[u32]) {
     softmax_by_position_generic(row, prefix, tail_positions)
 }
 
@@ -811,13 +599,24 @@ pub fn weighted_rows(p: &[f32], m: usize, len: usize, v: &[f32], hd: usize, acc:
     if have_avx512() {
         if hd == 64 {
             // SAFETY: AVX-512F and FMA are available (checked); shapes checked above.
-            unsafe { avx512::weighted_rows_64(p, m, len, v, acc) };
+            unsafe { super::simd::avx512::weighted_rows_64(p, m, len, v, acc) };
         } else {
             // SAFETY: as above.
             unsafe { weighted_rows_avx512(p, m, len, v, hd, acc) };
         }
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if have_avx2() {
+        // SAFETY: AVX2 and FMA checked; shapes checked above.
+        return unsafe { weighted_rows_avx2(p, m, len, v, hd, acc) };
+    }
+    weighted_rows_generic(p, m, len, v, hd, acc)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn weighted_rows_avx2(p: &[f32], m: usize, len: usize, v: &[f32], hd: usize, acc: &mut [f32]) {
     weighted_rows_generic(p, m, len, v, hd, acc)
 }
 
@@ -840,6 +639,17 @@ pub fn swiglu(gate: &mut [f32], up: &[f32]) {
         // SAFETY: AVX-512F checked.
         return unsafe { swiglu_avx512(gate, up) };
     }
+    #[cfg(target_arch = "x86_64")]
+    if have_avx2() {
+        // SAFETY: AVX2 and FMA checked.
+        return unsafe { swiglu_avx2(gate, up) };
+    }
+    swiglu_generic(gate, up)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn swiglu_avx2(gate: &mut [f32], up: &[f32]) {
     swiglu_generic(gate, up)
 }
 
@@ -896,32 +706,41 @@ mod tests {
             (13, 576, 7),
             (64, 33, 1),
             (9, 48, 13),
+            (37, 100, 16),
         ] {
             let w: Vec<f32> = (0..out * k).map(|_| rnd()).collect();
             let x: Vec<f32> = (0..n * k).map(|_| rnd()).collect();
             let want = reference(&w, out, k, &x, n);
-            for bf16 in [false, true] {
-                let m = Matrix::new(w.clone(), bf16);
-                let want = if bf16 {
-                    let round = |v: &f32| bf16_to_f32(f32_to_bf16(*v));
-                    let wb: Vec<f32> = w.iter().map(round).collect();
-                    // With AVX512_BF16 the activations are rounded to bf16 too.
-                    let xb: Vec<f32> = if have_avx512_bf16() {
-                        x.iter().map(round).collect()
+            for isa in Isa::available() {
+                for bf16 in [false, true] {
+                    let m = Matrix::new(w.clone(), bf16);
+                    let want = if bf16 {
+                        let round = |v: &f32| bf16_to_f32(f32_to_bf16(*v));
+                        let wb: Vec<f32> = w.iter().map(round).collect();
+                        // With AVX512_BF16 the activations are rounded to bf16 too.
+                        let xb: Vec<f32> = if isa == Isa::Avx512Bf16 {
+                            x.iter().map(round).collect()
+                        } else {
+                            x.clone()
+                        };
+                        reference(&wb, out, k, &xb, n)
                     } else {
-                        x.clone()
+                        want.clone()
                     };
-                    reference(&wb, out, k, &xb, n)
-                } else {
-                    want.clone()
-                };
-                let mut y = vec![f32::NAN; n * out];
-                matmul(&pool, &m, out, k, &x, n, &mut y);
-                for (a, b) in y.iter().zip(&want) {
-                    assert!(
-                        (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
-                        "{out}x{k} n={n} bf16={bf16}: {a} vs {b}"
-                    );
+                    let mut y = vec![f32::NAN; n * out];
+                    matmul_with(isa, &pool, &m, out, k, &x, n, &mut y);
+                    for (a, b) in y.iter().zip(&want) {
+                        assert!(
+                            (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                            "{isa:?} {out}x{k} n={n} bf16={bf16}: {a} vs {b}"
+                        );
+                    }
+                    // Batch invariance: each row alone gives the same bits as inside the batch.
+                    for c in 0..n {
+                        let mut one = vec![f32::NAN; out];
+                        matmul_with(isa, &pool, &m, out, k, &x[c * k..(c + 1) * k], 1, &mut one);
+                        assert_eq!(one, y[c * out..(c + 1) * out], "{isa:?} row {c} of {n}");
+                    }
                 }
             }
         }

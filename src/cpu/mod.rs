@@ -4,9 +4,11 @@
 
 pub mod kernels;
 pub mod pool;
+#[cfg(target_arch = "x86_64")]
+mod simd;
 
 pub use kernels::{
-    Matrix, SendPtr, matmul, matmul_local, reserve_bf16_activations, rms_norm, softmax_in_place,
-    softmax_in_place_by_position, swiglu, weighted_rows,
+    Isa, Matrix, SendPtr, matmul, matmul_local, reserve_bf16_activations, rms_norm,
+    softmax_in_place, softmax_in_place_by_position, swiglu, weighted_rows,
 };
 pub use pool::Pool;
