@@ -160,20 +160,23 @@ bench-engine: build model
 prompts:
 	python3 tools/train/prompts.py --out data/prompts --downloads data/downloads
 
-## datagen: self-distilled training data from the ShareGPT training prompts (resumable; ~30 min for
-## 0.5M assistant tokens on 2 cores), then the draft vocabulary.
+## datagen: self-distilled training data from the ShareGPT training prompts, bf16 target as in decoding
+## (resumable: run again to continue; DATAGEN_TOKENS assistant tokens, about 200 tok/s on 2 AVX2 cores, 1.5x
+## that with AVX-512), then the draft vocabulary (for new drafters; training continues the committed drafters
+## with their own vocabulary).
+DATAGEN_TOKENS ?= 3000000
 datagen: build model prompts
 	$(ENGINE) datagen --model $(MODEL) --prompts data/prompts/sharegpt_train.jsonl --out data/datagen \
-		--batch 8 --max-tokens 256 --target-tokens 500000 --seed 20261127
+		--batch 16 --bf16 --max-tokens 256 --target-tokens $(DATAGEN_TOKENS) --seed 20261206
 	python3 tools/train/draft_vocab.py --data data/datagen --out data/vocab/draft_vocab.json
 
 ## train-venv: PyTorch (the PyPI torch 2.15.0 wheel, a CUDA build that runs on the CPU: ~5.4 GB installed,
 ## ~4.5 minutes) for the trainer and its tests. It lives outside the checkout so that it is installed once per
 ## machine and reused by every clone; override with TRAIN_VENV=... .
 TRAIN_VENV ?= $(HOME)/.cache/specblock/venv-train
-TRAIN_PINS := torch==2.15.0 numpy==2.4.6 safetensors==0.8.0 gguf==0.19.0 pytest==9.2.0
+TRAIN_PINS := torch==2.15.0 numpy==2.4.6 safetensors==0.8.0 gguf==0.19.0 pytest==9.2.0 matplotlib==3.10.8
 # Bump the marker's name when the pins change.
-TRAIN_MARKER = $(TRAIN_VENV)/.installed-pins-1
+TRAIN_MARKER = $(TRAIN_VENV)/.installed-pins-2
 train-venv: $(TRAIN_MARKER)
 $(TRAIN_MARKER):
 	test -x $(TRAIN_VENV)/bin/python || python3 -m venv $(TRAIN_VENV)
@@ -185,21 +188,32 @@ $(TRAIN_MARKER):
 train-test: train-venv
 	$(TRAIN_VENV)/bin/python -m pytest tools/train -q -p no:cacheprovider
 
-## train-specblock / train-eagle3: the long drafter runs on the datagen shards (resumable: run again to
-## continue from runs/NAME/ckpt.pt; checkpoints every 50 steps), then export to runs/NAME/export.
-## Same data, vocabulary, batch, window and steps for both (a comparable budget). TRAIN_PY: a Python with
-## torch, numpy, safetensors and gguf.
+## train-specblock / train-eagle3: continue training the committed drafter (models/drafters/NAME) for
+## TRAIN_MINUTES of wall clock on the datagen shards, under torchrun with TRAIN_PROCS processes (DDP: gloo on
+## CPUs, nccl on GPUs). A run warm-starts from the committed weights (or resumes runs/NAME/ckpt.pt when one
+## exists: an interrupted run continues where it stopped; checkpoints every 5 minutes and on SIGINT/SIGTERM),
+## evaluates held-out per-slot accuracy every TRAIN_EVAL_MINUTES, appends each evaluation to
+## models/drafters/NAME/curve.jsonl (+ curve.svg), and writes the weights back only when the held-out
+## acceptance proxy improves. Commit models/drafters/NAME afterwards. The draft vocabulary is the committed
+## drafter's. TRAIN_PY: a Python with torch, numpy, safetensors, gguf and matplotlib. TRAIN_DEVICE=cuda trains
+## on GPUs (TRAIN_PROCS = the GPU count). Same budget for both drafters: the same data, batch, schedule and
+## TRAIN_TOKENS (when set, the run stops after that many tokens; else after TRAIN_MINUTES).
 TRAIN_PY ?= $(TRAIN_VENV)/bin/python
-TRAIN_STEPS ?= 300
-TRAIN_THREADS ?= 1
-TRAIN_ARGS := --data data/datagen --vocab data/vocab/draft_vocab.json --batch 8 --max-len 256 \
-	--steps $(TRAIN_STEPS) --lr 3e-4 --ckpt-every 25 --eval-every 50 --threads $(TRAIN_THREADS)
-train-specblock:
-	$(TRAIN_PY) tools/train/train.py --method specblock --out runs/specblock $(TRAIN_ARGS) \
-		$(if $(wildcard runs/specblock/ckpt.pt),--resume) --export runs/specblock/export
-train-eagle3:
-	$(TRAIN_PY) tools/train/train.py --method eagle3 --out runs/eagle3 $(TRAIN_ARGS) \
-		$(if $(wildcard runs/eagle3/ckpt.pt),--resume) --export runs/eagle3/export
+TRAIN_MINUTES ?= 60
+TRAIN_PROCS ?= 1
+TRAIN_DEVICE ?= cpu
+TRAIN_LR ?= 3e-4
+TRAIN_EVAL_MINUTES ?= 10
+TRAIN_EXTRA ?=
+TORCHRUN = $(TRAIN_PY) -m torch.distributed.run --standalone --nproc_per_node $(TRAIN_PROCS)
+TRAIN_ARGS = --data data/datagen --batch 8 --max-len 256 --lr $(TRAIN_LR) --minutes $(TRAIN_MINUTES) \
+	--eval-minutes $(TRAIN_EVAL_MINUTES) --eval-every 1000000 --ckpt-minutes 5 --device $(TRAIN_DEVICE) \
+	--embed $(MODEL) $(if $(TRAIN_TOKENS),--tokens $(TRAIN_TOKENS)) $(TRAIN_EXTRA)
+train-specblock train-eagle3: train-%: train-venv model
+	@test -f data/datagen/manifest.json || { echo "error: no training data; run 'make datagen' first"; exit 1; }
+	$(TORCHRUN) tools/train/train.py --method $* --out runs/$* --init-from models/drafters/$* \
+		--export-best models/drafters/$* $(TRAIN_ARGS) $(if $(wildcard runs/$*/ckpt.pt),--resume)
+	@echo "make $@: models/drafters/$*/ holds the best weights so far; commit it with curve.jsonl and curve.svg"
 
 ## bench-drafter: drafting time per iteration, SpecBlock against EAGLE-3 at the same budgets, beside verification (untrained drafters of the
 ## authors' shapes; DRAFTER=dir replaces the SpecBlock one).

@@ -12,8 +12,8 @@ Index conventions used by the losses (row i of a window):
   the draft vocabulary. A label taken from row i counts only where pm[i] = 1.
 
 Sequences are cut into windows of at most `max_len` tokens (consecutive, no overlap); windows without any
-assistant token are dropped. The held-out split is by whole sequence (every `eval_every`-th sequence by a
-fixed hash), so no window of a held-out conversation is trained on.
+assistant token are dropped. The held-out split is by prompt (a fixed hash of the prompt's tokens keeps 1 in
+`eval_every`), so no window of a held-out conversation is trained on, in any run over any datagen output.
 """
 from __future__ import annotations
 
@@ -57,28 +57,12 @@ class DraftVocab:
 def load_target_embedding(path: str | None = None) -> torch.Tensor:
     """The target's token embedding [V, H] in f32 (tied with its LM head). `path`: an HF model.safetensors
     (`model.embed_tokens.weight`) or a GGUF file (token_embd.weight, dequantized)."""
-    if path is None:
-        for p in ("/work/scratch/hf_smollm2/model.safetensors", "models/SmolLM2-135M-Instruct.Q4_1.gguf"):
-            if os.path.exists(p):
-                path = p
-                break
-        else:
-            raise FileNotFoundError("no target embedding found; pass --embed")
-    if path.endswith(".gguf"):
-        import numpy as np
-        from gguf import GGUFReader
-        from gguf.quants import dequantize
-        r = GGUFReader(path)
-        t = next(t for t in r.tensors if t.name == "token_embd.weight")
-        w = dequantize(t.data, t.tensor_type)
-        return torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32)).reshape(-1, w.shape[-1])
-    from safetensors import safe_open
-    with safe_open(path, "pt") as f:
-        return f.get_tensor("model.embed_tokens.weight").float()
+    import target
+    return target.load_embedding(path)
 
 
-def _held_out(seq_key: str, eval_every: int) -> bool:
-    h = int(hashlib.sha256(seq_key.encode()).hexdigest()[:8], 16)
+def _held_out(seq_key: bytes, eval_every: int) -> bool:
+    h = int(hashlib.sha256(seq_key).hexdigest()[:8], 16)
     return h % eval_every == 0
 
 
@@ -100,8 +84,12 @@ class Dataset:
             f = self._open(name)
             offs = f.get_tensor("seq_offsets").tolist()
             mask = f.get_tensor("loss_mask")
+            tokens = f.get_tensor("tokens")
             for a, b in zip(offs[:-1], offs[1:]):
-                out = self.eval if _held_out(f"{name}:{a}", eval_every) else self.train
+                # Split by the prompt's tokens, so a conversation stays on its side whatever shard (or run of
+                # datagen) it lands in.
+                prompt = tokens[a:a + max(1, int((mask[a:b] == 0).sum()))]
+                out = self.eval if _held_out(prompt.numpy().tobytes(), eval_every) else self.train
                 for s in range(a, b, max_len):
                     e = min(s + max_len, b)
                     if e - s >= 4 and int(mask[s + 1:e].sum()) > 0:

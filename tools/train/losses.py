@@ -132,9 +132,11 @@ def specblock_masks(E: int, K: int, Ms: list[int]):
 
 def specblock_window_loss(model, win: dict, labels: tuple, blocks: int = 3, Ms: list[int] | None = None,
                           slot_weight: float = 0.8, rank_weight: float = 1.0, rank_budget: float = 10.0,
-                          gen: torch.Generator | None = None, keep_outputs: bool = False):
+                          gen: torch.Generator | None = None, keep_outputs: bool = False,
+                          chain_mask: bool = True):
     """Loss of one window (see the module docstring). `labels` = data.target_labels(...). `Ms`: the
-    truncations (drawn from `gen` when None). Returns (loss, stats dict with per-block per-slot correct /
+    truncations (drawn from `gen` when None). `chain_mask=False` drops the valid-prefix mask (every slot
+    trains at every position; a curriculum may switch the mask on once slot 1 is accurate). Returns (loss, stats dict with per-block per-slot correct /
     counted numbers for metrics; with keep_outputs, stats["outputs"] holds per block (logits, rank logits,
     pre-norm h), each [E, K, .])."""
     cfg = model.config
@@ -182,7 +184,7 @@ def specblock_window_loss(model, win: dict, labels: tuple, blocks: int = 3, Ms: 
         tgt_r = arg_r[rows_c]                   # argmax of the renormalised draft-vocabulary distribution
         pred = logits.detach().argmax(-1)
         correct = (pred == tgt) & pm_l          # metrics: a greedy verifier would accept this slot
-        chain = valid_prefix_mask((pred == tgt_r) & inside)
+        chain = valid_prefix_mask((pred == tgt_r) & inside) if chain_mask else inside
         m = entry_valid[:, None] & pm_l & chain
         Lk, cnt = soft_ce_per_slot(logits, logp[rows_c], m)
         draft_loss = draft_loss + (Lk * slot_weight ** torch.arange(K, dtype=torch.float32)).sum()

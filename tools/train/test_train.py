@@ -302,7 +302,8 @@ def write_datagen(dirpath, n_seqs=12, seed=0):
               open(os.path.join(dirpath, "manifest.json"), "w"))
     json.dump({"size": VD, "ids": vocab.ids.tolist()}, open(os.path.join(dirpath, "vocab.json"), "w"))
     embed = torch.randn(V, H, generator=g)
-    save_file({"model.embed_tokens.weight": embed}, os.path.join(dirpath, "embed.safetensors"))
+    save_file({"model.embed_tokens.weight": embed, "model.norm.weight": 1.0 + 0.1 * torch.randn(H, generator=g)},
+              os.path.join(dirpath, "embed.safetensors"))
     return embed
 
 
@@ -339,7 +340,7 @@ def test_cli_train_resume_export(method, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "resumed from" in out and "step 3/4" in out and "step 1/" not in out
     ck = torch.load(tmp_path / "run" / "ckpt.pt", weights_only=False)
-    assert ck["step"] == 4
+    assert ck["run"]["step"] == 4
     loader = load_specblock if method == "specblock" else load_eagle3
     m = loader(str(tmp_path / "exp"), embed)
     for k, v in ck["model"].items():
@@ -474,3 +475,110 @@ def test_bf16_autocast_close_to_f32(method):
     assert abs(float(got.detach()) - float(ref.detach())) < 0.05 * abs(float(ref.detach()))
     got.backward()
     assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+# --- the long-run machinery: time budget, warm start, best export, learning curve, DDP ---
+
+def _cli_common(tmp_path, method, d):
+    cfg = {k: v for k, v in tiny_cfg(method).to_dict().items()
+           if k in ("hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim",
+                    "intermediate_size", "vocab_size", "target_hidden_size", "num_hidden_layers")}
+    return ["--method", method, "--data", str(d), "--vocab", str(d / "vocab.json"), "--embed",
+            str(d / "embed.safetensors"), "--batch", "4", "--max-len", "12", "--model-config", json.dumps(cfg),
+            "--log-every", "1", "--eval-windows", "4", "--eval-every-seq", "3", "--device", "cpu",
+            "--ttt-steps", "3", "--amp", "off", "--lr", "3e-3", "--threads", "1"]
+
+
+@pytest.mark.parametrize("method", ["specblock", "eagle3"])
+def test_time_budget_warm_start_and_best_export(method, tmp_path, capsys):
+    import run_state
+    d = tmp_path / "data"
+    d.mkdir()
+    write_datagen(str(d))
+    common = _cli_common(tmp_path, method, d)
+    best = tmp_path / "drafter"
+    # A new drafter, a 2-second budget: stops on time, evaluates, keeps the best weights and the curve.
+    t0 = __import__("time").time()
+    train.main(common + ["--out", str(tmp_path / "r1"), "--minutes", str(2 / 60), "--eval-every", "3",
+                         "--export-best", str(best)])
+    assert __import__("time").time() - t0 < 60
+    out = capsys.readouterr().out
+    assert "eval start" in out and "best held-out accept-proxy" in out
+    ck = torch.load(tmp_path / "r1" / "ckpt.pt", weights_only=False)
+    assert ck["run"]["elapsed"] >= 2.0 and ck["run"]["step"] > 0
+    state = run_state.read_state(str(best))
+    curve = run_state.read_curve(str(best))
+    assert len(curve) >= 2 and state["tokens_seen"] == curve[-1]["tokens_seen"] > 0
+    assert state["exported"]["accept_proxy"] == max(p["accept_proxy"] for p in curve)
+    assert (best / "model.safetensors").exists() and (best / "config.json").exists()
+    # Warm start from it: the same weights and vocabulary come back, and the curve and token count continue.
+    first_tokens = state["tokens_seen"]
+    loader = load_specblock if method == "specblock" else load_eagle3
+    exported = loader(str(best), torch.zeros(V, H)).state_dict()
+    train.main(common + ["--out", str(tmp_path / "r2"), "--steps", "2", "--eval-every", "1",
+                         "--init-from", str(best), "--export-best", str(best), "--vocab", "/nonexistent"])
+    out = capsys.readouterr().out
+    assert "warm start from" in out
+    start = [line for line in out.splitlines() if line.startswith("eval start")][0]
+    assert f"accept-proxy {state['exported']['accept_proxy']:.3f}" in start, (start, state["exported"])
+    state2 = run_state.read_state(str(best))
+    assert state2["tokens_seen"] > first_tokens and len(state2["runs"]) == 2
+    assert len(run_state.read_curve(str(best))) > len(curve)
+    again = loader(str(best), torch.zeros(V, H)).state_dict()
+    if state2["exported"]["run"] == state["exported"]["run"]:
+        assert all(torch.equal(again[k], v) for k, v in exported.items()), "not improved: weights kept"
+
+
+def test_lr_schedule():
+    f = train.lr_factor
+    assert f(0.0, 0.1, "cosine", 0.1) < 0.01 and abs(f(0.05, 0.1, "cosine", 0.1) - 0.5) < 1e-9
+    assert abs(f(0.1, 0.1, "cosine", 0.1) - 1.0) < 1e-9 and abs(f(1.0, 0.1, "cosine", 0.1) - 0.1) < 1e-9
+    assert abs(f(0.55, 0.1, "cosine", 0.0) - 0.5) < 1e-9 and abs(f(0.55, 0.1, "linear", 0.0) - 0.5) < 1e-9
+    assert f(0.3, 0.1, "cosine", 0.1) > f(0.3, 0.1, "linear", 0.1)
+
+
+def test_head_init_from_target():
+    import target
+    model, embed = tiny_model("specblock")
+    vocab = tiny_vocab()
+    norm = torch.rand(H) + 0.5
+    target.init_head(model, {"model.embed_tokens.weight": embed, "model.norm.weight": norm}, vocab.ids)
+    # The drafter now reads a hidden state as the target would: its logits are the target's, restricted.
+    h = torch.randn(5, H)
+    n = model.norm(h)
+    torch.testing.assert_close(model.lm_head(n), (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6) * norm)
+                               @ embed[vocab.ids].T)
+
+
+@pytest.mark.parametrize("method", ["specblock", "eagle3"])
+def test_ddp_two_processes_equal_one_process(method, tmp_path):
+    """torchrun --nproc_per_node 2 (gloo) takes the same optimiser steps as one process with the whole
+    batch: each rank trains on half of every batch and DDP averages the gradients."""
+    import subprocess
+    d = tmp_path / "data"
+    d.mkdir()
+    write_datagen(str(d))
+    common = _cli_common(tmp_path, method, d) + ["--steps", "2", "--eval-every", "100", "--warmup", "0"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    train.main(common[:common.index("--steps")] + ["--steps", "0", "--out", str(tmp_path / "init")])
+    train.main(common + ["--out", str(tmp_path / "one")])
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        script] + common + ["--out", str(tmp_path / "two")],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "x 2 process(es)" in r.stdout
+    load = lambda name: torch.load(tmp_path / name / "ckpt.pt", weights_only=False)["model"]  # noqa: E731
+    init, one, two = load("init"), load("one"), load("two")
+    # Adam's first steps move each weight by about +-lr (the sign of its gradient), so a gradient that is
+    # zero up to rounding may move either way: compare the updates, allowing a few such flips.
+    flipped = total = 0
+    for k, v in one.items():
+        if not v.is_floating_point():
+            continue
+        d1, d2 = v - init[k], two[k] - init[k]
+        flipped += int(((d1 - d2).abs() > 0.5 * 3e-3).sum())
+        total += v.numel()
+    moved = sum(int((one[k] != init[k]).sum()) for k in one if one[k].is_floating_point())
+    assert moved > 0.5 * total, "training moved the weights"
+    assert flipped < 0.01 * total, f"{flipped} of {total} weights moved differently"

@@ -1,30 +1,46 @@
 #!/usr/bin/env python3
 """Drafter trainer: SpecBlock (multi-block test-time training) or the EAGLE-3 baseline (training-time test),
-on the self-distilled `specblock datagen` shards and the draft vocabulary.
+on the self-distilled `specblock datagen` shards.
 
-    python tools/train/train.py --method specblock|eagle3 --data data/datagen \
-        --vocab data/vocab/draft_vocab.json --out runs/NAME --steps N [--batch B] [--lr LR] [--resume] \
-        [--export DIR]
+    python tools/train/train.py --method specblock|eagle3 --data data/datagen --out runs/NAME
+        [--minutes M | --steps N] [--init-from models/drafters/NAME] [--export-best models/drafters/NAME]
+        [--resume] [--export DIR] [--batch B] [--lr LR] ...
+    torchrun --nproc_per_node 2 tools/train/train.py ...     (data-parallel: gloo on CPUs, nccl on GPUs)
+
+Budget: `--minutes` (wall clock, this run), `--tokens` and/or `--steps`; the learning-rate schedule (warmup, then cosine
+or linear decay to `--min-lr` x peak) runs over whichever budget ends first, measured as progress in [0, 1].
+
+Continuing across runs: `--init-from DIR` warm-starts from an exported drafter (its weights, and its draft
+vocabulary, which then overrides --vocab); `--resume` continues this run from OUT/ckpt.pt (written every
+--ckpt-minutes, every --ckpt-every steps, at the end, and on SIGINT/SIGTERM), with its schedule, step,
+elapsed time and best metric. `--export-best DIR` evaluates the starting weights, then after every held-out
+evaluation (every --eval-every steps or --eval-minutes) appends the point to DIR/curve.jsonl, and writes
+the weights into DIR (config.json, model.safetensors) only when the acceptance proxy beats the best so far;
+DIR/training_state.json counts the tokens seen over all runs, and DIR/curve.svg plots the curve.
+
+Initialisation of a new drafter (measured in docs/training.md): `--head-init target` copies the target's tied
+embedding rows of the draft vocabulary into the draft LM head and the target's final norm into the drafter's
+(`--head frozen` keeps them fixed); `--layer-init target` copies the target's last decoder layers where the
+shapes match. Curriculum: `--chain-mask on|off|A` and `--rank-loss on|off|A` switch SpecBlock's valid-prefix
+mask and rank loss on from the start, never, or once held-out slot-1 accuracy reaches A.
 
 Progress lines every --log-every steps (loss, draft / rank loss, per-slot accuracy on the training batch,
-windows/s, tokens/s, ETA); held-out metrics every --eval-every steps (per-slot accuracy and the acceptance
-proxy 1 + correct greedy prefix); a checkpoint (model, optimiser, schedule, step) every --ckpt-every steps and
-at the end in OUT/ckpt.pt; `--resume` continues from it. `--export DIR` writes the runtime checkpoint
-(config.json + model.safetensors, the authors' / EAGLE-3 names, bf16 weights, d2t i64 and t2d bool) that
-`specblock generate --drafter DIR` loads; with --steps 0 --resume it exports an existing run.
-
-Runs on the CPU, or unchanged on a CUDA GPU (--device cuda; the default picks CUDA when present). The forward
-runs under bf16 autocast by default (--amp bf16: about 2.5x faster on this AVX-512-BF16 CPU; the weights,
+tokens/s, ETA); held-out metrics (per-slot accuracy and the acceptance proxy 1 + correct greedy prefix).
+Runs on the CPU, or unchanged on a CUDA GPU (--device cuda; the default picks CUDA when present). The
+forward runs under bf16 autocast with --amp bf16 (faster on CPUs with AVX512_BF16 and on GPUs; the weights,
 optimiser state, labels and losses stay f32); --amp off trains all in f32.
-Recipe (spec/specblock-method.md §6, DESIGN §5-6): AdamW betas (0.9, 0.95), weight decay 0, gradient-norm
-clip 0.5, linear warmup then linear decay to 0; SpecBlock 3 blocks, K 4, slot weight 0.8, rank weight 1,
-rank budget 10 per class; EAGLE-3 7 TTT steps, step weight 0.8.
+Fixed recipe parts (spec/specblock-method.md §6): AdamW betas (0.9, 0.95), weight decay 0, gradient-norm
+clip 0.5; SpecBlock 3 blocks, K 4, slot weight 0.8, rank weight 1, rank budget 10 per class; EAGLE-3 7 TTT
+steps, step weight 0.8.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
 import os
+import signal
 import sys
 import time
 
@@ -33,7 +49,10 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import losses  # noqa: E402
-from data import Dataset, DraftVocab, load_target_embedding, target_labels  # noqa: E402
+import run_state  # noqa: E402
+import target  # noqa: E402
+from data import Dataset, DraftVocab, target_labels  # noqa: E402
+from dist_utils import Dist  # noqa: E402
 from eagle3_model import Eagle3Config, Eagle3Drafter  # noqa: E402
 from specblock_model import SpecBlockConfig, SpecBlockDrafter  # noqa: E402
 
@@ -53,6 +72,10 @@ def default_config(method: str, draft_vocab_size: int, layers: int | None = None
                                "max_position_embeddings": 8192})
 
 
+def config_class(method: str):
+    return SpecBlockConfig if method == "specblock" else Eagle3Config
+
+
 def build_model(method: str, cfg, vocab: DraftVocab, embed: torch.Tensor, seed: int = 0):
     torch.manual_seed(seed)
     if method == "specblock":
@@ -67,24 +90,49 @@ def build_model(method: str, cfg, vocab: DraftVocab, embed: torch.Tensor, seed: 
     return m
 
 
-def window_loss(method, model, win, labels, args, gen):
-    if method == "specblock":
-        return losses.specblock_window_loss(model, win, labels, blocks=args.blocks, gen=gen,
-                                            slot_weight=args.slot_weight, rank_weight=args.rank_weight,
-                                            rank_budget=args.rank_budget)
-    return losses.eagle3_window_loss(model, win, labels, steps=args.ttt_steps, step_weight=args.slot_weight)
+def exported_weights(model_dir: str) -> dict:
+    """The f32 state dict of an exported drafter (model.safetensors; float tensors widened to f32)."""
+    from safetensors.torch import load_file
+    sd = load_file(os.path.join(model_dir, "model.safetensors"))
+    return {k: (v.float() if v.is_floating_point() else v) for k, v in sd.items()}
+
+
+def vocab_of(weights: dict, vocab_size: int) -> DraftVocab:
+    """The draft vocabulary stored in a checkpoint's d2t (draft id i -> target id i + d2t[i])."""
+    d2t = weights["d2t"].to(torch.int64)
+    return DraftVocab((torch.arange(len(d2t)) + d2t).tolist(), vocab_size)
+
+
+class WindowLoss(torch.nn.Module):
+    """The drafter with one window's training loss as its forward, so DistributedDataParallel can wrap it
+    (the losses call the drafter's sub-modules directly)."""
+
+    def __init__(self, method: str, model):
+        super().__init__()
+        self.method = method
+        self.model = model
+
+    def forward(self, win, labels, Ms, args, chain: bool, rank_weight: float):
+        if self.method == "specblock":
+            return losses.specblock_window_loss(self.model, win, labels, blocks=args.blocks, Ms=Ms,
+                                                slot_weight=args.slot_weight, rank_weight=rank_weight,
+                                                rank_budget=args.rank_budget, chain_mask=chain)
+        return losses.eagle3_window_loss(self.model, win, labels, steps=args.ttt_steps,
+                                         step_weight=args.slot_weight)
 
 
 def to_device(win, device):
     return {k: v.to(device) for k, v in win.items()}
 
 
-def lr_lambda(warmup: int, total: int):
-    def f(step):
-        if step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (total - step) / max(1, total - warmup))
-    return f
+def lr_factor(progress: float, warmup: float, schedule: str, min_ratio: float) -> float:
+    """Learning rate over the peak at `progress` in [0, 1] of the run: linear warmup over the first
+    `warmup` of it, then cosine (or linear) decay to `min_ratio`."""
+    if warmup > 0 and progress < warmup:
+        return max(progress / warmup, 1e-3)
+    t = min(1.0, (progress - warmup) / max(1e-9, 1.0 - warmup))
+    decay = 0.5 * (1.0 + math.cos(math.pi * t)) if schedule == "cosine" else 1.0 - t
+    return min_ratio + (1.0 - min_ratio) * decay
 
 
 def export(model, out_dir: str, dtype=torch.bfloat16):
@@ -95,7 +143,9 @@ def export(model, out_dir: str, dtype=torch.bfloat16):
     for k, v in model.state_dict().items():
         v = v.detach().cpu()
         sd[k] = (v.to(dtype) if v.is_floating_point() else v).contiguous()
-    save_file(sd, os.path.join(out_dir, "model.safetensors"))
+    tmp = os.path.join(out_dir, "model.safetensors.partial")
+    save_file(sd, tmp)
+    os.replace(tmp, os.path.join(out_dir, "model.safetensors"))
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(model.config.to_dict(), f, indent=2)
 
@@ -104,13 +154,15 @@ def autocast(args, device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp == "bf16")
 
 
-def evaluate(method, model, ds, embed, vocab, args, device):
-    """Per-slot (per-step) accuracy and the acceptance proxy on up to --eval-windows held-out windows."""
+def evaluate(method, model, ds, embed, vocab, args, dist: Dist):
+    """Per-slot (per-step) accuracy and the acceptance proxy over the first --eval-windows held-out windows,
+    split over the ranks. Returns (accuracies, proxy) or None without held-out windows."""
     model.eval()
+    device = dist.device
     correct = counted = None
-    acc_sum, acc_n = 0.0, 0
+    sums = torch.zeros(2, dtype=torch.float64, device=device)
     with torch.no_grad(), autocast(args, device):
-        for w in ds.eval[: args.eval_windows]:
+        for w in dist.shard(ds.eval[: args.eval_windows]):
             win = to_device(ds.load(w), device)
             labels = target_labels(win["hidden"], win["loss_mask"], embed, vocab, args._embed_draft)
             if method == "specblock":
@@ -119,39 +171,91 @@ def evaluate(method, model, ds, embed, vocab, args, device):
                                                      rank_weight=0.0)
             else:
                 _, st = losses.eagle3_window_loss(model, win, labels, steps=args.ttt_steps)
-            c = torch.cat(st["correct"]).float().cpu()
-            n = torch.cat(st["counted"]).float().cpu()
+            c = torch.cat(st["correct"]).double()
+            n = torch.cat(st["counted"]).double()
             correct = c if correct is None else correct + c
             counted = n if counted is None else counted + n
             a, k = losses.accept_proxy(st)
-            acc_sum += a
-            acc_n += k
+            sums += torch.tensor([a, k], dtype=torch.float64, device=device)
     model.train()
+    width = (args.eval_blocks * model.config.K) if method == "specblock" else args.ttt_steps
     if correct is None:
+        correct = torch.zeros(width, dtype=torch.float64, device=device)
+        counted = torch.zeros(width, dtype=torch.float64, device=device)
+    dist.sum(correct)
+    dist.sum(counted)
+    dist.sum(sums)
+    if float(sums[1]) == 0:
         return None
-    return (correct / counted.clamp(min=1)).tolist(), acc_sum / max(1, acc_n)
+    return (correct / counted.clamp(min=1)).tolist(), float(sums[0] / sums[1])
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively. Without it, bf16 autocast emulates the arithmetic and runs
+    about 10x slower than f32 (measured on an AVX2-only AMD EPYC: 2.5 against 27 tokens/s)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def fmt_acc(a):
     return "[" + " ".join(f"{x:.3f}" for x in a) + "]"
 
 
-def main(argv=None):
+def parse_switch(v: str):
+    """on / off / a slot-1 accuracy threshold."""
+    if v in ("on", "off"):
+        return v
+    try:
+        x = float(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected on, off or an accuracy in [0, 1], got {v!r}")
+    if not 0.0 <= x <= 1.0:
+        raise argparse.ArgumentTypeError(f"accuracy threshold {x} is outside [0, 1]")
+    return x
+
+
+def switch_state(v, acc1: float | None) -> bool:
+    if v == "on":
+        return True
+    if v == "off":
+        return False
+    return acc1 is not None and acc1 >= v
+
+
+def parser():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--method", choices=["specblock", "eagle3"], required=True)
     ap.add_argument("--data", default="data/datagen")
-    ap.add_argument("--vocab", default="data/vocab/draft_vocab.json")
-    ap.add_argument("--embed", default=None, help="target embedding: HF model.safetensors or the GGUF")
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--steps", type=int, default=1000)
-    ap.add_argument("--batch", type=int, default=4, help="windows per optimiser step")
+    ap.add_argument("--vocab", default="data/vocab/draft_vocab.json",
+                    help="draft vocabulary JSON (ignored with --init-from: the checkpoint's d2t is used)")
+    ap.add_argument("--embed", default=None, help="target checkpoint: the GGUF or an HF model.safetensors")
+    ap.add_argument("--out", required=True, help="run directory (ckpt.pt)")
+    ap.add_argument("--steps", type=int, default=None, help="optimiser steps in this run")
+    ap.add_argument("--minutes", type=float, default=None, help="wall-clock budget of this run")
+    ap.add_argument("--tokens", type=int, default=None, help="token budget of this run (window tokens)")
+    ap.add_argument("--batch", type=int, default=4, help="windows per optimiser step (over all ranks)")
     ap.add_argument("--max-len", type=int, default=256, help="tokens per window")
-    ap.add_argument("--lr", type=float, default=None, help="default 5e-5 (specblock) / 1e-4 (eagle3)")
-    ap.add_argument("--warmup", type=int, default=500, help="capped at steps / 10")
+    ap.add_argument("--lr", type=float, default=None, help="peak learning rate (default 5e-4)")
+    ap.add_argument("--min-lr", type=float, default=0.1, help="final learning rate, as a fraction of the peak")
+    ap.add_argument("--warmup", type=float, default=0.03,
+                    help="warmup: a fraction of the run (< 1) or a number of steps (>= 1)")
+    ap.add_argument("--schedule", choices=["cosine", "linear"], default="cosine")
     ap.add_argument("--clip", type=float, default=0.5)
     ap.add_argument("--layers", type=int, default=None, help="SpecBlock decoder layers (default 2)")
     ap.add_argument("--model-config", default=None,
                     help="JSON object of config fields overriding the default shape (e.g. for tests)")
+    ap.add_argument("--init-from", default=None, metavar="DIR", help="warm start from an exported drafter")
+    ap.add_argument("--head-init", choices=["target", "random"], default="target",
+                    help="new drafters: draft LM head and final norm from the target, or random")
+    ap.add_argument("--head", choices=["trainable", "frozen"], default="trainable")
+    ap.add_argument("--layer-init", choices=["target", "random"], default="random",
+                    help="new drafters: decoder layers from the target's last layers, or random")
+    ap.add_argument("--chain-mask", type=parse_switch, default="on", help="SpecBlock valid-prefix mask")
+    ap.add_argument("--rank-loss", type=parse_switch, default="on", help="SpecBlock rank loss")
     ap.add_argument("--blocks", type=int, default=3, help="SpecBlock TTT blocks")
     ap.add_argument("--eval-blocks", type=int, default=2, help="SpecBlock blocks in held-out metrics")
     ap.add_argument("--ttt-steps", type=int, default=7, help="EAGLE-3 TTT steps")
@@ -159,119 +263,285 @@ def main(argv=None):
     ap.add_argument("--rank-weight", type=float, default=1.0)
     ap.add_argument("--rank-budget", type=float, default=10.0)
     ap.add_argument("--eval-every-seq", type=int, default=50, help="hold out 1 sequence in N")
-    ap.add_argument("--eval-every", type=int, default=200)
+    ap.add_argument("--eval-every", type=int, default=200, help="held-out evaluation every N steps")
+    ap.add_argument("--eval-minutes", type=float, default=None, help="... or every M minutes")
     ap.add_argument("--eval-windows", type=int, default=32)
     ap.add_argument("--log-every", type=int, default=10)
     ap.add_argument("--ckpt-every", type=int, default=200)
+    ap.add_argument("--ckpt-minutes", type=float, default=5.0)
     ap.add_argument("--max-shards", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads per process")
     ap.add_argument("--device", default=None)
-    ap.add_argument("--amp", choices=["bf16", "off"], default="bf16",
-                    help="bf16 autocast of the forward (f32 master weights, f32 losses); off = all f32")
+    ap.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto",
+                    help="bf16 autocast of the forward (f32 master weights, f32 losses); off = all f32; auto = "
+                         "bf16 on GPUs and on CPUs with native bf16 arithmetic (AVX512_BF16 or AMX), else off")
     ap.add_argument("--resume", action="store_true")
-    ap.add_argument("--export", default=None, metavar="DIR")
-    args = ap.parse_args(argv)
+    ap.add_argument("--export", default=None, metavar="DIR", help="export the final weights here")
+    ap.add_argument("--export-best", default=None, metavar="DIR",
+                    help="drafter directory to keep the best weights, the learning curve and the state in")
+    ap.add_argument("--note", default="", help="free text stored with this run in training_state.json")
+    return ap
 
+
+class Stop:
+    """SIGINT / SIGTERM: finish the current step, checkpoint, export, exit."""
+
+    def __init__(self):
+        self.requested = False
+
+    def install(self):
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, self._handler)
+
+    def _handler(self, signum, frame):
+        self.requested = True
+        print(f"signal {signum}: stopping after this step", flush=True)
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    if args.steps is None and args.minutes is None and args.tokens is None:
+        args.steps = 1000
+    dist = Dist.from_env(args.device)
+    device = dist.device
+    if args.amp == "auto":
+        args.amp = "bf16" if device.type == "cuda" or cpu_has_bf16() else "off"
+    log = (lambda *a: print(*a, flush=True)) if dist.main else (lambda *a: None)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    elif dist.enabled and device.type == "cpu":
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist.world))
     # The forward modules build their masks and RoPE tables with plain factories: make them land on `device`.
     torch.set_default_device(device)
-    lr = args.lr if args.lr is not None else (5e-5 if args.method == "specblock" else 1e-4)
+    lr = args.lr if args.lr is not None else 5e-4
 
-    embed = load_target_embedding(args.embed).to(device)
-    vocab = DraftVocab.from_json(args.vocab, embed.shape[0])
+    init_weights = exported_weights(args.init_from) if args.init_from else None
+    need_layers = args.layer_init == "target" and init_weights is None
+    tensors = target.load_tensors(args.embed, lambda n: n in ("model.embed_tokens.weight", "model.norm.weight")
+                                  or (need_layers and n.startswith("model.layers.")))
+    embed = tensors["model.embed_tokens.weight"]
+    if init_weights is not None:
+        vocab = vocab_of(init_weights, embed.shape[0])
+    else:
+        vocab = DraftVocab.from_json(args.vocab, embed.shape[0])
+    embed = embed.to(device)
     vocab.t2d, vocab.t2d_index, vocab.ids, vocab.d2t = (x.to(device) for x in
                                                         (vocab.t2d, vocab.t2d_index, vocab.ids, vocab.d2t))
     args._embed_draft = embed[vocab.ids]
-    cfg = default_config(args.method, vocab.size, args.layers)
+    if args.init_from:
+        cfg = config_class(args.method).from_json(os.path.join(args.init_from, "config.json"))
+    else:
+        cfg = default_config(args.method, vocab.size, args.layers)
     if args.model_config:
         d = cfg.to_dict()
         d.update(json.loads(args.model_config))
         cfg = type(cfg).from_dict(d)
     model = build_model(args.method, cfg, vocab, embed, args.seed).to(device)
+    if init_weights is not None:
+        missing = model.load_state_dict(init_weights, strict=False)
+        bad = [k for k in missing.missing_keys if k != "embed_tokens"] + list(missing.unexpected_keys)
+        if bad:
+            sys.exit(f"--init-from {args.init_from}: checkpoint does not match the {args.method} drafter: {bad}")
+        log(f"warm start from {args.init_from}")
+    else:
+        if args.head_init == "target":
+            target.init_head(model, tensors, vocab.ids)
+        if args.layer_init == "target":
+            for line in target.init_layers(model, tensors, args.method):
+                log(f"  init {line}")
+    del tensors
+    if args.head == "frozen":
+        model.lm_head.weight.requires_grad_(False)
+        model.norm.weight.requires_grad_(False)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    print(f"{args.method}: {sum(p.numel() for p in params) / 1e6:.2f} M trained parameters on {device}, "
-          f"amp {args.amp}", flush=True)
+    log(f"{args.method}: {sum(p.numel() for p in params) / 1e6:.2f} M trained parameters on {device} x "
+        f"{dist.world} process(es), {torch.get_num_threads()} thread(s) each, amp {args.amp}")
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
-    warmup = max(1, min(args.warmup, args.steps // 10))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(warmup, max(args.steps, 1)))
+    step_fn = WindowLoss(args.method, model)
+    if dist.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        step_fn = DDP(step_fn, find_unused_parameters=True,
+                      device_ids=[device.index] if device.type == "cuda" else None)
 
     os.makedirs(args.out, exist_ok=True)
     ckpt_path = os.path.join(args.out, "ckpt.pt")
-    start = 0
+    state = run_state.read_state(args.export_best or args.init_from)
+    run = {"id": run_state.new_run_id(), "step": 0, "elapsed": 0.0, "tokens": 0, "best": None,
+           "chain": None, "rank": None, "base_tokens": int(state.get("tokens_seen", 0)),
+           "base_steps": int(state.get("steps", 0))}
     if args.resume and os.path.exists(ckpt_path):
         ck = torch.load(ckpt_path, map_location=device, weights_only=False)
-        assert ck["method"] == args.method, f"checkpoint is {ck['method']}"
+        if ck["method"] != args.method:
+            sys.exit(f"{ckpt_path} is a {ck['method']} checkpoint, not {args.method}")
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
-        sched.load_state_dict(ck["sched"])
-        start = ck["step"]
-        print(f"resumed from {ckpt_path} at step {start}", flush=True)
+        run.update(ck["run"])
+        log(f"resumed from {ckpt_path} at step {run['step']} ({run['elapsed'] / 60:.1f} min of this run done)")
 
-    def save(step):
+    def save():
+        if not dist.main:
+            return
         tmp = ckpt_path + ".partial"
         torch.save({"method": args.method, "config": cfg.to_dict(), "model": model.state_dict(),
-                    "opt": opt.state_dict(), "sched": sched.state_dict(), "step": step,
+                    "opt": opt.state_dict(), "run": run,
                     "args": {k: v for k, v in vars(args).items() if not k.startswith("_")}}, tmp)
         os.replace(tmp, ckpt_path)
 
-    if start < args.steps:
-        ds = Dataset(args.data, max_len=args.max_len, eval_every=args.eval_every_seq, max_shards=args.max_shards)
-        print(f"data: {ds.num_sequences} sequences, {len(ds.train)} train / {len(ds.eval)} held-out windows "
-              f"of <= {args.max_len} tokens", flush=True)
-        stream = ds.batches(args.batch, args.seed, start)
-        t0 = time.time()
-        win_done = tok_done = 0
-        agg = {"loss": 0.0, "draft": 0.0, "rank": 0.0, "n": 0}
-        acc_c = acc_n = None
-        for step in range(start, args.steps):
-            batch = next(stream)
-            gen = torch.Generator(device="cpu").manual_seed(args.seed * 1_000_003 + step)
-            opt.zero_grad(set_to_none=True)
-            for win in batch:
-                win = to_device(win, device)
-                labels = target_labels(win["hidden"], win["loss_mask"], embed, vocab, args._embed_draft)
+    ds = Dataset(args.data, max_len=args.max_len, eval_every=args.eval_every_seq, max_shards=args.max_shards)
+    log(f"data: {ds.num_sequences} sequences, {len(ds.train)} train / {len(ds.eval)} held-out windows "
+        f"of <= {args.max_len} tokens")
+
+    recipe = {k: getattr(args, k) for k in ("lr", "min_lr", "warmup", "schedule", "batch", "max_len",
+                                            "head_init", "head", "layer_init", "chain_mask", "rank_loss",
+                                            "amp", "minutes", "steps")}
+    recipe["lr"] = lr
+    recipe["processes"] = dist.world
+
+    def record(result, improved):
+        """Curve point, state and (when improved) weights into --export-best (rank 0)."""
+        if not (args.export_best and dist.main):
+            return
+        acc, proxy = result
+        d = args.export_best
+        run_state.append_curve(d, {"run": run["id"], "method": args.method,
+                                   "tokens_seen": run["base_tokens"] + run["tokens"],
+                                   "step": run["base_steps"] + run["step"], "run_step": run["step"],
+                                   "run_minutes": round(run["elapsed"] / 60, 2),
+                                   "acc": [round(x, 4) for x in acc], "accept_proxy": round(proxy, 4)})
+        if improved:
+            export(model, d)
+            state["exported"] = {"run": run["id"], "tokens_seen": run["base_tokens"] + run["tokens"],
+                                 "acc": [round(x, 4) for x in acc], "accept_proxy": round(proxy, 4)}
+        state["tokens_seen"] = run["base_tokens"] + run["tokens"]
+        state["steps"] = run["base_steps"] + run["step"]
+        runs = [r for r in state.setdefault("runs", []) if r.get("id") != run["id"]]
+        runs.append({"id": run["id"], "recipe": recipe, "data": {"dir": args.data, "sequences": ds.num_sequences,
+                                                                  "train_windows": len(ds.train)},
+                     "steps": run["step"], "tokens": run["tokens"], "minutes": round(run["elapsed"] / 60, 1),
+                     "best_accept_proxy": run["best"], "note": args.note})
+        state["runs"] = runs
+        run_state.write_state(d, state)
+        run_state.plot_curve(d, f"{args.method} drafter for SmolLM2-135M-Instruct: held-out learning curve")
+
+    def eval_and_record(tag):
+        r = evaluate(args.method, model, ds, embed, vocab, args, dist)
+        if r is None:
+            return None
+        improved = run["best"] is None or r[1] > run["best"]
+        if improved:
+            run["best"] = r[1]
+        log(f"eval {tag}: acc {fmt_acc(r[0])} accept-proxy {r[1]:.3f}" + (" (best)" if improved else ""))
+        record(r, improved)
+        return r
+
+    last_acc1 = None
+    if args.export_best and run["step"] == 0 and run["best"] is None:
+        r = eval_and_record("start")   # the weights to beat: never export anything worse
+        last_acc1 = r[0][0] if r else None
+    stop = Stop()
+    stop.install()
+    stream = ds.batches(args.batch, args.seed, run["step"])
+    t_start = time.time() - run["elapsed"]
+    t_log = time.time()
+    tok_log = 0
+    last_ckpt = last_eval = time.time()
+    agg = {"loss": 0.0, "draft": 0.0, "rank": 0.0, "n": 0}
+    acc_c = acc_n = None
+    budget_s = args.minutes * 60 if args.minutes else None
+    warm = args.warmup if args.warmup < 1 else None
+    while True:
+        elapsed = time.time() - t_start
+        progress = 0.0
+        if args.steps is not None:
+            progress = run["step"] / args.steps if args.steps > 0 else 1.0
+        if budget_s:
+            progress = max(progress, elapsed / budget_s)
+        if args.tokens:
+            progress = max(progress, (run["tokens"] + tok_log * dist.world) / args.tokens)
+        flags = dist.max(torch.tensor([progress, float(stop.requested)], dtype=torch.float64, device=device))
+        progress, stopping = float(flags[0]), bool(flags[1])
+        if progress >= 1.0 or stopping:
+            break
+        if warm is None:   # warmup given in steps: as a fraction of the step budget (or of ~1000 steps)
+            warm = min(0.5, args.warmup / max(1, args.steps or 1000))
+        f = lr_factor(progress, warm, args.schedule, args.min_lr)
+        for g in opt.param_groups:
+            g["lr"] = lr * f
+        chain = switch_state(args.chain_mask, last_acc1)
+        rank_w = args.rank_weight if switch_state(args.rank_loss, last_acc1) else 0.0
+        if (chain, rank_w > 0) != (run["chain"], run["rank"]):
+            log(f"step {run['step']}: valid-prefix mask {'on' if chain else 'off'}, "
+                f"rank loss {'on' if rank_w > 0 else 'off'}")
+            run["chain"], run["rank"] = chain, rank_w > 0
+        batch = dist.shard(next(stream))
+        # One truncation M per block transition and step, shared by every window of the batch (as the
+        # authors draw it), so every rank of a data-parallel run draws the same.
+        gen = torch.Generator(device="cpu").manual_seed(args.seed * 1_000_003 + run["step"])
+        Ms = [int(torch.randint(1, cfg.K + 1, (1,), generator=gen)) for _ in range(args.blocks - 1)] \
+            if args.method == "specblock" else None
+        opt.zero_grad(set_to_none=True)
+        for i, win in enumerate(batch):
+            win = to_device(win, device)
+            labels = target_labels(win["hidden"], win["loss_mask"], embed, vocab, args._embed_draft)
+            last = i == len(batch) - 1
+            ctx = step_fn.no_sync() if (dist.enabled and not last) else contextlib.nullcontext()
+            with ctx:
                 with autocast(args, device):
-                    loss, st = window_loss(args.method, model, win, labels, args, gen)
+                    loss, st = step_fn(win, labels, Ms, args, chain, rank_w)
                 (loss / len(batch)).backward()
-                agg["loss"] += float(loss.detach())
-                agg["draft"] += st["draft_loss"]
-                agg["rank"] += st["rank_loss"]
-                agg["n"] += 1
-                comb = (lambda xs: torch.stack(xs).sum(0)) if args.method == "specblock" else torch.cat
-                c = comb([x.float() for x in st["correct"]]).cpu()
-                n = comb([x.float() for x in st["counted"]]).cpu()
-                acc_c = c if acc_c is None else acc_c + c
-                acc_n = n if acc_n is None else acc_n + n
-                win_done += 1
-                tok_done += win["tokens"].shape[0]
-            gnorm = torch.nn.utils.clip_grad_norm_(params, args.clip)
-            opt.step()
-            sched.step()
-            done = step + 1
-            if done % args.log_every == 0 or done == args.steps:
-                dt = time.time() - t0
-                sps = (done - start) / dt
-                eta = (args.steps - done) / max(sps, 1e-9)
-                k = max(agg["n"], 1)
-                print(f"step {done}/{args.steps} loss {agg['loss'] / k:.4f} draft {agg['draft'] / k:.4f} "
-                      f"rank {agg['rank'] / k:.4f} gnorm {float(gnorm):.3f} lr {sched.get_last_lr()[0]:.2e} "
-                      f"train-acc {fmt_acc((acc_c / acc_n.clamp(min=1)).tolist())} | {sps:.3f} steps/s "
-                      f"{tok_done / dt:.0f} tok/s ETA {eta / 60:.1f} min", flush=True)
-                agg = {"loss": 0.0, "draft": 0.0, "rank": 0.0, "n": 0}
-                acc_c = acc_n = None
-            if done % args.eval_every == 0 or done == args.steps:
-                r = evaluate(args.method, model, ds, embed, vocab, args, device)
-                if r is not None:
-                    print(f"eval step {done}: acc {fmt_acc(r[0])} accept-proxy {r[1]:.3f}", flush=True)
-            if done % args.ckpt_every == 0 or done == args.steps:
-                save(done)
-    if args.export:
+            agg["loss"] += float(loss.detach())
+            agg["draft"] += st["draft_loss"]
+            agg["rank"] += st["rank_loss"]
+            agg["n"] += 1
+            comb = (lambda xs: torch.stack(xs).sum(0)) if args.method == "specblock" else torch.cat
+            c = comb([x.float() for x in st["correct"]]).cpu()
+            n = comb([x.float() for x in st["counted"]]).cpu()
+            acc_c = c if acc_c is None else acc_c + c
+            acc_n = n if acc_n is None else acc_n + n
+            tok_log += win["tokens"].shape[0]
+        gnorm = torch.nn.utils.clip_grad_norm_(params, args.clip)
+        opt.step()
+        run["step"] += 1
+        run["elapsed"] = time.time() - t_start
+        done = run["step"]
+        if done % args.log_every == 0:
+            toks = int(dist.sum(torch.tensor([tok_log], dtype=torch.int64, device=device))[0])
+            run["tokens"] += toks
+            dt = time.time() - t_log
+            left = (1.0 - progress) / max(progress, 1e-9) * run["elapsed"] if progress > 0 else 0.0
+            k = max(agg["n"], 1)
+            log(f"step {done}{'/' + str(args.steps) if args.steps else ''} loss {agg['loss'] / k:.4f} "
+                f"draft {agg['draft'] / k:.4f} rank {agg['rank'] / k:.4f} gnorm {float(gnorm):.3f} "
+                f"lr {lr * f:.2e} train-acc {fmt_acc((acc_c / acc_n.clamp(min=1)).tolist())} | "
+                f"{toks / dt:.0f} tok/s, {run['elapsed'] / 60:.1f} min, ETA {left / 60:.1f} min")
+            t_log, tok_log = time.time(), 0
+            agg = {"loss": 0.0, "draft": 0.0, "rank": 0.0, "n": 0}
+            acc_c = acc_n = None
+        due_eval = done % args.eval_every == 0
+        if args.eval_minutes:
+            due_eval = due_eval or (time.time() - last_eval) >= args.eval_minutes * 60
+        if bool(dist.max(torch.tensor([float(due_eval)], device=device))[0]):
+            r = eval_and_record(f"step {done}")
+            last_acc1 = r[0][0] if r else last_acc1
+            last_eval = time.time()
+        due_ckpt = done % args.ckpt_every == 0 or (time.time() - last_ckpt) >= args.ckpt_minutes * 60
+        if bool(dist.max(torch.tensor([float(due_ckpt)], device=device))[0]):
+            save()
+            last_ckpt = time.time()
+    run["tokens"] += int(dist.sum(torch.tensor([tok_log], dtype=torch.int64, device=device))[0])
+    run["elapsed"] = time.time() - t_start
+    if run["step"] > 0 and not stop.requested and run["step"] % args.eval_every != 0:
+        eval_and_record(f"step {run['step']} (end)")
+    save()
+    if args.export and dist.main:
         export(model, args.export)
-        print(f"exported {args.method} drafter to {args.export}", flush=True)
+        log(f"exported {args.method} drafter to {args.export}")
+    if args.export_best:
+        log(f"best held-out accept-proxy {run['best']:.3f}; {args.export_best} holds the best weights "
+            f"({run['base_tokens'] + run['tokens']} tokens seen over all runs)")
+    dist.close()
 
 
 if __name__ == "__main__":
