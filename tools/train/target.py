@@ -52,7 +52,7 @@ def load_tensors(path: str | None = None, want=None) -> dict:
                 w = unpermute(w, n_head)
             elif ".attn_k." in t.name:
                 w = unpermute(w, n_kv)
-            out[name] = torch.from_numpy(np.ascontiguousarray(w))
+            out[name] = torch.from_numpy(np.array(w, dtype=np.float32, order="C", copy=True))
         return out
     from safetensors import safe_open
     with safe_open(path, "pt") as f:

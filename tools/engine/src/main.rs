@@ -25,6 +25,10 @@ USAGE:
                     [--drafter DIR] [--eagle3-drafter DIR] [--temperature T] [--max-tokens N] [--bf16]
                     (each method on each prompt, back to back; one JSON line per run, appended to
                     --out or printed; greedy runs check every speculative answer against plain decoding)
+  specblock tokenize --prompts FILE [--out FILE] [--raw]
+                    (JSON lines {id, prompt} -> {id, prompt_ids}: the chat template applied
+                    unless --raw, then the model's tokenizer; for tools without the tokenizer, such as
+                    tools/train/datagen_torch.py)
   specblock random-drafter --out DIR [--seed S] [--eagle3]
                     (an untrained SpecBlock drafter, or EAGLE-3 baseline, shaped for the model)
 
@@ -176,6 +180,48 @@ fn parse_args() -> Result<Opts> {
         return Err(Error::InvalidArgument("--threads must be >= 1".into()));
     }
     Ok(o)
+}
+
+/// `specblock tokenize`: prompt texts to token ids with the model's tokenizer and chat template.
+fn cmd_tokenize(o: &Opts) -> Result<()> {
+    use std::io::Write;
+    let path = o
+        .prompts
+        .clone()
+        .ok_or_else(|| Error::InvalidArgument("tokenize needs --prompts FILE".into()))?;
+    let gguf = GgufFile::open(&o.model)?;
+    let tok = specblock_engine::tokenizer::Tokenizer::from_gguf(&gguf)?;
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
+    let mut out: Box<dyn Write> = match &o.out_dir {
+        Some(p) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p).map_err(|e| Error::Io(format!("{}: {e}", p.display())))?,
+        )),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_str(line)
+            .map_err(|e| Error::Format(format!("{}:{}: {e}", path.display(), n + 1)))?;
+        let prompt = v["prompt"].as_str().ok_or_else(|| {
+            Error::Format(format!(
+                "{}:{}: no \"prompt\" string",
+                path.display(),
+                n + 1
+            ))
+        })?;
+        let ids = if o.raw {
+            tok.encode(prompt, true)
+        } else {
+            tok.encode(&tok.apply_chat_template(&[("user", prompt)], true), true)
+        };
+        let rec = serde_json::json!({"id": v.get("id").cloned().unwrap_or(serde_json::json!(n)),
+            "prompt_ids": ids});
+        writeln!(out, "{rec}").map_err(|e| Error::Io(e.to_string()))?;
+    }
+    out.flush().map_err(|e| Error::Io(e.to_string()))
 }
 
 fn load_model(o: &Opts) -> Result<(Llama, GgufFile)> {
@@ -413,6 +459,7 @@ fn run() -> Result<()> {
         "bench" => cmd_bench(&o),
         "bench-drafter" => cmd_bench_drafter(&o),
         "bench-spec" => cmd_bench_spec(&o),
+        "tokenize" => cmd_tokenize(&o),
         "datagen" => {
             let (model, gguf) = load_model(&o)?;
             let tok = specblock_engine::tokenizer::Tokenizer::from_gguf(&gguf)?;
