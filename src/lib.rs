@@ -7,6 +7,8 @@
 //! - [`layout`]: verification inputs in every common engine format (positions, masks, paths, sibling lists,
 //!   llama.cpp sequence-id sets), written into caller buffers;
 //! - [`verify`]: greedy and lossless sampling acceptance, with the KV keep-list;
+//! - [`adapt`]: the cost-aware draft-shape policy (a bandit over draft shapes, no drafting included,
+//!   fed the engine's measured timings);
 //! - [`drafter`] (feature `std`): the SpecBlock drafter (config, weights, context cache, block forward);
 //! - [`io`] (feature `std`): checkpoint reading (safetensors);
 //! - [`cpu`] (feature `std`): CPU numerics (thread pool, matmul and friends) for drafters and engines;
@@ -56,6 +58,8 @@ pub mod io;
 pub mod math;
 pub mod rng;
 
+#[cfg(feature = "alloc")]
+pub mod adapt;
 #[cfg(feature = "alloc")]
 pub mod layout;
 #[cfg(feature = "alloc")]

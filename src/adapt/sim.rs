@@ -1,0 +1,247 @@
+//! Synthetic environments for draft-shape policies: a verification-cost curve, per-arm drafting costs
+//! and a per-level acceptance probability that may shift mid-stream. Used by the policy's tests and by
+//! `examples/policy_sim.rs`, which prints the comparison in `docs/adaptive.md`.
+
+use alloc::vec::Vec;
+
+use super::{Arm, Feedback, Policy, Shape};
+use crate::rng::CounterRng;
+
+/// A 2-core CPU: verification seconds of `rows` rows (shaped like `specblock bench --bf16` on the
+/// AVX2 host: t(1) = 15 ms, t(5) = 18.6 ms, t(9) = 32.6 ms, t(17) = 60.6 ms, then 2.5 ms per row).
+pub fn cpu_cost(rows: f64) -> f64 {
+    let r = rows - 1.0;
+    if r <= 4.0 {
+        0.015 + 0.0009 * r
+    } else if r <= 16.0 {
+        0.0186 + 0.0035 * (r - 4.0)
+    } else {
+        0.0606 + 0.0025 * (r - 16.0)
+    }
+}
+
+/// A GPU: verifying up to a hundred rows costs about what one row does.
+pub fn gpu_cost(rows: f64) -> f64 {
+    0.010 + 0.00002 * (rows - 1.0)
+}
+
+/// The arm set of the tests: plain decoding, SpecBlock block-1 chains and trees up to the authors' 90
+/// nodes, and two EAGLE-3 trees.
+pub fn ladder() -> Vec<Arm> {
+    [
+        Shape::Plain,
+        Shape::SpecBlock {
+            budget: 2,
+            max_seeds: 0,
+        },
+        Shape::SpecBlock {
+            budget: 4,
+            max_seeds: 0,
+        },
+        Shape::SpecBlock {
+            budget: 8,
+            max_seeds: 0,
+        },
+        Shape::SpecBlock {
+            budget: 16,
+            max_seeds: 8,
+        },
+        Shape::SpecBlock {
+            budget: 32,
+            max_seeds: u32::MAX,
+        },
+        Shape::SpecBlock {
+            budget: 90,
+            max_seeds: u32::MAX,
+        },
+        Shape::Eagle3 {
+            budget: 6,
+            depth: 3,
+            top_k: 2,
+        },
+        Shape::Eagle3 {
+            budget: 16,
+            depth: 6,
+            top_k: 6,
+        },
+    ]
+    .into_iter()
+    .map(Arm::new)
+    .collect()
+}
+
+/// How each ladder arm behaves: (rows, deepest accepted path, width per level, drafting seconds).
+fn arm_model(arm: &Arm) -> (f64, u32, u32, f64) {
+    match arm.shape {
+        Shape::Plain => (1.0, 0, 1, 0.0),
+        Shape::SpecBlock { budget, max_seeds } => {
+            let depth = if max_seeds == 0 {
+                budget.min(4)
+            } else {
+                budget.min(8)
+            };
+            let width = (budget / depth.max(1)).max(1);
+            let draft = if max_seeds == 0 {
+                0.0015
+            } else {
+                0.002 + 0.00005 * budget as f64
+            };
+            (budget as f64 + 1.0, depth, width, draft)
+        }
+        Shape::Eagle3 {
+            budget,
+            depth,
+            top_k,
+        } => {
+            let d = budget.min(depth + 1);
+            let width = top_k.min((budget / d.max(1)).max(1));
+            (budget as f64 + 1.0, d, width, 0.0005 * depth as f64)
+        }
+    }
+}
+
+/// A synthetic decoding stream.
+pub struct Environment {
+    cost: fn(f64) -> f64,
+    /// Per-level acceptance of a one-wide chain before and after `shift`.
+    accept: [f64; 2],
+    shift: usize,
+}
+
+impl Environment {
+    /// A stream with verification cost `cost`, acceptance `accept[0]` (and `accept[1]` from
+    /// iteration `shift` on; 0 = never).
+    pub fn new(cost: fn(f64) -> f64, accept: [f64; 2], shift: usize) -> Self {
+        Environment {
+            cost,
+            accept,
+            shift,
+        }
+    }
+
+    fn level_accept(&self, iteration: usize, width: u32, level: u32) -> f64 {
+        let p = if self.shift > 0 && iteration >= self.shift {
+            self.accept[1]
+        } else {
+            self.accept[0]
+        };
+        // Wider levels hold the right token more often; deeper levels are harder.
+        let mut miss = 1.0;
+        for _ in 0..width {
+            miss *= 1.0 - p;
+        }
+        let mut decay = 1.0;
+        for _ in 0..level {
+            decay *= 0.9;
+        }
+        (1.0 - miss) * decay
+    }
+
+    /// Expected tokens per second of arm `arm` at `iteration`.
+    pub fn throughput(&self, arm: &Arm, iteration: usize) -> f64 {
+        let (rows, depth, width, draft) = arm_model(arm);
+        let (mut tau, mut reach) = (1.0, 1.0);
+        for level in 0..depth {
+            reach *= self.level_accept(iteration, width, level);
+            tau += reach;
+        }
+        tau / ((self.cost)(rows) + draft)
+    }
+
+    /// The best ladder arm at `iteration`.
+    pub fn best_arm(&self, iteration: usize) -> usize {
+        let arms = ladder();
+        (0..arms.len())
+            .max_by(|&a, &b| {
+                self.throughput(&arms[a], iteration)
+                    .total_cmp(&self.throughput(&arms[b], iteration))
+            })
+            .unwrap_or(0)
+    }
+
+    /// The best ladder arm's expected tokens per second at `iteration`.
+    pub fn best_throughput(&self, iteration: usize) -> f64 {
+        let arms = ladder();
+        self.throughput(&arms[self.best_arm(iteration)], iteration)
+    }
+
+    /// One iteration of `arm`: the feedback an engine would report (5% timing noise).
+    pub fn step(
+        &self,
+        arm: &Arm,
+        iteration: usize,
+        rng: &CounterRng,
+        counter: &mut u64,
+    ) -> Feedback {
+        let (rows, depth, width, draft) = arm_model(arm);
+        let mut tokens = 1u32;
+        for level in 0..depth {
+            *counter += 1;
+            if rng.uniform(*counter) < self.level_accept(iteration, width, level) {
+                tokens += 1;
+            } else {
+                break;
+            }
+        }
+        *counter += 1;
+        let noise = 1.0 + 0.1 * (rng.uniform(*counter) - 0.5);
+        Feedback {
+            rows: rows as u32,
+            tokens,
+            verify_s: (self.cost)(rows) * noise,
+            draft_s: draft * noise,
+        }
+    }
+}
+
+/// One simulated iteration.
+#[derive(Clone, Copy, Debug)]
+pub struct Iteration {
+    /// The arm chosen.
+    pub arm: usize,
+    /// Tokens emitted.
+    pub tokens: u32,
+    /// Seconds it took.
+    pub seconds: f64,
+}
+
+/// A simulated run.
+pub struct Run {
+    /// Every iteration.
+    pub trace: Vec<Iteration>,
+    arms: usize,
+}
+
+impl Run {
+    /// Pulls of each arm from iteration `from` on.
+    pub fn pulls_after(&self, from: usize) -> Vec<u64> {
+        let mut v = alloc::vec![0u64; self.arms];
+        for it in &self.trace[from..] {
+            v[it.arm] += 1;
+        }
+        v
+    }
+}
+
+/// Runs `policy` (over the ladder) for `iterations` in `env`.
+pub fn run(env: &Environment, policy: &mut Policy, iterations: usize, seed: u64) -> Run {
+    let rng = CounterRng::new(seed);
+    let mut counter = 0u64;
+    let mut trace = Vec::with_capacity(iterations);
+    for i in 0..iterations {
+        let arm = policy.choose();
+        let fb = env.step(&policy.arms()[arm], i, &rng, &mut counter);
+        policy
+            .feedback(arm, &fb)
+            .expect("simulated feedback is valid");
+        trace.push(Iteration {
+            arm,
+            tokens: fb.tokens,
+            seconds: fb.verify_s + fb.draft_s,
+        });
+    }
+    Run {
+        trace,
+        arms: policy.arms().len(),
+    }
+}
