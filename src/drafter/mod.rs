@@ -11,6 +11,7 @@ pub mod eagle3;
 mod forward;
 pub mod ops;
 mod session;
+mod speculator;
 mod weights;
 
 use std::path::Path;
@@ -20,6 +21,7 @@ use std::vec::Vec;
 pub use config::{ContextProtocol, DrafterConfig};
 pub use forward::{BlockOutput, Scratch};
 pub use session::{DraftPolicy, Session};
+pub use speculator::{AnySession, Speculator, SpeculatorStats, default_arms};
 
 use crate::cpu::Pool;
 use crate::io::LoadError;

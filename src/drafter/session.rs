@@ -82,6 +82,14 @@ pub struct Session<'d> {
     seed_vis: Vec<u32>,
     chain: Vec<u32>,
     bases: Vec<u32>,
+    /// Confidence stop of the next drafts: keep only nodes whose path probability is at least this.
+    min_confidence: f32,
+    /// The last draft was a plain step (root only): its commit is deferred.
+    plain_drafted: bool,
+    /// Entries of plain steps not yet run through the drafter (tokens, then their feature rows):
+    /// [`draft`](Session::draft) runs them in one batched forward first.
+    pending_tokens: Vec<u32>,
+    pending_features: Vec<f32>,
 }
 
 /// Most entries one commit appends: the root plus `MAX_DEPTH` accepted nodes.
@@ -125,8 +133,62 @@ impl<'d> Session<'d> {
             seed_vis: Vec::with_capacity(max_seeds),
             chain: Vec::with_capacity(MAX_COMMIT),
             bases: Vec::with_capacity(MAX_COMMIT),
+            min_confidence: 0.0,
+            plain_drafted: false,
+            pending_tokens: Vec::with_capacity(MAX_COMMIT),
+            pending_features: Vec::with_capacity(MAX_COMMIT * 3 * c.target_hidden),
             policy,
         })
+    }
+
+    pub(super) fn drafter_ref(&self) -> &'d Drafter {
+        self.drafter
+    }
+
+    /// The drafting policy (widths, budget, seed limit).
+    pub fn policy(&self) -> &DraftPolicy {
+        &self.policy
+    }
+
+    /// Sets the next drafts' budget, seed limit and confidence stop (keep only nodes whose path
+    /// probability under the drafter is at least `min_confidence`; 0 = off). The tree given to
+    /// [`draft`](Self::draft) must hold `budget` nodes.
+    pub fn set_shape(
+        &mut self,
+        budget: u32,
+        max_seeds: u32,
+        min_confidence: f32,
+    ) -> Result<(), Error> {
+        if budget == 0 || budget as usize > crate::MAX_NODES {
+            return Err(Error::InvalidArgument("budget must be in 1..=MAX_NODES"));
+        }
+        if !(0.0..=1.0).contains(&min_confidence) {
+            return Err(Error::InvalidArgument("min_confidence must be in [0, 1]"));
+        }
+        self.policy.budget = budget;
+        self.policy.max_seeds = max_seeds;
+        self.min_confidence = min_confidence;
+        Ok(())
+    }
+
+    /// A plain step instead of a draft: `tree` becomes the root alone (one row to verify) and the
+    /// drafter does nothing. The following [`commit`](Self::commit) (nothing accepted) is deferred:
+    /// its entry joins a queue that the next real [`draft`](Self::draft) runs in one batched forward,
+    /// so a run of plain steps costs the drafter one forward, not one per token.
+    pub fn draft_plain(&mut self, tree: &mut DraftTree) -> Result<(), Error> {
+        let Some(root) = self.root else {
+            return Err(Error::InvalidState("draft before prefill"));
+        };
+        tree.reset(root as i32)?;
+        tree.finalize(0)?;
+        self.drafted = true;
+        self.plain_drafted = true;
+        Ok(())
+    }
+
+    /// Entries of plain steps waiting for the drafter.
+    pub fn pending_entries(&self) -> usize {
+        self.pending_tokens.len()
     }
 
     /// Forgets the sequence (buffers are kept).
@@ -136,6 +198,9 @@ impl<'d> Session<'d> {
         self.root = None;
         self.next_base = 1;
         self.drafted = false;
+        self.plain_drafted = false;
+        self.pending_tokens.clear();
+        self.pending_features.clear();
     }
 
     /// Entries in the drafter's context cache.
@@ -237,30 +302,103 @@ impl<'d> Session<'d> {
                 capacity: MAX_COMMIT - 1,
             });
         }
+        let training = self.drafter.config().protocol == ContextProtocol::Training;
+        if self.plain_drafted {
+            if !accepted.is_empty() {
+                return Err(Error::InvalidArgument(
+                    "a plain step (root-only tree) accepts no draft tokens",
+                ));
+            }
+            if training {
+                return self.defer(embed, bonus, features);
+            }
+        }
         match self.drafter.config().protocol {
             ContextProtocol::Training => {
                 self.chain.clear();
                 self.chain.extend_from_slice(accepted);
                 self.chain.push(bonus);
-                self.bases.clear();
-                self.bases
-                    .extend((0..self.chain.len() as u32).map(|i| self.next_base + i));
-                self.drafter.context_forward_into(
-                    &mut self.cache,
-                    embed,
-                    features,
-                    &self.chain,
-                    &self.bases,
-                    &mut self.scratch,
-                )?;
-                let next = self.next_base + self.chain.len() as u32;
-                self.finish_context(self.chain.len(), bonus, next);
+                self.append(embed, features)?;
             }
             ContextProtocol::Reference => {
                 self.commit_reference(embed, accepted, bonus, features)?
             }
         }
+        self.plain_drafted = false;
         Ok(())
+    }
+
+    /// Appends the entries `self.chain` (tokens) with `features` (one row each) at the next bases and
+    /// makes the last one block 1 (training protocol).
+    fn append(&mut self, embed: &[f32], features: &[f32]) -> Result<(), Error> {
+        self.bases.clear();
+        self.bases
+            .extend((0..self.chain.len() as u32).map(|i| self.next_base + i));
+        self.drafter.context_forward_into(
+            &mut self.cache,
+            embed,
+            features,
+            &self.chain,
+            &self.bases,
+            &mut self.scratch,
+        )?;
+        let next = self.next_base + self.chain.len() as u32;
+        let last = self.chain[self.chain.len() - 1];
+        self.finish_context(self.chain.len(), last, next);
+        Ok(())
+    }
+
+    /// The commit of a plain step: queues the entry (root features, bonus) for the next draft.
+    fn defer(&mut self, embed: &[f32], bonus: u32, features: &[f32]) -> Result<(), Error> {
+        let fw = 3 * self.drafter.config().target_hidden;
+        if features.len() != fw {
+            return Err(Error::ShapeMismatch {
+                what: "commit features ((accepted + 1) x 3 target_hidden)",
+                expected: fw,
+                got: features.len(),
+            });
+        }
+        if bonus as usize >= self.drafter.config().vocab {
+            return Err(Error::TokenOutOfRange {
+                what: "bonus token",
+                token: bonus as i64,
+                vocab: self.drafter.config().vocab,
+            });
+        }
+        super::forward::check_finite("commit features", features, fw)?;
+        if self.cache.entries() + self.pending_tokens.len() + 1 > self.cache.capacity() {
+            return Err(Error::Capacity {
+                what: "drafter context entries",
+                capacity: self.cache.capacity(),
+            });
+        }
+        self.pending_tokens.push(bonus);
+        self.pending_features.extend_from_slice(features);
+        self.root = Some(bonus);
+        self.has_block1 = false;
+        self.drafted = false;
+        self.plain_drafted = false;
+        if self.pending_tokens.len() == MAX_COMMIT {
+            self.flush(embed)?;
+        }
+        Ok(())
+    }
+
+    /// Runs the queued plain-step entries through the drafter (one batched forward).
+    fn flush(&mut self, embed: &[f32]) -> Result<(), Error> {
+        if self.pending_tokens.is_empty() {
+            return Ok(());
+        }
+        self.chain.clear();
+        self.chain.extend_from_slice(&self.pending_tokens);
+        let features = core::mem::take(&mut self.pending_features);
+        let r = self.append(embed, &features);
+        self.pending_features = features;
+        if r.is_ok() {
+            self.pending_tokens.clear();
+            self.pending_features.clear();
+        }
+        r
     }
 
     /// The authors' commit (method notes §3.1): with nothing accepted, the draft entry is popped and
@@ -348,9 +486,11 @@ impl<'d> Session<'d> {
     /// every seed, then dedup, prune to the policy's budget and finalize. `tree` must have room for
     /// the candidates (up to `slots x beam_width x (1 + seeds)` nodes before the prune).
     pub fn draft(&mut self, embed: &[f32], tree: &mut DraftTree) -> Result<(), Error> {
+        self.flush(embed)?;
         let Some(root) = self.root.filter(|_| self.has_block1) else {
             return Err(Error::InvalidState("draft before prefill"));
         };
+        self.plain_drafted = false;
         let c = self.drafter.config();
         let (k_slots, vd, rc) = (c.slots, c.draft_vocab, c.rank_classes);
         tree.reset(root as i32)?;
@@ -413,6 +553,16 @@ impl<'d> Session<'d> {
                 slot: k_slots - 1,
                 rank: 0,
             });
+        }
+        // Confidence stop: nodes under the threshold are pruned, so seeds there are not expanded.
+        let min_lp = if self.min_confidence > 0.0 {
+            self.min_confidence.ln()
+        } else {
+            f32::NEG_INFINITY
+        };
+        if self.min_confidence > 0.0 {
+            let cum = tree.cum_logprobs();
+            self.seeds.retain(|s| cum[s.node as usize] >= min_lp);
         }
         let max_seeds = self.policy.max_seeds as usize;
         if self.policy.prune_seeds || self.seeds.len() > max_seeds {
@@ -477,7 +627,17 @@ impl<'d> Session<'d> {
                 }
             }
         }
-        tree.finalize(self.policy.budget)?;
+        let mut budget = self.policy.budget;
+        if self.min_confidence > 0.0 {
+            // Path probabilities fall along a path, so the nodes above the threshold form a subtree
+            // (duplicates aside) and the budget prune keeps exactly them.
+            let above = tree.cum_logprobs()[1..]
+                .iter()
+                .filter(|&&lp| lp >= min_lp)
+                .count();
+            budget = budget.min(above as u32);
+        }
+        tree.finalize(budget)?;
         self.drafted = true;
         Ok(())
     }

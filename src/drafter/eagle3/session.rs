@@ -57,6 +57,15 @@ const MAX_COMMIT: usize = crate::MAX_DEPTH + 1;
 pub struct Eagle3Session<'d> {
     drafter: &'d Eagle3Drafter,
     policy: Eagle3Policy,
+    /// The policy the buffers were sized for (the largest depth and top-k a draft may use).
+    capacity: Eagle3Policy,
+    /// Confidence stop: keep only candidates whose path probability is at least this (0 = off).
+    min_confidence: f32,
+    /// The last draft was a plain step (root only): its commit is deferred.
+    plain_drafted: bool,
+    /// Entries of plain steps not yet run through the drafter; the next draft runs them first.
+    pending_tokens: Vec<u32>,
+    pending_features: Vec<f32>,
     cache: Eagle3Cache,
     scratch: Eagle3Scratch,
     /// Pre-norm output h and logits of the last committed entry: the tree's seed.
@@ -130,12 +139,64 @@ impl<'d> Eagle3Session<'d> {
             hidden: Vec::with_capacity(k * c.hidden),
             node_of: Vec::with_capacity(pool),
             policy,
+            capacity: policy,
+            min_confidence: 0.0,
+            plain_drafted: false,
+            pending_tokens: Vec::with_capacity(MAX_COMMIT),
+            pending_features: Vec::with_capacity(MAX_COMMIT * drafter.feature_width()),
         })
+    }
+
+    /// Sets the next drafts' tree shape and confidence stop (keep only candidates whose path
+    /// probability is at least `min_confidence`; 0 = off). Depth and top-k may not exceed those the
+    /// session was created with (its buffers are sized for them).
+    pub fn set_shape(&mut self, policy: Eagle3Policy, min_confidence: f32) -> Result<(), Error> {
+        let cap = self.capacity;
+        if policy.depth == 0 || policy.top_k == 0 || policy.budget == 0 {
+            return Err(Error::InvalidArgument(
+                "EAGLE-3 depth, top_k and budget must be >= 1",
+            ));
+        }
+        if policy.depth > cap.depth || policy.top_k > cap.top_k {
+            return Err(Error::Capacity {
+                what: "EAGLE-3 depth and top_k (the session's creation policy)",
+                capacity: (cap.depth as usize) * (cap.top_k as usize),
+            });
+        }
+        if !(0.0..=1.0).contains(&min_confidence) {
+            return Err(Error::InvalidArgument("min_confidence must be in [0, 1]"));
+        }
+        self.policy = policy;
+        self.min_confidence = min_confidence;
+        Ok(())
+    }
+
+    /// A plain step instead of a draft: `tree` becomes the root alone and the drafter does nothing;
+    /// the following commit is deferred to the next real draft (see [`Session::draft_plain`]
+    /// (crate::drafter::Session::draft_plain)).
+    pub fn draft_plain(&mut self, tree: &mut DraftTree) -> Result<(), Error> {
+        let Some(root) = self.root else {
+            return Err(Error::InvalidState("draft before prefill"));
+        };
+        tree.reset(root as i32)?;
+        tree.finalize(0)?;
+        self.drafted = true;
+        self.plain_drafted = true;
+        Ok(())
+    }
+
+    /// Entries of plain steps waiting for the drafter.
+    pub fn pending_entries(&self) -> usize {
+        self.pending_tokens.len()
     }
 
     /// The drafter this session runs.
     pub fn drafter(&self) -> &'d Eagle3Drafter {
         self.drafter
+    }
+
+    pub(crate) fn capacity_policy(&self) -> Eagle3Policy {
+        self.capacity
     }
 
     /// The tree shape this session grows.
@@ -159,6 +220,9 @@ impl<'d> Eagle3Session<'d> {
         self.root = None;
         self.next_pos = 0;
         self.drafted = false;
+        self.plain_drafted = false;
+        self.pending_tokens.clear();
+        self.pending_features.clear();
     }
 
     /// Entries in the drafter's context cache.
@@ -224,10 +288,24 @@ impl<'d> Eagle3Session<'d> {
                 capacity: MAX_COMMIT - 1,
             });
         }
+        if self.plain_drafted {
+            if !accepted.is_empty() {
+                return Err(Error::InvalidArgument(
+                    "a plain step (root-only tree) accepts no draft tokens",
+                ));
+            }
+            return self.defer(embed, bonus, features);
+        }
         self.tokens.clear();
         self.tokens.extend_from_slice(accepted);
         self.tokens.push(bonus);
+        self.append(embed, features)
+    }
+
+    /// Commits the entries `self.tokens` with `features` (one row each) at the next positions.
+    fn append(&mut self, embed: &[f32], features: &[f32]) -> Result<(), Error> {
         let n = self.tokens.len() as u32;
+        let bonus = self.tokens[self.tokens.len() - 1];
         self.positions.clear();
         self.positions.extend(self.next_pos..self.next_pos + n);
         self.drafter.context(
@@ -241,6 +319,65 @@ impl<'d> Eagle3Session<'d> {
         )?;
         self.finish_context(n as usize, bonus);
         Ok(())
+    }
+
+    /// The commit of a plain step: queues the entry (root features, bonus) for the next draft.
+    fn defer(&mut self, embed: &[f32], bonus: u32, features: &[f32]) -> Result<(), Error> {
+        let fw = self.drafter.feature_width();
+        if features.len() != fw {
+            return Err(Error::ShapeMismatch {
+                what: "commit features ((accepted + 1) x feature width)",
+                expected: fw,
+                got: features.len(),
+            });
+        }
+        let vocab = self.drafter.cfg.vocab;
+        if bonus as usize >= vocab {
+            return Err(Error::TokenOutOfRange {
+                what: "bonus token",
+                token: bonus as i64,
+                vocab,
+            });
+        }
+        if let Some(i) = features.iter().position(|x| !x.is_finite()) {
+            return Err(Error::NonFinite {
+                what: "commit features",
+                row: 0,
+                col: i,
+            });
+        }
+        if self.cache.entries() + self.pending_tokens.len() + 1 > self.cache.capacity() {
+            return Err(Error::Capacity {
+                what: "drafter context entries",
+                capacity: self.cache.capacity(),
+            });
+        }
+        self.pending_tokens.push(bonus);
+        self.pending_features.extend_from_slice(features);
+        self.root = Some(bonus);
+        self.drafted = false;
+        self.plain_drafted = false;
+        if self.pending_tokens.len() == MAX_COMMIT {
+            self.flush(embed)?;
+        }
+        Ok(())
+    }
+
+    /// Runs the queued plain-step entries through the drafter (one batched forward).
+    fn flush(&mut self, embed: &[f32]) -> Result<(), Error> {
+        if self.pending_tokens.is_empty() {
+            return Ok(());
+        }
+        self.tokens.clear();
+        self.tokens.extend_from_slice(&self.pending_tokens);
+        let features = core::mem::take(&mut self.pending_features);
+        let r = self.append(embed, &features);
+        self.pending_features = features;
+        if r.is_ok() {
+            self.pending_tokens.clear();
+            self.pending_features.clear();
+        }
+        r
     }
 
     /// Keeps the last entry's h and logits (the context forward just run) as the tree's seed.
@@ -265,8 +402,15 @@ impl<'d> Eagle3Session<'d> {
     /// then score. Tokens are target ids. `tree` needs `max_nodes >= budget` and
     /// `max_depth >= depth + 1`.
     pub fn draft(&mut self, embed: &[f32], tree: &mut DraftTree) -> Result<(), Error> {
+        self.flush(embed)?;
         let Some(root) = self.root else {
             return Err(Error::InvalidState("draft before prefill"));
+        };
+        self.plain_drafted = false;
+        let min_lp = if self.min_confidence > 0.0 {
+            self.min_confidence.ln()
+        } else {
+            f32::NEG_INFINITY
         };
         let c = &self.drafter.cfg;
         let (h, vd) = (c.hidden, c.draft_vocab);
@@ -299,6 +443,10 @@ impl<'d> Eagle3Session<'d> {
         }
 
         for step in 1..=depth {
+            // Confidence stop: when no frontier node reaches the threshold, no deeper one can.
+            if self.frontier.iter().all(|&f| self.cand_score[f] < min_lp) {
+                break;
+            }
             self.tokens.clear();
             self.tokens.extend(
                 self.frontier
@@ -344,14 +492,12 @@ impl<'d> Eagle3Session<'d> {
         }
         self.cache.clear_draft();
 
-        // Keep the best `budget` candidates, in creation order: parents come before children.
+        // Keep the best `budget` candidates (above the confidence threshold), in creation order:
+        // parents come before children.
         let scores = &self.cand_score;
-        top_k_by(
-            scores.len(),
-            self.policy.budget as usize,
-            |i| scores[i],
-            &mut self.top,
-        );
+        let above = scores.iter().filter(|&&s| s >= min_lp).count();
+        let budget = (self.policy.budget as usize).min(above);
+        top_k_by(scores.len(), budget, |i| scores[i], &mut self.top);
         self.top.sort_unstable_by_key(|&(i, _)| i);
         self.node_of.clear();
         self.node_of.resize(self.cand_tok.len(), -1);
@@ -369,7 +515,7 @@ impl<'d> Eagle3Session<'d> {
             let token = self.drafter.w.draft_to_target[self.cand_tok[ci] as usize];
             self.node_of[ci] = tree.add(parent, token as i32, self.cand_lp[ci])?;
         }
-        tree.finalize(self.policy.budget)?;
+        tree.finalize(budget as u32)?;
         self.drafted = true;
         Ok(())
     }

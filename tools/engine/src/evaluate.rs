@@ -6,15 +6,19 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use specblock::drafter::eagle3::{Eagle3Drafter, Eagle3Policy, Eagle3Session};
-use specblock::drafter::{DraftPolicy, Drafter, Session};
+use specblock::adapt::{Arm, Shape};
+use specblock::drafter::eagle3::{Eagle3Drafter, Eagle3Policy};
+use specblock::drafter::{DraftPolicy, Drafter, Speculator, default_arms};
 use specblock::verify::Sampling;
 
 use crate::decode::generate_ids;
 use crate::error::{Error, Result};
-use crate::generate::{load_eagle3_drafter, load_specblock_drafter};
+use crate::generate::{
+    load_eagle3_drafter, load_specblock_drafter, new_eagle3_speculator, new_specblock_speculator,
+    policy_json,
+};
 use crate::model::Llama;
-use crate::speculate::{DraftSession, speculative_generate};
+use crate::speculate::speculative_generate;
 use crate::tokenizer::Tokenizer;
 
 /// One method of a run: plain decoding, or a speculative method at a tree budget.
@@ -38,13 +42,48 @@ pub enum MethodSpec {
         /// Block-2 seeds (0 = block 1 only; `u32::MAX` = the authors' policy, all of them).
         max_seeds: u32,
     },
+    /// The adaptive draft-shape policy over the default arms of SpecBlock (`eagle3: false`) or
+    /// EAGLE-3 (`specblock:auto`, `eagle3:auto`).
+    Auto {
+        /// EAGLE-3's arms instead of SpecBlock's.
+        eagle3: bool,
+    },
+}
+
+/// The short form of an arm: `ar`, `specblock:B:S` (`S` omitted for every seed), `eagle3:B:D:K`, with
+/// `@C` for a confidence stop.
+pub fn arm_label(arm: &Arm) -> String {
+    let base = match arm.shape {
+        Shape::Plain => "ar".to_string(),
+        Shape::SpecBlock {
+            budget,
+            max_seeds: u32::MAX,
+        } => format!("specblock:{budget}"),
+        Shape::SpecBlock { budget, max_seeds } => format!("specblock:{budget}:{max_seeds}"),
+        Shape::Eagle3 {
+            budget,
+            depth,
+            top_k,
+        } => format!("eagle3:{budget}:{depth}:{top_k}"),
+    };
+    if arm.min_confidence > 0.0 {
+        format!("{base}@{}", arm.min_confidence)
+    } else {
+        base
+    }
 }
 
 impl MethodSpec {
-    /// Parses `ar`, `eagle3[:BUDGET[:DEPTH[:TOPK]]]` or `specblock[:BUDGET[:SEEDS]]` (defaults: the
+    /// Parses `ar`, `eagle3[:BUDGET[:DEPTH[:TOPK]]]`, `specblock[:BUDGET[:SEEDS]]` (defaults: the
     /// authors' settings, EAGLE-3 59 nodes at depth 7 and top-k 10, SpecBlock 90 nodes and every
-    /// block-2 seed; `specblock:8:0` drafts block 1 only).
+    /// block-2 seed; `specblock:8:0` drafts block 1 only), `specblock:auto` or `eagle3:auto` (the
+    /// adaptive policy).
     pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "specblock:auto" => return Ok(Self::Auto { eagle3: false }),
+            "eagle3:auto" => return Ok(Self::Auto { eagle3: true }),
+            _ => {}
+        }
         let mut parts = s.split(':');
         let name = parts.next().unwrap_or_default();
         let nums: Vec<u32> = parts
@@ -98,15 +137,45 @@ impl MethodSpec {
     fn name(&self) -> &'static str {
         match self {
             Self::Ar => "ar",
-            Self::Eagle3 { .. } => "eagle3",
-            Self::SpecBlock { .. } => "specblock",
+            Self::Eagle3 { .. } | Self::Auto { eagle3: true } => "eagle3",
+            Self::SpecBlock { .. } | Self::Auto { eagle3: false } => "specblock",
         }
     }
 
     fn budget(&self) -> Option<u32> {
         match self {
-            Self::Ar => None,
+            Self::Ar | Self::Auto { .. } => None,
             Self::Eagle3 { budget, .. } | Self::SpecBlock { budget, .. } => Some(*budget),
+        }
+    }
+
+    /// The setting as the command line writes it (`specblock:4:0`, `eagle3:auto`, ...).
+    pub fn label(&self) -> String {
+        match self {
+            Self::Auto { eagle3 } => {
+                format!("{}:auto", if *eagle3 { "eagle3" } else { "specblock" })
+            }
+            m => m.arms().first().map_or_else(|| "ar".to_string(), arm_label),
+        }
+    }
+
+    /// The policy's arms: one for a fixed shape, the default ladder for `auto`, none for `ar`.
+    pub fn arms(&self) -> Vec<Arm> {
+        match *self {
+            Self::Ar => Vec::new(),
+            Self::SpecBlock { budget, max_seeds } => {
+                vec![Arm::new(Shape::SpecBlock { budget, max_seeds })]
+            }
+            Self::Eagle3 {
+                budget,
+                depth,
+                top_k,
+            } => vec![Arm::new(Shape::Eagle3 {
+                budget,
+                depth,
+                top_k,
+            })],
+            Self::Auto { eagle3 } => default_arms(eagle3).to_vec(),
         }
     }
 }
@@ -208,16 +277,41 @@ pub fn run_suite(
     let greedy = cfg.sampling.temperature == 0.0;
     let mut mismatches = 0usize;
     let started = std::time::Instant::now();
-    for (pi, p) in prompts.iter().enumerate() {
-        let text = tok.apply_chat_template(&[("user", p.text.as_str())], true);
-        let ids = tok.encode(&text, true);
+    let encoded: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| {
+            tok.encode(
+                &tok.apply_chat_template(&[("user", p.text.as_str())], true),
+                true,
+            )
+        })
+        .collect();
+    // One speculator per method for the whole run: the session restarts with every prompt, an
+    // adaptive policy keeps what it learned (a stream of requests).
+    let max_entries = encoded.iter().map(Vec::len).max().unwrap_or(0) + cfg.max_tokens + 1;
+    let mut speculators: Vec<Option<Speculator>> = cfg
+        .methods
+        .iter()
+        .map(|m| match m.name() {
+            "specblock" => {
+                new_specblock_speculator(sb.as_ref().expect("loaded above"), max_entries, &m.arms())
+                    .map(Some)
+            }
+            "eagle3" => {
+                new_eagle3_speculator(e3.as_ref().expect("loaded above"), max_entries, &m.arms())
+                    .map(Some)
+            }
+            _ => Ok(None),
+        })
+        .collect::<Result<_>>()?;
+    for (pi, (p, ids)) in prompts.iter().zip(&encoded).enumerate() {
         let seed = cfg.seed.wrapping_add(pi as u64);
         let mut plain: Option<Vec<u32>> = None;
-        for m in &cfg.methods {
+        for (m, spec) in cfg.methods.iter().zip(speculators.iter_mut()) {
             let mut rec = serde_json::json!({
                 "dataset": dataset, "id": p.id, "method": m.name(), "budget": m.budget(),
-                "temperature": cfg.sampling.temperature, "prompt_tokens": ids.len(),
-                "max_tokens": cfg.max_tokens,
+                "setting": m.label(), "temperature": cfg.sampling.temperature,
+                "prompt_tokens": ids.len(), "max_tokens": cfg.max_tokens,
             });
             let (tokens, prefill_s, decode_s) = match m {
                 MethodSpec::Ar => {
@@ -232,40 +326,34 @@ pub fn run_suite(
                     )?;
                     (st.tokens, st.prefill_s, st.decode_s)
                 }
-                MethodSpec::Eagle3 {
-                    budget,
-                    depth,
-                    top_k,
-                } => {
-                    rec["depth"] = (*depth).into();
-                    rec["top_k"] = (*top_k).into();
-                    let policy = Eagle3Policy {
-                        budget: *budget,
-                        depth: *depth,
-                        top_k: *top_k,
-                    };
-                    let d = e3.as_ref().expect("loaded above");
-                    let mut s = Eagle3Session::new(d, ids.len() + cfg.max_tokens + 1, policy)?;
-                    speculate(model, &mut s, &ids, cfg, seed, eos, &mut rec)?
-                }
-                MethodSpec::SpecBlock { budget, max_seeds } => {
-                    if *max_seeds != u32::MAX {
+                m => {
+                    if let MethodSpec::Eagle3 { depth, top_k, .. } = m {
+                        rec["depth"] = (*depth).into();
+                        rec["top_k"] = (*top_k).into();
+                    }
+                    if let MethodSpec::SpecBlock { max_seeds, .. } = m
+                        && *max_seeds != u32::MAX
+                    {
                         rec["max_seeds"] = (*max_seeds).into();
                     }
-                    let policy = DraftPolicy {
-                        budget: *budget,
-                        max_seeds: *max_seeds,
-                        ..DraftPolicy::default()
-                    };
-                    let d = sb.as_ref().expect("loaded above");
-                    let mut s = Session::new(d, ids.len() + cfg.max_tokens + 1, policy)?;
-                    speculate(model, &mut s, &ids, cfg, seed, eos, &mut rec)?
+                    let s = spec.as_mut().expect("a speculator per speculative method");
+                    let before = policy_json(s);
+                    let r = speculate(model, s, ids, cfg, seed, eos, &mut rec)?;
+                    if matches!(m, MethodSpec::Auto { .. }) {
+                        rec["policy"] = policy_delta(&before, &policy_json(s));
+                    }
+                    r
                 }
             };
             if greedy {
                 match (&plain, m) {
                     (None, MethodSpec::Ar) => plain = Some(tokens.clone()),
-                    (Some(reference), MethodSpec::Eagle3 { .. } | MethodSpec::SpecBlock { .. }) => {
+                    (
+                        Some(reference),
+                        MethodSpec::Eagle3 { .. }
+                        | MethodSpec::SpecBlock { .. }
+                        | MethodSpec::Auto { .. },
+                    ) => {
                         let same = *reference == tokens;
                         rec["matches_ar"] = same.into();
                         if !same {
@@ -348,11 +436,28 @@ fn divergence(
     ))
 }
 
+/// The arms used on one prompt: the policy's per-arm iteration counts after the prompt minus before,
+/// as `{"arms": {label: iterations}, "iterations": n}`.
+fn policy_delta(before: &serde_json::Value, after: &serde_json::Value) -> serde_json::Value {
+    let mut arms = serde_json::Map::new();
+    let mut total = 0u64;
+    if let (Some(a), Some(b)) = (after["arms"].as_array(), before["arms"].as_array()) {
+        for (x, y) in a.iter().zip(b) {
+            let n = x["pulls"].as_u64().unwrap_or(0) - y["pulls"].as_u64().unwrap_or(0);
+            if n > 0 {
+                arms.insert(x["arm"].as_str().unwrap_or("?").to_string(), n.into());
+                total += n;
+            }
+        }
+    }
+    serde_json::json!({"iterations": total, "arms": arms})
+}
+
 /// One speculative answer with `session`; adds its fields to `rec` and returns (tokens, prefill
 /// seconds, decode seconds).
 fn speculate(
     model: &Llama,
-    session: &mut dyn DraftSession,
+    session: &mut Speculator,
     ids: &[u32],
     cfg: &SuiteConfig,
     seed: u64,
@@ -361,7 +466,7 @@ fn speculate(
 ) -> Result<(Vec<u32>, f64, f64)> {
     let st = speculative_generate(
         model,
-        session,
+        session as &mut dyn crate::speculate::DraftSession,
         ids,
         cfg.max_tokens,
         &cfg.sampling,

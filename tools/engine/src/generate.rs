@@ -3,8 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
+use specblock::adapt::{Arm, PolicyParams, Shape};
 use specblock::drafter::eagle3::{Eagle3Drafter, Eagle3Policy, Eagle3Session};
-use specblock::drafter::{DraftPolicy, Drafter, Session};
+use specblock::drafter::{AnySession, DraftPolicy, Drafter, Session, Speculator};
 use specblock::verify::Sampling;
 
 use crate::decode::generate_ids;
@@ -44,18 +45,83 @@ pub enum Method {
     SpecBlock {
         /// Drafter directory.
         drafter: PathBuf,
-        /// Draft-tree budget (non-root nodes).
-        budget: u32,
-        /// Most block-2 seeds (0: block 1 only; `u32::MAX`: all, the authors' policy).
-        max_seeds: u32,
+        /// The draft-shape policy's arms: one for a fixed shape, [`default_arms`](specblock::drafter::default_arms)
+        /// for the adaptive default.
+        arms: Vec<Arm>,
     },
     /// The EAGLE-3 baseline (one decoder layer, EAGLE-2 dynamic tree) with the drafter in `drafter`.
     Eagle3 {
         /// Drafter directory (config.json + model.safetensors, EAGLE-3 / SpecForge names).
         drafter: PathBuf,
-        /// The tree growth: depth, top-k per step, budget (non-root nodes kept).
-        policy: Eagle3Policy,
+        /// The draft-shape policy's arms.
+        arms: Vec<Arm>,
     },
+}
+
+/// A SpecBlock speculator (session + draft-shape policy over `arms`) with room for `max_entries`.
+pub fn new_specblock_speculator<'d>(
+    d: &'d Drafter,
+    max_entries: usize,
+    arms: &[Arm],
+) -> Result<Speculator<'d>> {
+    let session = Session::new(d, max_entries, DraftPolicy::default())?;
+    Ok(Speculator::new(
+        AnySession::SpecBlock(session),
+        arms,
+        PolicyParams::default(),
+    )?)
+}
+
+/// An EAGLE-3 speculator; its session is sized for the deepest and widest of `arms`.
+pub fn new_eagle3_speculator<'d>(
+    d: &'d Eagle3Drafter,
+    max_entries: usize,
+    arms: &[Arm],
+) -> Result<Speculator<'d>> {
+    let mut cap = Eagle3Policy {
+        depth: 1,
+        top_k: 1,
+        budget: 1,
+    };
+    for a in arms {
+        if let Shape::Eagle3 {
+            budget,
+            depth,
+            top_k,
+        } = a.shape
+        {
+            cap.depth = cap.depth.max(depth);
+            cap.top_k = cap.top_k.max(top_k);
+            cap.budget = cap.budget.max(budget);
+        }
+    }
+    let session = Eagle3Session::new(d, max_entries, cap)?;
+    Ok(Speculator::new(
+        AnySession::Eagle3(session),
+        arms,
+        PolicyParams::default(),
+    )?)
+}
+
+/// The policy's state: per arm its label, iterations, tokens per second so far and share of the
+/// iterations; the current arm; mean accept length.
+pub fn policy_json(s: &Speculator) -> serde_json::Value {
+    let st = s.stats();
+    let total = st.iterations.max(1) as f64;
+    let arms: Vec<serde_json::Value> = s
+        .policy()
+        .arms()
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let m = s.arm_summary(i).unwrap_or_default();
+            serde_json::json!({"arm": crate::evaluate::arm_label(a), "pulls": m.pulls,
+                "share": m.pulls as f64 / total, "tokens_per_second": m.tokens_per_second(),
+                "tokens_per_iteration": m.tokens_per_iteration})
+        })
+        .collect();
+    serde_json::json!({"iterations": st.iterations, "mean_accept_length": st.mean_accept_length,
+        "current_arm": crate::evaluate::arm_label(&s.policy().arms()[st.current_arm]), "arms": arms})
 }
 
 /// Where `--method specblock` finds its drafter without `--drafter`: the committed trained weights.
@@ -131,7 +197,7 @@ pub fn load_eagle3_drafter(model: &Llama, dir: &Path, bf16: bool) -> Result<Eagl
 #[allow(clippy::too_many_arguments)]
 fn speculative_report(
     model: &Llama,
-    session: &mut dyn DraftSession,
+    session: &mut Speculator,
     name: &str,
     prompt: &[u32],
     req: &Request,
@@ -141,7 +207,7 @@ fn speculative_report(
 ) -> Result<(Vec<u32>, f64, f64)> {
     let st = speculative_generate(
         model,
-        session,
+        session as &mut dyn DraftSession,
         prompt,
         req.max_tokens,
         &req.sampling,
@@ -150,6 +216,11 @@ fn speculative_report(
         on_token,
     )?;
     report["method"] = name.into();
+    if session.policy().arms().len() > 1 {
+        report["policy"] = policy_json(session);
+    } else {
+        report["setting"] = crate::evaluate::arm_label(&session.policy().arms()[0]).into();
+    }
     report["iterations"] = st.iterations.into();
     report["mean_accept_length"] = st.mean_accept_length().into();
     report["draft_seconds"] = st.draft_s.into();
@@ -215,21 +286,12 @@ pub fn run_cli(model: &Llama, gguf: &GgufFile, req: &Request) -> Result<()> {
             )?;
             (st.tokens, st.prefill_s, st.decode_s)
         }
-        Method::SpecBlock {
-            drafter,
-            budget,
-            max_seeds,
-        } => {
+        Method::SpecBlock { drafter, arms } => {
             let d = load_specblock_drafter(model, drafter, req.drafter_bf16)?;
-            let policy = DraftPolicy {
-                budget: *budget,
-                max_seeds: *max_seeds,
-                ..DraftPolicy::default()
-            };
-            let mut session = Session::new(&d, prompt.len() + req.max_tokens + 1, policy)?;
+            let mut s = new_specblock_speculator(&d, prompt.len() + req.max_tokens + 1, arms)?;
             speculative_report(
                 model,
-                &mut session,
+                &mut s,
                 "specblock",
                 &prompt,
                 req,
@@ -238,12 +300,12 @@ pub fn run_cli(model: &Llama, gguf: &GgufFile, req: &Request) -> Result<()> {
                 &mut report,
             )?
         }
-        Method::Eagle3 { drafter, policy } => {
+        Method::Eagle3 { drafter, arms } => {
             let d = load_eagle3_drafter(model, drafter, req.drafter_bf16)?;
-            let mut session = Eagle3Session::new(&d, prompt.len() + req.max_tokens + 1, *policy)?;
+            let mut s = new_eagle3_speculator(&d, prompt.len() + req.max_tokens + 1, arms)?;
             speculative_report(
                 model,
-                &mut session,
+                &mut s,
                 "eagle3",
                 &prompt,
                 req,

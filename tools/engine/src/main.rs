@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use specblock::adapt::{Arm, Shape};
 use specblock_engine::bench;
 use specblock_engine::error::{Error, Result};
 use specblock_engine::gguf::GgufFile;
@@ -21,7 +22,7 @@ USAGE:
                     SpecBlock vs EAGLE-3, against verification)
   specblock datagen [--prompts FILE] [--out DIR] [--batch B] [--max-tokens N] [--target-tokens T]
                     (self-distilled training data: tokens, loss mask, aux features, final hidden)
-  specblock bench-spec --prompts FILE [--limit N] [--methods ar,eagle3:B:D:K,specblock:B:S] [--out FILE]
+  specblock bench-spec --prompts FILE [--limit N] [--methods ar,eagle3:B:D:K,specblock:B:S,specblock:auto] [--out FILE]
                     [--drafter DIR] [--eagle3-drafter DIR] [--temperature T] [--max-tokens N] [--bf16]
                     (each method on each prompt, back to back; one JSON line per run, appended to
                     --out or printed; greedy runs check every speculative answer against plain decoding)
@@ -47,10 +48,11 @@ OPTIONS:
   --method M          ar (plain decoding, default), specblock or eagle3 (speculative)
   --drafter DIR       drafter directory: config.json + model.safetensors (default: the committed
                       trained drafter, models/drafters/specblock or models/drafters/eagle3)
-  --budget N          draft-tree nodes per iteration (default 90 for specblock, 59 for eagle3)
-  --max-seeds S       SpecBlock: most block-2 seeds (0 = block 1 only; default all, the authors' policy)
-  --eagle-depth D     EAGLE-3 tree depth (drafting steps per iteration, default 7)
-  --eagle-topk K      EAGLE-3 children per node and frontier width (default 10)
+  --budget auto|N     auto (default): the adaptive draft-shape policy picks each iteration's tree,
+                      plain decoding included, from measured speed; N: a fixed tree of N nodes
+  --max-seeds S       SpecBlock with --budget N: most block-2 seeds (0 = block 1 only; default all)
+  --eagle-depth D     EAGLE-3 with --budget N: tree depth (drafting steps per iteration, default 7)
+  --eagle-topk K      EAGLE-3 with --budget N: children per node and frontier width (default 10)
   --json              print one JSON object (text, tokens, timings, and for specblock: iterations,
                       mean_accept_length, draft_seconds, verify_seconds) instead of streaming
 ";
@@ -71,7 +73,8 @@ struct Opts {
     seed: u64,
     method: String,
     drafter: Option<PathBuf>,
-    budget: Option<u32>,
+    /// `--budget`: None (the command's default), Some(None) = auto, Some(Some(n)) = fixed.
+    budget: Option<Option<u32>>,
     eagle_depth: u32,
     eagle_topk: u32,
     eagle3: bool,
@@ -152,7 +155,21 @@ fn parse_args() -> Result<Opts> {
             "--seed" => o.seed = value(&a, args.next())?,
             "--method" => o.method = value(&a, args.next())?,
             "--drafter" => o.drafter = Some(value::<String>(&a, args.next())?.into()),
-            "--budget" => o.budget = Some(value(&a, args.next())?),
+            "--budget" => {
+                let v: String = value(&a, args.next())?;
+                o.budget = Some(if v == "auto" {
+                    None
+                } else {
+                    match v.parse::<u32>() {
+                        Ok(n) if n >= 1 => Some(n),
+                        _ => {
+                            return Err(Error::InvalidArgument(format!(
+                                "--budget {v:?}: auto or a number of nodes >= 1"
+                            )));
+                        }
+                    }
+                });
+            }
             "--eagle-depth" => o.eagle_depth = value(&a, args.next())?,
             "--eagle-topk" => o.eagle_topk = value(&a, args.next())?,
             "--json" => o.json = true,
@@ -317,7 +334,7 @@ fn cmd_bench_drafter(o: &Opts) -> Result<()> {
          |---|---:|---:|---:|---:|---:|"
     );
     let mut ratios = Vec::new();
-    for budget in [o.budget.unwrap_or(90), 59, 32] {
+    for budget in [o.budget.flatten().unwrap_or(90), 59, 32] {
         let sb = bench_row(&m, &prompt, "specblock", budget, &mut || {
             let policy = DraftPolicy {
                 budget,
@@ -515,17 +532,25 @@ fn run() -> Result<()> {
                         drafter: o.drafter.clone().unwrap_or_else(|| {
                             PathBuf::from(specblock_engine::generate::DEFAULT_SPECBLOCK_DRAFTER)
                         }),
-                        budget: o.budget.unwrap_or(90),
-                        max_seeds: o.max_seeds.unwrap_or(u32::MAX),
+                        arms: match o.budget.flatten() {
+                            None => specblock::drafter::default_arms(false).to_vec(),
+                            Some(budget) => vec![Arm::new(Shape::SpecBlock {
+                                budget,
+                                max_seeds: o.max_seeds.unwrap_or(u32::MAX),
+                            })],
+                        },
                     },
                     "eagle3" => specblock_engine::generate::Method::Eagle3 {
                         drafter: o.drafter.clone().unwrap_or_else(|| {
                             PathBuf::from(specblock_engine::generate::DEFAULT_EAGLE3_DRAFTER)
                         }),
-                        policy: specblock::drafter::eagle3::Eagle3Policy {
-                            depth: o.eagle_depth,
-                            top_k: o.eagle_topk,
-                            budget: o.budget.unwrap_or(59),
+                        arms: match o.budget.flatten() {
+                            None => specblock::drafter::default_arms(true).to_vec(),
+                            Some(budget) => vec![Arm::new(Shape::Eagle3 {
+                                budget,
+                                depth: o.eagle_depth,
+                                top_k: o.eagle_topk,
+                            })],
                         },
                     },
                     other => {

@@ -5,8 +5,8 @@
 
 use std::time::Instant;
 
-use specblock::drafter::Session;
 use specblock::drafter::eagle3::Eagle3Session;
+use specblock::drafter::{Session, Speculator};
 use specblock::layout;
 use specblock::tree::{DraftTree, TreeParams};
 use specblock::verify::{self, Sampling};
@@ -72,6 +72,51 @@ pub trait DraftSession {
         bonus: u32,
         features: &[f32],
     ) -> std::result::Result<(), specblock::Error>;
+    /// The iteration's measured cost: `rows` verified, `tokens` emitted (accepted + bonus), the
+    /// verification seconds. A draft-shape policy learns from it; fixed-shape sessions ignore it.
+    fn feedback(
+        &mut self,
+        _rows: u32,
+        _tokens: u32,
+        _verify_s: f64,
+    ) -> std::result::Result<(), specblock::Error> {
+        Ok(())
+    }
+}
+
+impl DraftSession for Speculator<'_> {
+    fn prefill(
+        &mut self,
+        embed: &[f32],
+        features: &[f32],
+        tokens: &[u32],
+    ) -> std::result::Result<(), specblock::Error> {
+        Speculator::prefill(self, embed, features, tokens)
+    }
+    fn draft(
+        &mut self,
+        embed: &[f32],
+        tree: &mut DraftTree,
+    ) -> std::result::Result<(), specblock::Error> {
+        Speculator::draft(self, embed, tree).map(|_| ())
+    }
+    fn commit(
+        &mut self,
+        embed: &[f32],
+        accepted: &[u32],
+        bonus: u32,
+        features: &[f32],
+    ) -> std::result::Result<(), specblock::Error> {
+        Speculator::commit(self, embed, accepted, bonus, features)
+    }
+    fn feedback(
+        &mut self,
+        rows: u32,
+        tokens: u32,
+        verify_s: f64,
+    ) -> std::result::Result<(), specblock::Error> {
+        Speculator::feedback(self, rows, tokens, verify_s, None)
+    }
 }
 
 /// Both library sessions have inherent methods of exactly these signatures.
@@ -219,7 +264,8 @@ pub fn speculative_generate(
         for &r in &keep {
             feats.extend_from_slice(&out.features[r as usize * fw..(r as usize + 1) * fw]);
         }
-        stats.verify_s += t.elapsed().as_secs_f64();
+        let verify_s = t.elapsed().as_secs_f64();
+        stats.verify_s += verify_s;
         stats.iterations += 1;
         stats.accepted += acc.n_accepted as usize;
         let depth = acc.n_accepted as usize;
@@ -240,12 +286,12 @@ pub fn speculative_generate(
                 break;
             }
         }
-        if done {
-            break;
+        if !done {
+            let t = Instant::now();
+            session.commit(embed, &accepted, bonus, &feats)?;
+            stats.draft_s += t.elapsed().as_secs_f64();
         }
-        let t = Instant::now();
-        session.commit(embed, &accepted, bonus, &feats)?;
-        stats.draft_s += t.elapsed().as_secs_f64();
+        session.feedback(n as u32, acc.n_accepted + 1, verify_s)?;
     }
     Ok(stats)
 }

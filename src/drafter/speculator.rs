@@ -1,0 +1,301 @@
+//! One sequence's drafting driven by the draft-shape policy: a session of either drafter kind, the
+//! [`Policy`] that picks each iteration's shape (plain decoding included), and the clock of the
+//! drafting side. Engines (the reference engine, the C API) call `prefill`, then per iteration
+//! `draft` -> verify -> `commit` -> `feedback`.
+
+use std::time::Instant;
+
+use super::Session;
+use super::eagle3::{Eagle3Policy, Eagle3Session};
+use crate::adapt::{Arm, ArmSummary, Feedback, Policy, PolicyParams, Shape};
+use crate::error::Error;
+use crate::tree::DraftTree;
+
+/// A drafting session of either kind.
+pub enum AnySession<'d> {
+    /// SpecBlock.
+    SpecBlock(Session<'d>),
+    /// The EAGLE-3 baseline.
+    Eagle3(Eagle3Session<'d>),
+}
+
+impl AnySession<'_> {
+    fn prefill(&mut self, embed: &[f32], features: &[f32], tokens: &[u32]) -> Result<(), Error> {
+        match self {
+            AnySession::SpecBlock(s) => s.prefill(embed, features, tokens),
+            AnySession::Eagle3(s) => s.prefill(embed, features, tokens),
+        }
+    }
+
+    fn commit(
+        &mut self,
+        embed: &[f32],
+        accepted: &[u32],
+        bonus: u32,
+        features: &[f32],
+    ) -> Result<(), Error> {
+        match self {
+            AnySession::SpecBlock(s) => s.commit(embed, accepted, bonus, features),
+            AnySession::Eagle3(s) => s.commit(embed, accepted, bonus, features),
+        }
+    }
+
+    /// The root of the next draft.
+    pub fn root(&self) -> Option<u32> {
+        match self {
+            AnySession::SpecBlock(s) => s.root(),
+            AnySession::Eagle3(s) => s.root(),
+        }
+    }
+
+    /// Entries in the drafter's context (deferred plain-step entries not included).
+    pub fn context_entries(&self) -> usize {
+        match self {
+            AnySession::SpecBlock(s) => s.context_entries(),
+            AnySession::Eagle3(s) => s.context_entries(),
+        }
+    }
+
+    /// Forgets the sequence.
+    pub fn reset(&mut self) {
+        match self {
+            AnySession::SpecBlock(s) => s.reset(),
+            AnySession::Eagle3(s) => s.reset(),
+        }
+    }
+}
+
+/// The default arms for a drafter kind: plain decoding, small chains (with and without a confidence
+/// stop) that pay where verification is expensive (CPUs), and trees up to the published shapes that
+/// pay where it is cheap (GPUs). `eagle3` selects the EAGLE-3 ladder.
+pub fn default_arms(eagle3: bool) -> &'static [Arm] {
+    const fn sb(budget: u32, max_seeds: u32, min_confidence: f32) -> Arm {
+        Arm {
+            shape: Shape::SpecBlock { budget, max_seeds },
+            min_confidence,
+        }
+    }
+    const fn e3(budget: u32, depth: u32, top_k: u32, min_confidence: f32) -> Arm {
+        Arm {
+            shape: Shape::Eagle3 {
+                budget,
+                depth,
+                top_k,
+            },
+            min_confidence,
+        }
+    }
+    const PLAIN: Arm = Arm::new(Shape::Plain);
+    const SPECBLOCK: [Arm; 9] = [
+        PLAIN,
+        sb(2, 0, 0.0),
+        sb(4, 0, 0.0),
+        sb(4, 0, 0.5),
+        sb(8, 0, 0.0),
+        sb(8, 0, 0.3),
+        sb(16, 4, 0.0),
+        sb(32, u32::MAX, 0.0),
+        sb(90, u32::MAX, 0.0),
+    ];
+    const EAGLE3: [Arm; 9] = [
+        PLAIN,
+        e3(2, 2, 1, 0.0),
+        e3(4, 4, 1, 0.0),
+        e3(4, 4, 1, 0.5),
+        e3(6, 3, 2, 0.0),
+        e3(8, 4, 4, 0.0),
+        e3(16, 6, 6, 0.0),
+        e3(32, 7, 8, 0.0),
+        e3(59, 7, 10, 0.0),
+    ];
+    if eagle3 { &EAGLE3 } else { &SPECBLOCK }
+}
+
+/// What a speculator did: the policy's statistics.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct SpeculatorStats {
+    /// Iterations fed back.
+    pub iterations: u64,
+    /// Mean tokens per iteration.
+    pub mean_accept_length: f64,
+    /// The arm of the last draft.
+    pub current_arm: usize,
+}
+
+/// A sequence's speculative drafting under a draft-shape policy (one arm = a fixed shape).
+pub struct Speculator<'d> {
+    session: AnySession<'d>,
+    policy: Policy,
+    arm: usize,
+    /// Drafting seconds (draft and commit) since the last feedback.
+    draft_s: f64,
+}
+
+impl<'d> Speculator<'d> {
+    /// Drives `session` with a policy over `arms` (one arm: a fixed shape). Every drafting arm must
+    /// match the session's kind and fit it (EAGLE-3 depth and top-k at most the session's).
+    pub fn new(session: AnySession<'d>, arms: &[Arm], params: PolicyParams) -> Result<Self, Error> {
+        let eagle3 = matches!(session, AnySession::Eagle3(_));
+        for a in arms {
+            match (a.shape, &session) {
+                (Shape::Plain, _) => {}
+                (Shape::SpecBlock { .. }, AnySession::SpecBlock(_)) => {}
+                (Shape::Eagle3 { depth, top_k, .. }, AnySession::Eagle3(s)) => {
+                    let cap = s.capacity();
+                    if depth > cap.depth || top_k > cap.top_k {
+                        return Err(Error::InvalidArgument(
+                            "an EAGLE-3 arm is deeper or wider than the session was created for",
+                        ));
+                    }
+                }
+                _ => {
+                    return Err(Error::InvalidArgument(if eagle3 {
+                        "a SpecBlock arm for an EAGLE-3 session"
+                    } else {
+                        "an EAGLE-3 arm for a SpecBlock session"
+                    }));
+                }
+            }
+        }
+        let slots = match &session {
+            AnySession::SpecBlock(s) => s.drafter().config().slots as u32,
+            AnySession::Eagle3(_) => 1,
+        };
+        let policy = Policy::new(arms, PolicyParams { slots, ..params })?;
+        Ok(Speculator {
+            arm: policy.current(),
+            session,
+            policy,
+            draft_s: 0.0,
+        })
+    }
+
+    /// The session.
+    pub fn session(&self) -> &AnySession<'d> {
+        &self.session
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// The arm the last [`draft`](Self::draft) used.
+    pub fn current_arm(&self) -> Arm {
+        self.policy.arms()[self.arm]
+    }
+
+    /// Statistics of the run so far.
+    pub fn stats(&self) -> SpeculatorStats {
+        SpeculatorStats {
+            iterations: self.policy.iterations(),
+            mean_accept_length: self.policy.mean_accept_length(),
+            current_arm: self.arm,
+        }
+    }
+
+    /// Statistics of arm `i`.
+    pub fn arm_summary(&self, i: usize) -> Option<ArmSummary> {
+        self.policy.summary(i)
+    }
+
+    /// After the target's prefill (see [`Session::prefill`]). A new sequence: the session restarts,
+    /// the policy keeps what it learned (the machine, the drafter and the kind of text persist).
+    pub fn prefill(
+        &mut self,
+        embed: &[f32],
+        features: &[f32],
+        tokens: &[u32],
+    ) -> Result<(), Error> {
+        self.draft_s = 0.0;
+        self.policy.reset_sequence();
+        self.session.prefill(embed, features, tokens)
+    }
+
+    /// Chooses this iteration's arm and drafts its tree into `tree` (the root alone for a plain
+    /// step). Returns the arm's index.
+    pub fn draft(&mut self, embed: &[f32], tree: &mut DraftTree) -> Result<usize, Error> {
+        let t = Instant::now();
+        let arm = self.policy.choose();
+        let a = self.policy.arms()[arm];
+        let r = match (&mut self.session, a.shape) {
+            (AnySession::SpecBlock(s), Shape::Plain) => s.draft_plain(tree),
+            (AnySession::Eagle3(s), Shape::Plain) => s.draft_plain(tree),
+            (AnySession::SpecBlock(s), Shape::SpecBlock { budget, max_seeds }) => s
+                .set_shape(budget, max_seeds, a.min_confidence)
+                .and_then(|_| s.draft(embed, tree)),
+            (
+                AnySession::Eagle3(s),
+                Shape::Eagle3 {
+                    budget,
+                    depth,
+                    top_k,
+                },
+            ) => s
+                .set_shape(
+                    Eagle3Policy {
+                        budget,
+                        depth,
+                        top_k,
+                    },
+                    a.min_confidence,
+                )
+                .and_then(|_| s.draft(embed, tree)),
+            _ => Err(Error::InvalidState("arm kind does not match the session")),
+        };
+        self.draft_s += t.elapsed().as_secs_f64();
+        r?;
+        self.arm = arm;
+        Ok(arm)
+    }
+
+    /// After verification (see [`Session::commit`]); the commit of a plain step is deferred to the
+    /// next real draft.
+    pub fn commit(
+        &mut self,
+        embed: &[f32],
+        accepted: &[u32],
+        bonus: u32,
+        features: &[f32],
+    ) -> Result<(), Error> {
+        let t = Instant::now();
+        let r = self.session.commit(embed, accepted, bonus, features);
+        self.draft_s += t.elapsed().as_secs_f64();
+        r
+    }
+
+    /// Reports the iteration: `rows` verified, `tokens` emitted (accepted + bonus), the engine's
+    /// verification seconds, and its drafting seconds if it timed them (else the speculator's own
+    /// clock of draft and commit since the last feedback).
+    pub fn feedback(
+        &mut self,
+        rows: u32,
+        tokens: u32,
+        verify_s: f64,
+        draft_s: Option<f64>,
+    ) -> Result<(), Error> {
+        let fb = Feedback {
+            rows,
+            tokens,
+            verify_s,
+            draft_s: draft_s.unwrap_or(self.draft_s),
+        };
+        self.policy.feedback(self.arm, &fb)?;
+        self.draft_s = 0.0;
+        Ok(())
+    }
+}
+
+impl<'d> Session<'d> {
+    /// The drafter this session runs.
+    pub fn drafter(&self) -> &'d super::Drafter {
+        self.drafter_ref()
+    }
+}
+
+impl Eagle3Session<'_> {
+    /// The largest shape this session can draft (its creation policy).
+    pub fn capacity(&self) -> Eagle3Policy {
+        self.capacity_policy()
+    }
+}
