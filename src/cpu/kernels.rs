@@ -183,31 +183,43 @@ impl Isa {
         use std::sync::OnceLock;
         static ISA: OnceLock<Isa> = OnceLock::new();
         *ISA.get_or_init(|| {
-            let all = Isa::available();
-            all.first().copied().unwrap_or(Isa::Portable)
+            [Isa::Avx512Bf16, Isa::Avx512, Isa::Avx2]
+                .into_iter()
+                .find(|isa| isa.is_supported())
+                .unwrap_or(Isa::Portable)
         })
     }
 
     /// Every instruction set this CPU can run, best first (tests run each).
     pub fn available() -> Vec<Isa> {
-        let mut v = Vec::new();
+        [Isa::Avx512Bf16, Isa::Avx512, Isa::Avx2, Isa::Portable]
+            .into_iter()
+            .filter(|isa| isa.is_supported())
+            .collect()
+    }
+
+    /// Whether this CPU can run the kernels of `self` (no allocation: matmuls check it).
+    pub fn is_supported(self) -> bool {
         #[cfg(target_arch = "x86_64")]
         {
-            let avx512 = std::is_x86_feature_detected!("avx512f")
-                && std::is_x86_feature_detected!("avx512bw")
-                && std::is_x86_feature_detected!("fma");
-            if avx512 && std::is_x86_feature_detected!("avx512bf16") {
-                v.push(Isa::Avx512Bf16);
-            }
-            if avx512 {
-                v.push(Isa::Avx512);
-            }
-            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                v.push(Isa::Avx2);
+            let avx512 = || {
+                std::is_x86_feature_detected!("avx512f")
+                    && std::is_x86_feature_detected!("avx512bw")
+                    && std::is_x86_feature_detected!("fma")
+            };
+            match self {
+                Isa::Avx512Bf16 => avx512() && std::is_x86_feature_detected!("avx512bf16"),
+                Isa::Avx512 => avx512(),
+                Isa::Avx2 => {
+                    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+                }
+                Isa::Portable => true,
             }
         }
-        v.push(Isa::Portable);
-        v
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            self == Isa::Portable
+        }
     }
 
     /// Short name for logs and benchmarks.
@@ -281,10 +293,7 @@ pub fn matmul_with(
         Matrix::F32(d) => assert_eq!(d.len(), out * k, "matmul weight shape"),
         Matrix::Bf16(d) => assert_eq!(d.len(), out * k, "matmul weight shape"),
     }
-    assert!(
-        Isa::available().contains(&isa),
-        "{isa:?} is not available on this CPU"
-    );
+    assert!(isa.is_supported(), "{isa:?} is not available on this CPU");
     // bf16 weights on a CPU with AVX512_BF16: round the activations to bf16 once and multiply pairs.
     // The rounded copy lives in a per-thread buffer that only grows, so steady-state calls (a
     // drafter session's draft and commit) allocate nothing.

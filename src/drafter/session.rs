@@ -627,17 +627,23 @@ impl<'d> Session<'d> {
                 }
             }
         }
+        let above = |tree: &DraftTree| {
+            tree.cum_logprobs()[1..]
+                .iter()
+                .filter(|&&lp| lp >= min_lp)
+                .count() as u32
+        };
         let mut budget = self.policy.budget;
         if self.min_confidence > 0.0 {
             // Path probabilities fall along a path, so the nodes above the threshold form a subtree
-            // (duplicates aside) and the budget prune keeps exactly them.
-            let above = tree.cum_logprobs()[1..]
-                .iter()
-                .filter(|&&lp| lp >= min_lp)
-                .count();
-            budget = budget.min(above as u32);
+            // and the budget prune keeps exactly them; duplicates merge in the finalize, so count
+            // again after it (finalizing a finalized tree with a smaller budget only prunes).
+            budget = budget.min(above(tree));
         }
         tree.finalize(budget)?;
+        if self.min_confidence > 0.0 && above(tree) < tree.len() as u32 - 1 {
+            tree.finalize(above(tree))?;
+        }
         self.drafted = true;
         Ok(())
     }
