@@ -317,7 +317,7 @@ pub fn run_suite(
                 MethodSpec::Ar => {
                     let st = generate_ids(
                         model,
-                        &ids,
+                        ids,
                         cfg.max_tokens,
                         &cfg.sampling,
                         seed,
@@ -360,7 +360,7 @@ pub fn run_suite(
                             // The engine's forward is batch-invariant (verification and one-token
                             // decoding give bit-identical logits), so any difference is a bug; the
                             // logit gap at the first differing token helps find it.
-                            let (at, gap) = divergence(model, &ids, reference, &tokens)?;
+                            let (at, gap) = divergence(model, ids, reference, &tokens)?;
                             rec["diverges_at"] = at.into();
                             rec["divergence_logit_gap"] = gap.into();
                             mismatches += 1;
