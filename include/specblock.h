@@ -82,6 +82,11 @@
 #define MAX_GPU_NODES 1024
 
 /**
+ * The most arms one policy holds.
+ */
+#define MAX_ARMS 32
+
+/**
  * `sb_drafter_info.kind` of a SpecBlock drafter.
  */
 #define SB_DRAFTER_KIND_SPECBLOCK 0
@@ -90,6 +95,36 @@
  * `sb_drafter_info.kind` of an EAGLE-3 drafter.
  */
 #define SB_DRAFTER_KIND_EAGLE3 1
+
+/**
+ * `sb_session_params.policy`: the draft-shape policy chooses each iteration's shape.
+ */
+#define SB_POLICY_ADAPTIVE 0
+
+/**
+ * `sb_session_params.policy`: every draft has the shape of the params.
+ */
+#define SB_POLICY_FIXED 1
+
+/**
+ * `sb_arm.kind`: no drafting, one plain target step (the tree is the root alone).
+ */
+#define SB_ARM_PLAIN 0
+
+/**
+ * `sb_arm.kind`: a SpecBlock tree (`budget`, `max_seeds`).
+ */
+#define SB_ARM_SPECBLOCK 1
+
+/**
+ * `sb_arm.kind`: an EAGLE-3 tree (`budget`, `depth`, `top_k`).
+ */
+#define SB_ARM_EAGLE3 2
+
+/**
+ * `sb_feedback.flags`: `draft_seconds` is set.
+ */
+#define SB_FEEDBACK_DRAFT_MEASURED 1
 
 /**
  * Largest `max_depth` (and length of the node arrays in `sb_accept`).
@@ -201,7 +236,8 @@ typedef struct sb_cuda_sampler sb_cuda_sampler;
 typedef struct sb_drafter sb_drafter;
 
 /**
- * One sequence's drafting state. Not thread-safe: use a session from one thread at a time.
+ * One sequence's drafting state and its draft-shape policy. Not thread-safe: use a session from one
+ * thread at a time (different sessions of one drafter may run on different threads).
  */
 typedef struct sb_session sb_session;
 
@@ -392,7 +428,40 @@ typedef struct sb_drafter_params {
 } sb_drafter_params;
 
 /**
+ * One draft shape the adaptive policy may choose.
+ */
+typedef struct sb_arm {
+  /**
+   * `SB_ARM_PLAIN`, `SB_ARM_SPECBLOCK` or `SB_ARM_EAGLE3` (matching the drafter's kind).
+   */
+  uint32_t kind;
+  /**
+   * Non-root nodes kept (>= 1; unused for plain).
+   */
+  uint32_t budget;
+  /**
+   * SpecBlock: most block-2 seeds (0 = block 1 only, `UINT32_MAX` = all).
+   */
+  uint32_t max_seeds;
+  /**
+   * EAGLE-3: drafting steps (>= 1).
+   */
+  uint32_t depth;
+  /**
+   * EAGLE-3: children per node and frontier width (>= 1).
+   */
+  uint32_t top_k;
+  /**
+   * Confidence stop: keep nodes whose path probability is at least this (0 = off).
+   */
+  float min_confidence;
+} sb_arm;
+
+/**
  * Session parameters for `sb_session_new`. Get them from `sb_session_default_params()`.
+ *
+ * Fields after `eagle_top_k` were added with the draft-shape policy; a caller compiled against the
+ * first layout (`struct_size` 24) keeps working and gets a fixed shape at its `budget`, as before.
  */
 typedef struct sb_session_params {
   /**
@@ -404,7 +473,8 @@ typedef struct sb_session_params {
    */
   uint32_t max_entries;
   /**
-   * Draft-tree budget: non-root nodes kept per iteration.
+   * Fixed shape: draft-tree budget, non-root nodes kept per iteration (default 90; an EAGLE-3
+   * session left at 90 uses EAGLE's 59).
    */
   uint32_t budget;
   /**
@@ -412,13 +482,44 @@ typedef struct sb_session_params {
    */
   uint32_t beam_width;
   /**
-   * Drafting steps per tree (EAGLE-3 depth).
+   * Fixed shape: drafting steps per tree (EAGLE-3 depth).
    */
   uint32_t eagle_depth;
   /**
-   * Children per node and frontier width (EAGLE-3 top-k).
+   * Fixed shape: children per node and frontier width (EAGLE-3 top-k).
    */
   uint32_t eagle_top_k;
+  /**
+   * `SB_POLICY_ADAPTIVE` (the default: the session picks each iteration's shape, plain decoding
+   * included, from `sb_session_feedback`) or `SB_POLICY_FIXED` (every draft has the shape above).
+   */
+  uint32_t policy;
+  /**
+   * Fixed shape, SpecBlock: most block-2 seeds (0 = block 1 only; `UINT32_MAX` = all, the default).
+   */
+  uint32_t max_seeds;
+  /**
+   * Fixed shape: confidence stop; keep only nodes whose path probability under the drafter is at
+   * least this (0 = off, the default).
+   */
+  float min_confidence;
+  /**
+   * Adaptive: per-iteration decay of the policy's statistics, in (0, 1] (default 0.997).
+   */
+  float discount;
+  /**
+   * Adaptive: width of the upper confidence bound in standard deviations (default 0.5; 0 = greedy).
+   */
+  float exploration;
+  /**
+   * Adaptive: the arms to choose from, `n_arms` of them (NULL = the default ladder for the drafter's
+   * kind). Read by `sb_session_new` only.
+   */
+  const struct sb_arm *arms;
+  /**
+   * Number of `arms` (1 to 32; ignored when `arms` is NULL).
+   */
+  uint32_t n_arms;
 } sb_session_params;
 
 /**
@@ -468,6 +569,85 @@ typedef struct sb_tree_params {
    */
   uint32_t max_depth;
 } sb_tree_params;
+
+/**
+ * What the engine measured in one iteration, for `sb_session_feedback`.
+ */
+typedef struct sb_feedback {
+  /**
+   * `sizeof(sb_feedback)`.
+   */
+  uint32_t struct_size;
+  /**
+   * Rows verified: the tree's length, root included (1 for a plain step).
+   */
+  uint32_t rows;
+  /**
+   * Tokens emitted: accepted draft tokens plus the bonus token (1 to `rows`).
+   */
+  uint32_t tokens;
+  /**
+   * `SB_FEEDBACK_DRAFT_MEASURED` when `draft_seconds` holds the engine's own timing of the draft and
+   * commit calls; otherwise the session's clock of them is used.
+   */
+  uint32_t flags;
+  /**
+   * Seconds of the target's verification: forward over the tree, acceptance, KV clean-up (>= 0).
+   */
+  double verify_seconds;
+  /**
+   * Seconds of drafting (see `flags`; >= 0).
+   */
+  double draft_seconds;
+} sb_feedback;
+
+/**
+ * A session's policy statistics (`sb_session_get_stats`).
+ */
+typedef struct sb_session_stats {
+  /**
+   * Iterations fed back.
+   */
+  uint64_t iterations;
+  /**
+   * Mean tokens per iteration (accepted + bonus) over them.
+   */
+  double mean_accept_length;
+  /**
+   * Index of the arm of the last draft.
+   */
+  uint32_t current_arm;
+  /**
+   * Number of arms.
+   */
+  uint32_t n_arms;
+} sb_session_stats;
+
+/**
+ * One arm's statistics (`sb_session_get_stats`).
+ */
+typedef struct sb_arm_stats {
+  /**
+   * The arm.
+   */
+  struct sb_arm arm;
+  /**
+   * Iterations it ran.
+   */
+  uint64_t pulls;
+  /**
+   * Tokens it emitted.
+   */
+  uint64_t tokens;
+  /**
+   * Seconds it took (drafting and verification).
+   */
+  double seconds;
+  /**
+   * Mean reward: tokens per second over its iterations (0 before the first).
+   */
+  double tokens_per_second;
+} sb_arm_stats;
 
 /**
  * Metadata a drafter attaches to a node; it travels with the node through finalize.
@@ -638,8 +818,9 @@ enum sb_status sb_cuda_verify_sample(struct sb_cuda_sampler *sampler,
 struct sb_drafter_params sb_drafter_default_params(void);
 
 /**
- * Default session parameters: 4096 entries, the SpecBlock authors' policy (budget 90, beam width 10)
- * and EAGLE's tree (depth 7, top-k 10; EAGLE's own budget is 59).
+ * Default session parameters: 4096 entries, the adaptive draft-shape policy over the default arms;
+ * for `SB_POLICY_FIXED`, the SpecBlock authors' tree (budget 90, beam width 10, every seed) and
+ * EAGLE's (depth 7, top-k 10; EAGLE-3 sessions use budget 59 when `budget` is left at 90).
  */
 struct sb_session_params sb_session_default_params(void);
 
@@ -672,7 +853,14 @@ void sb_drafter_free(struct sb_drafter *drafter);
 enum sb_status sb_drafter_get_info(const struct sb_drafter *drafter, struct sb_drafter_info *out);
 
 /**
- * Creates a session on `drafter` (which must outlive it).
+ * Creates a session on `drafter` (which must outlive it), with the draft-shape policy of `params`:
+ * adaptive by default (each `sb_session_draft` picks a shape from the policy's arms, plain decoding
+ * included, learning from `sb_session_feedback`), or one fixed shape. Errors:
+ * `SB_STATUS_INVALID_ARGUMENT` for zero entries, budgets, depths or top-k, a budget above
+ * `SB_MAX_NODES`, an unknown policy or arm kind, an arm of the other drafter kind, more than 32 arms,
+ * a confidence outside [0, 1], a discount outside (0, 1] or a negative exploration;
+ * `SB_STATUS_STRUCT_SIZE` for a `struct_size` below the first published 24 bytes or above this
+ * library's `sizeof(sb_session_params)`; `SB_STATUS_OUT_OF_MEMORY`.
  */
 enum sb_status sb_session_new(const struct sb_drafter *drafter,
                               const struct sb_session_params *params,
@@ -684,9 +872,17 @@ enum sb_status sb_session_new(const struct sb_drafter *drafter,
 void sb_session_free(struct sb_session *session);
 
 /**
+ * The tree a session's drafts need: `sb_tree_new` with these params holds every candidate before the
+ * prune (of any arm of its policy).
+ */
+enum sb_status sb_session_tree_params(const struct sb_session *session,
+                                      struct sb_tree_params *out);
+
+/**
  * After the target's prefill of `n_tokens - 1` prompt tokens (with `features`, one row of
  * `feature_width` per prompt position) and its first sampled token (the last of `tokens`): fills the
- * drafter context and computes block 1. The sampled token becomes the root of the next draft.
+ * drafter context and computes block 1. The sampled token becomes the root of the next draft. A new
+ * sequence on an old session keeps what its policy learned.
  */
 enum sb_status sb_session_prefill(struct sb_session *session,
                                   const float *features,
@@ -695,16 +891,19 @@ enum sb_status sb_session_prefill(struct sb_session *session,
                                   uint32_t n_tokens);
 
 /**
- * Grows the next draft tree into `tree` (reset, filled and finalized to the session's budget). The
- * tree needs room for every candidate before the prune: create it with `max_nodes` >= 1024 and
- * `max_depth` >= 2 x slots.
+ * Grows the next draft tree into `tree` (reset, filled and finalized). Under the adaptive policy the
+ * shape is this iteration's choice: the tree may be the root alone (a plain step: verify the root
+ * only, then commit nothing accepted). `tree` must hold every candidate before the prune: create it
+ * with `sb_session_tree_params`.
  */
-enum sb_status sb_session_draft(struct sb_session *session, struct sb_tree *tree);
+enum sb_status sb_session_draft(struct sb_session *session,
+                                struct sb_tree *tree);
 
 /**
  * After verification: the `n_accepted` accepted draft tokens and the `bonus` token, with target
  * features of [root, accepted...] (`n_accepted + 1` rows of `feature_width`). Appends them to the
- * drafter context and computes the next block 1; `bonus` becomes the root.
+ * drafter context and computes the next block 1 (after a plain step the drafter's forward waits for
+ * the next real draft); `bonus` becomes the root. Allocates nothing.
  */
 enum sb_status sb_session_commit(struct sb_session *session,
                                  const int32_t *accepted,
@@ -712,6 +911,24 @@ enum sb_status sb_session_commit(struct sb_session *session,
                                  int32_t bonus,
                                  const float *features,
                                  uint32_t n_feature_rows);
+
+/**
+ * Reports the iteration just verified (call it once per `sb_session_draft`, after the commit or, at
+ * the end of a sequence, instead of it): the adaptive policy learns each shape's speed from it.
+ * Errors: `SB_STATUS_NON_FINITE` for NaN or infinite seconds; `SB_STATUS_INVALID_ARGUMENT` for
+ * negative seconds, `rows` or `tokens` 0, or more tokens than rows; `SB_STATUS_STRUCT_SIZE`.
+ * Nothing changes on error.
+ */
+enum sb_status sb_session_feedback(struct sb_session *session, const struct sb_feedback *feedback);
+
+/**
+ * The session's policy statistics into `*out`, and the first `arms_cap` arms' statistics into `arms`
+ * (`(NULL, 0)` for none; `out->n_arms` says how many exist).
+ */
+enum sb_status sb_session_get_stats(const struct sb_session *session,
+                                    struct sb_session_stats *out,
+                                    struct sb_arm_stats *arms,
+                                    uint32_t arms_cap);
 
 /**
  * Token of each node of the finalized tree, root first. `cap` >= `sb_tree_len`.

@@ -6,10 +6,11 @@ use std::path::Path;
 use std::string::ToString;
 use std::vec::Vec;
 
-use super::tree::sb_tree;
-use super::{guard, obj_mut, obj_ref, read_params, slice_ref, write_out};
+use super::tree::{SB_MAX_KEEP, sb_tree, sb_tree_params};
+use super::{guard, obj_mut, obj_ref, read_params, read_params_from, slice_ref, write_out};
+use crate::adapt::{Algorithm, Arm, PolicyParams, Shape};
 use crate::drafter::eagle3::{Eagle3Drafter, Eagle3Policy, Eagle3Session};
-use crate::drafter::{DraftPolicy, Drafter, Session};
+use crate::drafter::{AnySession, DraftPolicy, Drafter, Session, Speculator, default_arms};
 use crate::error::Status;
 
 /// A loaded SpecBlock drafter. Immutable after loading: thread-safe, shareable by any number of
@@ -28,7 +29,7 @@ enum AnyDrafter {
 }
 
 /// What the C layer needs to know of either kind.
-struct Shape {
+struct DrafterShape {
     hidden: usize,
     feature_width: usize,
     vocab: usize,
@@ -37,11 +38,11 @@ struct Shape {
 }
 
 impl AnyDrafter {
-    fn shape(&self) -> Shape {
+    fn shape(&self) -> DrafterShape {
         match self {
             AnyDrafter::SpecBlock(d) => {
                 let c = d.config();
-                Shape {
+                DrafterShape {
                     hidden: c.hidden,
                     feature_width: 3 * c.target_hidden,
                     vocab: c.vocab,
@@ -51,7 +52,7 @@ impl AnyDrafter {
             }
             AnyDrafter::Eagle3(d) => {
                 let c = d.config();
-                Shape {
+                DrafterShape {
                     hidden: c.hidden,
                     feature_width: d.feature_width(),
                     vocab: c.vocab,
@@ -96,16 +97,11 @@ impl sb_drafter {
     }
 }
 
-/// One sequence's drafting state. Not thread-safe: use a session from one thread at a time.
+/// One sequence's drafting state and its draft-shape policy. Not thread-safe: use a session from one
+/// thread at a time (different sessions of one drafter may run on different threads).
 pub struct sb_session {
-    session: AnySession,
+    speculator: Speculator<'static>,
     drafter: *const sb_drafter,
-}
-
-/// A session of either drafter kind.
-enum AnySession {
-    SpecBlock(Session<'static>),
-    Eagle3(Eagle3Session<'static>),
 }
 
 /// Loading parameters for `sb_drafter_load`. Get them from `sb_drafter_default_params()`.
@@ -142,6 +138,9 @@ pub const SB_DRAFTER_KIND_SPECBLOCK: u32 = 0;
 pub const SB_DRAFTER_KIND_EAGLE3: u32 = 1;
 
 /// Session parameters for `sb_session_new`. Get them from `sb_session_default_params()`.
+///
+/// Fields after `eagle_top_k` were added with the draft-shape policy; a caller compiled against the
+/// first layout (`struct_size` 24) keeps working and gets a fixed shape at its `budget`, as before.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct sb_session_params {
@@ -149,14 +148,165 @@ pub struct sb_session_params {
     pub struct_size: u32,
     /// Committed entries the context can hold (about the longest sequence, prompt included).
     pub max_entries: u32,
-    /// Draft-tree budget: non-root nodes kept per iteration.
+    /// Fixed shape: draft-tree budget, non-root nodes kept per iteration (default 90; an EAGLE-3
+    /// session left at 90 uses EAGLE's 59).
     pub budget: u32,
     /// Largest branching width of any slot (SpecBlock).
     pub beam_width: u32,
-    /// Drafting steps per tree (EAGLE-3 depth).
+    /// Fixed shape: drafting steps per tree (EAGLE-3 depth).
     pub eagle_depth: u32,
-    /// Children per node and frontier width (EAGLE-3 top-k).
+    /// Fixed shape: children per node and frontier width (EAGLE-3 top-k).
     pub eagle_top_k: u32,
+    /// `SB_POLICY_ADAPTIVE` (the default: the session picks each iteration's shape, plain decoding
+    /// included, from `sb_session_feedback`) or `SB_POLICY_FIXED` (every draft has the shape above).
+    pub policy: u32,
+    /// Fixed shape, SpecBlock: most block-2 seeds (0 = block 1 only; `UINT32_MAX` = all, the default).
+    pub max_seeds: u32,
+    /// Fixed shape: confidence stop; keep only nodes whose path probability under the drafter is at
+    /// least this (0 = off, the default).
+    pub min_confidence: f32,
+    /// Adaptive: per-iteration decay of the policy's statistics, in (0, 1] (default 0.997).
+    pub discount: f32,
+    /// Adaptive: width of the upper confidence bound in standard deviations (default 0.5; 0 = greedy).
+    pub exploration: f32,
+    /// Adaptive: the arms to choose from, `n_arms` of them (NULL = the default ladder for the drafter's
+    /// kind). Read by `sb_session_new` only.
+    pub arms: *const sb_arm,
+    /// Number of `arms` (1 to 32; ignored when `arms` is NULL).
+    pub n_arms: u32,
+}
+
+/// `sb_session_params.policy`: the draft-shape policy chooses each iteration's shape.
+pub const SB_POLICY_ADAPTIVE: u32 = 0;
+/// `sb_session_params.policy`: every draft has the shape of the params.
+pub const SB_POLICY_FIXED: u32 = 1;
+
+/// The first published size of `sb_session_params` (six `uint32_t`).
+const SESSION_PARAMS_V1: usize = 24;
+
+/// `sb_arm.kind`: no drafting, one plain target step (the tree is the root alone).
+pub const SB_ARM_PLAIN: u32 = 0;
+/// `sb_arm.kind`: a SpecBlock tree (`budget`, `max_seeds`).
+pub const SB_ARM_SPECBLOCK: u32 = 1;
+/// `sb_arm.kind`: an EAGLE-3 tree (`budget`, `depth`, `top_k`).
+pub const SB_ARM_EAGLE3: u32 = 2;
+
+/// One draft shape the adaptive policy may choose.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct sb_arm {
+    /// `SB_ARM_PLAIN`, `SB_ARM_SPECBLOCK` or `SB_ARM_EAGLE3` (matching the drafter's kind).
+    pub kind: u32,
+    /// Non-root nodes kept (>= 1; unused for plain).
+    pub budget: u32,
+    /// SpecBlock: most block-2 seeds (0 = block 1 only, `UINT32_MAX` = all).
+    pub max_seeds: u32,
+    /// EAGLE-3: drafting steps (>= 1).
+    pub depth: u32,
+    /// EAGLE-3: children per node and frontier width (>= 1).
+    pub top_k: u32,
+    /// Confidence stop: keep nodes whose path probability is at least this (0 = off).
+    pub min_confidence: f32,
+}
+
+impl sb_arm {
+    fn to_arm(self) -> Result<Arm, Status> {
+        let shape = match self.kind {
+            SB_ARM_PLAIN => Shape::Plain,
+            SB_ARM_SPECBLOCK => Shape::SpecBlock {
+                budget: self.budget,
+                max_seeds: self.max_seeds,
+            },
+            SB_ARM_EAGLE3 => Shape::Eagle3 {
+                budget: self.budget,
+                depth: self.depth,
+                top_k: self.top_k,
+            },
+            _ => return Err(Status::InvalidArgument),
+        };
+        Ok(Arm {
+            shape,
+            min_confidence: self.min_confidence,
+        })
+    }
+
+    fn from_arm(a: &Arm) -> Self {
+        let mut out = sb_arm {
+            min_confidence: a.min_confidence,
+            ..sb_arm::default()
+        };
+        match a.shape {
+            Shape::Plain => out.kind = SB_ARM_PLAIN,
+            Shape::SpecBlock { budget, max_seeds } => {
+                out.kind = SB_ARM_SPECBLOCK;
+                out.budget = budget;
+                out.max_seeds = max_seeds;
+            }
+            Shape::Eagle3 {
+                budget,
+                depth,
+                top_k,
+            } => {
+                out.kind = SB_ARM_EAGLE3;
+                out.budget = budget;
+                out.depth = depth;
+                out.top_k = top_k;
+            }
+        }
+        out
+    }
+}
+
+/// What the engine measured in one iteration, for `sb_session_feedback`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct sb_feedback {
+    /// `sizeof(sb_feedback)`.
+    pub struct_size: u32,
+    /// Rows verified: the tree's length, root included (1 for a plain step).
+    pub rows: u32,
+    /// Tokens emitted: accepted draft tokens plus the bonus token (1 to `rows`).
+    pub tokens: u32,
+    /// `SB_FEEDBACK_DRAFT_MEASURED` when `draft_seconds` holds the engine's own timing of the draft and
+    /// commit calls; otherwise the session's clock of them is used.
+    pub flags: u32,
+    /// Seconds of the target's verification: forward over the tree, acceptance, KV clean-up (>= 0).
+    pub verify_seconds: f64,
+    /// Seconds of drafting (see `flags`; >= 0).
+    pub draft_seconds: f64,
+}
+
+/// `sb_feedback.flags`: `draft_seconds` is set.
+pub const SB_FEEDBACK_DRAFT_MEASURED: u32 = 1;
+
+/// A session's policy statistics (`sb_session_get_stats`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct sb_session_stats {
+    /// Iterations fed back.
+    pub iterations: u64,
+    /// Mean tokens per iteration (accepted + bonus) over them.
+    pub mean_accept_length: f64,
+    /// Index of the arm of the last draft.
+    pub current_arm: u32,
+    /// Number of arms.
+    pub n_arms: u32,
+}
+
+/// One arm's statistics (`sb_session_get_stats`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct sb_arm_stats {
+    /// The arm.
+    pub arm: sb_arm,
+    /// Iterations it ran.
+    pub pulls: u64,
+    /// Tokens it emitted.
+    pub tokens: u64,
+    /// Seconds it took (drafting and verification).
+    pub seconds: f64,
+    /// Mean reward: tokens per second over its iterations (0 before the first).
+    pub tokens_per_second: f64,
 }
 
 /// Default loading parameters: 1 thread.
@@ -168,12 +318,14 @@ pub extern "C" fn sb_drafter_default_params() -> sb_drafter_params {
     }
 }
 
-/// Default session parameters: 4096 entries, the SpecBlock authors' policy (budget 90, beam width 10)
-/// and EAGLE's tree (depth 7, top-k 10; EAGLE's own budget is 59).
+/// Default session parameters: 4096 entries, the adaptive draft-shape policy over the default arms;
+/// for `SB_POLICY_FIXED`, the SpecBlock authors' tree (budget 90, beam width 10, every seed) and
+/// EAGLE's (depth 7, top-k 10; EAGLE-3 sessions use budget 59 when `budget` is left at 90).
 #[unsafe(no_mangle)]
 pub extern "C" fn sb_session_default_params() -> sb_session_params {
     let p = DraftPolicy::default();
     let e = Eagle3Policy::default();
+    let q = PolicyParams::default();
     sb_session_params {
         struct_size: size_of::<sb_session_params>() as u32,
         max_entries: 4096,
@@ -181,6 +333,13 @@ pub extern "C" fn sb_session_default_params() -> sb_session_params {
         beam_width: p.beam_width,
         eagle_depth: e.depth,
         eagle_top_k: e.top_k,
+        policy: SB_POLICY_ADAPTIVE,
+        max_seeds: p.max_seeds,
+        min_confidence: 0.0,
+        discount: q.discount as f32,
+        exploration: q.exploration as f32,
+        arms: core::ptr::null(),
+        n_arms: 0,
     }
 }
 
@@ -305,7 +464,53 @@ pub unsafe extern "C" fn sb_drafter_get_info(
     })
 }
 
-/// Creates a session on `drafter` (which must outlive it).
+/// The arms a session's params ask for.
+fn session_arms(p: &sb_session_params, eagle3: bool) -> Result<Vec<Arm>, Status> {
+    if p.policy == SB_POLICY_FIXED {
+        let e3_budget = if p.budget == DraftPolicy::default().budget {
+            Eagle3Policy::default().budget
+        } else {
+            p.budget
+        };
+        let shape = if eagle3 {
+            Shape::Eagle3 {
+                budget: e3_budget,
+                depth: p.eagle_depth,
+                top_k: p.eagle_top_k,
+            }
+        } else {
+            Shape::SpecBlock {
+                budget: p.budget,
+                max_seeds: p.max_seeds,
+            }
+        };
+        return Ok(std::vec![Arm {
+            shape,
+            min_confidence: p.min_confidence,
+        }]);
+    }
+    if p.policy != SB_POLICY_ADAPTIVE {
+        return Err(Status::InvalidArgument);
+    }
+    if p.arms.is_null() {
+        return Ok(default_arms(eagle3).to_vec());
+    }
+    // SAFETY: caller contract: `n_arms` readable arms at `arms`.
+    let given = unsafe { slice_ref(p.arms, p.n_arms as usize) }?;
+    if given.is_empty() || given.len() > crate::adapt::MAX_ARMS {
+        return Err(Status::InvalidArgument);
+    }
+    given.iter().map(|a| a.to_arm()).collect()
+}
+
+/// Creates a session on `drafter` (which must outlive it), with the draft-shape policy of `params`:
+/// adaptive by default (each `sb_session_draft` picks a shape from the policy's arms, plain decoding
+/// included, learning from `sb_session_feedback`), or one fixed shape. Errors:
+/// `SB_STATUS_INVALID_ARGUMENT` for zero entries, budgets, depths or top-k, a budget above
+/// `SB_MAX_NODES`, an unknown policy or arm kind, an arm of the other drafter kind, more than 32 arms,
+/// a confidence outside [0, 1], a discount outside (0, 1] or a negative exploration;
+/// `SB_STATUS_STRUCT_SIZE` for a `struct_size` below the first published 24 bytes or above this
+/// library's `sizeof(sb_session_params)`; `SB_STATUS_OUT_OF_MEMORY`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn sb_session_new(
     drafter: *const sb_drafter,
@@ -315,32 +520,68 @@ pub unsafe extern "C" fn sb_session_new(
     guard(|| {
         // SAFETY: caller contract for every pointer.
         let d: &'static sb_drafter = unsafe { obj_ref(drafter) }?;
-        let p = unsafe { read_params(params) }?;
+        let old = sb_session_params {
+            policy: SB_POLICY_FIXED,
+            ..sb_session_default_params()
+        };
+        let p = unsafe { read_params_from(params, SESSION_PARAMS_V1, Some(old)) }?;
         if out_session.is_null() {
             return Err(Status::NullArgument);
         }
         if p.max_entries == 0 || p.budget as usize > crate::MAX_NODES {
             return Err(Status::InvalidArgument);
         }
+        let eagle3 = matches!(d.drafter, AnyDrafter::Eagle3(_));
+        let arms = session_arms(&p, eagle3)?;
+        if arms
+            .iter()
+            .any(|a| a.shape.max_rows() as usize > crate::MAX_NODES + 1)
+        {
+            return Err(Status::InvalidArgument);
+        }
+        let params = PolicyParams {
+            discount: p.discount as f64,
+            exploration: p.exploration as f64,
+            algorithm: Algorithm::CostModel,
+            ..PolicyParams::default()
+        };
         let session = match &d.drafter {
             AnyDrafter::SpecBlock(dr) => {
                 let policy = DraftPolicy {
-                    budget: p.budget,
+                    budget: p.budget.max(1),
                     beam_width: p.beam_width,
                     ..DraftPolicy::default()
                 };
                 AnySession::SpecBlock(Session::new(dr, p.max_entries as usize, policy)?)
             }
             AnyDrafter::Eagle3(dr) => {
-                let policy = Eagle3Policy {
-                    depth: p.eagle_depth,
-                    top_k: p.eagle_top_k,
-                    budget: p.budget,
+                let mut cap = Eagle3Policy {
+                    depth: 1,
+                    top_k: 1,
+                    budget: 1,
                 };
-                AnySession::Eagle3(Eagle3Session::new(dr, p.max_entries as usize, policy)?)
+                for a in &arms {
+                    if let Shape::Eagle3 {
+                        budget,
+                        depth,
+                        top_k,
+                    } = a.shape
+                    {
+                        cap = Eagle3Policy {
+                            depth: cap.depth.max(depth),
+                            top_k: cap.top_k.max(top_k),
+                            budget: cap.budget.max(budget),
+                        };
+                    }
+                }
+                AnySession::Eagle3(Eagle3Session::new(dr, p.max_entries as usize, cap)?)
             }
         };
-        let handle = Box::into_raw(Box::new(sb_session { session, drafter }));
+        let speculator = Speculator::new(session, &arms, params)?;
+        let handle = Box::into_raw(Box::new(sb_session {
+            speculator,
+            drafter,
+        }));
         // SAFETY: checked non-NULL above.
         unsafe { write_out(out_session, handle) }
     })
@@ -359,6 +600,58 @@ pub unsafe extern "C" fn sb_session_free(session: *mut sb_session) {
     });
 }
 
+/// The tree a session's drafts need: `sb_tree_new` with these params holds every candidate before the
+/// prune (of any arm of its policy).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sb_session_tree_params(
+    session: *const sb_session,
+    out: *mut sb_tree_params,
+) -> Status {
+    guard(|| {
+        // SAFETY: caller contract.
+        let s = unsafe { obj_ref(session) }?;
+        let d = unsafe { obj_ref(s.drafter) }?;
+        let c = d.drafter.shape();
+        let mut max_nodes = 1024u32;
+        let mut max_depth = (2 * c.slots as u32).max(2);
+        for a in s.speculator.policy().arms() {
+            match a.shape {
+                Shape::Plain => {}
+                Shape::SpecBlock { budget, .. } => max_nodes = max_nodes.max(budget),
+                Shape::Eagle3 {
+                    budget,
+                    depth,
+                    top_k,
+                } => {
+                    max_nodes = max_nodes.max(budget).max(top_k * (1 + depth * top_k));
+                    max_depth = max_depth.max(depth + 1);
+                }
+            }
+        }
+        let p = sb_tree_params {
+            max_nodes: max_nodes.min(crate::MAX_NODES as u32),
+            max_depth: max_depth.min(crate::MAX_DEPTH as u32),
+            ..super::tree::sb_tree_default_params()
+        };
+        // SAFETY: caller contract.
+        unsafe { write_out(out, p) }
+    })
+}
+
+/// Checks tokens against the vocabulary into `out` (no allocation); returns how many.
+fn tokens_into(tokens: &[i32], vocab: usize, out: &mut [u32]) -> Result<usize, Status> {
+    if tokens.len() > out.len() {
+        return Err(Status::Capacity);
+    }
+    for (o, &t) in out.iter_mut().zip(tokens) {
+        if t < 0 || t as usize >= vocab {
+            return Err(Status::TokenOutOfRange);
+        }
+        *o = t as u32;
+    }
+    Ok(tokens.len())
+}
+
 fn tokens_u32(tokens: &[i32], vocab: usize) -> Result<Vec<u32>, Status> {
     tokens
         .iter()
@@ -374,7 +667,8 @@ fn tokens_u32(tokens: &[i32], vocab: usize) -> Result<Vec<u32>, Status> {
 
 /// After the target's prefill of `n_tokens - 1` prompt tokens (with `features`, one row of
 /// `feature_width` per prompt position) and its first sampled token (the last of `tokens`): fills the
-/// drafter context and computes block 1. The sampled token becomes the root of the next draft.
+/// drafter context and computes block 1. The sampled token becomes the root of the next draft. A new
+/// sequence on an old session keeps what its policy learned.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn sb_session_prefill(
     session: *mut sb_session,
@@ -396,17 +690,15 @@ pub unsafe extern "C" fn sb_session_prefill(
         if n_tokens != n_feature_rows + 1 {
             return Err(Status::ShapeMismatch);
         }
-        match &mut s.session {
-            AnySession::SpecBlock(x) => x.prefill(d.embedding(), feats, &toks)?,
-            AnySession::Eagle3(x) => x.prefill(d.embedding(), feats, &toks)?,
-        }
+        s.speculator.prefill(d.embedding(), feats, &toks)?;
         Ok(())
     })
 }
 
-/// Grows the next draft tree into `tree` (reset, filled and finalized to the session's budget). The
-/// tree needs room for every candidate before the prune: create it with `max_nodes` >= 1024 and
-/// `max_depth` >= 2 x slots.
+/// Grows the next draft tree into `tree` (reset, filled and finalized). Under the adaptive policy the
+/// shape is this iteration's choice: the tree may be the root alone (a plain step: verify the root
+/// only, then commit nothing accepted). `tree` must hold every candidate before the prune: create it
+/// with `sb_session_tree_params`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn sb_session_draft(session: *mut sb_session, tree: *mut sb_tree) -> Status {
     guard(|| {
@@ -414,17 +706,15 @@ pub unsafe extern "C" fn sb_session_draft(session: *mut sb_session, tree: *mut s
         let s = unsafe { obj_mut(session) }?;
         let t = unsafe { obj_mut(tree) }?;
         let d = unsafe { obj_ref(s.drafter) }?;
-        match &mut s.session {
-            AnySession::SpecBlock(x) => x.draft(d.embedding(), &mut t.0)?,
-            AnySession::Eagle3(x) => x.draft(d.embedding(), &mut t.0)?,
-        }
+        s.speculator.draft(d.embedding(), &mut t.0)?;
         Ok(())
     })
 }
 
 /// After verification: the `n_accepted` accepted draft tokens and the `bonus` token, with target
 /// features of [root, accepted...] (`n_accepted + 1` rows of `feature_width`). Appends them to the
-/// drafter context and computes the next block 1; `bonus` becomes the root.
+/// drafter context and computes the next block 1 (after a plain step the drafter's forward waits for
+/// the next real draft); `bonus` becomes the root. Allocates nothing.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn sb_session_commit(
     session: *mut sb_session,
@@ -439,15 +729,18 @@ pub unsafe extern "C" fn sb_session_commit(
         let s = unsafe { obj_mut(session) }?;
         let d = unsafe { obj_ref(s.drafter) }?;
         let c = d.drafter.shape();
-        let acc = if n_accepted == 0 {
-            Vec::new()
+        let mut acc = [0u32; SB_MAX_KEEP];
+        let n = if n_accepted == 0 {
+            0
         } else {
-            tokens_u32(
+            tokens_into(
                 unsafe { slice_ref(accepted, n_accepted as usize) }?,
                 c.vocab,
+                &mut acc,
             )?
         };
-        let bonus = tokens_u32(&[bonus], c.vocab)?[0];
+        let mut b = [0u32; 1];
+        tokens_into(&[bonus], c.vocab, &mut b)?;
         if n_feature_rows != n_accepted + 1 {
             return Err(Status::ShapeMismatch);
         }
@@ -455,10 +748,71 @@ pub unsafe extern "C" fn sb_session_commit(
             .checked_mul(c.feature_width)
             .ok_or(Status::InvalidArgument)?;
         let feats = unsafe { slice_ref(features, rows) }?;
-        match &mut s.session {
-            AnySession::SpecBlock(x) => x.commit(d.embedding(), &acc, bonus, feats)?,
-            AnySession::Eagle3(x) => x.commit(d.embedding(), &acc, bonus, feats)?,
-        }
+        s.speculator.commit(d.embedding(), &acc[..n], b[0], feats)?;
         Ok(())
+    })
+}
+
+/// Reports the iteration just verified (call it once per `sb_session_draft`, after the commit or, at
+/// the end of a sequence, instead of it): the adaptive policy learns each shape's speed from it.
+/// Errors: `SB_STATUS_NON_FINITE` for NaN or infinite seconds; `SB_STATUS_INVALID_ARGUMENT` for
+/// negative seconds, `rows` or `tokens` 0, or more tokens than rows; `SB_STATUS_STRUCT_SIZE`.
+/// Nothing changes on error.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sb_session_feedback(
+    session: *mut sb_session,
+    feedback: *const sb_feedback,
+) -> Status {
+    guard(|| {
+        // SAFETY: caller contract for every pointer.
+        let s = unsafe { obj_mut(session) }?;
+        let f = unsafe { read_params(feedback) }?;
+        let draft = (f.flags & SB_FEEDBACK_DRAFT_MEASURED != 0).then_some(f.draft_seconds);
+        if f.flags & !SB_FEEDBACK_DRAFT_MEASURED != 0 {
+            return Err(Status::InvalidArgument);
+        }
+        s.speculator
+            .feedback(f.rows, f.tokens, f.verify_seconds, draft)?;
+        Ok(())
+    })
+}
+
+/// The session's policy statistics into `*out`, and the first `arms_cap` arms' statistics into `arms`
+/// (`(NULL, 0)` for none; `out->n_arms` says how many exist).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sb_session_get_stats(
+    session: *const sb_session,
+    out: *mut sb_session_stats,
+    arms: *mut sb_arm_stats,
+    arms_cap: u32,
+) -> Status {
+    guard(|| {
+        // SAFETY: caller contract for every pointer.
+        let s = unsafe { obj_ref(session) }?;
+        if out.is_null() {
+            return Err(Status::NullArgument);
+        }
+        let dst = unsafe { super::slice_mut(arms, arms_cap as usize) }?;
+        let sp = &s.speculator;
+        let st = sp.stats();
+        let all = sp.policy().arms();
+        for (i, slot) in dst.iter_mut().enumerate().take(all.len()) {
+            let m = sp.arm_summary(i).unwrap_or_default();
+            *slot = sb_arm_stats {
+                arm: sb_arm::from_arm(&all[i]),
+                pulls: m.pulls,
+                tokens: m.tokens,
+                seconds: m.seconds,
+                tokens_per_second: m.tokens_per_second(),
+            };
+        }
+        let stats = sb_session_stats {
+            iterations: st.iterations,
+            mean_accept_length: st.mean_accept_length,
+            current_arm: st.current_arm as u32,
+            n_arms: all.len() as u32,
+        };
+        // SAFETY: checked non-NULL.
+        unsafe { write_out(out, stats) }
     })
 }

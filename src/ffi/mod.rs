@@ -117,11 +117,26 @@ pub(crate) unsafe fn obj_mut<'a, T>(ptr: *mut T) -> Result<&'a mut T, Status> {
 }
 
 /// Reads a versioned params struct whose first field is `uint32_t struct_size`: accepts exactly the size
-/// this library knows and copies the struct out.
+/// this library knows and copies the struct out. A larger size (a caller built against a newer header)
+/// is refused without reading past this library's layout.
 ///
 /// # Safety
 /// A non-NULL `ptr` must point to at least `struct_size` readable bytes.
 pub(crate) unsafe fn read_params<T: Copy>(ptr: *const T) -> Result<T, Status> {
+    // SAFETY: forwarded; a struct of exactly T's size needs no earlier layout.
+    unsafe { read_params_from::<T>(ptr, size_of::<T>(), None) }
+}
+
+/// [`read_params`] for a struct that grew: any `struct_size` from `first_size` (the first published
+/// layout) up is accepted; fields past the caller's size keep their values in `defaults`.
+///
+/// # Safety
+/// As [`read_params`].
+pub(crate) unsafe fn read_params_from<T: Copy>(
+    ptr: *const T,
+    first_size: usize,
+    defaults: Option<T>,
+) -> Result<T, Status> {
     if ptr.is_null() {
         return Err(Status::NullArgument);
     }
@@ -130,11 +145,23 @@ pub(crate) unsafe fn read_params<T: Copy>(ptr: *const T) -> Result<T, Status> {
     }
     // SAFETY: non-NULL and aligned; every params struct starts with a u32 struct_size.
     let size = unsafe { *(ptr as *const u32) } as usize;
-    if size != size_of::<T>() {
+    let full = size_of::<T>();
+    if size < first_size || size < 4 || size > full {
         return Err(Status::StructSize);
     }
-    // SAFETY: the caller declared (through struct_size) that a whole T is there.
-    Ok(unsafe { *ptr })
+    if size == full {
+        // SAFETY: the caller declared (through struct_size) that a whole T is there.
+        return Ok(unsafe { *ptr });
+    }
+    let Some(mut out) = defaults else {
+        return Err(Status::StructSize);
+    };
+    // SAFETY: `size` < size_of::<T>() bytes are readable at `ptr` and writable at `out`; the caller's
+    // struct is a published prefix of T, so the bytes land on whole fields of the same types.
+    unsafe {
+        core::ptr::copy_nonoverlapping(ptr as *const u8, &mut out as *mut T as *mut u8, size);
+    }
+    Ok(out)
 }
 
 /// Writes `value` to `out` if it is not NULL.
