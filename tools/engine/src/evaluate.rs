@@ -315,15 +315,8 @@ pub fn run_suite(
             });
             let (tokens, prefill_s, decode_s) = match m {
                 MethodSpec::Ar => {
-                    let st = generate_ids(
-                        model,
-                        ids,
-                        cfg.max_tokens,
-                        &cfg.sampling,
-                        seed,
-                        eos,
-                        |_| {},
-                    )?;
+                    let st =
+                        generate_ids(model, ids, cfg.max_tokens, &cfg.sampling, seed, eos, |_| {})?;
                     (st.tokens, st.prefill_s, st.decode_s)
                 }
                 m => {

@@ -218,6 +218,7 @@ fn speculative_report(
     report["method"] = name.into();
     if session.policy().arms().len() > 1 {
         report["policy"] = policy_json(session);
+        report["arm_trace"] = st.arm_trace.clone().into();
     } else {
         report["setting"] = crate::evaluate::arm_label(&session.policy().arms()[0]).into();
     }
@@ -243,6 +244,192 @@ pub fn prompt_ids(tok: &Tokenizer, req: &Request) -> Vec<u32> {
     } else {
         tok.encode(&req.prompt, false)
     }
+}
+
+/// The loaded drafter of a request's method.
+enum Loaded {
+    Ar,
+    SpecBlock(Drafter, Vec<Arm>),
+    Eagle3(Eagle3Drafter, Vec<Arm>),
+}
+
+fn load_method(model: &Llama, req: &Request) -> Result<Loaded> {
+    Ok(match &req.method {
+        Method::Ar => Loaded::Ar,
+        Method::SpecBlock { drafter, arms } => Loaded::SpecBlock(
+            load_specblock_drafter(model, drafter, req.drafter_bf16)?,
+            arms.clone(),
+        ),
+        Method::Eagle3 { drafter, arms } => Loaded::Eagle3(
+            load_eagle3_drafter(model, drafter, req.drafter_bf16)?,
+            arms.clone(),
+        ),
+    })
+}
+
+/// Answers prompt after prompt with one model and, for speculative methods, one speculator (its
+/// policy learns across the prompts, as over a stream of requests).
+struct Answerer<'d> {
+    speculator: Option<(Speculator<'d>, &'static str)>,
+}
+
+impl<'d> Answerer<'d> {
+    fn new(loaded: &'d Loaded, max_entries: usize) -> Result<Self> {
+        let speculator = match loaded {
+            Loaded::Ar => None,
+            Loaded::SpecBlock(d, arms) => {
+                Some((new_specblock_speculator(d, max_entries, arms)?, "specblock"))
+            }
+            Loaded::Eagle3(d, arms) => Some((new_eagle3_speculator(d, max_entries, arms)?, "eagle3")),
+        };
+        Ok(Answerer { speculator })
+    }
+
+    /// One answer: (tokens, prefill seconds, decode seconds); the method's fields go into `report`.
+    fn answer(
+        &mut self,
+        model: &Llama,
+        prompt: &[u32],
+        req: &Request,
+        eos: Option<u32>,
+        on_token: &mut dyn FnMut(u32),
+        report: &mut serde_json::Value,
+    ) -> Result<(Vec<u32>, f64, f64)> {
+        match &mut self.speculator {
+            None => {
+                report["method"] = "ar".into();
+                let st = generate_ids(
+                    model,
+                    prompt,
+                    req.max_tokens,
+                    &req.sampling,
+                    req.seed,
+                    eos,
+                    on_token,
+                )?;
+                Ok((st.tokens, st.prefill_s, st.decode_s))
+            }
+            Some((s, name)) => speculative_report(model, s, name, prompt, req, eos, on_token, report),
+        }
+    }
+}
+
+/// One prompt of a `--prompt-file`: `{"id", "prompt"}` (the chat template is applied unless --raw) or
+/// `{"id", "prompt_ids"}` (token ids, used as they are).
+#[derive(Clone, Debug)]
+pub struct FilePrompt {
+    /// The prompt's id (a string or a number in the file).
+    pub id: serde_json::Value,
+    /// Its text, or its token ids.
+    pub input: PromptInput,
+}
+
+/// What a prompt-file line gives.
+#[derive(Clone, Debug)]
+pub enum PromptInput {
+    /// A user message (the chat template is applied unless --raw).
+    Text(String),
+    /// Token ids, used as they are.
+    Ids(Vec<u32>),
+}
+
+/// Reads a `--prompt-file`.
+pub fn read_prompt_file(path: &Path) -> Result<Vec<FilePrompt>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::Io(format!("prompt file {}: {e}", path.display())))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bad = |what: &str| Error::Format(format!("{}:{}: {what}", path.display(), i + 1));
+        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| bad(&e.to_string()))?;
+        let id = v.get("id").cloned().ok_or_else(|| bad("no \"id\""))?;
+        let input = if let Some(p) = v.get("prompt").and_then(|p| p.as_str()) {
+            PromptInput::Text(p.to_string())
+        } else if let Some(ids) = v.get("prompt_ids").and_then(|p| p.as_array()) {
+            PromptInput::Ids(ids
+                .iter()
+                .map(|t| t.as_u64().and_then(|t| u32::try_from(t).ok()))
+                .collect::<Option<Vec<u32>>>()
+                .filter(|ids| !ids.is_empty())
+                .ok_or_else(|| bad("\"prompt_ids\" must be a non-empty array of token ids"))?)
+        } else {
+            return Err(bad("needs a string \"prompt\" or an array \"prompt_ids\""));
+        };
+        out.push(FilePrompt { id, input });
+    }
+    if out.is_empty() {
+        return Err(Error::Format(format!("{}: no prompts", path.display())));
+    }
+    Ok(out)
+}
+
+/// `specblock generate --prompt-file FILE`: every prompt of the file with one model load; with --json
+/// one JSON line per prompt (id, method, prompt_ids, output_ids with the end-of-turn token, text,
+/// new_tokens, seconds, tokens_per_second, and for speculative methods iterations,
+/// mean_accept_length, draft_seconds, verify_seconds, the policy), else each answer's text.
+pub fn run_prompt_file(model: &Llama, gguf: &GgufFile, req: &Request, path: &Path) -> Result<()> {
+    use std::io::Write;
+    let tok = Tokenizer::from_gguf(gguf)?;
+    let eos = tok.eos();
+    let prompts = read_prompt_file(path)?;
+    let encoded: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| match &p.input {
+            PromptInput::Text(text) => prompt_ids(
+                &tok,
+                &Request {
+                    prompt: text.clone(),
+                    ..req.clone()
+                },
+            ),
+            PromptInput::Ids(ids) => ids.clone(),
+        })
+        .collect();
+    let vocab = model.config().vocab;
+    if let Some((i, t)) = encoded
+        .iter()
+        .enumerate()
+        .find_map(|(i, ids)| ids.iter().find(|&&t| t as usize >= vocab).map(|&t| (i, t)))
+    {
+        return Err(Error::InvalidArgument(format!(
+            "{}: prompt {} has token id {t}, outside the vocabulary of {vocab}",
+            path.display(),
+            i + 1
+        )));
+    }
+    let loaded = load_method(model, req)?;
+    let max_entries = encoded.iter().map(Vec::len).max().unwrap_or(0) + req.max_tokens + 1;
+    let mut answerer = Answerer::new(&loaded, max_entries)?;
+    let mut stdout = std::io::stdout().lock();
+    for (p, ids) in prompts.iter().zip(&encoded) {
+        let mut report = serde_json::json!({"id": p.id, "prompt_ids": ids});
+        let (tokens, prefill_s, decode_s) =
+            answerer.answer(model, ids, req, eos, &mut |_| {}, &mut report)?;
+        let text_ids: Vec<u32> = tokens.iter().copied().filter(|&t| Some(t) != eos).collect();
+        let text = tok.decode(&text_ids)?;
+        let n = tokens.len();
+        let seconds = prefill_s + decode_s;
+        if req.json {
+            report["output_ids"] = tokens.clone().into();
+            report["text"] = text.into();
+            report["new_tokens"] = n.into();
+            report["seconds"] = seconds.into();
+            report["prefill_seconds"] = prefill_s.into();
+            report["decode_seconds"] = decode_s.into();
+            report["tokens_per_second"] = if decode_s > 0.0 {
+                (n.saturating_sub(1) as f64 / decode_s).into()
+            } else {
+                0.0.into()
+            };
+            writeln!(stdout, "{report}").map_err(|e| Error::Io(e.to_string()))?;
+        } else {
+            writeln!(stdout, "== {}\n{text}\n", p.id).map_err(|e| Error::Io(e.to_string()))?;
+        }
+        stdout.flush().map_err(|e| Error::Io(e.to_string()))?;
+    }
+    Ok(())
 }
 
 /// `specblock generate`: streams the answer to stdout and a summary to stderr, or prints one JSON line.
@@ -272,49 +459,10 @@ pub fn run_cli(model: &Llama, gguf: &GgufFile, req: &Request) -> Result<()> {
         pending.drain(..valid);
     };
     let mut report = serde_json::json!({"prompt_tokens": prompt.len()});
-    let (tokens, prefill_s, decode_s) = match &req.method {
-        Method::Ar => {
-            report["method"] = "ar".into();
-            let st = generate_ids(
-                model,
-                &prompt,
-                req.max_tokens,
-                &req.sampling,
-                req.seed,
-                eos,
-                &mut on_token,
-            )?;
-            (st.tokens, st.prefill_s, st.decode_s)
-        }
-        Method::SpecBlock { drafter, arms } => {
-            let d = load_specblock_drafter(model, drafter, req.drafter_bf16)?;
-            let mut s = new_specblock_speculator(&d, prompt.len() + req.max_tokens + 1, arms)?;
-            speculative_report(
-                model,
-                &mut s,
-                "specblock",
-                &prompt,
-                req,
-                eos,
-                &mut on_token,
-                &mut report,
-            )?
-        }
-        Method::Eagle3 { drafter, arms } => {
-            let d = load_eagle3_drafter(model, drafter, req.drafter_bf16)?;
-            let mut s = new_eagle3_speculator(&d, prompt.len() + req.max_tokens + 1, arms)?;
-            speculative_report(
-                model,
-                &mut s,
-                "eagle3",
-                &prompt,
-                req,
-                eos,
-                &mut on_token,
-                &mut report,
-            )?
-        }
-    };
+    let loaded = load_method(model, req)?;
+    let mut answerer = Answerer::new(&loaded, prompt.len() + req.max_tokens + 1)?;
+    let (tokens, prefill_s, decode_s) =
+        answerer.answer(model, &prompt, req, eos, &mut on_token, &mut report)?;
     let n = tokens.len();
     let tps = if decode_s > 0.0 {
         n.saturating_sub(1) as f64 / decode_s
@@ -345,6 +493,20 @@ pub fn run_cli(model: &Llama, gguf: &GgufFile, req: &Request) -> Result<()> {
                 m.as_f64().unwrap_or_default(),
                 100.0 * report["draft_seconds"].as_f64().unwrap_or_default() / decode_s.max(1e-12)
             );
+        }
+        if let Some(arms) = report["policy"]["arms"].as_array() {
+            let used: Vec<String> = arms
+                .iter()
+                .filter(|a| a["pulls"].as_u64().unwrap_or(0) > 0)
+                .map(|a| {
+                    format!(
+                        "{} {:.0}%",
+                        a["arm"].as_str().unwrap_or("?"),
+                        100.0 * a["share"].as_f64().unwrap_or(0.0)
+                    )
+                })
+                .collect();
+            eprintln!("[adaptive draft shapes (--budget auto): {}]", used.join(", "));
         }
     }
     Ok(())

@@ -40,7 +40,9 @@ OPTIONS:
   --threads N         threads (default: all cores)
   --prompt TEXT       user message (generate; default: a short question)
   --raw               do not apply the chat template (generate)
-  --max-tokens N      tokens to generate (default 128)
+  --max-tokens N      tokens to generate (default 128); --max-new N is the same
+  --prompt-file FILE  generate: every prompt of a JSON-lines file ({id, prompt} or {id, prompt_ids}
+                      per line) with one model load; with --json one result line per prompt
   --temperature T     0 = greedy (default 0)
   --top-k K           0 = off (default 0)
   --top-p P           1 = off (default 1)
@@ -87,6 +89,7 @@ struct Opts {
     methods: String,
     eagle3_drafter: Option<PathBuf>,
     max_seeds: Option<u32>,
+    prompt_file: Option<PathBuf>,
 }
 
 impl Opts {
@@ -134,6 +137,7 @@ fn parse_args() -> Result<Opts> {
         methods: "ar,eagle3,specblock".into(),
         eagle3_drafter: None,
         max_seeds: None,
+        prompt_file: None,
     };
     fn value<T: std::str::FromStr>(flag: &str, v: Option<String>) -> Result<T> {
         let v = v.ok_or_else(|| Error::InvalidArgument(format!("{flag} needs a value")))?;
@@ -148,7 +152,8 @@ fn parse_args() -> Result<Opts> {
             "--threads" => o.threads = value(&a, args.next())?,
             "--prompt" => o.prompt = value(&a, args.next())?,
             "--raw" => o.raw = true,
-            "--max-tokens" => o.max_tokens = value(&a, args.next())?,
+            "--max-tokens" | "--max-new" => o.max_tokens = value(&a, args.next())?,
+            "--prompt-file" => o.prompt_file = Some(value::<String>(&a, args.next())?.into()),
             "--temperature" => o.temperature = value(&a, args.next())?,
             "--top-k" => o.top_k = value(&a, args.next())?,
             "--top-p" => o.top_p = value(&a, args.next())?,
@@ -562,7 +567,10 @@ fn run() -> Result<()> {
                 json: o.json,
                 drafter_bf16: o.bf16,
             };
-            specblock_engine::generate::run_cli(&model, &gguf, &req)
+            match &o.prompt_file {
+                Some(path) => specblock_engine::generate::run_prompt_file(&model, &gguf, &req, path),
+                None => specblock_engine::generate::run_cli(&model, &gguf, &req),
+            }
         }
         "random-drafter" => {
             let dir = o

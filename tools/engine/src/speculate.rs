@@ -32,6 +32,9 @@ pub struct SpecStats {
     /// `accepted_at_depth[d]`: iterations that accepted at least `d + 1` draft tokens (so
     /// `accepted_at_depth[d] / iterations` is the acceptance rate at depth `d + 1`).
     pub accepted_at_depth: Vec<usize>,
+    /// The arm of each iteration (index into the policy's arms), for sessions with a draft-shape
+    /// policy; empty otherwise.
+    pub arm_trace: Vec<usize>,
 }
 
 impl SpecStats {
@@ -82,6 +85,10 @@ pub trait DraftSession {
     ) -> std::result::Result<(), specblock::Error> {
         Ok(())
     }
+    /// The arm of the last draft, for sessions with a draft-shape policy.
+    fn current_arm(&self) -> Option<usize> {
+        None
+    }
 }
 
 impl DraftSession for Speculator<'_> {
@@ -116,6 +123,9 @@ impl DraftSession for Speculator<'_> {
         verify_s: f64,
     ) -> std::result::Result<(), specblock::Error> {
         Speculator::feedback(self, rows, tokens, verify_s, None)
+    }
+    fn current_arm(&self) -> Option<usize> {
+        Some(self.stats().current_arm)
     }
 }
 
@@ -221,6 +231,9 @@ pub fn speculative_generate(
         let t = Instant::now();
         session.draft(embed, &mut tree)?;
         stats.draft_s += t.elapsed().as_secs_f64();
+        if let Some(arm) = session.current_arm() {
+            stats.arm_trace.push(arm);
+        }
 
         let t = Instant::now();
         let n = tree.len();
