@@ -47,15 +47,18 @@ pub struct Scratch {
     q: Vec<f32>,
     cache_scores: Vec<f32>,
     acc: Vec<f32>,
-    /// `rows x hidden` normed hiddens of the last forward.
+    /// Normed hiddens of the last forward's output rows (`hidden` wide each).
     pub normed: Vec<f32>,
-    /// `rows x draft_vocab` logits of the last forward.
+    /// Draft logits of the output rows (`draft_vocab` wide each).
     pub logits: Vec<f32>,
     rank_in: Vec<f32>,
     rank_hidden: Vec<f32>,
-    /// `rows x rank_classes` rank logits of the last forward.
+    /// Rank logits of the output rows (`rank_classes` wide each).
     pub rank_logits: Vec<f32>,
     top: Vec<f32>,
+    /// The entry whose slots are the first output rows: 0 (every entry's outputs), or, after a session's
+    /// context forward, the last entry (the only outputs it reads: block 1).
+    pub first_output_entry: usize,
 }
 
 /// Resizes `v` to `n` zeros without giving back capacity (no allocation once large enough).
@@ -104,6 +107,7 @@ impl Scratch {
             rank_hidden: v(rows * RANK_HIDDEN),
             rank_logits: v(rows * c.rank_classes),
             top: v(c.draft_vocab),
+            first_output_entry: 0,
         }
     }
 
@@ -120,10 +124,12 @@ impl Scratch {
 
 /// What conditions each entry and which keys its slots see.
 enum Kind<'a> {
-    /// Target features (`3 x target_hidden` per entry); entries are appended to the cache.
+    /// Target features (`3 x target_hidden` per entry); entries are appended to the cache. With
+    /// `last_only`, the heads run on the last entry's slots only.
     Context {
         features: &'a [f32],
         bases: &'a [u32],
+        last_only: bool,
     },
     /// Drafter hiddens (`hidden` per seed); seed `i` sees origin-entry slots `0..=visibility[i]`.
     Seed {
@@ -171,6 +177,35 @@ impl Drafter {
         bases: &[u32],
         scratch: &mut Scratch,
     ) -> Result<(), Error> {
+        self.context_into(cache, embed, features, tokens, bases, scratch, false)
+    }
+
+    /// [`context_forward_into`](Self::context_forward_into) computing the final norm, draft head and
+    /// rank head for the last entry only (`scratch.first_output_entry` says which): what a session
+    /// reads. Cached keys and values and every pre-norm hidden are the same.
+    pub fn context_forward_last_into(
+        &self,
+        cache: &mut ContextCache,
+        embed: &[f32],
+        features: &[f32],
+        tokens: &[u32],
+        bases: &[u32],
+        scratch: &mut Scratch,
+    ) -> Result<(), Error> {
+        self.context_into(cache, embed, features, tokens, bases, scratch, true)
+    }
+
+    #[allow(clippy::too_many_arguments)] // the context forward's inputs plus the outputs switch
+    fn context_into(
+        &self,
+        cache: &mut ContextCache,
+        embed: &[f32],
+        features: &[f32],
+        tokens: &[u32],
+        bases: &[u32],
+        scratch: &mut Scratch,
+        last_only: bool,
+    ) -> Result<(), Error> {
         let c = &self.cfg;
         let e = tokens.len();
         if features.len() != e * 3 * c.target_hidden {
@@ -199,7 +234,11 @@ impl Drafter {
             None,
             embed,
             tokens,
-            Kind::Context { features, bases },
+            Kind::Context {
+                features,
+                bases,
+                last_only,
+            },
             scratch,
         )
     }
@@ -340,6 +379,7 @@ impl Drafter {
             rank_hidden: hidden1,
             rank_logits,
             top,
+            first_output_entry,
         } = sc;
         // 1. Input fusion.
         fit(cond, e * h);
@@ -576,9 +616,18 @@ impl Drafter {
             }
         }
 
-        // 3. Final norm, draft LM head.
+        // 3. Final norm, draft LM head: for every row, or the last entry's slots only.
+        let first = match &kind {
+            Kind::Context {
+                last_only: true, ..
+            } => e - 1,
+            _ => 0,
+        };
+        *first_output_entry = first;
+        let out_x = &x[first * k_slots * h..];
+        let rows = rows - first * k_slots;
         fit(normed, rows * h);
-        rms_norm(x, &w.norm, c.rms_eps, normed);
+        rms_norm(out_x, &w.norm, c.rms_eps, normed);
         fit(logits, rows * c.draft_vocab);
         matmul(&pool, &w.lm_head, c.draft_vocab, h, normed, rows, logits);
 

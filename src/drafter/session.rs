@@ -237,7 +237,7 @@ impl<'d> Session<'d> {
         self.bases.extend(1..=s as u32);
         match self.drafter.config().protocol {
             ContextProtocol::Training => {
-                self.drafter.context_forward_into(
+                self.drafter.context_forward_last_into(
                     &mut self.cache,
                     embed,
                     features,
@@ -265,7 +265,7 @@ impl<'d> Session<'d> {
                 self.chain.extend_from_slice(&tokens[1..]);
                 self.chain.push(tokens[s]);
                 self.bases.push(s as u32 + 1);
-                self.drafter.context_forward_into(
+                self.drafter.context_forward_last_into(
                     &mut self.cache,
                     embed,
                     &feats,
@@ -334,7 +334,7 @@ impl<'d> Session<'d> {
         self.bases.clear();
         self.bases
             .extend((0..self.chain.len() as u32).map(|i| self.next_base + i));
-        self.drafter.context_forward_into(
+        self.drafter.context_forward_last_into(
             &mut self.cache,
             embed,
             features,
@@ -427,7 +427,7 @@ impl<'d> Session<'d> {
             self.chain.push(bonus);
             self.bases.push(p + 1);
             let popped = self.cache.pop();
-            if let Err(e) = self.drafter.context_forward_into(
+            if let Err(e) = self.drafter.context_forward_last_into(
                 &mut self.cache,
                 embed,
                 features,
@@ -447,7 +447,7 @@ impl<'d> Session<'d> {
             self.chain.push(bonus);
             self.bases
                 .extend((0..self.chain.len() as u32).map(|i| p + 2 + i));
-            self.drafter.context_forward_into(
+            self.drafter.context_forward_last_into(
                 &mut self.cache,
                 embed,
                 features,
@@ -466,12 +466,14 @@ impl<'d> Session<'d> {
         let c = self.drafter.config();
         let (k, last) = (c.slots, entries - 1);
         let sc = &self.scratch;
+        // Output rows start at `first_output_entry` (the last entry after a session's forwards).
+        let o = last - sc.first_output_entry;
         self.b1_logits.clear();
         self.b1_logits
-            .extend_from_slice(&sc.logits[last * k * c.draft_vocab..entries * k * c.draft_vocab]);
+            .extend_from_slice(&sc.logits[o * k * c.draft_vocab..(o + 1) * k * c.draft_vocab]);
         self.b1_rank.clear();
         self.b1_rank.extend_from_slice(
-            &sc.rank_logits[last * k * c.rank_classes..entries * k * c.rank_classes],
+            &sc.rank_logits[o * k * c.rank_classes..(o + 1) * k * c.rank_classes],
         );
         self.b1_hidden.clear();
         self.b1_hidden

@@ -4,13 +4,16 @@
 1. Budget sweep on the ShareGPT held-out prompts at temperature 0: every candidate setting of each method
    runs back to back with plain decoding on each prompt (`specblock bench-spec`); the best mean speedup
    picks each method's setting.
-2. Main runs: MT-bench, HumanEval and ShareGPT held-out, temperature 0 and 1, ar + both methods at their
-   chosen settings, again back to back per prompt so the speedup over ar is measured in the same run.
+2. Main runs: MT-bench, HumanEval and ShareGPT held-out, temperature 0 and 1: ar, both methods at their
+   chosen settings, both under the adaptive draft-shape policy (`specblock:auto`, `eagle3:auto`, the CLI's
+   default) and at the paper's static settings (90 nodes / 59 nodes), again back to back per prompt so the
+   speedup over ar is measured in the same run.
+   Then one long answer under the adaptive policy, whose arm per iteration is plotted (arms.svg).
 3. Optional reference row: llama.cpp's plain decoding of the same Q4_1 GGUF (llama-cpp-python), when a
    Python with it is given.
 
 Writes OUT/results.json (every aggregate, the settings, the commands), OUT/README.md (tables and the
-goals), OUT/accept_length.svg and OUT/speedup.svg, and the raw JSON lines under OUT/raw/.
+goals), OUT/accept_length.svg, OUT/speedup.svg and OUT/arms.svg, and the raw JSON lines under OUT/raw/.
 
 Usage: python3 tools/bench/report.py --engine target/release/specblock --model M.gguf [--limit N]
        [--sweep-limit N] [--out docs/results] [--llamacpp-python .venv-bench/bin/python]
@@ -35,6 +38,9 @@ SWEEP = {
     "specblock": ["specblock:4:0", "specblock:8:0", "specblock:8:2", "specblock:16:4", "specblock:32",
                   "specblock:90"],
 }
+# The paper's static settings and the adaptive policy (the CLI default), run beside the chosen settings.
+PAPER = {"eagle3": "eagle3:59:7:10", "specblock": "specblock:90"}
+AUTO = {"eagle3": "eagle3:auto", "specblock": "specblock:auto"}
 
 
 FAILURES = []
@@ -66,7 +72,9 @@ def run_suite(args, dataset, temperature, methods, limit, raw_path):
 
 
 def label(rec):
-    """The setting a record ran: ar, specblock:B or eagle3:B:D:K."""
+    """The setting a record ran: ar, specblock:B[:S], eagle3:B:D:K or METHOD:auto."""
+    if "setting" in rec:
+        return rec["setting"]
     m = rec["method"]
     if m == "ar":
         return "ar"
@@ -119,6 +127,13 @@ def aggregate(records):
             checked = [r["matches_ar"] for r in rs if "matches_ar" in r]
             if checked:
                 a["greedy_matches_ar"] = f"{sum(checked)}/{len(checked)}"
+            arms = {}
+            for r in rs:
+                for arm, n in r.get("policy", {}).get("arms", {}).items():
+                    arms[arm] = arms.get(arm, 0) + n
+            if arms:
+                total = sum(arms.values())
+                a["arm_share"] = {k: v / total for k, v in sorted(arms.items(), key=lambda kv: -kv[1])}
         out[name] = a
     return out
 
@@ -215,12 +230,17 @@ def main():
 
     # 2. Main runs.
     main_runs = {}
+    methods = ["ar", chosen["eagle3"], chosen["specblock"], AUTO["eagle3"], AUTO["specblock"]]
+    methods += [PAPER[m] for m in ("eagle3", "specblock") if PAPER[m] not in methods]
     for ds, _ in DATASETS:
         for t in TEMPERATURES:
-            recs, cmd = run_suite(args, ds, t, ["ar", chosen["eagle3"], chosen["specblock"]], args.limit,
-                                  os.path.join(raw, f"{ds}_t{t:g}.jsonl"))
+            recs, cmd = run_suite(args, ds, t, methods, args.limit, os.path.join(raw, f"{ds}_t{t:g}.jsonl"))
             commands.append(cmd)
             main_runs[f"{ds}@T{t:g}"] = aggregate(recs)
+
+    # The adaptive policy's arm per iteration over one long answer (the first MT-bench prompt, T = 0).
+    trace = arm_trace(args, os.path.join(raw, "arm_trace.json"))
+    commands.append(trace["command"])
 
     # 3. llama.cpp reference.
     llama = None
@@ -249,7 +269,22 @@ def main():
     llama_q41 = None
     if llama:
         llama_q41 = next((m["decode_tok_s_short_ctx"] for m in llama["models"]), None)
+    for method in ("eagle3", "specblock"):
+        summary[method + ":auto"] = {k: mean_over_runs(AUTO[method], k) for k in
+                                     ("speedup", "mean_accept_length", "tokens_per_second")}
+        summary[method + ":paper"] = {k: mean_over_runs(PAPER[method], k) for k in
+                                      ("speedup", "mean_accept_length", "tokens_per_second")}
+    # The adaptive policy against the best static setting and plain decoding, in every run.
+    adaptive_rows = {}
+    for k, run in main_runs.items():
+        for method in ("eagle3", "specblock"):
+            a, b = run.get(AUTO[method], {}), run.get(chosen[method], {})
+            if a.get("speedup") and b.get("speedup"):
+                adaptive_rows[f"{k}/{method}"] = {"auto_vs_best_static": a["speedup"] / b["speedup"],
+                                                  "auto_vs_ar": a["speedup"]}
     goals = {
+        "adaptive_min_vs_best_static": min((x["auto_vs_best_static"] for x in adaptive_rows.values()), default=None),
+        "adaptive_min_vs_ar": min((x["auto_vs_ar"] for x in adaptive_rows.values()), default=None),
         "specblock_speedup_vs_eagle3": sb["speedup"] / e3["speedup"] - 1 if e3["speedup"] else None,
         "specblock_draft_time_vs_eagle3": sb["draft_ms_per_iteration"] / e3["draft_ms_per_iteration"]
         if e3["draft_ms_per_iteration"] else None,
@@ -263,6 +298,7 @@ def main():
                      "sweep_limit": args.sweep_limit, "temperatures": TEMPERATURES, "seed": 1},
         "reproduce": args.make_command, "commands": commands,
         "sweep": sweep, "chosen": chosen, "runs": main_runs, "summary": summary, "llamacpp": llama,
+        "adaptive": adaptive_rows, "arm_trace": trace,
         "goals": goals, "failures": FAILURES, "wall_seconds": time.time() - started,
     }
     with open(os.path.join(args.out, "results.json"), "w") as f:
@@ -273,8 +309,55 @@ def main():
           f"({(time.time() - started) / 60:.1f} min)", file=sys.stderr)
 
 
+def arm_trace(args, path):
+    """One long greedy answer under the adaptive SpecBlock policy: `generate --json` with its arm trace."""
+    with open(os.path.join(args.prompts_dir, "mtbench.jsonl")) as f:
+        prompt = json.loads(f.readline())["prompt"]
+    cmd = [args.engine, "generate", "--model", args.model, "--method", "specblock", "--max-tokens", "512",
+           "--json", "--prompt", prompt] + (["--bf16"] if args.bf16 else [])
+    if args.specblock_drafter:
+        cmd += ["--drafter", args.specblock_drafter]
+    print("+ " + shlex.join(cmd[:-2]) + " --prompt <first MT-bench prompt>", file=sys.stderr, flush=True)
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        FAILURES.append(f"exit status {out.returncode}: arm trace")
+        return {"command": shlex.join(cmd), "trace": [], "arms": []}
+    rec = json.loads(out.stdout)
+    with open(path, "w") as f:
+        json.dump(rec, f)
+    return {"command": shlex.join(cmd[:-2]) + " --prompt \"$(head -1 data/prompts/mtbench.jsonl | jq -r .prompt)\"",
+            "trace": rec.get("arm_trace", []), "arms": [a["arm"] for a in rec.get("policy", {}).get("arms", [])],
+            "tokens_per_second": rec.get("tokens_per_second"), "mean_accept_length": rec.get("mean_accept_length")}
+
+
+def arms_svg(path, trace):
+    """The arm chosen at each iteration of one answer (a step plot, one row per arm)."""
+    arms, seq = trace["arms"], trace["trace"]
+    if not arms or not seq:
+        return
+    w, left, top, row = 760, 150, 40, 22
+    h = top + row * len(arms) + 40
+    x = lambda i: left + (w - left - 20) * i / max(1, len(seq) - 1)
+    y = lambda a: top + row * a + row / 2
+    el = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">',
+          f'<rect width="{w}" height="{h}" fill="white"/>',
+          f'<text x="{w / 2}" y="20" text-anchor="middle" font-size="14">Adaptive policy: the draft shape of each '
+          f'iteration of one answer ({len(seq)} iterations)</text>']
+    for a, name in enumerate(arms):
+        el.append(f'<text x="{left - 6}" y="{y(a) + 4}" text-anchor="end">{name}</text>')
+        el.append(f'<line x1="{left}" y1="{y(a)}" x2="{w - 20}" y2="{y(a)}" stroke="#eee"/>')
+    pts = " ".join(f"{x(i):.1f},{y(a):.1f}" for i, a in enumerate(seq))
+    el.append(f'<polyline points="{pts}" fill="none" stroke="#4c72b0" stroke-width="1"/>')
+    for i, a in enumerate(seq):
+        el.append(f'<circle cx="{x(i):.1f}" cy="{y(a):.1f}" r="1.5" fill="#4c72b0"/>')
+    el.append(f'<text x="{(w + left) / 2}" y="{h - 10}" text-anchor="middle">iteration</text>')
+    el.append("</svg>")
+    with open(path, "w") as f:
+        f.write("\n".join(el) + "\n")
+
+
 def write_outputs(args, result):
-    """README.md and the two plots from the results."""
+    """README.md and the plots from the results."""
     chosen, main_runs = result["chosen"], result["runs"]
     groups = [f"{name} T{t:g}" for ds, name in DATASETS for t in TEMPERATURES]
     keys = [f"{ds}@T{t:g}" for ds, _ in DATASETS for t in TEMPERATURES]
@@ -284,6 +367,8 @@ def write_outputs(args, result):
             ("speedup.svg", "speedup", "Speedup over plain decoding (same run)", "speedup", 1.0)):
         vals = {(g, sname): main_runs[k].get(s, {}).get(key) for g, k in zip(groups, keys) for sname, s in series}
         bar_svg(os.path.join(args.out, fname), title, ylabel, groups, [s for s, _ in series], vals, base)
+    if result.get("arm_trace"):
+        arms_svg(os.path.join(args.out, "arms.svg"), result["arm_trace"])
     write_markdown(args, result, groups, keys, series)
 
 
@@ -322,6 +407,12 @@ def write_markdown(args, r, groups, keys, series):
         L.append(f"| {name} | `{r['chosen'][m]}` | {fmt(x['speedup'])} | {fmt(x['mean_accept_length'])} | "
                  f"{fmt(x['tokens_per_second'], '.1f')} | {fmt(x['draft_ms_per_iteration'], '.1f')} | "
                  f"{pct(x['drafting_share'])} |")
+    for name, m in (("EAGLE-3", "eagle3"), ("SpecBlock", "specblock")):
+        for tag, label_, setting in (("auto", "adaptive", AUTO[m]), ("paper", "paper's static", PAPER[m])):
+            x = r["summary"].get(f"{m}:{tag}")
+            if x and x.get("speedup") is not None:
+                L.append(f"| {name} ({label_}) | `{setting}` | {fmt(x['speedup'])} | {fmt(x['mean_accept_length'])} | "
+                         f"{fmt(x['tokens_per_second'], '.1f')} | – | – |")
     if r["llamacpp"]:
         for m in r["llamacpp"]["models"]:
             L.append(f"| llama.cpp plain decoding ({m['name']}) | reference | – | 1.00 | "
@@ -343,6 +434,33 @@ def write_markdown(args, r, groups, keys, series):
              "and a 512-token context, measured in the same `make bench` run after the speculative runs; the goal "
              "compares SpecBlock's mean tok/s with the 16-token figure. What limits each number: "
              "`docs/performance.md`, section \"Trained drafters on the CPU\".")
+    if r.get("adaptive"):
+        L.append("\n## The adaptive draft-shape policy (`--budget auto`, the default) against static shapes\n")
+        L.append("Speedup over plain decoding in the same run; `auto / best` = the adaptive policy's speedup over "
+                 "the best static setting of the sweep; arms: the policy's share of iterations (docs/adaptive.md).\n")
+        L.append("| dataset | T | method | best static | paper static | adaptive | auto / best | arms (share of iterations) |")
+        L.append("|---|---:|---|---:|---:|---:|---:|---|")
+        for (ds, name) in DATASETS:
+            for t in TEMPERATURES:
+                run = r["runs"][f"{ds}@T{t:g}"]
+                for mname, m in (("EAGLE-3", "eagle3"), ("SpecBlock", "specblock")):
+                    a, b = run.get(AUTO[m], {}), run.get(r["chosen"][m], {})
+                    pp = run.get(PAPER[m], {})
+                    if not a:
+                        continue
+                    share = ", ".join(f"`{k}` {v * 100:.0f}%" for k, v in list(a.get("arm_share", {}).items())[:4])
+                    ratio = a["speedup"] / b["speedup"] if a.get("speedup") and b.get("speedup") else None
+                    L.append(f"| {name} | {t:g} | {mname} | {fmt(b.get('speedup'))} (`{r['chosen'][m]}`) | "
+                             f"{fmt(pp.get('speedup'))} | {fmt(a.get('speedup'))} | {fmt(ratio)} | {share} |")
+        ga, gb = g.get("adaptive_min_vs_best_static"), g.get("adaptive_min_vs_ar")
+        L.append(f"\nGoals: adaptive ≥ 0.97× the best static setting in every row (worst row: {fmt(ga)}: "
+                 f"{'met' if ga is not None and ga >= 0.97 else 'missed'}); adaptive ≥ 1.0× plain decoding in every "
+                 f"row (worst row: {fmt(gb)}: {'met' if gb is not None and gb >= 1.0 else 'missed'}).\n")
+        tr = r.get("arm_trace", {})
+        if tr.get("trace"):
+            L.append(f"One long answer (first MT-bench prompt, 512 tokens, T = 0) under the adaptive SpecBlock policy: "
+                     f"{fmt(tr.get('tokens_per_second'), '.1f')} tok/s, τ {fmt(tr.get('mean_accept_length'))}.\n")
+            L.append("![arms](arms.svg)\n")
     L.append("\n## Per dataset and temperature\n")
     L.append("| dataset | T | method | setting | τ | tok/s | speedup | median prompt speedup | draft ms/iter | "
              "verify ms/iter | drafting share | greedy = ar |")

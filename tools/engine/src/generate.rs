@@ -280,7 +280,9 @@ impl<'d> Answerer<'d> {
             Loaded::SpecBlock(d, arms) => {
                 Some((new_specblock_speculator(d, max_entries, arms)?, "specblock"))
             }
-            Loaded::Eagle3(d, arms) => Some((new_eagle3_speculator(d, max_entries, arms)?, "eagle3")),
+            Loaded::Eagle3(d, arms) => {
+                Some((new_eagle3_speculator(d, max_entries, arms)?, "eagle3"))
+            }
         };
         Ok(Answerer { speculator })
     }
@@ -309,7 +311,9 @@ impl<'d> Answerer<'d> {
                 )?;
                 Ok((st.tokens, st.prefill_s, st.decode_s))
             }
-            Some((s, name)) => speculative_report(model, s, name, prompt, req, eos, on_token, report),
+            Some((s, name)) => {
+                speculative_report(model, s, name, prompt, req, eos, on_token, report)
+            }
         }
     }
 }
@@ -348,12 +352,13 @@ pub fn read_prompt_file(path: &Path) -> Result<Vec<FilePrompt>> {
         let input = if let Some(p) = v.get("prompt").and_then(|p| p.as_str()) {
             PromptInput::Text(p.to_string())
         } else if let Some(ids) = v.get("prompt_ids").and_then(|p| p.as_array()) {
-            PromptInput::Ids(ids
-                .iter()
-                .map(|t| t.as_u64().and_then(|t| u32::try_from(t).ok()))
-                .collect::<Option<Vec<u32>>>()
-                .filter(|ids| !ids.is_empty())
-                .ok_or_else(|| bad("\"prompt_ids\" must be a non-empty array of token ids"))?)
+            PromptInput::Ids(
+                ids.iter()
+                    .map(|t| t.as_u64().and_then(|t| u32::try_from(t).ok()))
+                    .collect::<Option<Vec<u32>>>()
+                    .filter(|ids| !ids.is_empty())
+                    .ok_or_else(|| bad("\"prompt_ids\" must be a non-empty array of token ids"))?,
+            )
         } else {
             return Err(bad("needs a string \"prompt\" or an array \"prompt_ids\""));
         };
@@ -506,7 +511,10 @@ pub fn run_cli(model: &Llama, gguf: &GgufFile, req: &Request) -> Result<()> {
                     )
                 })
                 .collect();
-            eprintln!("[adaptive draft shapes (--budget auto): {}]", used.join(", "));
+            eprintln!(
+                "[adaptive draft shapes (--budget auto): {}]",
+                used.join(", ")
+            );
         }
     }
     Ok(())

@@ -568,7 +568,9 @@ fn run() -> Result<()> {
                 drafter_bf16: o.bf16,
             };
             match &o.prompt_file {
-                Some(path) => specblock_engine::generate::run_prompt_file(&model, &gguf, &req, path),
+                Some(path) => {
+                    specblock_engine::generate::run_prompt_file(&model, &gguf, &req, path)
+                }
                 None => specblock_engine::generate::run_cli(&model, &gguf, &req),
             }
         }

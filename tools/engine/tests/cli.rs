@@ -1,0 +1,145 @@
+//! The `specblock` command line on the real model: `generate --prompt-file FILE --max-new N --json` for
+//! every method prints one result line per prompt with the documented fields, and the speculative
+//! methods (adaptive and fixed) answer exactly what plain decoding answers.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn drafter(name: &str) -> String {
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../models/drafters"
+    ))
+    .join(name)
+    .display()
+    .to_string()
+}
+
+fn generate(
+    model: &std::path::Path,
+    file: &std::path::Path,
+    extra: &[&str],
+) -> Vec<serde_json::Value> {
+    let out = Command::new(env!("CARGO_BIN_EXE_specblock"))
+        .args(["generate", "--bf16", "--max-new", "24", "--json"])
+        .arg("--model")
+        .arg(model)
+        .arg("--prompt-file")
+        .arg(file)
+        .args(extra)
+        .output()
+        .expect("runs the specblock binary");
+    assert!(
+        out.status.success(),
+        "specblock generate {extra:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect()
+}
+
+#[test]
+fn prompt_file_runs_every_method_with_identical_greedy_answers() {
+    let Some(model) = support::model_path("prompt_file_runs_every_method") else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("sb-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("prompts.jsonl");
+    std::fs::write(
+        &file,
+        "{\"id\": \"a\", \"prompt\": \"Name three colors of the rainbow.\"}\n\
+         {\"id\": 2, \"prompt_ids\": [1, 4093, 198, 52, 2663, 253, 2, 198, 1, 520, 9531, 198]}\n",
+    )
+    .unwrap();
+    let (sb, e3) = (drafter("specblock"), drafter("eagle3"));
+    let plain = generate(&model, &file, &["--method", "ar"]);
+    assert_eq!(plain.len(), 2);
+    assert_eq!(plain[0]["id"], "a");
+    assert_eq!(plain[1]["id"], 2);
+    assert_eq!(
+        plain[1]["prompt_ids"].as_array().unwrap().len(),
+        12,
+        "prompt_ids used as given"
+    );
+    for r in &plain {
+        for key in [
+            "id",
+            "method",
+            "prompt_ids",
+            "output_ids",
+            "text",
+            "new_tokens",
+            "seconds",
+            "tokens_per_second",
+        ] {
+            assert!(r.get(key).is_some(), "ar result lacks {key}: {r}");
+        }
+        assert_eq!(r["new_tokens"], r["output_ids"].as_array().unwrap().len());
+    }
+    for extra in [
+        &["--method", "specblock", "--drafter", &sb][..],
+        &[
+            "--method",
+            "specblock",
+            "--drafter",
+            &sb,
+            "--budget",
+            "4",
+            "--max-seeds",
+            "0",
+        ],
+        &["--method", "eagle3", "--drafter", &e3],
+        &[
+            "--method",
+            "eagle3",
+            "--drafter",
+            &e3,
+            "--budget",
+            "6",
+            "--eagle-depth",
+            "3",
+            "--eagle-topk",
+            "2",
+        ],
+    ] {
+        let spec = generate(&model, &file, extra);
+        assert_eq!(spec.len(), 2, "{extra:?}");
+        for (s, p) in spec.iter().zip(&plain) {
+            assert_eq!(s["output_ids"], p["output_ids"], "{extra:?} on {}", p["id"]);
+            for key in [
+                "iterations",
+                "mean_accept_length",
+                "draft_seconds",
+                "verify_seconds",
+            ] {
+                assert!(s.get(key).is_some(), "{extra:?} result lacks {key}");
+            }
+        }
+        let adaptive = !extra.contains(&"--budget");
+        assert_eq!(
+            spec[0].get("policy").is_some(),
+            adaptive,
+            "{extra:?}: policy summary"
+        );
+    }
+    // Errors are clear: an unknown option, a bad prompt file.
+    let bad = dir.join("bad.jsonl");
+    std::fs::write(&bad, "{\"id\": 1}\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_specblock"))
+        .args(["generate", "--prompt-file"])
+        .arg(&bad)
+        .arg("--model")
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.jsonl:1"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
