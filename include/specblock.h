@@ -82,6 +82,11 @@
 #define MAX_GPU_NODES 1024
 
 /**
+ * Most entries a session's context may hold (about 16 M tokens).
+ */
+#define MAX_SESSION_ENTRIES (1 << 24)
+
+/**
  * The most arms one policy holds.
  */
 #define MAX_ARMS 32
@@ -832,7 +837,8 @@ struct sb_session_params sb_session_default_params(void);
  * borrowed, not copied (an EAGLE-3 checkpoint with its own `embed_tokens.weight` uses that one, and
  * then `(NULL, 0)` is accepted here). On failure returns
  * `SB_STATUS_INVALID_ARGUMENT` (or a more specific status) and, if `error_buf` is not NULL, writes a
- * message naming the file, tensor or field (at most `error_cap` bytes with the terminating NUL).
+ * message naming the file, tensor or field (at most `error_cap` bytes with the terminating NUL); every
+ * failure writes one. `threads` must be in 1..=256.
  */
 enum sb_status sb_drafter_load(const char *dir,
                                const struct sb_drafter_params *params,

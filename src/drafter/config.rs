@@ -128,11 +128,26 @@ impl DrafterConfig {
     }
 
     fn validate(&self, origin: &str) -> Result<(), LoadError> {
-        let problem: Option<String> = if self.hidden == 0
-            || self.layers == 0
-            || self.heads == 0
-            || self.kv_heads == 0
-        {
+        let bounds = dimension_problem(&[
+            ("hidden_size", self.hidden),
+            ("num_hidden_layers", self.layers),
+            ("num_attention_heads", self.heads),
+            ("num_key_value_heads", self.kv_heads),
+            ("head_dim", self.head_dim),
+            ("intermediate_size", self.ffn),
+            ("vocab_size", self.vocab),
+            ("draft_vocab_size", self.draft_vocab),
+            ("target_hidden_size", self.target_hidden),
+            ("rank_classes", self.rank_classes),
+            ("rank_topk", self.rank_topk),
+            (
+                "aux_layer_ids",
+                self.aux_layer_ids.as_ref().map_or(0, Vec::len),
+            ),
+        ]);
+        let problem: Option<String> = if bounds.is_some() {
+            bounds
+        } else if self.hidden == 0 || self.layers == 0 || self.heads == 0 || self.kv_heads == 0 {
             Some("sizes must be positive".into())
         } else if let Some(p) = attention_shape_problem(self.heads, self.kv_heads, self.head_dim) {
             Some(p)
@@ -148,6 +163,8 @@ impl DrafterConfig {
             ))
         } else if self.draft_vocab == 0 || self.draft_vocab > self.vocab || self.rank_classes == 0 {
             Some("draft_vocab_size must be in 1..=vocab_size and rank_classes positive".into())
+        } else if self.ffn == 0 || self.target_hidden == 0 {
+            Some("intermediate_size and target_hidden_size must be positive".into())
         } else if self.rms_eps.is_nan()
             || self.rms_eps <= 0.0
             || self.rope_theta.is_nan()
@@ -162,6 +179,35 @@ impl DrafterConfig {
             None => Ok(()),
         }
     }
+}
+
+/// Upper bounds on config.json dimensions (far above any drafter in use): a file cannot make the loader
+/// reserve more than a few GiB before its tensors are checked, and products of dimensions stay far from
+/// overflow.
+pub(crate) const DIMENSION_LIMITS: &[(&str, usize)] = &[
+    ("hidden_size", 1 << 16),
+    ("num_hidden_layers", 256),
+    ("num_attention_heads", 1 << 10),
+    ("num_key_value_heads", 1 << 10),
+    ("head_dim", 1 << 12),
+    ("intermediate_size", 1 << 20),
+    ("vocab_size", 1 << 24),
+    ("draft_vocab_size", 1 << 24),
+    ("target_hidden_size", 1 << 16),
+    ("rank_classes", 64),
+    ("rank_topk", 1 << 24),
+    ("aux_layer_ids", 1 << 10),
+];
+
+/// The first `(field, value)` above its limit in [`DIMENSION_LIMITS`], as a message naming the field.
+pub(crate) fn dimension_problem(fields: &[(&str, usize)]) -> Option<std::string::String> {
+    fields.iter().find_map(|&(name, value)| {
+        let limit = DIMENSION_LIMITS
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or(usize::MAX, |&(_, l)| l);
+        (value > limit).then(|| std::format!("{name} {value} is above the supported {limit}"))
+    })
 }
 
 /// What is wrong with an attention shape, if anything: GQA needs the query heads to be a multiple of

@@ -24,6 +24,7 @@ pub use session::{DraftPolicy, Session};
 pub use speculator::{AnySession, Speculator, SpeculatorStats, default_arms};
 
 use crate::cpu::Pool;
+use crate::error::Error;
 use crate::io::LoadError;
 use crate::io::safetensors::SafeTensors;
 use crate::load_err;
@@ -179,19 +180,51 @@ impl Drafter {
 
     /// An empty context cache for `capacity` entries.
     pub fn new_cache(&self, capacity: usize) -> ContextCache {
+        self.try_new_cache(capacity)
+            .expect("context cache allocation (use try_new_cache to handle failure)")
+    }
+
+    /// [`new_cache`](Self::new_cache) that answers [`Error::OutOfMemory`] (or a capacity error for a size
+    /// that overflows) instead of aborting when the memory cannot be had.
+    pub fn try_new_cache(&self, capacity: usize) -> Result<ContextCache, Error> {
         let row = self.cfg.slots * self.cfg.kv_heads * self.cfg.head_dim;
-        ContextCache {
-            k: (0..self.cfg.layers)
-                .map(|_| std::vec![0.0; capacity * row])
-                .collect(),
-            v: (0..self.cfg.layers)
-                .map(|_| std::vec![0.0; capacity * row])
-                .collect(),
-            bases: Vec::with_capacity(capacity),
-            capacity,
+        let n = capacity.checked_mul(row).ok_or(Error::Capacity {
+            what: "drafter context entries (size overflows)",
+            capacity: usize::MAX / row.max(1),
+        })?;
+        let mut k = Vec::new();
+        let mut v = Vec::new();
+        for _ in 0..self.cfg.layers {
+            k.push(try_zeros(n)?);
+            v.push(try_zeros(n)?);
         }
+        let mut bases = Vec::new();
+        bases
+            .try_reserve_exact(capacity)
+            .map_err(|_| Error::OutOfMemory)?;
+        Ok(ContextCache {
+            k,
+            v,
+            bases,
+            capacity,
+        })
     }
 }
+
+/// `n` zeros, or [`Error::OutOfMemory`] when they cannot be allocated (never an abort).
+pub(crate) fn try_zeros(n: usize) -> Result<Vec<f32>, Error> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| Error::OutOfMemory)?;
+    v.resize(n, 0.0);
+    Ok(v)
+}
+
+/// Most entries a session's context may hold (about 16 M tokens).
+pub const MAX_SESSION_ENTRIES: usize = 1 << 24;
+
+/// Floats a session may reserve at creation (16 GiB): larger requests are refused with a capacity error
+/// naming the parameter, before anything is allocated.
+pub(crate) const MAX_SESSION_FLOATS: usize = 1 << 32;
 
 /// Writes a SpecBlock drafter with random weights (`config.json` + `model.safetensors`) into `dir`:
 /// for tests and benchmarks that need a drafter of a given shape before one is trained. The draft

@@ -111,11 +111,33 @@ impl<'d> Session<'d> {
         let k = c.slots;
         let max_width = (policy.beam_width as usize)
             .max(policy.width_table.iter().copied().max().unwrap_or(1) as usize);
+        if max_width > c.draft_vocab {
+            return Err(Error::InvalidArgument(
+                "beam_width and width_table entries must be <= draft_vocab_size",
+            ));
+        }
+        if max_entries == 0 || max_entries > super::MAX_SESSION_ENTRIES {
+            return Err(Error::InvalidArgument(
+                "max_entries must be in 1..=MAX_SESSION_ENTRIES (16M)",
+            ));
+        }
         let max_seeds = k * max_width + 1;
         let rows = (max_seeds * k).max(MAX_COMMIT * k);
+        // What creation reserves, in floats (bounded inputs: no overflow): refuse a session that could
+        // not fit before allocating any of it.
+        let group = c.heads / c.kv_heads;
+        let cache = 2 * c.layers * max_entries * k * c.kv_heads * c.head_dim;
+        let per_row = 12 * c.hidden + 3 * c.ffn + c.draft_vocab + 2 * c.heads * c.head_dim + 512;
+        let attention = 2 * k * group * (max_entries * k + k);
+        if cache + rows * per_row + attention > super::MAX_SESSION_FLOATS {
+            return Err(Error::Capacity {
+                what: "session memory (max_entries and beam_width); at most 16 GiB",
+                capacity: super::MAX_SESSION_FLOATS,
+            });
+        }
         Ok(Session {
             drafter,
-            cache: drafter.new_cache(max_entries),
+            cache: drafter.try_new_cache(max_entries)?,
             scratch: Scratch::with_capacity(drafter, rows, max_entries * k),
             b1_logits: Vec::with_capacity(k * c.draft_vocab),
             b1_rank: Vec::with_capacity(k * c.rank_classes),

@@ -363,7 +363,8 @@ fn write_message(buf: *mut c_char, cap: usize, msg: &str) {
 /// borrowed, not copied (an EAGLE-3 checkpoint with its own `embed_tokens.weight` uses that one, and
 /// then `(NULL, 0)` is accepted here). On failure returns
 /// `SB_STATUS_INVALID_ARGUMENT` (or a more specific status) and, if `error_buf` is not NULL, writes a
-/// message naming the file, tensor or field (at most `error_cap` bytes with the terminating NUL).
+/// message naming the file, tensor or field (at most `error_cap` bytes with the terminating NUL); every
+/// failure writes one. `threads` must be in 1..=256.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn sb_drafter_load(
     dir: *const c_char,
@@ -374,20 +375,32 @@ pub unsafe extern "C" fn sb_drafter_load(
     error_buf: *mut c_char,
     error_cap: usize,
 ) -> Status {
-    guard(|| {
+    // Every failure leaves a message in `error_buf` (when given), even one caught as a panic.
+    let status = guard(|| {
+        let fail = |s: Status, msg: &str| {
+            write_message(error_buf, error_cap, msg);
+            Err(s)
+        };
         // SAFETY: caller contract for every pointer.
-        let p = unsafe { read_params(params) }?;
+        let p = match unsafe { read_params(params) } {
+            Ok(p) => p,
+            Err(s) => return fail(s, "params: NULL, misaligned or wrong struct_size"),
+        };
         if dir.is_null() || out_drafter.is_null() {
-            return Err(Status::NullArgument);
+            return fail(Status::NullArgument, "dir and out_drafter must not be NULL");
         }
-        let embed = unsafe { slice_ref(embedding, embedding_len as usize) }?;
+        let Ok(embed) = (unsafe { slice_ref(embedding, embedding_len as usize) }) else {
+            return fail(
+                Status::NullArgument,
+                "embedding is NULL with a non-zero length",
+            );
+        };
         // SAFETY: non-NULL, NUL-terminated (caller contract).
-        let dir = unsafe { CStr::from_ptr(dir) }
-            .to_str()
-            .map_err(|_| Status::InvalidArgument)?;
-        if p.threads == 0 {
-            write_message(error_buf, error_cap, "threads must be >= 1");
-            return Err(Status::InvalidArgument);
+        let Ok(dir) = unsafe { CStr::from_ptr(dir) }.to_str() else {
+            return fail(Status::InvalidArgument, "dir is not valid UTF-8");
+        };
+        if p.threads == 0 || p.threads > MAX_THREADS {
+            return fail(Status::InvalidArgument, "threads must be in 1..=256");
         }
         let dir = Path::new(dir);
         let loaded = if is_eagle3_dir(dir) {
@@ -419,8 +432,19 @@ pub unsafe extern "C" fn sb_drafter_load(
         }));
         // SAFETY: checked non-NULL above.
         unsafe { write_out(out_drafter, handle) }
-    })
+    });
+    if status == Status::Panic {
+        write_message(
+            error_buf,
+            error_cap,
+            "internal panic while loading (a specblock bug, please report it)",
+        );
+    }
+    status
 }
+
+/// Most threads a drafter's pool may have.
+const MAX_THREADS: u32 = 256;
 
 /// Frees a drafter. `NULL` is a no-op. Free its sessions first.
 #[unsafe(no_mangle)]

@@ -28,6 +28,7 @@ use core::ffi::c_char;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 pub use cuda::*;
+pub use drafter::*;
 pub use layout::*;
 pub use tree::*;
 pub use verify::*;

@@ -5,6 +5,8 @@
 
 use std::vec::Vec;
 
+use crate::error::Error;
+
 use super::Eagle3Config;
 
 /// Committed cache plus draft region of one sequence, with capacities fixed at creation.
@@ -28,21 +30,37 @@ pub struct Eagle3Cache {
 }
 
 impl Eagle3Cache {
-    pub(crate) fn new(c: &Eagle3Config, capacity: usize, draft_capacity: usize) -> Self {
+    /// A cache for `capacity` entries and `draft_capacity` draft rows, or [`Error::OutOfMemory`] when
+    /// the memory cannot be had (never an abort).
+    pub(crate) fn try_new(
+        c: &Eagle3Config,
+        capacity: usize,
+        draft_capacity: usize,
+    ) -> Result<Self, Error> {
         let row = c.kv_heads * c.head_dim;
-        Eagle3Cache {
-            k: std::vec![0.0; capacity * row],
-            v: std::vec![0.0; capacity * row],
+        let size = |n: usize| {
+            n.checked_mul(row).ok_or(Error::Capacity {
+                what: "EAGLE-3 cache entries (size overflows)",
+                capacity: usize::MAX / row.max(1),
+            })
+        };
+        let mut draft_parent = Vec::new();
+        draft_parent
+            .try_reserve_exact(draft_capacity)
+            .map_err(|_| Error::OutOfMemory)?;
+        Ok(Eagle3Cache {
+            k: crate::drafter::try_zeros(size(capacity)?)?,
+            v: crate::drafter::try_zeros(size(capacity)?)?,
             entries: 0,
             capacity,
             last_position: None,
-            dk: std::vec![0.0; draft_capacity * row],
-            dv: std::vec![0.0; draft_capacity * row],
-            draft_parent: Vec::with_capacity(draft_capacity),
+            dk: crate::drafter::try_zeros(size(draft_capacity)?)?,
+            dv: crate::drafter::try_zeros(size(draft_capacity)?)?,
+            draft_parent,
             draft_capacity,
             kv_heads: c.kv_heads,
             head_dim: c.head_dim,
-        }
+        })
     }
 
     /// Committed entries.

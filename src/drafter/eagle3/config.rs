@@ -104,7 +104,19 @@ impl Eagle3Config {
     }
 
     fn problem(&self) -> Option<String> {
-        if self.hidden == 0
+        let bounds = crate::drafter::config::dimension_problem(&[
+            ("hidden_size", self.hidden),
+            ("num_attention_heads", self.heads),
+            ("num_key_value_heads", self.kv_heads),
+            ("head_dim", self.head_dim),
+            ("intermediate_size", self.ffn),
+            ("vocab_size", self.vocab),
+            ("draft_vocab_size", self.draft_vocab),
+            ("target_hidden_size", self.target_hidden),
+        ]);
+        if bounds.is_some() {
+            bounds
+        } else if self.hidden == 0
             || self.heads == 0
             || self.kv_heads == 0
             || self.ffn == 0

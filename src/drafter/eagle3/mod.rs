@@ -100,7 +100,18 @@ impl Eagle3Drafter {
 
     /// An empty cache for `capacity` committed entries and `draft_capacity` draft rows.
     pub fn new_cache(&self, capacity: usize, draft_capacity: usize) -> Eagle3Cache {
-        Eagle3Cache::new(&self.cfg, capacity, draft_capacity)
+        self.try_new_cache(capacity, draft_capacity)
+            .expect("EAGLE-3 cache allocation (use try_new_cache to handle failure)")
+    }
+
+    /// [`new_cache`](Self::new_cache) that answers an error instead of aborting when the memory
+    /// cannot be had.
+    pub fn try_new_cache(
+        &self,
+        capacity: usize,
+        draft_capacity: usize,
+    ) -> Result<Eagle3Cache, crate::error::Error> {
+        Eagle3Cache::try_new(&self.cfg, capacity, draft_capacity)
     }
 
     /// The embedding the forwards use: the checkpoint's own, else the borrowed one.

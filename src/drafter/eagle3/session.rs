@@ -113,14 +113,34 @@ impl<'d> Eagle3Session<'d> {
                 "EAGLE-3 top_k must be in 1..=draft_vocab_size",
             ));
         }
-        if max_entries == 0 {
-            return Err(Error::InvalidArgument("max_entries must be positive"));
+        if max_entries == 0 || max_entries > crate::drafter::MAX_SESSION_ENTRIES {
+            return Err(Error::InvalidArgument(
+                "max_entries must be in 1..=MAX_SESSION_ENTRIES (16M)",
+            ));
+        }
+        if policy.budget == 0 || policy.budget as usize > crate::MAX_NODES {
+            return Err(Error::InvalidArgument(
+                "EAGLE-3 budget must be in 1..=MAX_NODES",
+            ));
         }
         let pool = k + d * k * k;
         let rows = k.max(MAX_COMMIT);
+        // What creation reserves, in floats (bounded inputs: no overflow): refuse a session that could
+        // not fit before allocating any of it.
+        let kv = c.kv_heads * c.head_dim;
+        let floats = 2 * (max_entries + d * k) * kv
+            + rows * (8 * c.hidden + 3 * c.ffn + c.draft_vocab + 2 * c.heads * c.head_dim)
+            + 4 * pool
+            + 2 * (c.heads / c.kv_heads) * (max_entries + d + 1) * rows.min(64);
+        if floats > crate::drafter::MAX_SESSION_FLOATS {
+            return Err(Error::Capacity {
+                what: "session memory (max_entries, depth, top_k); at most 16 GiB",
+                capacity: crate::drafter::MAX_SESSION_FLOATS,
+            });
+        }
         Ok(Eagle3Session {
             drafter,
-            cache: drafter.new_cache(max_entries, d * k),
+            cache: drafter.try_new_cache(max_entries, d * k)?,
             scratch: Eagle3Scratch::sized(drafter, rows, k, max_entries, d),
             last_h: Vec::with_capacity(c.hidden),
             last_logits: Vec::with_capacity(c.draft_vocab),
