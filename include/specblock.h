@@ -234,9 +234,11 @@ typedef struct sb_cuda_device sb_cuda_device;
 typedef struct sb_cuda_sampler sb_cuda_sampler;
 
 /**
- * A loaded SpecBlock drafter. Immutable after loading: thread-safe, shareable by any number of
- * sessions on any threads. It borrows the target's token embedding given at load; that buffer must
- * outlive the drafter, and the drafter must outlive its sessions.
+ * A loaded drafter (SpecBlock or EAGLE-3). Immutable after loading: thread-safe, shareable by any
+ * number of sessions on any threads. Sessions keep it alive: `sb_drafter_free` may come before the
+ * last `sb_session_free` (the memory goes with the last of them). It borrows the target's token
+ * embedding given at load: that buffer must stay valid until the drafter and all its sessions are
+ * freed.
  */
 typedef struct sb_drafter sb_drafter;
 
@@ -849,7 +851,8 @@ enum sb_status sb_drafter_load(const char *dir,
                                size_t error_cap);
 
 /**
- * Frees a drafter. `NULL` is a no-op. Free its sessions first.
+ * Frees a drafter handle. `NULL` is a no-op. Its sessions stay usable; the drafter's memory is freed
+ * with the last of them.
  */
 void sb_drafter_free(struct sb_drafter *drafter);
 
@@ -1038,7 +1041,8 @@ enum sb_status sb_tree_retrieve_paths(const struct sb_tree *tree,
  * (the leaves below it). Give batch token `i` those `out_count[i]` ids. Fails with
  * `SB_STATUS_CAPACITY` if `first_seq_id + leaves > max_seq` (llama.cpp's `n_seq_max`) and
  * `SB_STATUS_INVALID_ARGUMENT` if `first_seq_id` is negative or the last id would pass `INT32_MAX`. Both buffers hold
- * `cap` >= `sb_tree_len` entries.
+ * `cap` >= `sb_tree_len` entries and must not overlap (overlapping buffers give
+ * `SB_STATUS_INVALID_ARGUMENT`).
  */
 enum sb_status sb_tree_seq_ranges(const struct sb_tree *tree,
                                   int32_t first_seq_id,

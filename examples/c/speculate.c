@@ -16,7 +16,7 @@
  *
  * The program checks that speculative output equals the toy target's plain greedy output under the
  * adaptive policy, under a fixed shape, and through a caller compiled against the first layout of
- * sb_session_params; that bad feedback is refused with a status and leaves the session usable; and
+ * sb_session_params (whose drafter handle is freed before its session is used); that bad feedback is refused with a status and leaves the session usable; and
  * prints the policy's statistics. It exits non-zero on any failure.
  *
  *   speculate [DRAFTER_DIR]   (default: tools/engine/tests/fixtures/drafter_tiny)
@@ -114,6 +114,11 @@ int main(int argc, char **argv) {
             s = sb_session_new(drafter, &sp, &session);
         }
         if (s != SB_STATUS_OK) { rc = fail("session", s); goto done; }
+        if (pass == 2) {
+            /* Sessions keep their drafter alive: the handle may go first. */
+            sb_drafter_free(drafter);
+            drafter = NULL;
+        }
         /* The tree the session's drafts need. */
         sb_tree_params tp;
         if ((s = sb_session_tree_params(session, &tp)) != SB_STATUS_OK) { rc = fail("tree params", s); goto done; }

@@ -1,6 +1,6 @@
 //! A tiny fork-join pool for the forward pass: the caller plus `n - 1` helper threads that spin briefly
 //! on an epoch counter, so a parallel matmul costs a few hundred nanoseconds to start instead of a
-//! thread spawn. One job runs at a time (the engine is single-stream).
+//! thread spawn. One job runs at a time: callers on several threads take turns.
 //!
 //! [`Pool::pinned`] pins helper `t` to CPU `t` on Linux: unpinned, a helper woken from sleep can land
 //! on the caller's CPU while the caller spins, and the two then share one core for milliseconds
@@ -38,6 +38,9 @@ unsafe impl Send for JobPtr {}
 /// Fork-join pool with a fixed number of threads (the caller counts as thread 0).
 pub struct Pool {
     n: usize,
+    /// Held for the whole of a `run`: callers on several threads take turns (the helpers serve one job
+    /// at a time), so a shared `&Pool` cannot be misused from safe code.
+    running: Mutex<()>,
     shared: Arc<Shared>,
     helpers: Vec<JoinHandle<()>>,
 }
@@ -81,7 +84,12 @@ impl Pool {
                 })
             })
             .collect();
-        Pool { n, shared, helpers }
+        Pool {
+            n,
+            running: Mutex::new(()),
+            shared,
+            helpers,
+        }
     }
 
     /// Threads in the pool, the caller included.
@@ -96,6 +104,7 @@ impl Pool {
             f(0);
             return;
         }
+        let _turn = self.running.lock().unwrap_or_else(|e| e.into_inner());
         // SAFETY: the job outlives its use: helpers only call it before incrementing `done`, and this
         // function does not return until `done` reaches n - 1.
         let ptr: *const Job = unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync), &Job>(f) };
@@ -249,6 +258,29 @@ mod tests {
                 assert_eq!(h.load(Ordering::Relaxed), round + 1);
             }
         }
+    }
+
+    /// A shared pool used from several threads at once: every job still runs exactly once per pool
+    /// thread and finishes before its `run` returns.
+    #[test]
+    fn concurrent_callers_take_turns() {
+        let pool = Pool::new(3);
+        std::thread::scope(|scope| {
+            for caller in 0..4usize {
+                let pool = &pool;
+                scope.spawn(move || {
+                    for round in 0..100usize {
+                        let hits: Vec<AtomicUsize> = (0..3).map(|_| AtomicUsize::new(0)).collect();
+                        pool.run(&|t| {
+                            hits[t].fetch_add(caller * 1000 + round, Ordering::Relaxed);
+                        });
+                        for h in &hits {
+                            assert_eq!(h.load(Ordering::Relaxed), caller * 1000 + round);
+                        }
+                    }
+                });
+            }
+        });
     }
 
     #[test]

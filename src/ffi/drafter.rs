@@ -4,6 +4,7 @@ use std::boxed::Box;
 use std::ffi::{CStr, c_char};
 use std::path::Path;
 use std::string::ToString;
+use std::sync::Arc;
 use std::vec::Vec;
 
 use super::tree::{SB_MAX_KEEP, sb_tree, sb_tree_params};
@@ -13,10 +14,17 @@ use crate::drafter::eagle3::{Eagle3Drafter, Eagle3Policy, Eagle3Session};
 use crate::drafter::{AnySession, DraftPolicy, Drafter, Session, Speculator, default_arms};
 use crate::error::Status;
 
-/// A loaded SpecBlock drafter. Immutable after loading: thread-safe, shareable by any number of
-/// sessions on any threads. It borrows the target's token embedding given at load; that buffer must
-/// outlive the drafter, and the drafter must outlive its sessions.
+/// A loaded drafter (SpecBlock or EAGLE-3). Immutable after loading: thread-safe, shareable by any
+/// number of sessions on any threads. Sessions keep it alive: `sb_drafter_free` may come before the
+/// last `sb_session_free` (the memory goes with the last of them). It borrows the target's token
+/// embedding given at load: that buffer must stay valid until the drafter and all its sessions are
+/// freed.
 pub struct sb_drafter {
+    inner: Arc<LoadedDrafter>,
+}
+
+/// What a drafter handle and its sessions share.
+pub(crate) struct LoadedDrafter {
     drafter: AnyDrafter,
     embed: *const f32,
     embed_len: usize,
@@ -81,12 +89,12 @@ fn is_eagle3_dir(dir: &Path) -> bool {
 }
 
 // SAFETY: the embedding is only read, and the caller guarantees it stays valid and unchanged while the
-// drafter lives; everything else in the drafter is Send + Sync.
-unsafe impl Send for sb_drafter {}
+// drafter or a session lives; everything else in the drafter is Send + Sync.
+unsafe impl Send for LoadedDrafter {}
 // SAFETY: as above.
-unsafe impl Sync for sb_drafter {}
+unsafe impl Sync for LoadedDrafter {}
 
-impl sb_drafter {
+impl LoadedDrafter {
     fn embedding(&self) -> &[f32] {
         if self.embed_len == 0 {
             // An EAGLE-3 drafter with its own embedding may be loaded with (NULL, 0).
@@ -100,8 +108,9 @@ impl sb_drafter {
 /// One sequence's drafting state and its draft-shape policy. Not thread-safe: use a session from one
 /// thread at a time (different sessions of one drafter may run on different threads).
 pub struct sb_session {
+    // Declared (so dropped) before `drafter`, which it borrows.
     speculator: Speculator<'static>,
-    drafter: *const sb_drafter,
+    drafter: Arc<LoadedDrafter>,
 }
 
 /// Loading parameters for `sb_drafter_load`. Get them from `sb_drafter_default_params()`.
@@ -426,9 +435,11 @@ pub unsafe extern "C" fn sb_drafter_load(
             return Err(Status::ShapeMismatch);
         }
         let handle = Box::into_raw(Box::new(sb_drafter {
-            drafter,
-            embed: embed.as_ptr(),
-            embed_len: embed.len(),
+            inner: Arc::new(LoadedDrafter {
+                drafter,
+                embed: embed.as_ptr(),
+                embed_len: embed.len(),
+            }),
         }));
         // SAFETY: checked non-NULL above.
         unsafe { write_out(out_drafter, handle) }
@@ -446,7 +457,8 @@ pub unsafe extern "C" fn sb_drafter_load(
 /// Most threads a drafter's pool may have.
 const MAX_THREADS: u32 = 256;
 
-/// Frees a drafter. `NULL` is a no-op. Free its sessions first.
+/// Frees a drafter handle. `NULL` is a no-op. Its sessions stay usable; the drafter's memory is freed
+/// with the last of them.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn sb_drafter_free(drafter: *mut sb_drafter) {
     if drafter.is_null() {
@@ -467,7 +479,7 @@ pub unsafe extern "C" fn sb_drafter_get_info(
 ) -> Status {
     guard(|| {
         // SAFETY: caller contract.
-        let d = unsafe { obj_ref(drafter) }?;
+        let d = &unsafe { obj_ref(drafter) }?.inner;
         if out.is_null() {
             return Err(Status::NullArgument);
         }
@@ -543,7 +555,9 @@ pub unsafe extern "C" fn sb_session_new(
 ) -> Status {
     guard(|| {
         // SAFETY: caller contract for every pointer.
-        let d: &'static sb_drafter = unsafe { obj_ref(drafter) }?;
+        let shared = Arc::clone(&unsafe { obj_ref(drafter) }?.inner);
+        // SAFETY: the session holds `shared` and drops its speculator (which borrows the drafter) first.
+        let d: &'static LoadedDrafter = unsafe { &*Arc::as_ptr(&shared) };
         let old = sb_session_params {
             policy: SB_POLICY_FIXED,
             ..sb_session_default_params()
@@ -604,7 +618,7 @@ pub unsafe extern "C" fn sb_session_new(
         let speculator = Speculator::new(session, &arms, params)?;
         let handle = Box::into_raw(Box::new(sb_session {
             speculator,
-            drafter,
+            drafter: shared,
         }));
         // SAFETY: checked non-NULL above.
         unsafe { write_out(out_session, handle) }
@@ -634,7 +648,7 @@ pub unsafe extern "C" fn sb_session_tree_params(
     guard(|| {
         // SAFETY: caller contract.
         let s = unsafe { obj_ref(session) }?;
-        let d = unsafe { obj_ref(s.drafter) }?;
+        let d = Arc::clone(&s.drafter);
         let c = d.drafter.shape();
         let mut max_nodes = 1024u32;
         let mut max_depth = (2 * c.slots as u32).max(2);
@@ -704,7 +718,7 @@ pub unsafe extern "C" fn sb_session_prefill(
     guard(|| {
         // SAFETY: caller contract for every pointer.
         let s = unsafe { obj_mut(session) }?;
-        let d = unsafe { obj_ref(s.drafter) }?;
+        let d = Arc::clone(&s.drafter);
         let c = d.drafter.shape();
         let rows = (n_feature_rows as usize)
             .checked_mul(c.feature_width)
@@ -729,7 +743,7 @@ pub unsafe extern "C" fn sb_session_draft(session: *mut sb_session, tree: *mut s
         // SAFETY: caller contract for every pointer.
         let s = unsafe { obj_mut(session) }?;
         let t = unsafe { obj_mut(tree) }?;
-        let d = unsafe { obj_ref(s.drafter) }?;
+        let d = Arc::clone(&s.drafter);
         s.speculator.draft(d.embedding(), &mut t.0)?;
         Ok(())
     })
@@ -751,7 +765,7 @@ pub unsafe extern "C" fn sb_session_commit(
     guard(|| {
         // SAFETY: caller contract for every pointer.
         let s = unsafe { obj_mut(session) }?;
-        let d = unsafe { obj_ref(s.drafter) }?;
+        let d = Arc::clone(&s.drafter);
         let c = d.drafter.shape();
         let mut acc = [0u32; SB_MAX_KEEP];
         let n = if n_accepted == 0 {

@@ -196,7 +196,8 @@ pub unsafe extern "C" fn sb_tree_retrieve_paths(
 /// (the leaves below it). Give batch token `i` those `out_count[i]` ids. Fails with
 /// `SB_STATUS_CAPACITY` if `first_seq_id + leaves > max_seq` (llama.cpp's `n_seq_max`) and
 /// `SB_STATUS_INVALID_ARGUMENT` if `first_seq_id` is negative or the last id would pass `INT32_MAX`. Both buffers hold
-/// `cap` >= `sb_tree_len` entries.
+/// `cap` >= `sb_tree_len` entries and must not overlap (overlapping buffers give
+/// `SB_STATUS_INVALID_ARGUMENT`).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn sb_tree_seq_ranges(
     tree: *const sb_tree,
@@ -209,6 +210,13 @@ pub unsafe extern "C" fn sb_tree_seq_ranges(
     guard(|| {
         // SAFETY: caller contract for `tree` and both buffers.
         let t = unsafe { obj_ref(tree) }?;
+        // Two `&mut` slices over overlapping memory would be undefined behaviour: refuse them.
+        let bytes = cap as usize * size_of::<i32>();
+        let (a, b) = (out_first as usize, out_count as usize);
+        if cap > 0 && !out_first.is_null() && !out_count.is_null() && a < b + bytes && b < a + bytes
+        {
+            return Err(Status::InvalidArgument);
+        }
         let first = unsafe { slice_mut(out_first, cap as usize) }?;
         let count = unsafe { slice_mut(out_count, cap as usize) }?;
         layout::seq_ranges(&t.0, first_seq_id, max_seq, first, count)?;

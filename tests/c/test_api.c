@@ -603,6 +603,10 @@ static void test_layouts(void) {
     CHECK_STATUS(sb_tree_seq_ranges(t, 6, 8, first, count, LT_N), SB_STATUS_CAPACITY);
     CHECK_STATUS(sb_tree_seq_ranges(t, -1, 8, first, count, LT_N), SB_STATUS_INVALID_ARGUMENT);
     CHECK(all_bytes(first, sizeof first, SENTINEL) && all_bytes(count, sizeof count, SENTINEL));
+    /* The two outputs may not overlap (the same buffer, or one shifted into the other). */
+    CHECK_STATUS(sb_tree_seq_ranges(t, 5, 8, first, first, LT_N), SB_STATUS_INVALID_ARGUMENT);
+    CHECK_STATUS(sb_tree_seq_ranges(t, 5, 8, first, first + 1, LT_N - 1), SB_STATUS_INVALID_ARGUMENT);
+    CHECK(all_bytes(first, sizeof first, SENTINEL));
     CHECK_OK(sb_tree_seq_ranges(t, 5, 8, first, count, LT_N)); /* still usable */
     CHECK_I32S(first, 5, 5, 7, 5, 6, 7, 5);
 
