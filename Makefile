@@ -213,6 +213,7 @@ train-specblock train-eagle3: train-%: train-venv model
 	@test -f data/datagen/manifest.json || { echo "error: no training data; run 'make datagen' first"; exit 1; }
 	$(TORCHRUN) tools/train/train.py --method $* --out runs/$* --init-from models/drafters/$* \
 		--export-best models/drafters/$* $(TRAIN_ARGS) $(if $(wildcard runs/$*/ckpt.pt),--resume)
+	$(TRAIN_PY) tools/train/model_card.py models/drafters/$*
 	@echo "make $@: models/drafters/$*/ holds the best weights so far; commit it with curve.jsonl and curve.svg"
 
 ## bench-drafter: drafting time per iteration, SpecBlock against EAGLE-3 at the same budgets, beside verification (untrained drafters of the

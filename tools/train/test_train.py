@@ -529,6 +529,25 @@ def test_time_budget_warm_start_and_best_export(method, tmp_path, capsys):
         assert all(torch.equal(again[k], v) for k, v in exported.items()), "not improved: weights kept"
 
 
+def test_model_card_section_is_regenerated(tmp_path):
+    import model_card
+    import run_state
+    d = tmp_path / "drafter"
+    d.mkdir()
+    (d / "README.md").write_text("# card\n\nhand-written part\n")
+    run_state.write_state(str(d), {"tokens_seen": 1234, "steps": 5, "runs": [
+        {"id": "r1", "recipe": {"lr": 3e-4}, "data": {"dir": "x", "sequences": 3, "train_windows": 4}, "steps": 5,
+         "tokens": 1234, "minutes": 0.1, "best_accept_proxy": 1.2, "note": "n"}],
+        "exported": {"run": "r1", "tokens_seen": 1234, "acc": [0.5, 0.25, 0.1, 0.05], "accept_proxy": 1.2}})
+    run_state.append_curve(str(d), {"run": "r1", "tokens_seen": 1234, "acc": [0.5, 0.25, 0.1, 0.05],
+                                    "accept_proxy": 1.2})
+    model_card.update(str(d))
+    model_card.update(str(d))   # idempotent: one section, replaced
+    text = (d / "README.md").read_text()
+    assert text.count(model_card.BEGIN) == 1 and "hand-written part" in text
+    assert "1,234" in text and "| `r1` |" in text and "0.500" in text
+
+
 def test_lr_schedule():
     f = train.lr_factor
     assert f(0.0, 0.1, "cosine", 0.1) < 0.01 and abs(f(0.05, 0.1, "cosine", 0.1) - 0.5) < 1e-9
