@@ -398,6 +398,10 @@ def main(argv=None):
                                             "amp", "minutes", "steps")}
     recipe["lr"] = lr
     recipe["processes"] = dist.world
+    if args.init_from:
+        recipe["init_from"] = args.init_from
+        for k in ("head_init", "layer_init"):
+            recipe.pop(k)
 
     def record(result, improved):
         """Curve point, state and (when improved) weights into --export-best (rank 0)."""
