@@ -9,7 +9,7 @@ STATIC_LIBS := -lpthread -ldl -lm
 
 
 .PHONY: train-specblock train-eagle3 train-venv train-test
-.PHONY: all build demo test deps check-tools fmt-check clippy cargo-test cuda-toolchain kernels gpu-bundle gpu-check nostd header bench bench-core bench-engine bench-llamacpp bench-drafter prompts datagen model install clean
+.PHONY: all build demo test check deps check-tools fmt-check clippy cargo-test cuda-toolchain kernels gpu-bundle gpu-check nostd header bench bench-core bench-engine bench-llamacpp bench-drafter prompts datagen model install clean
 
 MODEL := models/SmolLM2-135M-Instruct.Q4_1.gguf
 # llama-cpp-python for the llama.cpp reference numbers (bench, bench-llamacpp).
@@ -26,9 +26,9 @@ build:
 model: build
 	$(ENGINE) fetch-model --models-dir models
 
-## demo: the C example on the library, then the reference engine answering a question on the real model.
-DEMO_SPECBLOCK := --budget 4 --max-seeds 0
-DEMO_EAGLE3 := --budget 6 --eagle-depth 3 --eagle-topk 2
+## demo: the C example on the library, then the reference engine answering a question on the real model:
+## plain decoding, then SpecBlock and the EAGLE-3 baseline with the committed drafters under the adaptive
+## draft-shape policy (the default: it picks each iteration's tree, or no drafting, from measured speed).
 demo: build model
 	@mkdir -p target/demo
 	cc -std=c11 -O2 -Wall -Wextra -Wpedantic -Werror -Iinclude examples/c/tree_demo.c \
@@ -40,12 +40,12 @@ demo: build model
 		--prompt "Explain in two sentences why the sky is blue."
 	@echo
 	@echo "== the same with SpecBlock speculative decoding (the committed trained drafter, models/drafters/specblock,"
-	@echo "   at this CPU's best setting from docs/results: $(DEMO_SPECBLOCK)); the text must be identical =="
-	$(ENGINE) generate --model $(MODEL) --bf16 --max-tokens 96 --method specblock $(DEMO_SPECBLOCK) \
+	@echo "   adaptive draft shapes: --budget auto, the default); the text must be identical =="
+	$(ENGINE) generate --model $(MODEL) --bf16 --max-tokens 96 --method specblock \
 		--prompt "Explain in two sentences why the sky is blue."
 	@echo
-	@echo "== and with the EAGLE-3 baseline (models/drafters/eagle3, its best setting here: $(DEMO_EAGLE3)) =="
-	$(ENGINE) generate --model $(MODEL) --bf16 --max-tokens 96 --method eagle3 $(DEMO_EAGLE3) \
+	@echo "== and with the EAGLE-3 baseline (models/drafters/eagle3, adaptive draft shapes) =="
+	$(ENGINE) generate --model $(MODEL) --bf16 --max-tokens 96 --method eagle3 \
 		--prompt "Explain in two sentences why the sky is blue."
 
 ## test: everything CI runs, from a fresh machine (installs what it needs).
@@ -68,6 +68,13 @@ deps:
 			|| { echo "error: could not install$$need (apt-get failed)"; exit 1; }; \
 	fi
 	@command -v $(CARGO) >/dev/null 2>&1 || { echo "error: cargo not found; install Rust (rustup)"; exit 1; }
+
+## check: the fast edit loop, a few minutes, without the model, torch or nvcc: formatting, clippy, and
+## every Rust test that does not need the real model (those skip: SPECBLOCK_SKIP_MODEL_TESTS=1).
+check: fmt-check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) build
+	SPECBLOCK_SKIP_MODEL_TESTS=1 $(CARGO) test --workspace
 
 fmt-check:
 	$(CARGO) fmt --all -- --check
