@@ -36,62 +36,6 @@
 
 
 /**
- * Bit ORed into the status word by [`DrafterKernels::fuse_inputs`] when a token is outside the
- * embedding's rows.
- */
-#define STATUS_TOKEN_OUT_OF_RANGE 1
-
-/**
- * Status bit of [`fuse_inputs`] (and `sb_fuse_inputs`): a token is outside the embedding's rows.
- */
-#define STATUS_TOKEN_OUT_OF_RANGE 1
-
-/**
- * Largest `slots` (K) [`DrafterKernels::fuse_inputs`] accepts.
- */
-#define MAX_SLOTS 64
-
-/**
- * Largest `head_dim` [`DrafterKernels::attention`] accepts (it must also be a multiple of 4).
- */
-#define MAX_HEAD_DIM 128
-
-/**
- * Largest `topk_t` and `kc` of [`DrafterKernels::head_features`].
- */
-#define MAX_SELECT 64
-
-/**
- * Number of rank features (docs/drafter-forward.md §4).
- */
-#define RANK_FEATURES 15
-
-/**
- * Most key splits [`DrafterKernels::attention_split`] uses.
- */
-#define MAX_SPLITS 32
-
-/**
- * Largest vocabulary the kernel handles (its residual chunk table covers 2^20 tokens).
- */
-#define MAX_VOCAB (1 << 20)
-
-/**
- * Largest `max_nodes` the GPU finalize supports.
- */
-#define MAX_GPU_NODES 1024
-
-/**
- * Most entries a session's context may hold (about 16 M tokens).
- */
-#define MAX_SESSION_ENTRIES (1 << 24)
-
-/**
- * The most arms one policy holds.
- */
-#define MAX_ARMS 32
-
-/**
  * `sb_drafter_info.kind` of a SpecBlock drafter.
  */
 #define SB_DRAFTER_KIND_SPECBLOCK 0

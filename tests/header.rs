@@ -58,3 +58,59 @@ fn every_export_is_declared_and_documented() {
         "only {functions} functions found in the header"
     );
 }
+
+/// Every identifier the header declares (macros, types, enum constants, struct tags, functions) starts
+/// with `sb_` / `SB_`, apart from the include guard: the header leaks no names into a C program.
+#[test]
+fn every_declared_name_is_prefixed() {
+    let mut names: Vec<String> = Vec::new();
+    let word = |s: &str| -> String {
+        s.chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect()
+    };
+    let mut in_comment = false;
+    for raw in COMMITTED.lines() {
+        let line = raw.trim();
+        if in_comment {
+            in_comment = !line.contains("*/");
+            continue;
+        }
+        if line.starts_with("/*") {
+            in_comment = !line.contains("*/");
+            continue;
+        }
+        if line.starts_with("//") || line.starts_with('*') || line.is_empty() {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("#define ") {
+            names.push(word(rest));
+        } else if let Some(rest) = line
+            .strip_prefix("typedef struct ")
+            .or_else(|| line.strip_prefix("typedef enum "))
+            .or_else(|| line.strip_prefix("struct "))
+            .or_else(|| line.strip_prefix("enum "))
+        {
+            names.push(word(rest));
+        } else if let Some(rest) = line.strip_prefix("} ") {
+            names.push(word(rest));
+        } else if line.contains(" = ") && line.ends_with(',') {
+            names.push(word(line));
+        } else if let Some(open) = line.find('(')
+            && !line.starts_with('#')
+            && !line.starts_with("typedef")
+            && line.ends_with([';', ','])
+            && !raw.starts_with(' ')
+        {
+            let head = line[..open].trim_end();
+            names.push(word(head.rsplit([' ', '*']).next().unwrap_or("")));
+        }
+    }
+    names.retain(|n| !n.is_empty() && n != "SPECBLOCK_H");
+    assert!(names.len() > 100, "found only {} names: {names:?}", names.len());
+    let bad: Vec<&String> = names
+        .iter()
+        .filter(|n| !n.starts_with("sb_") && !n.starts_with("SB_"))
+        .collect();
+    assert!(bad.is_empty(), "names without the sb_/SB_ prefix: {bad:?}");
+}
