@@ -114,6 +114,30 @@ pub struct GgufFile {
 struct Reader<'a> {
     bytes: &'a [u8],
     pos: usize,
+    /// Bytes of parsed metadata the reader may still build: a metadata element costs far more in
+    /// memory (a `MetaValue`, a `String`) than in the file, so the total is capped relative to the
+    /// file's size instead of trusting the counts.
+    budget: usize,
+}
+
+impl Reader<'_> {
+    /// Charges `bytes` of parsed metadata against the budget.
+    fn charge(&mut self, bytes: usize, what: &str) -> Result<()> {
+        self.budget = self.budget.checked_sub(bytes).ok_or_else(|| {
+            Error::Format(format!(
+                "GGUF {what}: the metadata would take more than {} bytes in memory \
+                 (2x the file + 64 MiB)",
+                metadata_budget(self.bytes.len())
+            ))
+        })?;
+        Ok(())
+    }
+}
+
+/// The most memory a file's parsed metadata may take: twice the file's size plus 64 MiB (a real
+/// model's vocabulary takes a few percent of its file).
+fn metadata_budget(file_bytes: usize) -> usize {
+    file_bytes.saturating_mul(2).saturating_add(64 << 20)
 }
 
 impl<'a> Reader<'a> {
@@ -163,6 +187,7 @@ impl<'a> Reader<'a> {
 
     fn string(&mut self, what: &str) -> Result<String> {
         let n = self.count(1, what)?;
+        self.charge(n + size_of::<String>(), what)?;
         let s = self.take(n, what)?;
         Ok(String::from_utf8_lossy(s).into_owned())
     }
@@ -196,7 +221,11 @@ impl<'a> Reader<'a> {
                     _ => 8,
                 };
                 let n = self.count(min, what)?;
-                let mut v = Vec::with_capacity(n);
+                self.charge(n.saturating_mul(size_of::<MetaValue>()), what)?;
+                let mut v = Vec::new();
+                v.try_reserve_exact(n).map_err(|_| {
+                    Error::Format(format!("GGUF {what}: cannot allocate {n} array elements"))
+                })?;
                 for _ in 0..n {
                     v.push(self.value(elem, what, depth + 1)?);
                 }
@@ -231,6 +260,7 @@ impl GgufFile {
         let mut r = Reader {
             bytes: &bytes,
             pos: 0,
+            budget: metadata_budget(bytes.len()),
         };
         let magic = r.take(4, "magic")?;
         if magic != MAGIC {

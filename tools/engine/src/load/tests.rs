@@ -392,3 +392,30 @@ fn unpermute_rejects_bad_shapes() {
     assert!(unpermute_rows(&[0.0; 12], 1, 0).is_err());
     assert!(unpermute_rows(&[0.0; 13], 1, 2).is_err());
 }
+
+/// A file whose metadata would take far more memory than the file itself (a large array of one-byte
+/// elements: ~32 bytes each once parsed) is refused with a message, not an allocation the size of the
+/// counts; a real vocabulary's worth of metadata is fine.
+#[test]
+fn metadata_memory_is_bounded_by_the_file_size() {
+    fn u8_array(n: u64) -> Vec<u8> {
+        let mut b = b"GGUF".to_vec();
+        b.extend(3u32.to_le_bytes());
+        b.extend(0u64.to_le_bytes()); // tensors
+        b.extend(1u64.to_le_bytes()); // one key
+        b.extend(4u64.to_le_bytes());
+        b.extend(b"junk");
+        b.extend(9u32.to_le_bytes()); // array
+        b.extend(0u32.to_le_bytes()); // of u8
+        b.extend(n.to_le_bytes());
+        b.resize(b.len() + n as usize, 7);
+        b
+    }
+    let small = crate::gguf::GgufFile::parse(u8_array(100_000)).unwrap();
+    assert!(small.metadata.contains_key("junk"));
+    // 40 MB of one-byte elements would be ~1.3 GB of parsed values: over 2x the file + 64 MiB.
+    let e = crate::gguf::GgufFile::parse(u8_array(40_000_000))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("junk") && e.contains("in memory"), "{e}");
+}
