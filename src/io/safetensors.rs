@@ -1,6 +1,9 @@
 //! safetensors reader: an 8-byte little-endian header length, a JSON header mapping tensor names to
 //! `{dtype, shape, data_offsets}`, then the data. Floats (F32, F16, BF16) are read as f32, I64 and BOOL
-//! as they are. Every offset and shape is checked; errors name the tensor and field.
+//! as they are. The one parser of the library and the engine: each entry is checked here (errors name
+//! the tensor and field), duplicate names are refused, and the `safetensors` crate validates the layout
+//! as the format requires (offsets contiguous from 0 with no overlap or hole, every size = shape x
+//! dtype, the data section exactly as long as the tensors).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -72,6 +75,32 @@ pub struct SafeTensors {
     origin: String,
 }
 
+/// The first top-level key of a JSON object that occurs twice, if any (the header was already parsed,
+/// so it is valid JSON).
+fn first_duplicate_key(header: &[u8]) -> Option<String> {
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+    struct Keys;
+    impl<'de> Visitor<'de> for Keys {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut core::fmt::Formatter) -> core::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut seen = std::collections::BTreeSet::new();
+            let mut dup = None;
+            while let Some(k) = map.next_key::<String>()? {
+                map.next_value::<IgnoredAny>()?;
+                if !seen.insert(k.clone()) && dup.is_none() {
+                    dup = Some(k);
+                }
+            }
+            Ok(dup)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(header);
+    de.deserialize_map(Keys).ok().flatten()
+}
+
 /// IEEE half to f32 (subnormals, infinities and NaN included).
 pub fn f16_to_f32(h: u16) -> f32 {
     let sign = ((h as u32) & 0x8000) << 16;
@@ -119,12 +148,21 @@ impl SafeTensors {
         let serde_json::Value::Object(map) = json else {
             return Err(load_err!("{origin}: header is not a JSON object"));
         };
+        // A JSON object with a repeated name parses to one entry: count the names as written.
+        if let Some(name) = first_duplicate_key(header) {
+            return Err(load_err!(
+                "{origin}: tensor {name} appears twice in the header"
+            ));
+        }
         let mut entries = BTreeMap::new();
         for (name, v) in &map {
             if name == "__metadata__" {
                 continue;
             }
             let bad = |what: &str| load_err!("{origin}: tensor {name}: {what}");
+            if !v.is_object() {
+                return Err(bad("entry is not an object"));
+            }
             let dtype_s = v
                 .get("dtype")
                 .and_then(|d| d.as_str())
@@ -170,12 +208,38 @@ impl SafeTensors {
                 },
             );
         }
+        // Overlaps named by both tensors, then the format's own checks of the whole layout
+        // (contiguity from offset 0, holes, trailing bytes).
+        let mut spans: Vec<(&String, &Entry)> = entries
+            .iter()
+            .filter(|(_, e)| !e.range.is_empty())
+            .collect();
+        spans.sort_by_key(|(_, e)| e.range.start);
+        for pair in spans.windows(2) {
+            if let [(a, ea), (b, eb)] = pair
+                && eb.range.start < ea.range.end
+            {
+                return Err(load_err!(
+                    "{origin}: tensors {a} and {b} overlap ({:?} and {:?})",
+                    ea.range,
+                    eb.range
+                ));
+            }
+        }
+        if let Err(e) = safetensors::SafeTensors::read_metadata(&bytes) {
+            return Err(load_err!("{origin}: invalid layout: {e}"));
+        }
         Ok(SafeTensors {
             entries,
             data_start: 8 + n as usize,
             bytes,
             origin: origin.to_string(),
         })
+    }
+
+    /// A tensor's entry and its raw little-endian bytes.
+    pub fn raw_bytes(&self, name: &str) -> Result<(&Entry, &[u8]), LoadError> {
+        self.raw(name)
     }
 
     fn raw(&self, name: &str) -> Result<(&Entry, &[u8]), LoadError> {

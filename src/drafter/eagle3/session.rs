@@ -118,9 +118,9 @@ impl<'d> Eagle3Session<'d> {
                 "max_entries must be in 1..=MAX_SESSION_ENTRIES (16M)",
             ));
         }
-        if policy.budget == 0 || policy.budget as usize > crate::MAX_NODES {
+        if policy.budget as usize > crate::MAX_NODES {
             return Err(Error::InvalidArgument(
-                "EAGLE-3 budget must be in 1..=MAX_NODES",
+                "EAGLE-3 budget must be at most MAX_NODES",
             ));
         }
         let pool = k + d * k * k;

@@ -79,7 +79,7 @@ fn f32_writer_round_trips() {
 fn truncated_or_garbled_headers_are_errors() {
     let e = err(vec![1, 2, 3]);
     assert!(
-        e.contains("3 bytes, the header length alone needs 8"),
+        e.contains("truncated (3 bytes, need 8 for the header length)"),
         "{e}"
     );
     let mut b = file(
@@ -124,22 +124,22 @@ fn bad_entries_name_the_tensor_and_field() {
         (
             r#"{"t":{"dtype":"F32","shape":[1],"data_offsets":[4]}}"#,
             4,
-            "t: data_offsets is not [begin, end]",
+            "t: data_offsets must hold two offsets",
         ),
         (
             r#"{"t":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#,
             6,
-            "t: data_offsets [4, 8] lie outside the 6 data bytes",
+            "t: data_offsets [4, 8] do not hold 4 bytes inside the 6-byte data",
         ),
         (
             r#"{"t":{"dtype":"F32","shape":[0],"data_offsets":[4,0]}}"#,
             6,
-            "t: data_offsets [4, 0] lie outside",
+            "t: data_offsets [4, 0] do not hold 0 bytes",
         ),
         (
             r#"{"t":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}}"#,
             4,
-            "t: shape [2] of F32 needs 8 bytes, data_offsets give 4",
+            "t: data_offsets [0, 4] do not hold 8 bytes",
         ),
         (
             r#"{"t":{"dtype":"BF16","shape":[4294967296,4294967296],"data_offsets":[0,4]}}"#,
@@ -159,6 +159,16 @@ fn overlapping_tensors_are_errors() {
                      "b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#;
     let e = err(file(header, &[0; 8]));
     assert!(e.contains("tensors a and b overlap"), "{e}");
+    // A hole between tensors, bytes after the last one, and a repeated name are errors too (the
+    // format requires the data to be exactly the tensors, each named once).
+    let hole = r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},
+                   "b":{"dtype":"F32","shape":[1],"data_offsets":[8,12]}}"#;
+    assert!(err(file(hole, &[0; 12])).contains("invalid layout"));
+    let tail = r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#;
+    assert!(err(file(tail, &[0; 8])).contains("invalid layout"));
+    let dup = r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},
+                  "a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#;
+    assert!(err(file(dup, &[0; 8])).contains("tensor a appears twice"));
 }
 
 #[test]
