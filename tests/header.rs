@@ -107,7 +107,11 @@ fn every_declared_name_is_prefixed() {
         }
     }
     names.retain(|n| !n.is_empty() && n != "SPECBLOCK_H");
-    assert!(names.len() > 100, "found only {} names: {names:?}", names.len());
+    assert!(
+        names.len() > 100,
+        "found only {} names: {names:?}",
+        names.len()
+    );
     let bad: Vec<&String> = names
         .iter()
         .filter(|n| !n.starts_with("sb_") && !n.starts_with("SB_"))
