@@ -1,5 +1,6 @@
 //! Drafting under the draft-shape policy, on the tiny reference drafters (SpecBlock and EAGLE-3):
-//! deferred plain-step commits give the drafter exactly the context that one commit per step gives,
+//! deferred plain-step commits give the drafter exactly the context that one commit per step gives
+//! (a run longer than the plain-context window: its last entries, at their exact positions),
 //! the confidence stop keeps only confident nodes, arms are checked against the session, and a whole
 //! adaptive iteration (choose, draft or plain step, commit, feedback) allocates nothing.
 
@@ -9,7 +10,9 @@ use std::path::PathBuf;
 
 use specblock::adapt::{Arm, PolicyParams, Shape};
 use specblock::drafter::eagle3::{Eagle3Drafter, Eagle3Policy, Eagle3Session};
-use specblock::drafter::{AnySession, DraftPolicy, Drafter, Session, Speculator, default_arms};
+use specblock::drafter::{
+    AnySession, DraftPolicy, Drafter, PLAIN_CONTEXT_WINDOW, Session, Speculator, default_arms,
+};
 use specblock::io::safetensors::SafeTensors;
 use specblock::tree::{DraftTree, TreeParams};
 
@@ -56,6 +59,8 @@ trait Steps {
     fn plain(&mut self, t: &mut DraftTree);
     fn commit(&mut self, e: &[f32], a: &[u32], b: u32, f: &[f32]);
     fn pending(&self) -> usize;
+    fn next_position(&self) -> u32;
+    fn context_entries(&self) -> usize;
 }
 
 macro_rules! steps {
@@ -76,6 +81,12 @@ macro_rules! steps {
             fn pending(&self) -> usize {
                 self.pending_entries()
             }
+            fn next_position(&self) -> u32 {
+                <$t>::next_position(self)
+            }
+            fn context_entries(&self) -> usize {
+                <$t>::context_entries(self)
+            }
         }
     };
 }
@@ -83,7 +94,8 @@ steps!(Session<'_>);
 steps!(Eagle3Session<'_>);
 
 /// `plain` steps deferred then one draft, against one drafted-and-committed step each: same tree, bit
-/// for bit (the drafter's forward is batch-invariant), with and without a flush by a full queue.
+/// for bit (the drafter's forward is batch-invariant) for runs up to the window; a longer run keeps its
+/// last `PLAIN_CONTEXT_WINDOW` entries at their exact positions.
 fn deferred_equals_immediate(
     a: &mut dyn Steps,
     b: &mut dyn Steps,
@@ -105,12 +117,29 @@ fn deferred_equals_immediate(
     }
     assert_eq!(
         a.pending(),
-        plain % 65,
-        "queued entries (a full queue of 65 runs at once)"
+        plain.min(PLAIN_CONTEXT_WINDOW),
+        "queued entries (the last {PLAIN_CONTEXT_WINDOW} of a longer run)"
     );
+    assert_eq!(a.next_position(), b.next_position(), "positions stay exact");
+    let entries = a.context_entries();
     a.draft(embed, &mut ta);
     b.draft(embed, &mut tb);
     assert_eq!(a.pending(), 0);
+    assert_eq!(
+        a.context_entries(),
+        entries + plain.min(PLAIN_CONTEXT_WINDOW),
+        "the queue reached the drafter in the draft"
+    );
+    assert_eq!(a.next_position(), b.next_position());
+    if plain > PLAIN_CONTEXT_WINDOW {
+        // The oldest entries never reached the drafter: the drafts see a context with a gap.
+        assert_eq!(
+            b.context_entries() - a.context_entries(),
+            plain - PLAIN_CONTEXT_WINDOW
+        );
+        assert!(ta.len() > 1 && tb.len() > 1, "both still draft");
+        return;
+    }
     assert_eq!(snapshot(&ta), snapshot(&tb), "after {plain} plain steps");
     // And the sequences go on identically.
     let accepted = [ta.tokens()[1] as u32];
@@ -127,7 +156,7 @@ fn deferred_plain_steps_give_the_same_drafts() {
     let dir = fixture("drafter_tiny");
     let (d, embed) = (Drafter::load_dir(&dir, 1).unwrap(), embedding(&dir));
     let fw = 3 * d.config().target_hidden;
-    for plain in [1, 5, 70] {
+    for plain in [1, 5, PLAIN_CONTEXT_WINDOW, 70] {
         let mut a = Session::new(&d, 256, DraftPolicy::default()).unwrap();
         let mut b = Session::new(&d, 256, DraftPolicy::default()).unwrap();
         deferred_equals_immediate(&mut a, &mut b, &embed, fw, plain);
@@ -140,7 +169,7 @@ fn deferred_plain_steps_give_the_same_drafts() {
         top_k: 3,
         budget: 8,
     };
-    for plain in [1, 5, 70] {
+    for plain in [1, 5, PLAIN_CONTEXT_WINDOW, 70] {
         let mut a = Eagle3Session::new(&d, 256, pol).unwrap();
         let mut b = Eagle3Session::new(&d, 256, pol).unwrap();
         deferred_equals_immediate(&mut a, &mut b, &embed, fw, plain);

@@ -205,6 +205,8 @@ pub struct Policy {
     current: usize,
     iterations: u64,
     tokens: u64,
+    /// The first iteration's timing is still to be discarded (see [`Policy::feedback`]).
+    warming_up: bool,
 }
 
 impl Policy {
@@ -261,6 +263,7 @@ impl Policy {
             current,
             iterations: 0,
             tokens: 0,
+            warming_up: true,
         })
     }
 
@@ -416,6 +419,21 @@ impl Policy {
             return Err(Error::InvalidArgument(
                 "feedback for an arm the policy does not have",
             ));
+        }
+        if self.warming_up {
+            // The first iteration pays one-off costs (cold caches, first-touch memory, thread
+            // start-up): measured here at several times a normal step. Its timing would become an
+            // arm's only sample, and an arm judged by one slow sample is never chosen again (nothing
+            // makes the policy re-measure a time). It is counted, not learned from; the next
+            // iteration calibrates instead.
+            self.warming_up = false;
+            let s = &mut self.stats[arm];
+            s.summary.pulls += 1;
+            s.summary.tokens += fb.tokens as u64;
+            s.summary.seconds += fb.verify_s + fb.draft_s;
+            self.iterations += 1;
+            self.tokens += fb.tokens as u64;
+            return Ok(());
         }
         let g = self.params.discount;
         for s in self.stats.iter_mut() {

@@ -70,13 +70,25 @@ fn flat_gpu_cost_chooses_large_trees() {
         let mut p = policy(Algorithm::CostModel);
         let (r, pulls) = ratio(&env, &mut p, 1000, 3000, seed);
         assert!(r >= 0.95, "seed {seed}: {r:.3} of the best arm");
-        let large: u64 = pulls
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| ladder()[*i].shape.max_rows() >= 17)
-            .map(|(_, &n)| n)
-            .sum();
-        assert!(large as f64 >= 0.8 * 2000.0, "large trees: {pulls:?}");
+        // On this curve the trees of 9, 17 and 33 rows are within 6% of each other, too close to
+        // rank reliably in 2000 iterations: the policy must stay off the CPU's small shapes and
+        // spend most of its iterations on the trees of 17+ rows.
+        let pulls_with = |min_rows: u32| -> u64 {
+            pulls
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| ladder()[*i].shape.max_rows() >= min_rows)
+                .map(|(_, &n)| n)
+                .sum()
+        };
+        assert!(
+            pulls_with(9) as f64 >= 0.9 * 2000.0,
+            "trees of 9+ rows: {pulls:?}"
+        );
+        assert!(
+            pulls_with(17) as f64 >= 0.6 * 2000.0,
+            "trees of 17+ rows: {pulls:?}"
+        );
     }
 }
 

@@ -222,6 +222,15 @@ pub(crate) fn try_zeros(n: usize) -> Result<Vec<f32>, Error> {
 /// Most entries a session's context may hold (about 16 M tokens).
 pub const MAX_SESSION_ENTRIES: usize = 1 << 24;
 
+/// Plain-step entries a session keeps for its drafter while the policy does not draft. A plain step
+/// costs the drafter nothing: its entry waits in a queue that the next draft runs in one batched
+/// forward. A run of plain steps longer than this keeps only its last `PLAIN_CONTEXT_WINDOW` entries
+/// (the older ones never reach the drafter's context; positions stay exact), so that when drafting
+/// does not pay, the drafter costs next to nothing per token, and a probe after a long plain run
+/// catches up in one forward of at most this many entries. Output is unaffected (verification is
+/// lossless); only the drafts right after a long plain run see a context with a gap.
+pub const PLAIN_CONTEXT_WINDOW: usize = 16;
+
 /// Floats a session may reserve at creation (16 GiB): larger requests are refused with a capacity error
 /// naming the parameter, before anything is allocated.
 pub(crate) const MAX_SESSION_FLOATS: usize = 1 << 32;

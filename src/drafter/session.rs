@@ -196,7 +196,8 @@ impl<'d> Session<'d> {
     /// A plain step instead of a draft: `tree` becomes the root alone (one row to verify) and the
     /// drafter does nothing. The following [`commit`](Self::commit) (nothing accepted) is deferred:
     /// its entry joins a queue that the next real [`draft`](Self::draft) runs in one batched forward,
-    /// so a run of plain steps costs the drafter one forward, not one per token.
+    /// so a run of plain steps costs the drafter one forward, not one per token. The queue keeps the
+    /// last [`PLAIN_CONTEXT_WINDOW`](super::PLAIN_CONTEXT_WINDOW) entries of a longer run.
     pub fn draft_plain(&mut self, tree: &mut DraftTree) -> Result<(), Error> {
         let Some(root) = self.root else {
             return Err(Error::InvalidState("draft before prefill"));
@@ -211,6 +212,13 @@ impl<'d> Session<'d> {
     /// Entries of plain steps waiting for the drafter.
     pub fn pending_entries(&self) -> usize {
         self.pending_tokens.len()
+    }
+
+    /// Test hook: the position the next committed entry takes, queued entries counted (training
+    /// context protocol).
+    #[doc(hidden)]
+    pub fn next_position(&self) -> u32 {
+        self.next_base + self.pending_tokens.len() as u32
     }
 
     /// Forgets the sequence (buffers are kept).
@@ -332,7 +340,7 @@ impl<'d> Session<'d> {
                 ));
             }
             if training {
-                return self.defer(embed, bonus, features);
+                return self.defer(bonus, features);
             }
         }
         match self.drafter.config().protocol {
@@ -371,7 +379,7 @@ impl<'d> Session<'d> {
     }
 
     /// The commit of a plain step: queues the entry (root features, bonus) for the next draft.
-    fn defer(&mut self, embed: &[f32], bonus: u32, features: &[f32]) -> Result<(), Error> {
+    fn defer(&mut self, bonus: u32, features: &[f32]) -> Result<(), Error> {
         let fw = 3 * self.drafter.config().target_hidden;
         if features.len() != fw {
             return Err(Error::ShapeMismatch {
@@ -388,11 +396,20 @@ impl<'d> Session<'d> {
             });
         }
         super::forward::check_finite("commit features", features, fw)?;
-        if self.cache.entries() + self.pending_tokens.len() + 1 > self.cache.capacity() {
+        let full = self.pending_tokens.len() == super::PLAIN_CONTEXT_WINDOW;
+        let queued = self.pending_tokens.len() + usize::from(!full);
+        if self.cache.entries() + queued > self.cache.capacity() {
             return Err(Error::Capacity {
                 what: "drafter context entries",
                 capacity: self.cache.capacity(),
             });
+        }
+        if full {
+            // The oldest queued entry leaves the window: it will never reach the drafter, and the
+            // entries after it keep their positions.
+            self.pending_tokens.remove(0);
+            self.pending_features.drain(..fw);
+            self.next_base += 1;
         }
         self.pending_tokens.push(bonus);
         self.pending_features.extend_from_slice(features);
@@ -400,9 +417,6 @@ impl<'d> Session<'d> {
         self.has_block1 = false;
         self.drafted = false;
         self.plain_drafted = false;
-        if self.pending_tokens.len() == MAX_COMMIT {
-            self.flush(embed)?;
-        }
         Ok(())
     }
 

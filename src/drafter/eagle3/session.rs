@@ -210,6 +210,13 @@ impl<'d> Eagle3Session<'d> {
         self.pending_tokens.len()
     }
 
+    /// Test hook: the position the next committed entry takes, queued entries counted (training
+    /// context protocol).
+    #[doc(hidden)]
+    pub fn next_position(&self) -> u32 {
+        self.next_pos + self.pending_tokens.len() as u32
+    }
+
     /// The drafter this session runs.
     pub fn drafter(&self) -> &'d Eagle3Drafter {
         self.drafter
@@ -314,7 +321,7 @@ impl<'d> Eagle3Session<'d> {
                     "a plain step (root-only tree) accepts no draft tokens",
                 ));
             }
-            return self.defer(embed, bonus, features);
+            return self.defer(bonus, features);
         }
         self.tokens.clear();
         self.tokens.extend_from_slice(accepted);
@@ -342,7 +349,7 @@ impl<'d> Eagle3Session<'d> {
     }
 
     /// The commit of a plain step: queues the entry (root features, bonus) for the next draft.
-    fn defer(&mut self, embed: &[f32], bonus: u32, features: &[f32]) -> Result<(), Error> {
+    fn defer(&mut self, bonus: u32, features: &[f32]) -> Result<(), Error> {
         let fw = self.drafter.feature_width();
         if features.len() != fw {
             return Err(Error::ShapeMismatch {
@@ -366,20 +373,26 @@ impl<'d> Eagle3Session<'d> {
                 col: i,
             });
         }
-        if self.cache.entries() + self.pending_tokens.len() + 1 > self.cache.capacity() {
+        let full = self.pending_tokens.len() == crate::drafter::PLAIN_CONTEXT_WINDOW;
+        let queued = self.pending_tokens.len() + usize::from(!full);
+        if self.cache.entries() + queued > self.cache.capacity() {
             return Err(Error::Capacity {
                 what: "drafter context entries",
                 capacity: self.cache.capacity(),
             });
+        }
+        if full {
+            // The oldest queued entry leaves the window (see `PLAIN_CONTEXT_WINDOW`): it never
+            // reaches the drafter, and the entries after it keep their positions.
+            self.pending_tokens.remove(0);
+            self.pending_features.drain(..fw);
+            self.next_pos += 1;
         }
         self.pending_tokens.push(bonus);
         self.pending_features.extend_from_slice(features);
         self.root = Some(bonus);
         self.drafted = false;
         self.plain_drafted = false;
-        if self.pending_tokens.len() == MAX_COMMIT {
-            self.flush(embed)?;
-        }
         Ok(())
     }
 

@@ -249,7 +249,12 @@ pub fn speculative_generate(
                 kv: &mut kv,
                 tokens: &tokens,
                 positions: &positions,
-                mask: Mask::Tree(&mask),
+                // A root-only tree (a plain step) is one causal row: the plain decoding path.
+                mask: if n == 1 {
+                    Mask::Causal
+                } else {
+                    Mask::Tree(&mask)
+                },
                 logits: Logits::All,
             },
             &cap,
