@@ -10,6 +10,7 @@ pub mod config;
 pub mod eagle3;
 mod forward;
 pub mod ops;
+mod plain_queue;
 mod session;
 mod speculator;
 mod weights;

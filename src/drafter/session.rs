@@ -4,6 +4,7 @@
 
 use std::vec::Vec;
 
+use super::plain_queue::PlainQueue;
 use super::{ContextCache, ContextProtocol, Drafter, Scratch};
 use crate::error::Error;
 use crate::tree::{DraftTree, NodeMeta};
@@ -88,8 +89,7 @@ pub struct Session<'d> {
     plain_drafted: bool,
     /// Entries of plain steps not yet run through the drafter (tokens, then their feature rows):
     /// [`draft`](Session::draft) runs them in one batched forward first.
-    pending_tokens: Vec<u32>,
-    pending_features: Vec<f32>,
+    pending: PlainQueue,
 }
 
 /// Most entries one commit appends: the root plus `MAX_DEPTH` accepted nodes.
@@ -157,8 +157,7 @@ impl<'d> Session<'d> {
             bases: Vec::with_capacity(MAX_COMMIT),
             min_confidence: 0.0,
             plain_drafted: false,
-            pending_tokens: Vec::with_capacity(MAX_COMMIT),
-            pending_features: Vec::with_capacity(MAX_COMMIT * 3 * c.target_hidden),
+            pending: PlainQueue::new(3 * c.target_hidden),
             policy,
         })
     }
@@ -211,14 +210,14 @@ impl<'d> Session<'d> {
 
     /// Entries of plain steps waiting for the drafter.
     pub fn pending_entries(&self) -> usize {
-        self.pending_tokens.len()
+        self.pending.len()
     }
 
     /// Test hook: the position the next committed entry takes, queued entries counted (training
     /// context protocol).
     #[doc(hidden)]
     pub fn next_position(&self) -> u32 {
-        self.next_base + self.pending_tokens.len() as u32
+        self.next_base + self.pending.len() as u32
     }
 
     /// Forgets the sequence (buffers are kept).
@@ -229,8 +228,7 @@ impl<'d> Session<'d> {
         self.next_base = 1;
         self.drafted = false;
         self.plain_drafted = false;
-        self.pending_tokens.clear();
-        self.pending_features.clear();
+        self.pending.clear();
     }
 
     /// Entries in the drafter's context cache.
@@ -396,23 +394,17 @@ impl<'d> Session<'d> {
             });
         }
         super::forward::check_finite("commit features", features, fw)?;
-        let full = self.pending_tokens.len() == super::PLAIN_CONTEXT_WINDOW;
-        let queued = self.pending_tokens.len() + usize::from(!full);
-        if self.cache.entries() + queued > self.cache.capacity() {
+        if self.cache.entries() + self.pending.len_after_push() > self.cache.capacity() {
             return Err(Error::Capacity {
                 what: "drafter context entries",
                 capacity: self.cache.capacity(),
             });
         }
-        if full {
-            // The oldest queued entry leaves the window: it will never reach the drafter, and the
+        if self.pending.push(bonus, features) {
+            // The oldest queued entry left the window: it never reaches the drafter, and the
             // entries after it keep their positions.
-            self.pending_tokens.remove(0);
-            self.pending_features.drain(..fw);
             self.next_base += 1;
         }
-        self.pending_tokens.push(bonus);
-        self.pending_features.extend_from_slice(features);
         self.root = Some(bonus);
         self.has_block1 = false;
         self.drafted = false;
@@ -422,17 +414,16 @@ impl<'d> Session<'d> {
 
     /// Runs the queued plain-step entries through the drafter (one batched forward).
     fn flush(&mut self, embed: &[f32]) -> Result<(), Error> {
-        if self.pending_tokens.is_empty() {
+        if self.pending.len() == 0 {
             return Ok(());
         }
+        let pending = core::mem::take(&mut self.pending);
         self.chain.clear();
-        self.chain.extend_from_slice(&self.pending_tokens);
-        let features = core::mem::take(&mut self.pending_features);
-        let r = self.append(embed, &features);
-        self.pending_features = features;
+        self.chain.extend_from_slice(pending.tokens());
+        let r = self.append(embed, pending.features());
+        self.pending = pending;
         if r.is_ok() {
-            self.pending_tokens.clear();
-            self.pending_features.clear();
+            self.pending.clear();
         }
         r
     }

@@ -10,6 +10,8 @@
 use std::vec::Vec;
 
 use super::{Eagle3Cache, Eagle3Drafter, Eagle3Scratch};
+use crate::drafter::forward::check_finite;
+use crate::drafter::plain_queue::PlainQueue;
 use crate::error::Error;
 use crate::math::exp_nonpositive;
 use crate::tree::DraftTree;
@@ -64,8 +66,7 @@ pub struct Eagle3Session<'d> {
     /// The last draft was a plain step (root only): its commit is deferred.
     plain_drafted: bool,
     /// Entries of plain steps not yet run through the drafter; the next draft runs them first.
-    pending_tokens: Vec<u32>,
-    pending_features: Vec<f32>,
+    pending: PlainQueue,
     cache: Eagle3Cache,
     scratch: Eagle3Scratch,
     /// Pre-norm output h and logits of the last committed entry: the tree's seed.
@@ -162,8 +163,7 @@ impl<'d> Eagle3Session<'d> {
             capacity: policy,
             min_confidence: 0.0,
             plain_drafted: false,
-            pending_tokens: Vec::with_capacity(MAX_COMMIT),
-            pending_features: Vec::with_capacity(MAX_COMMIT * drafter.feature_width()),
+            pending: PlainQueue::new(drafter.feature_width()),
         })
     }
 
@@ -207,14 +207,14 @@ impl<'d> Eagle3Session<'d> {
 
     /// Entries of plain steps waiting for the drafter.
     pub fn pending_entries(&self) -> usize {
-        self.pending_tokens.len()
+        self.pending.len()
     }
 
     /// Test hook: the position the next committed entry takes, queued entries counted (training
     /// context protocol).
     #[doc(hidden)]
     pub fn next_position(&self) -> u32 {
-        self.next_pos + self.pending_tokens.len() as u32
+        self.next_pos + self.pending.len() as u32
     }
 
     /// The drafter this session runs.
@@ -248,8 +248,7 @@ impl<'d> Eagle3Session<'d> {
         self.next_pos = 0;
         self.drafted = false;
         self.plain_drafted = false;
-        self.pending_tokens.clear();
-        self.pending_features.clear();
+        self.pending.clear();
     }
 
     /// Entries in the drafter's context cache.
@@ -366,30 +365,18 @@ impl<'d> Eagle3Session<'d> {
                 vocab,
             });
         }
-        if let Some(i) = features.iter().position(|x| !x.is_finite()) {
-            return Err(Error::NonFinite {
-                what: "commit features",
-                row: 0,
-                col: i,
-            });
-        }
-        let full = self.pending_tokens.len() == crate::drafter::PLAIN_CONTEXT_WINDOW;
-        let queued = self.pending_tokens.len() + usize::from(!full);
-        if self.cache.entries() + queued > self.cache.capacity() {
+        check_finite("commit features", features, fw)?;
+        if self.cache.entries() + self.pending.len_after_push() > self.cache.capacity() {
             return Err(Error::Capacity {
                 what: "drafter context entries",
                 capacity: self.cache.capacity(),
             });
         }
-        if full {
-            // The oldest queued entry leaves the window (see `PLAIN_CONTEXT_WINDOW`): it never
+        if self.pending.push(bonus, features) {
+            // The oldest queued entry left the window (see `PLAIN_CONTEXT_WINDOW`): it never
             // reaches the drafter, and the entries after it keep their positions.
-            self.pending_tokens.remove(0);
-            self.pending_features.drain(..fw);
             self.next_pos += 1;
         }
-        self.pending_tokens.push(bonus);
-        self.pending_features.extend_from_slice(features);
         self.root = Some(bonus);
         self.drafted = false;
         self.plain_drafted = false;
@@ -398,17 +385,16 @@ impl<'d> Eagle3Session<'d> {
 
     /// Runs the queued plain-step entries through the drafter (one batched forward).
     fn flush(&mut self, embed: &[f32]) -> Result<(), Error> {
-        if self.pending_tokens.is_empty() {
+        if self.pending.len() == 0 {
             return Ok(());
         }
+        let pending = core::mem::take(&mut self.pending);
         self.tokens.clear();
-        self.tokens.extend_from_slice(&self.pending_tokens);
-        let features = core::mem::take(&mut self.pending_features);
-        let r = self.append(embed, &features);
-        self.pending_features = features;
+        self.tokens.extend_from_slice(pending.tokens());
+        let r = self.append(embed, pending.features());
+        self.pending = pending;
         if r.is_ok() {
-            self.pending_tokens.clear();
-            self.pending_features.clear();
+            self.pending.clear();
         }
         r
     }
