@@ -439,6 +439,13 @@ impl Policy {
                 "feedback for an arm the policy does not have",
             ));
         }
+        let total = fb.verify_s + fb.draft_s;
+        let summary = &mut self.stats[arm].summary;
+        summary.pulls += 1;
+        summary.tokens += fb.tokens as u64;
+        summary.seconds += total;
+        self.iterations += 1;
+        self.tokens += fb.tokens as u64;
         if self.warming_up {
             // The first iteration pays one-off costs (cold caches, first-touch memory, thread
             // start-up): measured here at several times a normal step. Its timing would become an
@@ -446,12 +453,6 @@ impl Policy {
             // makes the policy re-measure a time). It is counted, not learned from; the next
             // iteration calibrates instead.
             self.warming_up = false;
-            let s = &mut self.stats[arm];
-            s.summary.pulls += 1;
-            s.summary.tokens += fb.tokens as u64;
-            s.summary.seconds += fb.verify_s + fb.draft_s;
-            self.iterations += 1;
-            self.tokens += fb.tokens as u64;
             return Ok(());
         }
         let g = self.params.discount;
@@ -464,7 +465,6 @@ impl Policy {
             s.verify_s *= g;
             s.total_s *= g;
         }
-        let total = fb.verify_s + fb.draft_s;
         let s = &mut self.stats[arm];
         s.n += 1.0;
         s.tokens += fb.tokens as f64;
@@ -476,12 +476,7 @@ impl Policy {
         s.timed = s.timed.saturating_add(1);
         let w = (1.0 / s.timed as f64).max(TIME_MEAN_WEIGHT);
         s.time_mean += w * (total - s.time_mean);
-        s.summary.pulls += 1;
-        s.summary.tokens += fb.tokens as u64;
-        s.summary.seconds += total;
         self.cost.observe(fb.rows as f64, fb.verify_s);
-        self.iterations += 1;
-        self.tokens += fb.tokens as u64;
         Ok(())
     }
 }
