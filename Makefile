@@ -9,6 +9,7 @@ STATIC_LIBS := -lpthread -ldl -lm
 
 
 .PHONY: train-specblock train-eagle3 train-venv train-test
+.PHONY: fuzz fuzz-smoke asan-kernels
 .PHONY: all build demo test check deps check-tools fmt-check clippy cargo-test cuda-toolchain kernels gpu-bundle gpu-check nostd header bench bench-core bench-engine bench-llamacpp bench-drafter prompts datagen model install clean
 
 MODEL := models/SmolLM2-135M-Instruct.Q4_1.gguf
@@ -49,7 +50,7 @@ demo: build model
 		--prompt "Explain in two sentences why the sky is blue."
 
 ## test: everything CI runs, from a fresh machine (installs what it needs).
-test: deps cuda-toolchain fmt-check clippy model cargo-test nostd train-test
+test: deps cuda-toolchain fmt-check clippy model cargo-test nostd train-test fuzz-smoke asan-kernels
 	@echo "make test: all checks passed"
 
 ## deps: system packages the C tests need (clang-14 with sanitizer runtimes, valgrind).
@@ -69,6 +70,31 @@ deps:
 	fi
 	@command -v $(CARGO) >/dev/null 2>&1 || { echo "error: cargo not found; install Rust (rustup)"; exit 1; }
 
+## fuzz: every libFuzzer target (fuzz/fuzz_targets: safetensors, both drafter configs, drafter loading from
+## a directory, GGUF + tokenizer + model loading, tokenizer.json, the C API state machine) for FUZZ_SECONDS
+## each, under AddressSanitizer with debug assertions (cargo fuzz, nightly; scripts/fuzz.sh installs both when
+## missing). The corpus grows in ~/.cache/specblock/fuzz; see docs/robustness.md.
+FUZZ_SECONDS ?= 300
+fuzz:
+	bash scripts/fuzz.sh $(FUZZ_SECONDS)
+
+## fuzz-smoke: make test's short pass: FUZZ_SMOKE_SECONDS per target, after replaying every committed seed
+## and past crash (fuzz/seeds/).
+FUZZ_SMOKE_SECONDS ?= 5
+fuzz-smoke:
+	bash scripts/fuzz.sh $(FUZZ_SMOKE_SECONDS)
+
+## asan-kernels: the CPU kernels' unit tests and the drafter golden tests (which run every SIMD matmul,
+## attention and norm path this CPU takes) once under AddressSanitizer (nightly -Zsanitizer=address). The
+## build directory is cached outside the checkout, like the fuzz build.
+ASAN_TARGET_DIR ?= $(HOME)/.cache/specblock/asan-target
+ASAN_CARGO = RUSTFLAGS="-Zsanitizer=address" ASAN_OPTIONS=detect_leaks=1 $(CARGO) +nightly test \
+	--target x86_64-unknown-linux-gnu --target-dir $(ASAN_TARGET_DIR)
+asan-kernels:
+	@rustup run nightly rustc --version >/dev/null 2>&1 || rustup toolchain install nightly --profile minimal
+	$(ASAN_CARGO) --lib -- cpu:: drafter::
+	$(ASAN_CARGO) --test drafter_golden --test eagle3_golden --test drafter_tree_golden
+
 ## check: the fast edit loop, a few minutes, without the model, torch or nvcc: formatting, clippy, and
 ## every Rust test that does not need the real model (those skip: SPECBLOCK_SKIP_MODEL_TESTS=1).
 check: fmt-check
@@ -78,6 +104,7 @@ check: fmt-check
 
 fmt-check:
 	$(CARGO) fmt --all -- --check
+	$(CARGO) fmt --manifest-path fuzz/Cargo.toml -- --check
 
 clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings

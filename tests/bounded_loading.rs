@@ -193,3 +193,98 @@ fn c_loader_always_explains_and_sessions_refuse_huge_parameters() {
     }
     unsafe { sb_drafter_free(d) };
 }
+
+/// A copy of a fixture drafter directory whose model.safetensors has the data bytes of tensor `name`
+/// rewritten by `edit` (same dtype and shape, so only the values change).
+fn with_tensor_bytes(fixture_name: &str, name: &str, edit: impl FnOnce(&mut [u8])) -> PathBuf {
+    let dir = with_config(fixture_name, "hidden_size", serde_json::json!(64));
+    let path = dir.join("model.safetensors");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    let offsets = &header[name]["data_offsets"];
+    let (start, end) = (
+        8 + header_len + offsets[0].as_u64().unwrap() as usize,
+        8 + header_len + offsets[1].as_u64().unwrap() as usize,
+    );
+    edit(&mut bytes[start..end]);
+    std::fs::write(&path, bytes).unwrap();
+    dir
+}
+
+fn set_i64(bytes: &mut [u8], index: usize, value: i64) {
+    bytes[8 * index..8 * index + 8].copy_from_slice(&value.to_le_bytes());
+}
+
+fn get_i64(bytes: &[u8], index: usize) -> i64 {
+    i64::from_le_bytes(bytes[8 * index..8 * index + 8].try_into().unwrap())
+}
+
+/// Loads a drafter directory of either kind and returns the error message (panics if it loads).
+fn load_error(fixture_name: &str, dir: &Path) -> String {
+    let e = if fixture_name.starts_with("eagle3") {
+        Eagle3Drafter::load_dir(dir, 1).err().map(|e| e.to_string())
+    } else {
+        Drafter::load_dir(dir, 1).err().map(|e| e.to_string())
+    };
+    e.expect("the edited checkpoint must be refused")
+}
+
+#[test]
+fn draft_vocabulary_maps_are_checked_against_each_other() {
+    for kind in ["drafter_tiny", "eagle3_tiny"] {
+        // An offset that overflows i64 when added to the draft id (a panic before, in checked builds).
+        let dir = with_tensor_bytes(kind, "d2t", |b| set_i64(b, 5, i64::MAX));
+        let e = load_error(kind, &dir);
+        assert!(e.contains("d2t[5]") && e.contains("outside"), "{kind}: {e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        // Two draft ids with one target id.
+        let dir = with_tensor_bytes(kind, "d2t", |b| {
+            let target_of_0 = get_i64(b, 0);
+            set_i64(b, 1, target_of_0 - 1);
+        });
+        let e = load_error(kind, &dir);
+        assert!(e.contains("another draft id"), "{kind}: {e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        // t2d missing a target that d2t maps to (draft id 0's target).
+        let d2t0 = {
+            let bytes = std::fs::read(fixture(kind).join("model.safetensors")).unwrap();
+            let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+            let h: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+            let start = 8 + n + h["d2t"]["data_offsets"][0].as_u64().unwrap() as usize;
+            get_i64(&bytes[start..], 0) as usize
+        };
+        let dir = with_tensor_bytes(kind, "t2d", |b| b[d2t0] = 0);
+        let e = load_error(kind, &dir);
+        assert!(e.contains("disagree"), "{kind}: {e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        // t2d marking one target id too many.
+        let dir = with_tensor_bytes(kind, "t2d", |b| {
+            let spare = b
+                .iter()
+                .position(|&x| x == 0)
+                .expect("a target outside the draft");
+            b[spare] = 1;
+        });
+        let e = load_error(kind, &dir);
+        assert!(e.contains("disagree"), "{kind}: {e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        // A BOOL that is neither 0 nor 1.
+        let dir = with_tensor_bytes(kind, "t2d", |b| b[d2t0] = 7);
+        let e = load_error(kind, &dir);
+        assert!(e.contains("expected 0 or 1"), "{kind}: {e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        // The unedited maps load.
+        let dir = with_tensor_bytes(kind, "t2d", |_| {});
+        match kind {
+            "eagle3_tiny" => drop(Eagle3Drafter::load_dir(&dir, 1).unwrap()),
+            _ => drop(Drafter::load_dir(&dir, 1).unwrap()),
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

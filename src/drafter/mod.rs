@@ -13,6 +13,7 @@ pub mod ops;
 mod plain_queue;
 mod session;
 mod speculator;
+mod vocab_map;
 mod weights;
 
 use std::path::Path;

@@ -115,21 +115,10 @@ impl Weights {
                 c.draft_vocab
             ));
         }
-        let draft_to_target = d2t
-            .iter()
-            .enumerate()
-            .map(|(i, &off)| {
-                let t = i as i64 + off;
-                if (0..c.vocab as i64).contains(&t) {
-                    Ok(t as u32)
-                } else {
-                    Err(load_err!(
-                        "d2t[{i}] = {off} maps to target id {t}, outside the vocabulary ({})",
-                        c.vocab
-                    ))
-                }
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let draft_to_target = super::vocab_map::draft_to_target(&d2t, c.vocab, "d2t")?;
+        if st.contains("t2d") {
+            super::vocab_map::check_t2d(st, "t2d", &draft_to_target, c.vocab)?;
+        }
         Ok(Weights {
             condition_proj: Matrix::F32(take(
                 st,

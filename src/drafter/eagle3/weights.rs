@@ -87,15 +87,9 @@ impl Weights {
             Some(_) => Some(take(st, "embed_tokens.weight", &[c.vocab, h])?),
             None => None,
         };
+        let draft_to_target = draft_to_target(c, st)?;
         if let Some(key) = stored(st, "t2d") {
-            // t2d is derived from d2t at run time; a present one must at least have the right shape.
-            let shape = &st.entries[&key].shape;
-            if shape[..] != [c.vocab] {
-                return Err(load_err!(
-                    "EAGLE-3 checkpoint: tensor {key} has shape {shape:?}, expected [{}]",
-                    c.vocab
-                ));
-            }
+            crate::drafter::vocab_map::check_t2d(st, &key, &draft_to_target, c.vocab)?;
         }
         Ok(Weights {
             fc: Matrix::F32(take(st, "fc.weight", &[h, c.feature_width()])?),
@@ -108,7 +102,7 @@ impl Weights {
             w_down: Matrix::F32(take(st, "midlayer.mlp.down_proj.weight", &[h, c.ffn])?),
             norm: take(st, "norm.weight", &[h])?,
             lm_head: Matrix::F32(take(st, "lm_head.weight", &[c.draft_vocab, h])?),
-            draft_to_target: draft_to_target(c, st)?,
+            draft_to_target,
             embed,
         })
     }
@@ -136,25 +130,6 @@ fn draft_to_target(c: &Eagle3Config, st: &SafeTensors) -> Result<Vec<u32>, LoadE
             c.draft_vocab
         ));
     }
-    let mut seen = std::vec![false; c.vocab];
-    d2t.iter()
-        .enumerate()
-        .map(|(i, &off)| {
-            let t = (i as i64).checked_add(off).unwrap_or(-1);
-            if !(0..c.vocab as i64).contains(&t) {
-                return Err(load_err!(
-                    "EAGLE-3 checkpoint: {key}[{i}] = {off} maps to target id {t}, outside the \
-                     vocabulary ({})",
-                    c.vocab
-                ));
-            }
-            if std::mem::replace(&mut seen[t as usize], true) {
-                return Err(load_err!(
-                    "EAGLE-3 checkpoint: {key}[{i}] maps to target id {t}, which another draft id \
-                     already maps to"
-                ));
-            }
-            Ok(t as u32)
-        })
-        .collect()
+    crate::drafter::vocab_map::draft_to_target(&d2t, c.vocab, &key)
+        .map_err(|e| load_err!("EAGLE-3 checkpoint: {e}"))
 }
