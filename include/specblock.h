@@ -806,14 +806,15 @@ void sb_drafter_free(struct sb_drafter *drafter);
 enum sb_status sb_drafter_get_info(const struct sb_drafter *drafter, struct sb_drafter_info *out);
 
 /**
- * Creates a session on `drafter` (which must outlive it), with the draft-shape policy of `params`:
+ * Creates a session on `drafter` (which it keeps alive: see `sb_drafter_free`), with the draft-shape policy of `params`:
  * adaptive by default (each `sb_session_draft` picks a shape from the policy's arms, plain decoding
  * included, learning from `sb_session_feedback`), or one fixed shape. Errors:
  * `SB_STATUS_INVALID_ARGUMENT` for zero entries, budgets, depths or top-k, a budget above
  * `SB_MAX_NODES`, an unknown policy or arm kind, an arm of the other drafter kind, more than 32 arms,
  * a confidence outside [0, 1], a discount outside (0, 1] or a negative exploration;
- * `SB_STATUS_STRUCT_SIZE` for a `struct_size` below the first published 24 bytes or above this
- * library's `sizeof(sb_session_params)`; `SB_STATUS_OUT_OF_MEMORY`.
+ * `SB_STATUS_STRUCT_SIZE` for a `struct_size` other than a published layout's (the first, 24 bytes,
+ * or this library's `sizeof(sb_session_params)`); `SB_STATUS_CAPACITY` for sizes whose session would
+ * need more memory than a session may reserve; `SB_STATUS_OUT_OF_MEMORY`.
  */
 enum sb_status sb_session_new(const struct sb_drafter *drafter,
                               const struct sb_session_params *params,
@@ -835,7 +836,10 @@ enum sb_status sb_session_tree_params(const struct sb_session *session,
  * After the target's prefill of `n_tokens - 1` prompt tokens (with `features`, one row of
  * `feature_width` per prompt position) and its first sampled token (the last of `tokens`): fills the
  * drafter context and computes block 1. The sampled token becomes the root of the next draft. A new
- * sequence on an old session keeps what its policy learned.
+ * sequence on an old session keeps what its policy learned. An error found in the arguments (NULLs,
+ * counts, tokens out of range) changes nothing; an error from the drafter's forward
+ * (`SB_STATUS_NON_FINITE` features, `SB_STATUS_CAPACITY` for a prompt longer than the context) also
+ * ends the session's current sequence: prefill again before drafting.
  */
 enum sb_status sb_session_prefill(struct sb_session *session,
                                   const float *features,
@@ -869,7 +873,8 @@ enum sb_status sb_session_commit(struct sb_session *session,
  * Reports the iteration just verified (call it once per `sb_session_draft`, after the commit or, at
  * the end of a sequence, instead of it): the adaptive policy learns each shape's speed from it.
  * Errors: `SB_STATUS_NON_FINITE` for NaN or infinite seconds; `SB_STATUS_INVALID_ARGUMENT` for
- * negative seconds, `rows` or `tokens` 0, or more tokens than rows; `SB_STATUS_STRUCT_SIZE`.
+ * negative seconds, `rows` or `tokens` 0, or more tokens than rows; `SB_STATUS_STRUCT_SIZE`;
+ * `SB_STATUS_INVALID_STATE` when no draft succeeded since the last feedback (one report per draft).
  * Nothing changes on error.
  */
 enum sb_status sb_session_feedback(struct sb_session *session, const struct sb_feedback *feedback);

@@ -288,3 +288,59 @@ fn draft_vocabulary_maps_are_checked_against_each_other() {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+/// Non-finite weights load (checking every weight at load would cost a pass over the checkpoint); the
+/// first forward that meets them reports `SB_STATUS_NON_FINITE` (prefill or draft), never a tree of NaN
+/// scores and never a panic, and the session refuses to draft from that state rather than crash.
+#[test]
+fn non_finite_weights_are_reported_by_the_first_forward() {
+    for (kind, tensor) in [
+        ("drafter_tiny", "input_layer.condition_norm.weight"),
+        ("eagle3_tiny", "norm.weight"),
+    ] {
+        let dir = with_tensor_bytes(kind, tensor, |b| {
+            b[4..8].copy_from_slice(&f32::NAN.to_le_bytes())
+        });
+        let embed: Vec<f32> = (0..300 * 64)
+            .map(|i| (i % 17) as f32 / 17.0 - 0.5)
+            .collect();
+        let p = sb_drafter_default_params();
+        let mut d: *mut sb_drafter = std::ptr::null_mut();
+        let cdir = std::ffi::CString::new(dir.to_str().unwrap()).unwrap();
+        // SAFETY: valid pointers and lengths; every handle is freed once below.
+        unsafe {
+            let s = sb_drafter_load(
+                cdir.as_ptr(),
+                &p,
+                embed.as_ptr(),
+                embed.len() as u64,
+                &mut d,
+                std::ptr::null_mut(),
+                0,
+            );
+            assert_eq!(s, Status::Ok, "{kind}: a NaN weight loads");
+            let mut sp = sb_session_default_params();
+            sp.policy = SB_POLICY_FIXED;
+            sp.budget = 8;
+            let mut session: *mut sb_session = std::ptr::null_mut();
+            assert_eq!(sb_session_new(d, &sp, &mut session), Status::Ok);
+            let mut tp = sb_tree_default_params();
+            assert_eq!(sb_session_tree_params(session, &mut tp), Status::Ok);
+            let mut tree: *mut sb_tree = std::ptr::null_mut();
+            assert_eq!(sb_tree_new(&tp, &mut tree), Status::Ok);
+            let features = vec![0.5f32; 3 * 144];
+            let tokens = [1, 2, 3, 4];
+            let prefill = sb_session_prefill(session, features.as_ptr(), 3, tokens.as_ptr(), 4);
+            let draft = sb_session_draft(session, tree);
+            assert!(
+                prefill == Status::NonFinite
+                    || (prefill == Status::Ok && draft == Status::NonFinite),
+                "{kind}: prefill {prefill:?}, draft {draft:?}"
+            );
+            sb_tree_free(tree);
+            sb_session_free(session);
+            sb_drafter_free(d);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

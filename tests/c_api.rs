@@ -6,7 +6,9 @@
 //!   AddressSanitizer + UndefinedBehaviorSanitizer (with LeakSanitizer) against the static library;
 //! - the gcc builds again under valgrind memcheck (no errors, every heap block freed);
 //! - `tests/c/header_check.c` / `.cpp`: the header as C11 and C++17 with warnings as errors;
-//! - `tests/c/test_edges.c`: inputs at the edge of their documented ranges.
+//! - `tests/c/test_edges.c`: inputs at the edge of their documented ranges;
+//! - `tests/c/test_session.c`: error paths of every drafter and session call, on the SpecBlock and the
+//!   EAGLE-3 fixture (gcc, clang-14 ASan+UBSan, valgrind).
 //!
 //! Build products go to `CARGO_TARGET_TMPDIR`, never into the source tree. A missing tool (gcc, g++,
 //! clang-14 with its sanitizer runtime, valgrind) skips its test with a message on stderr, or fails it
@@ -23,10 +25,13 @@ const STATIC_LIBS: [&str; 3] = ["-lpthread", "-ldl", "-lm"];
 const WARNINGS: [&str; 4] = ["-Wall", "-Wextra", "-Wpedantic", "-Werror"];
 /// Fewest checks `test_api.c` must report, so a program that silently skipped its tests cannot pass.
 const MIN_API_CHECKS: u64 = 1000;
+/// Fewest checks `test_session.c` must report on either fixture.
+const MIN_SESSION_CHECKS: u64 = 1650;
 
 const INCLUDE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/include");
 const TEST_API: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/c/test_api.c");
 const TEST_EDGES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/c/test_edges.c");
+const TEST_SESSION: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/c/test_session.c");
 const HEADER_C: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/c/header_check.c");
 const HEADER_CPP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/c/header_check.cpp");
 const TREE_DEMO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/c/tree_demo.c");
@@ -202,6 +207,7 @@ struct Programs {
     test_api: PathBuf,
     tree_demo: PathBuf,
     speculate: PathBuf,
+    test_session: PathBuf,
 }
 
 fn build_programs(
@@ -226,6 +232,11 @@ fn build_programs(
             compiler,
             &c_args(SPECULATE, extra, link),
             &out.join(format!("speculate_{tag}")),
+        )?,
+        test_session: compile(
+            compiler,
+            &c_args(TEST_SESSION, extra, link),
+            &out.join(format!("test_session_{tag}")),
         )?,
     })
 }
@@ -351,6 +362,21 @@ fn gcc_static_speculate() {
     assert_speculate_output("speculate with EAGLE-3 (gcc, static)", &out);
 }
 
+/// `tests/c/test_session.c` on both fixture drafters.
+#[test]
+fn gcc_static_test_session() {
+    let Some(p) = gcc_static() else { return };
+    for (dir, what) in [
+        (DRAFTER_DIR, "test_session (gcc, static)"),
+        (EAGLE3_DIR, "test_session with EAGLE-3 (gcc, static)"),
+    ] {
+        let mut cmd = Command::new(&p.test_session);
+        cmd.arg(dir);
+        let out = run(cmd, what);
+        assert_checks_passed(what, &out, MIN_SESSION_CHECKS);
+    }
+}
+
 #[test]
 fn gcc_shared_library() {
     let Some(stat) = gcc_static() else { return };
@@ -464,6 +490,20 @@ fn clang_asan_ubsan() {
         check_clean(what, &out);
         assert_speculate_output(what, &out);
     }
+
+    for (dir, what) in [
+        (DRAFTER_DIR, "test_session (clang-14, ASan+UBSan)"),
+        (
+            EAGLE3_DIR,
+            "test_session with EAGLE-3 (clang-14, ASan+UBSan)",
+        ),
+    ] {
+        let mut cmd = sanitized(&p.test_session);
+        cmd.arg(dir);
+        let out = run(cmd, what);
+        check_clean(what, &out);
+        assert_checks_passed(what, &out, MIN_SESSION_CHECKS);
+    }
 }
 
 #[test]
@@ -480,6 +520,16 @@ fn valgrind_memcheck() {
             &p.speculate,
             Some(EAGLE3_DIR),
             "speculate with EAGLE-3 under valgrind",
+        ),
+        (
+            &p.test_session,
+            Some(DRAFTER_DIR),
+            "test_session under valgrind",
+        ),
+        (
+            &p.test_session,
+            Some(EAGLE3_DIR),
+            "test_session with EAGLE-3 under valgrind",
         ),
     ] {
         let mut cmd = Command::new("valgrind");
@@ -507,6 +557,8 @@ fn valgrind_memcheck() {
         );
         if what.starts_with("test_api") {
             assert_checks_passed(what, &out, MIN_API_CHECKS);
+        } else if what.starts_with("test_session") {
+            assert_checks_passed(what, &out, MIN_SESSION_CHECKS);
         } else if what.starts_with("speculate") {
             assert_speculate_output(what, &out);
         } else {

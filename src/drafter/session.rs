@@ -520,6 +520,8 @@ impl<'d> Session<'d> {
             return Err(Error::InvalidState("draft before prefill"));
         };
         self.plain_drafted = false;
+        // A failed draft leaves nothing to commit (as in the EAGLE-3 session): the tree is reset below.
+        self.drafted = false;
         let c = self.drafter.config();
         let (k_slots, vd, rc) = (c.slots, c.draft_vocab, c.rank_classes);
         tree.reset(root as i32)?;

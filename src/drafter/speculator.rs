@@ -129,6 +129,8 @@ pub struct Speculator<'d> {
     arm: usize,
     /// Drafting seconds (draft and commit) since the last feedback.
     draft_s: f64,
+    /// A draft succeeded and its feedback has not come yet.
+    feedback_due: bool,
 }
 
 impl<'d> Speculator<'d> {
@@ -167,6 +169,7 @@ impl<'d> Speculator<'d> {
             session,
             policy,
             draft_s: 0.0,
+            feedback_due: false,
         })
     }
 
@@ -216,6 +219,8 @@ impl<'d> Speculator<'d> {
     /// step). Returns the arm's index.
     pub fn draft(&mut self, embed: &[f32], tree: &mut DraftTree) -> Result<usize, Error> {
         let t = Instant::now();
+        // A new draft withdraws the last one, reported or not.
+        self.feedback_due = false;
         let arm = self.policy.choose();
         let a = self.policy.arms()[arm];
         let r = match (&mut self.session, a.shape) {
@@ -246,6 +251,7 @@ impl<'d> Speculator<'d> {
         self.draft_s += t.elapsed().as_secs_f64();
         r?;
         self.arm = arm;
+        self.feedback_due = true;
         Ok(arm)
     }
 
@@ -266,7 +272,8 @@ impl<'d> Speculator<'d> {
 
     /// Reports the iteration: `rows` verified, `tokens` emitted (accepted + bonus), the engine's
     /// verification seconds, and its drafting seconds if it timed them (else the speculator's own
-    /// clock of draft and commit since the last feedback).
+    /// clock of draft and commit since the last feedback). Once per successful draft:
+    /// [`Error::InvalidState`] without a draft since the last report (checked after the values).
     pub fn feedback(
         &mut self,
         rows: u32,
@@ -280,7 +287,16 @@ impl<'d> Speculator<'d> {
             verify_s,
             draft_s: draft_s.unwrap_or(self.draft_s),
         };
+        fb.validate()?;
+        // One report per draft: a second one (or one before any draft) would count an iteration that
+        // never ran and skew the arm's statistics.
+        if !self.feedback_due {
+            return Err(Error::InvalidState(
+                "feedback without a draft since the last feedback",
+            ));
+        }
         self.policy.feedback(self.arm, &fb)?;
+        self.feedback_due = false;
         self.draft_s = 0.0;
         Ok(())
     }

@@ -398,11 +398,19 @@ pub unsafe extern "C" fn sb_drafter_load(
         if dir.is_null() || out_drafter.is_null() {
             return fail(Status::NullArgument, "dir and out_drafter must not be NULL");
         }
-        let Ok(embed) = (unsafe { slice_ref(embedding, embedding_len as usize) }) else {
-            return fail(
-                Status::NullArgument,
-                "embedding is NULL with a non-zero length",
-            );
+        let Ok(len) = usize::try_from(embedding_len) else {
+            return fail(Status::InvalidArgument, "embedding_len is too large");
+        };
+        // SAFETY: caller contract: `embedding_len` readable floats at `embedding`.
+        let embed = match unsafe { slice_ref(embedding, len) } {
+            Ok(e) => e,
+            Err(Status::NullArgument) => {
+                return fail(
+                    Status::NullArgument,
+                    "embedding is NULL with a non-zero length",
+                );
+            }
+            Err(s) => return fail(s, "embedding is misaligned or embedding_len is too large"),
         };
         // SAFETY: non-NULL, NUL-terminated (caller contract).
         let Ok(dir) = unsafe { CStr::from_ptr(dir) }.to_str() else {
@@ -539,14 +547,15 @@ fn session_arms(p: &sb_session_params, eagle3: bool) -> Result<Vec<Arm>, Status>
     given.iter().map(|a| a.to_arm()).collect()
 }
 
-/// Creates a session on `drafter` (which must outlive it), with the draft-shape policy of `params`:
+/// Creates a session on `drafter` (which it keeps alive: see `sb_drafter_free`), with the draft-shape policy of `params`:
 /// adaptive by default (each `sb_session_draft` picks a shape from the policy's arms, plain decoding
 /// included, learning from `sb_session_feedback`), or one fixed shape. Errors:
 /// `SB_STATUS_INVALID_ARGUMENT` for zero entries, budgets, depths or top-k, a budget above
 /// `SB_MAX_NODES`, an unknown policy or arm kind, an arm of the other drafter kind, more than 32 arms,
 /// a confidence outside [0, 1], a discount outside (0, 1] or a negative exploration;
-/// `SB_STATUS_STRUCT_SIZE` for a `struct_size` below the first published 24 bytes or above this
-/// library's `sizeof(sb_session_params)`; `SB_STATUS_OUT_OF_MEMORY`.
+/// `SB_STATUS_STRUCT_SIZE` for a `struct_size` other than a published layout's (the first, 24 bytes,
+/// or this library's `sizeof(sb_session_params)`); `SB_STATUS_CAPACITY` for sizes whose session would
+/// need more memory than a session may reserve; `SB_STATUS_OUT_OF_MEMORY`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn sb_session_new(
     drafter: *const sb_drafter,
@@ -562,7 +571,7 @@ pub unsafe extern "C" fn sb_session_new(
             policy: SB_POLICY_FIXED,
             ..sb_session_default_params()
         };
-        let p = unsafe { read_params_from(params, SESSION_PARAMS_V1, Some(old)) }?;
+        let p = unsafe { read_params_from(params, &[SESSION_PARAMS_V1], Some(old)) }?;
         if out_session.is_null() {
             return Err(Status::NullArgument);
         }
@@ -652,10 +661,39 @@ pub unsafe extern "C" fn sb_session_tree_params(
         let c = d.drafter.shape();
         let mut max_nodes = 1024u32;
         let mut max_depth = (2 * c.slots as u32).max(2);
+        // SpecBlock candidates (`Session::draft`): block 1 adds at most the slot-0 width (up to
+        // `beam_width`) plus a base width (the width table's largest, capped by `beam_width`) per
+        // other slot; each block-2 seed (a block-1 node or the tail seed, at most `budget` of them
+        // after the seed prune, at most `max_seeds`) adds at most a base width per slot.
+        let specblock = match s.speculator.session() {
+            AnySession::SpecBlock(sess) => {
+                let p = sess.policy();
+                let beam = u64::from(p.beam_width.max(1));
+                let base = p.width_table.iter().copied().max().unwrap_or(1);
+                Some((
+                    beam,
+                    u64::from(base.min(p.beam_width).max(1)),
+                    p.prune_seeds,
+                ))
+            }
+            AnySession::Eagle3(_) => None,
+        };
         for a in s.speculator.policy().arms() {
             match a.shape {
                 Shape::Plain => {}
-                Shape::SpecBlock { budget, .. } => max_nodes = max_nodes.max(budget),
+                Shape::SpecBlock { budget, max_seeds } => {
+                    let mut need = u64::from(budget);
+                    if let Some((beam, base, prune_seeds)) = specblock {
+                        let k = c.slots as u64;
+                        let block1 = beam + k.saturating_sub(1) * base;
+                        let mut seeds = (block1 + 1).min(u64::from(max_seeds));
+                        if prune_seeds {
+                            seeds = seeds.min(u64::from(budget) + 1);
+                        }
+                        need = need.max(block1 + seeds * k * base);
+                    }
+                    max_nodes = max_nodes.max(need.min(crate::MAX_NODES as u64) as u32);
+                }
                 Shape::Eagle3 {
                     budget,
                     depth,
@@ -706,7 +744,10 @@ fn tokens_u32(tokens: &[i32], vocab: usize) -> Result<Vec<u32>, Status> {
 /// After the target's prefill of `n_tokens - 1` prompt tokens (with `features`, one row of
 /// `feature_width` per prompt position) and its first sampled token (the last of `tokens`): fills the
 /// drafter context and computes block 1. The sampled token becomes the root of the next draft. A new
-/// sequence on an old session keeps what its policy learned.
+/// sequence on an old session keeps what its policy learned. An error found in the arguments (NULLs,
+/// counts, tokens out of range) changes nothing; an error from the drafter's forward
+/// (`SB_STATUS_NON_FINITE` features, `SB_STATUS_CAPACITY` for a prompt longer than the context) also
+/// ends the session's current sequence: prefill again before drafting.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn sb_session_prefill(
     session: *mut sb_session,
@@ -725,7 +766,7 @@ pub unsafe extern "C" fn sb_session_prefill(
             .ok_or(Status::InvalidArgument)?;
         let feats = unsafe { slice_ref(features, rows) }?;
         let toks = tokens_u32(unsafe { slice_ref(tokens, n_tokens as usize) }?, c.vocab)?;
-        if n_tokens != n_feature_rows + 1 {
+        if u64::from(n_tokens) != u64::from(n_feature_rows) + 1 {
             return Err(Status::ShapeMismatch);
         }
         s.speculator.prefill(d.embedding(), feats, &toks)?;
@@ -794,7 +835,8 @@ pub unsafe extern "C" fn sb_session_commit(
 /// Reports the iteration just verified (call it once per `sb_session_draft`, after the commit or, at
 /// the end of a sequence, instead of it): the adaptive policy learns each shape's speed from it.
 /// Errors: `SB_STATUS_NON_FINITE` for NaN or infinite seconds; `SB_STATUS_INVALID_ARGUMENT` for
-/// negative seconds, `rows` or `tokens` 0, or more tokens than rows; `SB_STATUS_STRUCT_SIZE`.
+/// negative seconds, `rows` or `tokens` 0, or more tokens than rows; `SB_STATUS_STRUCT_SIZE`;
+/// `SB_STATUS_INVALID_STATE` when no draft succeeded since the last feedback (one report per draft).
 /// Nothing changes on error.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn sb_session_feedback(

@@ -125,40 +125,46 @@ pub(crate) unsafe fn obj_mut<'a, T>(ptr: *mut T) -> Result<&'a mut T, Status> {
 /// A non-NULL `ptr` must point to at least `struct_size` readable bytes.
 pub(crate) unsafe fn read_params<T: Copy>(ptr: *const T) -> Result<T, Status> {
     // SAFETY: forwarded; a struct of exactly T's size needs no earlier layout.
-    unsafe { read_params_from::<T>(ptr, size_of::<T>(), None) }
+    unsafe { read_params_from::<T>(ptr, &[], None) }
 }
 
-/// [`read_params`] for a struct that grew: any `struct_size` from `first_size` (the first published
-/// layout) up is accepted; fields past the caller's size keep their values in `defaults`.
+/// [`read_params`] for a struct that grew: `struct_size` may also be one of `earlier_sizes`, the sizes
+/// of the earlier published layouts (each a prefix of T); fields past the caller's size keep their
+/// values in `defaults`. Any other size is `SB_STATUS_STRUCT_SIZE` (a size between two layouts would
+/// cut a field). An earlier layout may have a smaller alignment than T (it may lack T's pointer
+/// fields), so it is copied out byte by byte wherever it sits; only `struct_size` itself must be
+/// aligned, and a full-size struct must be aligned for T.
 ///
 /// # Safety
 /// As [`read_params`].
 pub(crate) unsafe fn read_params_from<T: Copy>(
     ptr: *const T,
-    first_size: usize,
+    earlier_sizes: &[usize],
     defaults: Option<T>,
 ) -> Result<T, Status> {
-    if ptr.is_null() {
+    let size_ptr = ptr as *const u32;
+    if size_ptr.is_null() {
         return Err(Status::NullArgument);
     }
-    if !ptr.is_aligned() {
+    if !size_ptr.is_aligned() {
         return Err(Status::InvalidArgument);
     }
-    // SAFETY: non-NULL and aligned; every params struct starts with a u32 struct_size.
-    let size = unsafe { *(ptr as *const u32) } as usize;
+    // SAFETY: non-NULL and aligned for the u32 that starts every params struct.
+    let size = unsafe { *size_ptr } as usize;
     let full = size_of::<T>();
-    if size < first_size || size < 4 || size > full {
-        return Err(Status::StructSize);
-    }
     if size == full {
-        // SAFETY: the caller declared (through struct_size) that a whole T is there.
+        if !ptr.is_aligned() {
+            return Err(Status::InvalidArgument);
+        }
+        // SAFETY: aligned, and the caller declared (through struct_size) that a whole T is there.
         return Ok(unsafe { *ptr });
     }
-    let Some(mut out) = defaults else {
+    let Some(mut out) = defaults.filter(|_| size < full && earlier_sizes.contains(&size)) else {
         return Err(Status::StructSize);
     };
-    // SAFETY: `size` < size_of::<T>() bytes are readable at `ptr` and writable at `out`; the caller's
-    // struct is a published prefix of T, so the bytes land on whole fields of the same types.
+    // SAFETY: `size` < size_of::<T>() bytes are readable at `ptr` (caller contract) and writable at
+    // `out`; the caller's struct is a published prefix of T, so the bytes land on whole fields of the
+    // same types, and a byte copy needs no alignment.
     unsafe {
         core::ptr::copy_nonoverlapping(ptr as *const u8, &mut out as *mut T as *mut u8, size);
     }

@@ -445,7 +445,11 @@ impl<'d> Eagle3Session<'d> {
         self.node_of.clear();
 
         // Depth 1: the root's top k, all fed the last entry's h.
-        top_log_probs(&self.last_logits, k, &mut self.top);
+        top_log_probs(&self.last_logits, k, &mut self.top).map_err(|col| Error::NonFinite {
+            what: "draft logits",
+            row: 0,
+            col,
+        })?;
         for &(t, lp) in &self.top {
             self.cand_tok.push(t as u32);
             self.cand_parent.push(-1);
@@ -487,7 +491,12 @@ impl<'d> Eagle3Session<'d> {
             // Each frontier node's top k become candidates, node-major, then by child rank.
             let base = self.cand_tok.len();
             for (j, &parent) in self.frontier.iter().enumerate() {
-                top_log_probs(&self.scratch.logits[j * vd..(j + 1) * vd], k, &mut self.top);
+                top_log_probs(&self.scratch.logits[j * vd..(j + 1) * vd], k, &mut self.top)
+                    .map_err(|col| Error::NonFinite {
+                        what: "draft logits",
+                        row: step as usize,
+                        col,
+                    })?;
                 for &(t, lp) in &self.top {
                     self.cand_tok.push(t as u32);
                     self.cand_parent.push(parent as i32);
@@ -542,8 +551,10 @@ impl<'d> Eagle3Session<'d> {
 
 /// The `k` best draft ids of one logits row by log-softmax (best first, ties to the lower id, the
 /// contract's rule) into `top` as (id, log-prob). Log-probs are `(x - max) - ln(sum exp(x - max))` in
-/// f32, computed on the fly.
-fn top_log_probs(x: &[f32], k: usize, top: &mut Vec<(usize, f32)>) {
+/// f32, computed on the fly. A row holding NaN or +inf (hostile or corrupted weights), or no finite
+/// value, gives the column of the first such value: its log-probs would be NaN, and a NaN score sorts
+/// nowhere, so the tree would silently shrink to the root.
+fn top_log_probs(x: &[f32], k: usize, top: &mut Vec<(usize, f32)>) -> Result<(), usize> {
     let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
     // Eight partial sums so the loop vectorises; exp_nonpositive is branch-free (x - max <= 0).
     let mut sums = [0f32; 8];
@@ -553,7 +564,14 @@ fn top_log_probs(x: &[f32], k: usize, top: &mut Vec<(usize, f32)>) {
         }
     }
     let lse = sums.iter().sum::<f32>().ln();
+    if !max.is_finite() || !lse.is_finite() {
+        return Err(x
+            .iter()
+            .position(|v| v.is_nan() || *v == f32::INFINITY)
+            .unwrap_or(0));
+    }
     top_k_by(x.len(), k, |i| (x[i] - max) - lse, top);
+    Ok(())
 }
 
 /// The `k` largest of `value(0..n)` as (index, value), best first; ties go to the lower index (the
