@@ -9,7 +9,7 @@ STATIC_LIBS := -lpthread -ldl -lm
 
 
 .PHONY: train-specblock train-eagle3 train-venv train-test
-.PHONY: fuzz fuzz-smoke asan-kernels
+.PHONY: fuzz fuzz-smoke asan-kernels llamacpp llamacpp-check
 .PHONY: all build demo test check deps check-tools fmt-check clippy cargo-test cuda-toolchain kernels gpu-bundle gpu-check nostd header bench bench-core bench-engine bench-llamacpp bench-drafter prompts datagen model install clean
 
 MODEL := models/SmolLM2-135M-Instruct.Q4_1.gguf
@@ -50,7 +50,7 @@ demo: build model
 		--prompt "Explain in two sentences why the sky is blue."
 
 ## test: everything CI runs, from a fresh machine (installs what it needs).
-test: deps cuda-toolchain fmt-check clippy model cargo-test nostd train-test fuzz-smoke asan-kernels
+test: deps cuda-toolchain fmt-check clippy model cargo-test nostd train-test fuzz-smoke asan-kernels llamacpp-check
 	@echo "make test: all checks passed"
 
 ## deps: system packages the C tests need (clang-14 with sanitizer runtimes, valgrind).
@@ -82,7 +82,7 @@ fuzz:
 ## and past crash (fuzz/seeds/).
 FUZZ_SMOKE_SECONDS ?= 5
 fuzz-smoke:
-	bash scripts/fuzz.sh $(FUZZ_SMOKE_SECONDS)
+	FUZZ_FRESH_CORPUS=1 bash scripts/fuzz.sh $(FUZZ_SMOKE_SECONDS)
 
 ## asan-kernels: the CPU kernels' unit tests and the drafter golden tests (which run every SIMD matmul,
 ## attention and norm path this CPU takes) once under AddressSanitizer (nightly -Zsanitizer=address). The
@@ -94,6 +94,37 @@ asan-kernels:
 	@rustup run nightly rustc --version >/dev/null 2>&1 || rustup toolchain install nightly --profile minimal
 	$(ASAN_CARGO) --lib -- cpu:: drafter::
 	$(ASAN_CARGO) --test drafter_golden --test eagle3_golden --test drafter_tree_golden
+
+## llamacpp: examples/llamacpp/speculate_llama.c, SpecBlock inside llama.cpp (docs/llamacpp.md): llama.cpp
+## from llama-cpp-python 0.3.36 (its libllama / libggml and headers) in a venv cached per machine, like the torch
+## venv (pip builds llama.cpp from source the first time, ~6 minutes on 2 cores), linked with libspecblock.a
+## into target/llamacpp/speculate_llama.
+LLAMACPP_VENV ?= $(HOME)/.cache/specblock/venv-llamacpp
+LLAMACPP_MARKER = $(LLAMACPP_VENV)/.installed-0.3.36
+LLAMACPP_BIN := target/llamacpp/speculate_llama
+$(LLAMACPP_MARKER):
+	test -x $(LLAMACPP_VENV)/bin/python || python3 -m venv $(LLAMACPP_VENV)
+	@echo "installing llama-cpp-python 0.3.36 into $(LLAMACPP_VENV) (the first build of llama.cpp takes ~6 minutes)"
+	$(LLAMACPP_VENV)/bin/python -m pip install -q --disable-pip-version-check llama-cpp-python==0.3.36
+	touch $@
+
+llamacpp: $(LLAMACPP_MARKER)
+	$(CARGO) build --release --lib
+	@site=$$($(LLAMACPP_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'); \
+	test -f $$site/include/llama.h -a -f $$site/llama_cpp/lib/libllama.so \
+		|| { echo "error: llama.h or libllama.so not found under $$site"; exit 1; }; \
+	mkdir -p target/llamacpp; \
+	echo "cc ... -o $(LLAMACPP_BIN)  (llama.cpp from $$site)"; \
+	cc -std=c11 -O2 -g -Wall -Wextra -Wpedantic -Werror -Iinclude -I$$site/include \
+		examples/llamacpp/speculate_llama.c $(RELEASE_DIR)/libspecblock.a \
+		-L$$site/llama_cpp/lib -lllama -lggml -lggml-base -Wl,-rpath,$$site/llama_cpp/lib $(STATIC_LIBS) \
+		-o $(LLAMACPP_BIN)
+
+## llamacpp-check: make test's check of the llama.cpp integration (tools/llamacpp/check.py): 5 prompts x 64
+## tokens, greedy, both committed drafters: outputs equal plain llama.cpp decoding (or differ only at a top-2
+## gap below 1e-3), mean accept length within 0.1 of the reference engine's; then a sampled run.
+llamacpp-check: llamacpp build model
+	python3 tools/llamacpp/check.py --program $(LLAMACPP_BIN) --engine $(ENGINE) --model $(MODEL)
 
 ## check: the fast edit loop, a few minutes, without the model, torch or nvcc: formatting, clippy, and
 ## every Rust test that does not need the real model (those skip: SPECBLOCK_SKIP_MODEL_TESTS=1).

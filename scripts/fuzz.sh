@@ -5,7 +5,8 @@
 #
 #   scripts/fuzz.sh SECONDS [TARGET...]
 #
-# New corpus entries go to $FUZZ_HOME/corpus/<target> (outside the checkout, reused by later runs);
+# New corpus entries go to $FUZZ_HOME/corpus/<target> (outside the checkout, reused by later runs;
+# FUZZ_FRESH_CORPUS=1 starts from the seeds alone and keeps nothing);
 # a crash stops the run with the input saved under $FUZZ_HOME/artifacts/<target>/ and a non-zero exit.
 # Limits per input: 2 GiB of memory (a larger allocation is a crash: loaders must bound what a file can
 # make them allocate) and 10 s.
@@ -39,18 +40,28 @@ echo "fuzz: ${build[*]}"
 
 for t in "${targets[@]}"; do
     corpus="$FUZZ_HOME/corpus/$t"
+    if [ -n "${FUZZ_FRESH_CORPUS:-}" ]; then
+        # A pass that starts from the committed seeds alone (make test's smoke pass: the same inputs on
+        # every machine, and a start-up that does not grow with the saved corpus).
+        corpus=$(mktemp -d)
+        trap 'rm -rf "$corpus"' EXIT
+    fi
     artifacts="$FUZZ_HOME/artifacts/$t"
     mkdir -p "$corpus" "$artifacts"
     echo "fuzz: $t for ${seconds}s (seeds fuzz/seeds/$t, corpus $corpus)"
+    # libFuzzer's progress lines are filtered out of the log; its exit status decides.
+    set +e
     cargo "+$toolchain" fuzz run --fuzz-dir fuzz --target-dir "$target_dir" -O -a "$t" \
         "$corpus" "fuzz/seeds/$t" -- \
         -max_total_time="$seconds" -rss_limit_mb=2048 -malloc_limit_mb=2048 -timeout=10 \
-        -artifact_prefix="$artifacts/" -print_final_stats=1 2>&1 \
-        | grep -E "^(#[0-9]+ +(INITED|DONE)|stat::number_of_executed_units|stat::new_units_added|==[0-9]+==|SUMMARY|thread '|panicked|artifact_prefix|Test unit written|Done )" \
-        || true
-    # grep hides libFuzzer's progress lines; the exit status that matters is cargo fuzz's.
-    if [ "${PIPESTATUS[0]}" -ne 0 ]; then
-        echo "fuzz: $t FAILED; the input is in $artifacts/ (replay: cargo +$toolchain fuzz run --fuzz-dir fuzz -O -a $t <file>)"
+        -artifact_prefix="$artifacts/" -print_final_stats=1 >"$FUZZ_HOME/$t.log" 2>&1
+    status=$?
+    set -e
+    grep -E "^(#[0-9]+ +(INITED|DONE)|Done |stat::number_of_executed_units|stat::new_units_added|==[0-9]+==|SUMMARY|thread '|panicked|assertion|  left|  right|Test unit written)" \
+        "$FUZZ_HOME/$t.log" || true
+    if [ "$status" -ne 0 ]; then
+        echo "fuzz: $t FAILED (exit $status); the input is in $artifacts/, the log in $FUZZ_HOME/$t.log"
+        echo "fuzz: replay it with: cargo +$toolchain fuzz run --fuzz-dir fuzz -O -a $t <input>"
         exit 1
     fi
 done

@@ -282,11 +282,20 @@ impl GgufFile {
             let key = r.string(&format!("metadata key #{i}"))?;
             let ty = r.u32(&format!("type of metadata {key}"))?;
             let value = r.value(ty, &format!("metadata {key}"), 0)?;
+            // Keys are unique in GGUF; a second value would silently replace the first.
+            if metadata.contains_key(&key) {
+                return Err(Error::Format(format!("metadata key {key} appears twice")));
+            }
             metadata.insert(key, value);
         }
         let mut tensors = Vec::with_capacity(n_tensors);
+        let mut names = std::collections::BTreeSet::new();
         for i in 0..n_tensors {
             let name = r.string(&format!("name of tensor #{i}"))?;
+            // Names are unique in GGUF: lookups by name would see only the first of two.
+            if !names.insert(name.clone()) {
+                return Err(Error::Format(format!("tensor {name} appears twice")));
+            }
             let n_dims = r.u32(&format!("dimension count of {name}"))?;
             if n_dims == 0 || n_dims > 4 {
                 return Err(Error::Format(format!(

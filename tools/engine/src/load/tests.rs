@@ -294,6 +294,16 @@ fn bad_tensors_are_rejected_by_name() {
     let e = load_err(&tiny_kv(), &ts);
     assert!(e.contains("blk.0.attn_norm.weight appears twice"), "{e}");
 
+    // A metadata key given twice (found by the gguf fuzz target with duplicate tensor names: a lookup
+    // by name saw only the first of two).
+    let mut kv = tiny_kv();
+    kv.push(("llama.block_count", V::U32(2)));
+    let e = load_err(&kv, &tiny_tensors());
+    assert!(
+        e.contains("metadata key llama.block_count appears twice"),
+        "{e}"
+    );
+
     let mut ts = tiny_tensors();
     ts[0] = t("token_embd.weight", 5, 7, 0.0);
     let e = load_err(&tiny_kv(), &ts);
