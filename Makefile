@@ -9,7 +9,7 @@ STATIC_LIBS := -lpthread -ldl -lm
 
 
 .PHONY: train-specblock train-eagle3 train-venv train-test
-.PHONY: fuzz fuzz-smoke asan-kernels llamacpp llamacpp-check
+.PHONY: fuzz fuzz-smoke asan-kernels llamacpp llamacpp-check bench-llamacpp-spec
 .PHONY: all build demo test check deps check-tools fmt-check clippy cargo-test cuda-toolchain kernels gpu-bundle gpu-check nostd header bench bench-core bench-engine bench-llamacpp bench-drafter prompts datagen model install clean
 
 MODEL := models/SmolLM2-135M-Instruct.Q4_1.gguf
@@ -125,6 +125,14 @@ llamacpp: $(LLAMACPP_MARKER)
 ## gap below 1e-3), mean accept length within 0.1 of the reference engine's; then a sampled run.
 llamacpp-check: llamacpp build model
 	python3 tools/llamacpp/check.py --program $(LLAMACPP_BIN) --engine $(ENGINE) --model $(MODEL)
+
+## bench-llamacpp-spec: plain llama.cpp against SpecBlock inside llama.cpp (fixed shapes and the default
+## policy) on the first BENCH_LLAMACPP_PROMPTS MT-bench prompts; table and raw runs in docs/results/llamacpp/.
+## Run it on an idle machine.
+BENCH_LLAMACPP_PROMPTS ?= 10
+bench-llamacpp-spec: llamacpp model prompts
+	python3 tools/llamacpp/bench.py --program $(LLAMACPP_BIN) --model $(MODEL) --limit $(BENCH_LLAMACPP_PROMPTS) \
+		--command "make bench-llamacpp-spec BENCH_LLAMACPP_PROMPTS=$(BENCH_LLAMACPP_PROMPTS)"
 
 ## check: the fast edit loop, a few minutes, without the model, torch or nvcc: formatting, clippy, and
 ## every Rust test that does not need the real model (those skip: SPECBLOCK_SKIP_MODEL_TESTS=1).

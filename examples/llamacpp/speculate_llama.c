@@ -4,7 +4,7 @@
  *
  *   speculate_llama --model GGUF --drafter DIR --prompt-file FILE --max-new N [--budget N|auto]
  *                   [--max-seeds S] [--eagle-depth D] [--eagle-topk K] [--temperature T] [--seed S]
- *                   [--threads N] [--json]
+ *                   [--threads N] [--flash-attn on|off|auto] [--json] [--check-logits]
  *
  * For every {"id", "prompt"} line of FILE (the model's chat template applied with
  * llama_chat_apply_template) it runs plain llama.cpp decoding, then speculative decoding, in this process,
@@ -18,8 +18,11 @@
  * cache (kv_unified) a token shared by several sequences is one cell, and each sequence attends to exactly
  * its root-to-leaf path: the tree mask. The drafter's features are the outputs of three decoder layers,
  * read through the cb_eval callback (tensors "l_out-<layer>"). After verification the accepted leaf's
- * sequence is cut after the accepted path, copied to sequence 0, and every other sequence is removed;
- * each step then checks that sequence 0 holds exactly the committed tokens and the others nothing.
+ * sequence is cut after the accepted path, copied to sequence 0, and every leaf sequence is removed, the
+ * rejected cells moved to a trash sequence rather than freed (see keep_accepted_path); each step then
+ * checks that sequence 0 holds exactly the committed tokens and the leaf sequences nothing.
+ * --check-logits re-decodes every accepted path token by token and reports the largest logit difference
+ * from the tree rows.
  */
 
 #define _POSIX_C_SOURCE 200809L
@@ -114,12 +117,13 @@ typedef struct {
     uint64_t seed;
     int threads;
     bool json, check_logits;
+    enum llama_flash_attn_type flash_attn;
 } options;
 
 static void usage(void) {
     fputs("usage: speculate_llama --model GGUF --drafter DIR --prompt-file FILE --max-new N [--budget N|auto]\n"
           "                       [--max-seeds S] [--eagle-depth D] [--eagle-topk K] [--temperature T]\n"
-          "                       [--seed S] [--threads N] [--json] [--check-logits]\n",
+          "                       [--seed S] [--threads N] [--flash-attn on|off|auto] [--json] [--check-logits]\n",
           stderr);
     exit(2);
 }
@@ -133,7 +137,7 @@ static long parse_long(const char *flag, const char *v, long lo, long hi) {
 }
 
 static options parse_options(int argc, char **argv) {
-    options o = {NULL, NULL, NULL, 64, -1, UINT32_MAX, 7, 10, 0.0f, 0, 2, false, false};
+    options o = {NULL, NULL, NULL, 64, -1, UINT32_MAX, 7, 10, 0.0f, 0, 2, false, false, LLAMA_FLASH_ATTN_TYPE_AUTO};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -163,6 +167,13 @@ static options parse_options(int argc, char **argv) {
         else if (!strcmp(a, "--threads")) { NEED_VALUE; o.threads = (int)parse_long(a, v, 1, 256); }
         else if (!strcmp(a, "--json")) o.json = true;
         else if (!strcmp(a, "--check-logits")) o.check_logits = true;
+        else if (!strcmp(a, "--flash-attn")) {
+            NEED_VALUE;
+            if (!strcmp(v, "on")) o.flash_attn = LLAMA_FLASH_ATTN_TYPE_ENABLED;
+            else if (!strcmp(v, "off")) o.flash_attn = LLAMA_FLASH_ATTN_TYPE_DISABLED;
+            else if (!strcmp(v, "auto")) o.flash_attn = LLAMA_FLASH_ATTN_TYPE_AUTO;
+            else die("--flash-attn: expected on, off or auto, got '%s'", v);
+        }
         else if (!strcmp(a, "--help") || !strcmp(a, "-h")) usage();
         else die("unknown argument '%s' (see --help)", a);
 #undef NEED_VALUE
@@ -472,6 +483,7 @@ static void target_open(target *t, const options *o) {
     cp.cb_eval = capture_callback;
     cp.cb_eval_user_data = &t->cap;
     cp.no_perf = true;
+    cp.flash_attn_type = o->flash_attn;
     t->ctx = llama_init_from_model(t->model, cp);
     if (!t->ctx) die("llama_init_from_model failed");
     t->mem = llama_get_memory(t->ctx);
@@ -570,7 +582,7 @@ static void check_kv(const target *t, llama_pos committed, kv_size_check *sz, co
 typedef struct {
     token_list ids;
     float *gaps; /* plain only: top-2 logit gap where each token was chosen */
-    double seconds, draft_seconds, verify_seconds, forward_seconds;
+    double seconds, draft_seconds, verify_seconds, forward_seconds, check_seconds;
     float max_logit_diff; /* --check-logits: largest |tree - sequential| logit */
     size_t trash_cells;   /* rejected cells kept allocated (keep_accepted_path) */
     uint64_t iterations, emitted;
@@ -738,7 +750,10 @@ static void spec_decode(target *t, const options *o, sb_session *session, const 
         }
         double verify_s = now_seconds() - v0;
         committed = kept_end;
+        /* The checks are not part of decoding: their time is left out of the speed. */
+        double k0 = now_seconds();
         check_kv(t, committed, &kv_size, "after verification");
+        r->check_seconds += now_seconds() - k0;
 
         /* Emit the accepted tokens and the bonus token. */
         r->iterations++;
@@ -759,7 +774,7 @@ static void spec_decode(target *t, const options *o, sb_session *session, const 
         sb_feedback fb = {(uint32_t)sizeof(sb_feedback), n, acc.n_accepted + 1, SB_FEEDBACK_DRAFT_MEASURED, verify_s, draft_s};
         check_sb(sb_session_feedback(session, &fb), "sb_session_feedback");
     }
-    r->seconds = now_seconds() - t0;
+    r->seconds = now_seconds() - t0 - r->check_seconds;
     if (r->ids.len > (size_t)o->max_new) r->ids.len = (size_t)o->max_new;
     free(node_tok);
     free(depth);
@@ -874,9 +889,10 @@ int main(int argc, char **argv) {
             printf(",");
             print_ids("spec_ids", &spec.ids);
             printf(",\"identical\":%s,\"plain_tokens_per_second\":%.3f,\"spec_tokens_per_second\":%.3f,"
-                   "\"mean_accept_length\":%.4f,\"iterations\":%llu,\"draft_seconds\":%.4f,\"verify_seconds\":%.4f",
+                   "\"mean_accept_length\":%.4f,\"iterations\":%llu,\"draft_seconds\":%.4f,\"verify_seconds\":%.4f,"
+                   "\"check_seconds\":%.4f",
                    identical ? "true" : "false", plain_tps, spec_tps, mal, (unsigned long long)spec.iterations,
-                   spec.draft_seconds, spec.verify_seconds);
+                   spec.draft_seconds, spec.verify_seconds, spec.check_seconds);
             if (o.check_logits) printf(",\"max_logit_diff\":%.6g", (double)spec.max_logit_diff);
             if (!identical) {
                 printf(",\"first_diff\":%zu", first_diff);
