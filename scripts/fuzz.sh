@@ -44,7 +44,6 @@ for t in "${targets[@]}"; do
         # A pass that starts from the committed seeds alone (make test's smoke pass: the same inputs on
         # every machine, and a start-up that does not grow with the saved corpus).
         corpus=$(mktemp -d)
-        trap 'rm -rf "$corpus"' EXIT
     fi
     artifacts="$FUZZ_HOME/artifacts/$t"
     mkdir -p "$corpus" "$artifacts"
@@ -57,6 +56,7 @@ for t in "${targets[@]}"; do
         -artifact_prefix="$artifacts/" -print_final_stats=1 >"$FUZZ_HOME/$t.log" 2>&1
     status=$?
     set -e
+    if [ -n "${FUZZ_FRESH_CORPUS:-}" ]; then rm -rf "$corpus"; fi
     grep -E "^(#[0-9]+ +(INITED|DONE)|Done |stat::number_of_executed_units|stat::new_units_added|==[0-9]+==|SUMMARY|thread '|panicked|assertion|  left|  right|Test unit written)" \
         "$FUZZ_HOME/$t.log" || true
     if [ "$status" -ne 0 ]; then

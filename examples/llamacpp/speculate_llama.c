@@ -4,7 +4,7 @@
  *
  *   speculate_llama --model GGUF --drafter DIR --prompt-file FILE --max-new N [--budget N|auto]
  *                   [--max-seeds S] [--eagle-depth D] [--eagle-topk K] [--temperature T] [--seed S]
- *                   [--threads N] [--flash-attn on|off|auto] [--json] [--check-logits]
+ *                   [--threads N] [--flash-attn on|off|auto] [--exact] [--json] [--check-logits]
  *
  * For every {"id", "prompt"} line of FILE (the model's chat template applied with
  * llama_chat_apply_template) it runs plain llama.cpp decoding, then speculative decoding, in this process,
@@ -116,14 +116,15 @@ typedef struct {
     float temperature;
     uint64_t seed;
     int threads;
-    bool json, check_logits;
+    bool json, check_logits, exact;
     enum llama_flash_attn_type flash_attn;
 } options;
 
 static void usage(void) {
     fputs("usage: speculate_llama --model GGUF --drafter DIR --prompt-file FILE --max-new N [--budget N|auto]\n"
           "                       [--max-seeds S] [--eagle-depth D] [--eagle-topk K] [--temperature T]\n"
-          "                       [--seed S] [--threads N] [--flash-attn on|off|auto] [--json] [--check-logits]\n",
+          "                       [--seed S] [--threads N] [--flash-attn on|off|auto] [--exact] [--json]\n"
+          "                       [--check-logits]\n",
           stderr);
     exit(2);
 }
@@ -137,7 +138,7 @@ static long parse_long(const char *flag, const char *v, long lo, long hi) {
 }
 
 static options parse_options(int argc, char **argv) {
-    options o = {NULL, NULL, NULL, 64, -1, UINT32_MAX, 7, 10, 0.0f, 0, 2, false, false, LLAMA_FLASH_ATTN_TYPE_AUTO};
+    options o = {NULL, NULL, NULL, 64, -1, UINT32_MAX, 7, 10, 0.0f, 0, 2, false, false, false, LLAMA_FLASH_ATTN_TYPE_AUTO};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -167,6 +168,7 @@ static options parse_options(int argc, char **argv) {
         else if (!strcmp(a, "--threads")) { NEED_VALUE; o.threads = (int)parse_long(a, v, 1, 256); }
         else if (!strcmp(a, "--json")) o.json = true;
         else if (!strcmp(a, "--check-logits")) o.check_logits = true;
+        else if (!strcmp(a, "--exact")) o.exact = true;
         else if (!strcmp(a, "--flash-attn")) {
             NEED_VALUE;
             if (!strcmp(v, "on")) o.flash_attn = LLAMA_FLASH_ATTN_TYPE_ENABLED;
@@ -477,8 +479,14 @@ static void target_open(target *t, const options *o) {
     cp.n_batch = N_BATCH;
     cp.n_ubatch = N_BATCH;
     cp.n_seq_max = N_SEQ_MAX;
-    cp.n_threads = o->threads;
-    cp.n_threads_batch = o->threads;
+    /* --exact: llama.cpp on one thread. With two or more, a one-token decode over 512 or more cells
+     * splits attention over the KV range per thread and merges the partial sums (ggml's split-KV path),
+     * while a tree batch attends over the whole range in one pass: the sums differ in rounding, so tree
+     * rows and plain decoding drift apart (up to ~1.3 in logits, --check-logits). With one thread both
+     * paths sum in the same order: bit-identical logits, measured. The drafter keeps --threads. */
+    int target_threads = o->exact ? 1 : o->threads;
+    cp.n_threads = target_threads;
+    cp.n_threads_batch = target_threads;
     cp.kv_unified = true; /* tokens shared by several leaf sequences are one cell */
     cp.cb_eval = capture_callback;
     cp.cb_eval_user_data = &t->cap;
@@ -707,6 +715,8 @@ static void spec_decode(target *t, const options *o, sb_session *session, const 
         double v0 = now_seconds();
         uint32_t n = sb_tree_len(tree);
         if (n > N_BATCH) die("a draft tree of %u nodes exceeds the batch (%d)", n, N_BATCH);
+        /* From 64 query rows ggml's flash attention switches to its tiled kernel, another summation order. */
+        if (o->exact && n >= 64) die("--exact: a draft tree of %u nodes; exact mode needs trees under 64 rows (--budget <= 62)", n);
         check_sb(sb_tree_tokens(tree, node_tok, n), "sb_tree_tokens");
         check_sb(sb_tree_depths(tree, depth, n), "sb_tree_depths");
         uint32_t leaves = sb_tree_num_leaves(tree);

@@ -46,6 +46,7 @@ def main() -> None:
         ("SpecBlock, fixed: budget 8", "specblock", ["--budget", "8"]),
         ("SpecBlock, default adaptive policy", "specblock", ["--budget", "auto"]),
         ("EAGLE-3, default adaptive policy", "eagle3", ["--budget", "auto"]),
+        ("SpecBlock, default adaptive policy, --exact (llama.cpp on 1 thread)", "specblock", ["--budget", "auto", "--exact"]),
     ]
     rows = []
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())

@@ -7,6 +7,8 @@ same shape on the same prompts, and checks:
     top-2 logit gap is below 1e-3 (a near-tie that kernel rounding may flip);
   - the mean accept length is within 0.1 of the reference engine's (the features read through cb_eval
     are the ones the drafters were trained on);
+  - in --exact mode every speculative answer equals plain decoding and every tree row's logits equal the
+    same token's logits decoded alone, bit for bit (--check-logits reports a largest difference of 0);
   - a sampled run (temperature 1) completes, with the program's per-step KV-cache checks passing.
 Standard library only.
 """
@@ -74,6 +76,16 @@ def main() -> None:
         if abs(ours - theirs) > TOLERANCE:
             failures.append(f"{method}: mean accept length {ours:.3f} vs the reference engine's {theirs:.3f} "
                             f"(more than {TOLERANCE} apart)")
+
+        exact = run_json([args.program, "--model", args.model, "--drafter", drafter, "--prompt-file", args.prompts,
+                          "--max-new", str(args.max_new), "--budget", str(args.budget), "--exact", "--check-logits",
+                          "--json"])
+        for r in exact:
+            if not r["identical"] or r["max_logit_diff"] != 0:
+                failures.append(f"{method} {r['id']} --exact: identical {r['identical']}, largest logit difference "
+                                f"{r['max_logit_diff']} (must be identical and 0)")
+        print(f"  {method} --exact: {sum(r['identical'] for r in exact)}/{len(exact)} identical, largest logit "
+              f"difference {max(r['max_logit_diff'] for r in exact)}")
 
     sampled = run_json([args.program, "--model", args.model, "--drafter", "models/drafters/specblock",
                         "--prompt-file", args.prompts, "--max-new", "32", "--temperature", "1", "--seed", "7",
