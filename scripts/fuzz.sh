@@ -50,8 +50,9 @@ for t in "${targets[@]}"; do
     echo "fuzz: $t for ${seconds}s (seeds fuzz/seeds/$t, corpus $corpus)"
     # libFuzzer's progress lines are filtered out of the log; its exit status decides.
     set +e
-    cargo "+$toolchain" fuzz run --fuzz-dir fuzz --target-dir "$target_dir" -O -a "$t" \
-        "$corpus" "fuzz/seeds/$t" -- \
+    # The binary cargo fuzz built above, run directly (a cargo fuzz run per target would re-check the
+    # whole build each time).
+    "$target_dir/x86_64-unknown-linux-gnu/release/$t" "$corpus" "fuzz/seeds/$t" \
         -max_total_time="$seconds" -rss_limit_mb=2048 -malloc_limit_mb=2048 -timeout=10 \
         -artifact_prefix="$artifacts/" -print_final_stats=1 >"$FUZZ_HOME/$t.log" 2>&1
     status=$?
