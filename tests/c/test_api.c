@@ -16,49 +16,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* ---------------------------------------------------------------------------------------------------- */
-/* Tiny check framework                                                                                 */
-/* ---------------------------------------------------------------------------------------------------- */
+#include "check.h"
 
-static int g_passed;
-static int g_failed;
-
-static void check_impl(int ok, const char *file, int line, const char *what) {
-    if (ok) {
-        g_passed++;
-    } else {
-        g_failed++;
-        fprintf(stderr, "%s:%d: CHECK failed: %s\n", file, line, what);
-    }
-}
-
-#define CHECK(cond) check_impl((cond) ? 1 : 0, __FILE__, __LINE__, #cond)
-
-static void check_status_impl(sb_status got, sb_status want, const char *file, int line,
-                              const char *call) {
-    if (got == want) {
-        g_passed++;
-    } else {
-        g_failed++;
-        fprintf(stderr, "%s:%d: %s returned %d (%s), expected %d (%s)\n", file, line, call, (int)got,
-                sb_status_str((int32_t)got), (int)want, sb_status_str((int32_t)want));
-    }
-}
-
-#define CHECK_STATUS(call, want) check_status_impl((call), (want), __FILE__, __LINE__, #call)
-#define CHECK_OK(call) CHECK_STATUS(call, SB_STATUS_OK)
-
-static void check_eq_impl(long long got, long long want, const char *file, int line,
-                          const char *expr) {
-    if (got == want) {
-        g_passed++;
-    } else {
-        g_failed++;
-        fprintf(stderr, "%s:%d: %s == %lld, expected %lld\n", file, line, expr, got, want);
-    }
-}
-
-#define CHECK_EQ(got, want) check_eq_impl((long long)(got), (long long)(want), __FILE__, __LINE__, #got)
+/* Array checks, on top of check.h. */
 
 static void check_i32s_impl(const int32_t *got, const int32_t *want, size_t n, const char *file,
                             int line, const char *expr) {
