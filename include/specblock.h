@@ -34,6 +34,29 @@
 #define SB_VERSION_PATCH 0
 #define SB_VERSION "0.1.0"
 
+/* Renamed functions keep their old names as deprecated aliases (still exported). Define
+ * SB_WARN_DEPRECATED before including this header to have the compiler flag their use. */
+#if defined(SB_WARN_DEPRECATED) && (defined(__GNUC__) || defined(__clang__))
+#define SB_DEPRECATED(msg) __attribute__((deprecated(msg)))
+#else
+#define SB_DEPRECATED(msg)
+#endif
+
+
+/**
+ * Largest `max_depth` (and length of the node arrays in `sb_accept`).
+ */
+#define SB_MAX_DEPTH 64
+
+/**
+ * Length of `sb_accept.keep`: the root plus `SB_MAX_DEPTH` accepted nodes.
+ */
+#define SB_MAX_KEEP 65
+
+/**
+ * Largest `max_nodes`.
+ */
+#define SB_MAX_NODES 65536
 
 /**
  * `sb_drafter_info.kind` of a SpecBlock drafter.
@@ -76,19 +99,9 @@
 #define SB_FEEDBACK_DRAFT_MEASURED 1
 
 /**
- * Largest `max_depth` (and length of the node arrays in `sb_accept`).
+ * Target layers whose outputs make one feature row: `SB_AUX_LAYERS`.
  */
-#define SB_MAX_DEPTH 64
-
-/**
- * Length of `sb_accept.keep`: the root plus `SB_MAX_DEPTH` accepted nodes.
- */
-#define SB_MAX_KEEP 65
-
-/**
- * Largest `max_nodes`.
- */
-#define SB_MAX_NODES 65536
+#define SB_AUX_LAYERS 3
 
 /**
  * Status code returned by every fallible C function (`sb_status` in C); `SB_STATUS_OK` is 0.
@@ -200,6 +213,317 @@ typedef struct sb_session sb_session;
  * other call on the same tree.
  */
 typedef struct sb_tree sb_tree;
+
+/**
+ * Creation parameters for `sb_tree_new`. Get them from `sb_tree_default_params()`.
+ */
+typedef struct sb_tree_params {
+  /**
+   * `sizeof(sb_tree_params)`; set by `sb_tree_default_params`.
+   */
+  uint32_t struct_size;
+  /**
+   * Most non-root nodes that can be added between resets (1..=`SB_MAX_NODES`); also the largest budget.
+   */
+  uint32_t max_nodes;
+  /**
+   * Deepest node allowed (1..=`SB_MAX_DEPTH`); the root has depth 0.
+   */
+  uint32_t max_depth;
+} sb_tree_params;
+
+/**
+ * Metadata a drafter attaches to a node; it travels with the node through finalize.
+ */
+typedef struct sb_node_meta {
+  /**
+   * Drafter block that produced the node (SpecBlock: 0 = block 1, 1 = block 2).
+   */
+  uint8_t block;
+  /**
+   * Slot inside the block (0..K).
+   */
+  uint8_t slot;
+  /**
+   * Rank-head class predicted for the slot.
+   */
+  uint8_t rank_class;
+  /**
+   * Free for the drafter's own use.
+   */
+  uint8_t user;
+} sb_node_meta;
+
+/**
+ * The target's sampling parameters for `sb_verify_sample`. Get them from `sb_sampling_default_params()`.
+ */
+typedef struct sb_sampling {
+  /**
+   * `sizeof(sb_sampling)`; set by `sb_sampling_default_params`.
+   */
+  uint32_t struct_size;
+  /**
+   * Temperature (finite, >= 0); 0 = greedy.
+   */
+  float temperature;
+  /**
+   * Keep the `top_k` most likely tokens (ties at the boundary kept); 0 = off.
+   */
+  int32_t top_k;
+  /**
+   * Keep the smallest most-likely set with at least `top_p` of the mass, in (0, 1]; 1 = off.
+   */
+  float top_p;
+} sb_sampling;
+
+/**
+ * Result of verification.
+ */
+typedef struct sb_accept {
+  /**
+   * Number of accepted draft nodes (root excluded).
+   */
+  uint32_t n_accepted;
+  /**
+   * Accepted node ids (finalized ids), root to leaf; the first `n_accepted` are valid.
+   */
+  int32_t nodes[SB_MAX_DEPTH];
+  /**
+   * Their tokens.
+   */
+  int32_t tokens[SB_MAX_DEPTH];
+  /**
+   * Token the target emits after the last accepted node (after the root if none was accepted).
+   */
+  int32_t bonus_token;
+  /**
+   * Entries of `keep`: `n_accepted + 1`.
+   */
+  uint32_t n_keep;
+  /**
+   * KV keep-list: tree rows whose KV the engine keeps, in order (`0`, then `nodes`). Row `keep[j]` goes
+   * to cache position `prefix_len + j`; every other tree row is discarded.
+   */
+  int32_t keep[SB_MAX_KEEP];
+} sb_accept;
+
+/**
+ * Loading parameters for `sb_drafter_load`. Get them from `sb_drafter_default_params()`.
+ */
+typedef struct sb_drafter_params {
+  /**
+   * `sizeof(sb_drafter_params)`; set by `sb_drafter_default_params`.
+   */
+  uint32_t struct_size;
+  /**
+   * Threads for the drafter's forward passes (>= 1).
+   */
+  uint32_t threads;
+} sb_drafter_params;
+
+/**
+ * One draft shape the adaptive policy may choose.
+ */
+typedef struct sb_arm {
+  /**
+   * `SB_ARM_PLAIN`, `SB_ARM_SPECBLOCK` or `SB_ARM_EAGLE3` (matching the drafter's kind).
+   */
+  uint32_t kind;
+  /**
+   * Non-root nodes kept (>= 1; unused for plain).
+   */
+  uint32_t budget;
+  /**
+   * SpecBlock: most block-2 seeds (0 = block 1 only, `UINT32_MAX` = all).
+   */
+  uint32_t max_seeds;
+  /**
+   * EAGLE-3: drafting steps (>= 1).
+   */
+  uint32_t depth;
+  /**
+   * EAGLE-3: children per node and frontier width (>= 1).
+   */
+  uint32_t top_k;
+  /**
+   * Confidence stop: keep nodes whose path probability is at least this (0 = off).
+   */
+  float min_confidence;
+} sb_arm;
+
+/**
+ * Session parameters for `sb_session_new`. Get them from `sb_session_default_params()`.
+ *
+ * Fields after `eagle_top_k` were added with the draft-shape policy; a caller compiled against the
+ * first layout (`struct_size` 24) keeps working and gets a fixed shape at its `budget`, as before.
+ */
+typedef struct sb_session_params {
+  /**
+   * `sizeof(sb_session_params)`; set by `sb_session_default_params`.
+   */
+  uint32_t struct_size;
+  /**
+   * Committed entries the context can hold (about the longest sequence, prompt included).
+   */
+  uint32_t max_entries;
+  /**
+   * Fixed shape: draft-tree budget, non-root nodes kept per iteration (default 90; an EAGLE-3
+   * session left at 90 uses EAGLE's 59).
+   */
+  uint32_t budget;
+  /**
+   * Largest branching width of any slot (SpecBlock).
+   */
+  uint32_t beam_width;
+  /**
+   * Fixed shape: drafting steps per tree (EAGLE-3 depth).
+   */
+  uint32_t eagle_depth;
+  /**
+   * Fixed shape: children per node and frontier width (EAGLE-3 top-k).
+   */
+  uint32_t eagle_top_k;
+  /**
+   * `SB_POLICY_ADAPTIVE` (the default: the session picks each iteration's shape, plain decoding
+   * included, from `sb_session_feedback`) or `SB_POLICY_FIXED` (every draft has the shape above).
+   */
+  uint32_t policy;
+  /**
+   * Fixed shape, SpecBlock: most block-2 seeds (0 = block 1 only; `UINT32_MAX` = all, the default).
+   */
+  uint32_t max_seeds;
+  /**
+   * Fixed shape: confidence stop; keep only nodes whose path probability under the drafter is at
+   * least this (0 = off, the default).
+   */
+  float min_confidence;
+  /**
+   * Adaptive: per-iteration decay of the policy's statistics, in (0, 1] (default 0.997).
+   */
+  float discount;
+  /**
+   * Adaptive: width of the upper confidence bound in standard deviations (default 0.5; 0 = greedy).
+   */
+  float exploration;
+  /**
+   * Adaptive: the arms to choose from, `n_arms` of them (NULL = the default ladder for the drafter's
+   * kind). Read by `sb_session_new` only.
+   */
+  const struct sb_arm *arms;
+  /**
+   * Number of `arms` (1 to 32; ignored when `arms` is NULL).
+   */
+  uint32_t n_arms;
+} sb_session_params;
+
+/**
+ * Shape of a loaded drafter.
+ */
+typedef struct sb_drafter_info {
+  /**
+   * Drafter width (must equal the target's hidden size: it reads the target's embedding).
+   */
+  uint32_t hidden;
+  /**
+   * Width of one target feature row: 3 x the target hidden size.
+   */
+  uint32_t feature_width;
+  /**
+   * Target vocabulary (rows of the embedding).
+   */
+  uint32_t vocab;
+  /**
+   * Draft vocabulary.
+   */
+  uint32_t draft_vocab;
+  /**
+   * Slots per block (K); 1 for EAGLE-3.
+   */
+  uint32_t slots;
+  /**
+   * `SB_DRAFTER_KIND_SPECBLOCK` (0) or `SB_DRAFTER_KIND_EAGLE3` (1).
+   */
+  uint32_t kind;
+} sb_drafter_info;
+
+/**
+ * What the engine measured in one iteration, for `sb_session_feedback`.
+ */
+typedef struct sb_feedback {
+  /**
+   * `sizeof(sb_feedback)`.
+   */
+  uint32_t struct_size;
+  /**
+   * Rows verified: the tree's length, root included (1 for a plain step).
+   */
+  uint32_t rows;
+  /**
+   * Tokens emitted: accepted draft tokens plus the bonus token (1 to `rows`).
+   */
+  uint32_t tokens;
+  /**
+   * `SB_FEEDBACK_DRAFT_MEASURED` when `draft_seconds` holds the engine's own timing of the draft and
+   * commit calls; otherwise the session's clock of them is used.
+   */
+  uint32_t flags;
+  /**
+   * Seconds of the target's verification: forward over the tree, acceptance, KV clean-up (>= 0).
+   */
+  double verify_seconds;
+  /**
+   * Seconds of drafting (see `flags`; >= 0).
+   */
+  double draft_seconds;
+} sb_feedback;
+
+/**
+ * A session's policy statistics (`sb_session_get_stats`).
+ */
+typedef struct sb_session_stats {
+  /**
+   * Iterations fed back.
+   */
+  uint64_t iterations;
+  /**
+   * Mean tokens per iteration (accepted + bonus) over them.
+   */
+  double mean_accept_length;
+  /**
+   * Index of the arm of the last draft.
+   */
+  uint32_t current_arm;
+  /**
+   * Number of arms.
+   */
+  uint32_t n_arms;
+} sb_session_stats;
+
+/**
+ * One arm's statistics (`sb_session_get_stats`).
+ */
+typedef struct sb_arm_stats {
+  /**
+   * The arm.
+   */
+  struct sb_arm arm;
+  /**
+   * Iterations it ran.
+   */
+  uint64_t pulls;
+  /**
+   * Tokens it emitted.
+   */
+  uint64_t tokens;
+  /**
+   * Seconds it took (drafting and verification).
+   */
+  double seconds;
+  /**
+   * Mean reward: tokens per second over its iterations (0 before the first).
+   */
+  double tokens_per_second;
+} sb_arm_stats;
 
 /**
  * Shape of a batch of device trees: `cap = max_nodes + 1` slots per tree, tree `b` at slots
@@ -342,317 +666,6 @@ typedef struct sb_cuda_acceptance {
   int32_t *status;
 } sb_cuda_acceptance;
 
-/**
- * The target's sampling parameters for `sb_verify_sample`. Get them from `sb_sampling_default()`.
- */
-typedef struct sb_sampling {
-  /**
-   * `sizeof(sb_sampling)`; set by `sb_sampling_default`.
-   */
-  uint32_t struct_size;
-  /**
-   * Temperature (finite, >= 0); 0 = greedy.
-   */
-  float temperature;
-  /**
-   * Keep the `top_k` most likely tokens (ties at the boundary kept); 0 = off.
-   */
-  int32_t top_k;
-  /**
-   * Keep the smallest most-likely set with at least `top_p` of the mass, in (0, 1]; 1 = off.
-   */
-  float top_p;
-} sb_sampling;
-
-/**
- * Loading parameters for `sb_drafter_load`. Get them from `sb_drafter_default_params()`.
- */
-typedef struct sb_drafter_params {
-  /**
-   * `sizeof(sb_drafter_params)`; set by `sb_drafter_default_params`.
-   */
-  uint32_t struct_size;
-  /**
-   * Threads for the drafter's forward passes (>= 1).
-   */
-  uint32_t threads;
-} sb_drafter_params;
-
-/**
- * One draft shape the adaptive policy may choose.
- */
-typedef struct sb_arm {
-  /**
-   * `SB_ARM_PLAIN`, `SB_ARM_SPECBLOCK` or `SB_ARM_EAGLE3` (matching the drafter's kind).
-   */
-  uint32_t kind;
-  /**
-   * Non-root nodes kept (>= 1; unused for plain).
-   */
-  uint32_t budget;
-  /**
-   * SpecBlock: most block-2 seeds (0 = block 1 only, `UINT32_MAX` = all).
-   */
-  uint32_t max_seeds;
-  /**
-   * EAGLE-3: drafting steps (>= 1).
-   */
-  uint32_t depth;
-  /**
-   * EAGLE-3: children per node and frontier width (>= 1).
-   */
-  uint32_t top_k;
-  /**
-   * Confidence stop: keep nodes whose path probability is at least this (0 = off).
-   */
-  float min_confidence;
-} sb_arm;
-
-/**
- * Session parameters for `sb_session_new`. Get them from `sb_session_default_params()`.
- *
- * Fields after `eagle_top_k` were added with the draft-shape policy; a caller compiled against the
- * first layout (`struct_size` 24) keeps working and gets a fixed shape at its `budget`, as before.
- */
-typedef struct sb_session_params {
-  /**
-   * `sizeof(sb_session_params)`; set by `sb_session_default_params`.
-   */
-  uint32_t struct_size;
-  /**
-   * Committed entries the context can hold (about the longest sequence, prompt included).
-   */
-  uint32_t max_entries;
-  /**
-   * Fixed shape: draft-tree budget, non-root nodes kept per iteration (default 90; an EAGLE-3
-   * session left at 90 uses EAGLE's 59).
-   */
-  uint32_t budget;
-  /**
-   * Largest branching width of any slot (SpecBlock).
-   */
-  uint32_t beam_width;
-  /**
-   * Fixed shape: drafting steps per tree (EAGLE-3 depth).
-   */
-  uint32_t eagle_depth;
-  /**
-   * Fixed shape: children per node and frontier width (EAGLE-3 top-k).
-   */
-  uint32_t eagle_top_k;
-  /**
-   * `SB_POLICY_ADAPTIVE` (the default: the session picks each iteration's shape, plain decoding
-   * included, from `sb_session_feedback`) or `SB_POLICY_FIXED` (every draft has the shape above).
-   */
-  uint32_t policy;
-  /**
-   * Fixed shape, SpecBlock: most block-2 seeds (0 = block 1 only; `UINT32_MAX` = all, the default).
-   */
-  uint32_t max_seeds;
-  /**
-   * Fixed shape: confidence stop; keep only nodes whose path probability under the drafter is at
-   * least this (0 = off, the default).
-   */
-  float min_confidence;
-  /**
-   * Adaptive: per-iteration decay of the policy's statistics, in (0, 1] (default 0.997).
-   */
-  float discount;
-  /**
-   * Adaptive: width of the upper confidence bound in standard deviations (default 0.5; 0 = greedy).
-   */
-  float exploration;
-  /**
-   * Adaptive: the arms to choose from, `n_arms` of them (NULL = the default ladder for the drafter's
-   * kind). Read by `sb_session_new` only.
-   */
-  const struct sb_arm *arms;
-  /**
-   * Number of `arms` (1 to 32; ignored when `arms` is NULL).
-   */
-  uint32_t n_arms;
-} sb_session_params;
-
-/**
- * Shape of a loaded drafter.
- */
-typedef struct sb_drafter_info {
-  /**
-   * Drafter width (must equal the target's hidden size: it reads the target's embedding).
-   */
-  uint32_t hidden;
-  /**
-   * Width of one target feature row: 3 x the target hidden size.
-   */
-  uint32_t feature_width;
-  /**
-   * Target vocabulary (rows of the embedding).
-   */
-  uint32_t vocab;
-  /**
-   * Draft vocabulary.
-   */
-  uint32_t draft_vocab;
-  /**
-   * Slots per block (K); 1 for EAGLE-3.
-   */
-  uint32_t slots;
-  /**
-   * `SB_DRAFTER_KIND_SPECBLOCK` (0) or `SB_DRAFTER_KIND_EAGLE3` (1).
-   */
-  uint32_t kind;
-} sb_drafter_info;
-
-/**
- * Creation parameters for `sb_tree_new`. Get them from `sb_tree_default_params()`.
- */
-typedef struct sb_tree_params {
-  /**
-   * `sizeof(sb_tree_params)`; set by `sb_tree_default_params`.
-   */
-  uint32_t struct_size;
-  /**
-   * Most non-root nodes that can be added between resets (1..=`SB_MAX_NODES`); also the largest budget.
-   */
-  uint32_t max_nodes;
-  /**
-   * Deepest node allowed (1..=`SB_MAX_DEPTH`); the root has depth 0.
-   */
-  uint32_t max_depth;
-} sb_tree_params;
-
-/**
- * What the engine measured in one iteration, for `sb_session_feedback`.
- */
-typedef struct sb_feedback {
-  /**
-   * `sizeof(sb_feedback)`.
-   */
-  uint32_t struct_size;
-  /**
-   * Rows verified: the tree's length, root included (1 for a plain step).
-   */
-  uint32_t rows;
-  /**
-   * Tokens emitted: accepted draft tokens plus the bonus token (1 to `rows`).
-   */
-  uint32_t tokens;
-  /**
-   * `SB_FEEDBACK_DRAFT_MEASURED` when `draft_seconds` holds the engine's own timing of the draft and
-   * commit calls; otherwise the session's clock of them is used.
-   */
-  uint32_t flags;
-  /**
-   * Seconds of the target's verification: forward over the tree, acceptance, KV clean-up (>= 0).
-   */
-  double verify_seconds;
-  /**
-   * Seconds of drafting (see `flags`; >= 0).
-   */
-  double draft_seconds;
-} sb_feedback;
-
-/**
- * A session's policy statistics (`sb_session_get_stats`).
- */
-typedef struct sb_session_stats {
-  /**
-   * Iterations fed back.
-   */
-  uint64_t iterations;
-  /**
-   * Mean tokens per iteration (accepted + bonus) over them.
-   */
-  double mean_accept_length;
-  /**
-   * Index of the arm of the last draft.
-   */
-  uint32_t current_arm;
-  /**
-   * Number of arms.
-   */
-  uint32_t n_arms;
-} sb_session_stats;
-
-/**
- * One arm's statistics (`sb_session_get_stats`).
- */
-typedef struct sb_arm_stats {
-  /**
-   * The arm.
-   */
-  struct sb_arm arm;
-  /**
-   * Iterations it ran.
-   */
-  uint64_t pulls;
-  /**
-   * Tokens it emitted.
-   */
-  uint64_t tokens;
-  /**
-   * Seconds it took (drafting and verification).
-   */
-  double seconds;
-  /**
-   * Mean reward: tokens per second over its iterations (0 before the first).
-   */
-  double tokens_per_second;
-} sb_arm_stats;
-
-/**
- * Metadata a drafter attaches to a node; it travels with the node through finalize.
- */
-typedef struct sb_node_meta {
-  /**
-   * Drafter block that produced the node (SpecBlock: 0 = block 1, 1 = block 2).
-   */
-  uint8_t block;
-  /**
-   * Slot inside the block (0..K).
-   */
-  uint8_t slot;
-  /**
-   * Rank-head class predicted for the slot.
-   */
-  uint8_t rank_class;
-  /**
-   * Free for the drafter's own use.
-   */
-  uint8_t user;
-} sb_node_meta;
-
-/**
- * Result of verification.
- */
-typedef struct sb_accept {
-  /**
-   * Number of accepted draft nodes (root excluded).
-   */
-  uint32_t n_accepted;
-  /**
-   * Accepted node ids (finalized ids), root to leaf; the first `n_accepted` are valid.
-   */
-  int32_t nodes[SB_MAX_DEPTH];
-  /**
-   * Their tokens.
-   */
-  int32_t tokens[SB_MAX_DEPTH];
-  /**
-   * Token the target emits after the last accepted node (after the root if none was accepted).
-   */
-  int32_t bonus_token;
-  /**
-   * Entries of `keep`: `n_accepted + 1`.
-   */
-  uint32_t n_keep;
-  /**
-   * KV keep-list: tree rows whose KV the engine keeps, in order (`0`, then `nodes`). Row `keep[j]` goes
-   * to cache position `prefix_len + j`; every other tree row is discarded.
-   */
-  int32_t keep[SB_MAX_KEEP];
-} sb_accept;
-
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -667,338 +680,6 @@ const char *sb_status_str(int32_t status);
  * The library version as a static NUL-terminated string, e.g. "0.1.0". Compare with `SB_VERSION`.
  */
 const char *sb_version(void);
-
-/**
- * Opens GPU `ordinal` (0 = the first): initialises the driver, retains the device's primary context and
- * loads the kernels. `SB_STATUS_NO_DEVICE` when the library was built without CUDA, no driver is
- * installed, the driver is older than CUDA 13.0, or there is no such device. Writes `*out` only on
- * success; free with `sb_cuda_device_free`.
- */
-enum sb_status sb_cuda_device_open(int32_t ordinal,
-                                   struct sb_cuda_device **out);
-
-/**
- * Frees a device handle; NULL is a no-op. Free everything created from it first.
- */
-void sb_cuda_device_free(struct sb_cuda_device *device);
-
-/**
- * Writes the device's name (NUL-terminated, truncated to `cap` bytes) and compute capability.
- */
-enum sb_status sb_cuda_device_name(const struct sb_cuda_device *device,
-                                   char *name,
-                                   size_t cap,
-                                   int32_t *major,
-                                   int32_t *minor);
-
-/**
- * Finalizes a batch of raw device trees on `stream` (a `CUstream`; NULL = the legacy default stream):
- * dedup, budget prune and topological order, identical to `sb_tree_finalize` per tree. One kernel
- * launch, no host synchronisation. Per-tree input errors land in `out->status`; the call itself fails
- * only on NULL pointers, a bad shape, or a launch error (`SB_STATUS_DEVICE_ERROR`).
- *
- * Every pointer in `in` and `out` must be a device allocation of the current shape's size on this
- * device, and `stream` a stream of the device's primary context.
- */
-enum sb_status sb_cuda_tree_finalize(const struct sb_cuda_device *device,
-                                     const struct sb_cuda_tree_shape *shape,
-                                     const struct sb_cuda_raw_trees *input,
-                                     const struct sb_cuda_trees *out,
-                                     void *stream);
-
-/**
- * Greedy acceptance on the device: the argmax of every tree row of `logits` (`batch * cap * vocab`
- * values of `dtype`, row `i` = the target's prediction after node `i`; ties to the lowest id) fused
- * with the walk, identical to `sb_verify_greedy` per tree. `argmax_scratch` and `flag_scratch` are
- * device `int32[batch * cap]`. Two kernel launches on `stream`, no host synchronisation.
- */
-enum sb_status sb_cuda_verify_greedy(const struct sb_cuda_device *device,
-                                     const struct sb_cuda_tree_shape *shape,
-                                     const struct sb_cuda_trees *trees,
-                                     const void *logits,
-                                     uint32_t vocab,
-                                     uint32_t dtype,
-                                     int32_t *argmax_scratch,
-                                     int32_t *flag_scratch,
-                                     const struct sb_cuda_acceptance *out,
-                                     void *stream);
-
-/**
- * Creates a sampler for `batch` trees of up to `max_nodes` nodes over a `vocab`-token target (vocab
- * at most 2^20). Parameters start at temperature 1, no top-k, no top-p, seed 0.
- */
-enum sb_status sb_cuda_sampler_new(const struct sb_cuda_device *device,
-                                   uint32_t batch,
-                                   uint32_t max_nodes,
-                                   uint32_t max_depth,
-                                   uint32_t vocab,
-                                   struct sb_cuda_sampler **out);
-
-/**
- * Frees a sampler; NULL is a no-op.
- */
-void sb_cuda_sampler_free(struct sb_cuda_sampler *sampler);
-
-/**
- * Sets every sequence's sampling parameters (`params[batch]`, host memory, each from
- * `sb_sampling_default`) and RNG seed (`seeds[batch]`). A small synchronous upload: call it when they
- * change (vary the seed per step, as with `sb_verify_sample`). Out-of-range values are reported per
- * sequence by the next `sb_cuda_verify_sample`, as the CPU would.
- */
-enum sb_status sb_cuda_sampler_set_params(struct sb_cuda_sampler *sampler,
-                                          const struct sb_sampling *params,
-                                          const uint64_t *seeds,
-                                          uint32_t count);
-
-/**
- * Lossless sampling acceptance on the device, identical to `sb_verify_sample` per sequence (same
- * coins: the counter-based generator at the sequence's seed). `trees` are finalized device trees of
- * the sampler's shape, `logits` `batch * cap * vocab` values of `dtype`. One launch on `stream`; writes
- * the device addresses of the sampler's result arrays (valid until the next call) to `*out`.
- */
-enum sb_status sb_cuda_verify_sample(struct sb_cuda_sampler *sampler,
-                                     const struct sb_cuda_trees *trees,
-                                     const void *logits,
-                                     uint32_t dtype,
-                                     void *stream,
-                                     struct sb_cuda_acceptance *out);
-
-/**
- * Default loading parameters: 1 thread.
- */
-struct sb_drafter_params sb_drafter_default_params(void);
-
-/**
- * Default session parameters: 4096 entries, the adaptive draft-shape policy over the default arms;
- * for `SB_POLICY_FIXED`, the SpecBlock authors' tree (budget 90, beam width 10, every seed) and
- * EAGLE's (depth 7, top-k 10; EAGLE-3 sessions use budget 59 when `budget` is left at 90).
- */
-struct sb_session_params sb_session_default_params(void);
-
-/**
- * Loads a drafter from a directory holding `config.json` and `model.safetensors` (f32, f16 or bf16):
- * a SpecBlock drafter (the authors' tensor names) or, when `architectures` in config.json names
- * EAGLE-3 (`LlamaForCausalLMEagle3`), the EAGLE-3 baseline (EAGLE / SpecForge names). `embedding` is
- * the target's token embedding, `vocab x hidden` f32 row-major with `embedding_len` values; it is
- * borrowed, not copied (an EAGLE-3 checkpoint with its own `embed_tokens.weight` uses that one, and
- * then `(NULL, 0)` is accepted here). On failure returns
- * `SB_STATUS_INVALID_ARGUMENT` (or a more specific status) and, if `error_buf` is not NULL, writes a
- * message naming the file, tensor or field (at most `error_cap` bytes with the terminating NUL); every
- * failure writes one. `threads` must be in 1..=256.
- */
-enum sb_status sb_drafter_load(const char *dir,
-                               const struct sb_drafter_params *params,
-                               const float *embedding,
-                               uint64_t embedding_len,
-                               struct sb_drafter **out_drafter,
-                               char *error_buf,
-                               size_t error_cap);
-
-/**
- * Frees a drafter handle. `NULL` is a no-op. Its sessions stay usable; the drafter's memory is freed
- * with the last of them.
- */
-void sb_drafter_free(struct sb_drafter *drafter);
-
-/**
- * Writes the drafter's shape to `*out`.
- */
-enum sb_status sb_drafter_get_info(const struct sb_drafter *drafter, struct sb_drafter_info *out);
-
-/**
- * Creates a session on `drafter` (which it keeps alive: see `sb_drafter_free`), with the draft-shape policy of `params`:
- * adaptive by default (each `sb_session_draft` picks a shape from the policy's arms, plain decoding
- * included, learning from `sb_session_feedback`), or one fixed shape. Errors:
- * `SB_STATUS_INVALID_ARGUMENT` for zero entries, budgets, depths or top-k, a budget above
- * `SB_MAX_NODES`, an unknown policy or arm kind, an arm of the other drafter kind, more than 32 arms,
- * a confidence outside [0, 1], a discount outside (0, 1] or a negative exploration;
- * `SB_STATUS_STRUCT_SIZE` for a `struct_size` other than a published layout's (the first, 24 bytes,
- * or this library's `sizeof(sb_session_params)`); `SB_STATUS_CAPACITY` for sizes whose session would
- * need more memory than a session may reserve; `SB_STATUS_OUT_OF_MEMORY`.
- */
-enum sb_status sb_session_new(const struct sb_drafter *drafter,
-                              const struct sb_session_params *params,
-                              struct sb_session **out_session);
-
-/**
- * Frees a session. `NULL` is a no-op.
- */
-void sb_session_free(struct sb_session *session);
-
-/**
- * The tree a session's drafts need: `sb_tree_new` with these params holds every candidate before the
- * prune (of any arm of its policy).
- */
-enum sb_status sb_session_tree_params(const struct sb_session *session,
-                                      struct sb_tree_params *out);
-
-/**
- * After the target's prefill of `n_tokens - 1` prompt tokens (with `features`, one row of
- * `feature_width` per prompt position) and its first sampled token (the last of `tokens`): fills the
- * drafter context and computes block 1. The sampled token becomes the root of the next draft. A new
- * sequence on an old session keeps what its policy learned. An error found in the arguments (NULLs,
- * counts, tokens out of range) changes nothing; an error from the drafter's forward
- * (`SB_STATUS_NON_FINITE` features, `SB_STATUS_CAPACITY` for a prompt longer than the context) also
- * ends the session's current sequence: prefill again before drafting.
- */
-enum sb_status sb_session_prefill(struct sb_session *session,
-                                  const float *features,
-                                  uint32_t n_feature_rows,
-                                  const int32_t *tokens,
-                                  uint32_t n_tokens);
-
-/**
- * Grows the next draft tree into `tree` (reset, filled and finalized). Under the adaptive policy the
- * shape is this iteration's choice: the tree may be the root alone (a plain step: verify the root
- * only, then commit nothing accepted). `tree` must hold every candidate before the prune: create it
- * with `sb_session_tree_params`.
- */
-enum sb_status sb_session_draft(struct sb_session *session,
-                                struct sb_tree *tree);
-
-/**
- * After verification: the `n_accepted` accepted draft tokens and the `bonus` token, with target
- * features of [root, accepted...] (`n_accepted + 1` rows of `feature_width`). Appends them to the
- * drafter context and computes the next block 1 (after a plain step the drafter's forward waits for
- * the next real draft); `bonus` becomes the root. Allocates nothing.
- */
-enum sb_status sb_session_commit(struct sb_session *session,
-                                 const int32_t *accepted,
-                                 uint32_t n_accepted,
-                                 int32_t bonus,
-                                 const float *features,
-                                 uint32_t n_feature_rows);
-
-/**
- * Reports the iteration just verified (call it once per `sb_session_draft`, after the commit or, at
- * the end of a sequence, instead of it): the adaptive policy learns each shape's speed from it.
- * Errors: `SB_STATUS_NON_FINITE` for NaN or infinite seconds; `SB_STATUS_INVALID_ARGUMENT` for
- * negative seconds, `rows` or `tokens` 0, or more tokens than rows; `SB_STATUS_STRUCT_SIZE`;
- * `SB_STATUS_INVALID_STATE` when no draft succeeded since the last feedback (one report per draft).
- * Nothing changes on error.
- */
-enum sb_status sb_session_feedback(struct sb_session *session, const struct sb_feedback *feedback);
-
-/**
- * The session's policy statistics into `*out`, and the first `arms_cap` arms' statistics into `arms`
- * (`(NULL, 0)` for none; `out->n_arms` says how many exist).
- */
-enum sb_status sb_session_get_stats(const struct sb_session *session,
-                                    struct sb_session_stats *out,
-                                    struct sb_arm_stats *arms,
-                                    uint32_t arms_cap);
-
-/**
- * Token of each node of the finalized tree, root first. `cap` >= `sb_tree_len`.
- */
-enum sb_status sb_tree_tokens(const struct sb_tree *tree, int32_t *out, uint32_t cap);
-
-/**
- * Parent of each node; the root's is -1. Parents precede children.
- */
-enum sb_status sb_tree_parents(const struct sb_tree *tree, int32_t *out, uint32_t cap);
-
-/**
- * Depth of each node; the root's is 0.
- */
-enum sb_status sb_tree_depths(const struct sb_tree *tree, int32_t *out, uint32_t cap);
-
-/**
- * Target position of each node: `prefix_len + depth`, where `prefix_len` counts the committed tokens
- * before the root.
- */
-enum sb_status sb_tree_positions(const struct sb_tree *tree,
-                                 uint32_t prefix_len,
-                                 int32_t *out,
-                                 uint32_t cap);
-
-/**
- * First child of each node, -1 for leaves (SGLang `retrive_next_token`).
- */
-enum sb_status sb_tree_first_child(const struct sb_tree *tree, int32_t *out, uint32_t cap);
-
-/**
- * Next sibling of each node, -1 for the last (SGLang `retrive_next_sibling`); siblings ascend by id.
- */
-enum sb_status sb_tree_next_sibling(const struct sb_tree *tree,
-                                    int32_t *out,
-                                    uint32_t cap);
-
-/**
- * Dense ancestor-or-self mask, row-major `n x n` bytes (`n = sb_tree_len`): `out[i*n + j] = 1` iff node
- * `j` is node `i` or one of its ancestors, else 0.
- */
-enum sb_status sb_tree_mask_dense(const struct sb_tree *tree,
-                                  uint8_t *out,
-                                  size_t cap);
-
-/**
- * Additive attention bias, row-major `n x n` floats: 0 where `sb_tree_mask_dense` is 1, -INFINITY elsewhere.
- */
-enum sb_status sb_tree_mask_bias(const struct sb_tree *tree,
-                                 float *out,
-                                 size_t cap);
-
-/**
- * Words per row of `sb_tree_mask_bits`: `ceil((prefix_len + sb_tree_len) / 32)`. 0 for NULL or a tree that
- * is not finalized.
- */
-uint32_t sb_tree_mask_words_per_row(const struct sb_tree *tree,
-                                    uint32_t prefix_len);
-
-/**
- * Bit-packed ancestor-or-self mask: `n` rows of `sb_tree_mask_words_per_row(tree, prefix_len)`
- * little-endian `uint32_t` words. Column `c` is bit `c % 32` of word `c / 32`; columns `0..prefix_len` are
- * the committed prefix (all 1) and column `prefix_len + j` is node `j`. `prefix_len = 0` gives the
- * TRT-LLM packed tree mask; a real prefix gives a query x KV mask with word-aligned rows.
- */
-enum sb_status sb_tree_mask_bits(const struct sb_tree *tree,
-                                 uint32_t prefix_len,
-                                 uint32_t *out,
-                                 size_t cap);
-
-/**
- * Bytes `sb_tree_mask_flat_bits` writes: `ceil(n * (prefix_len + n) / 8)`. 0 for NULL or a tree that is
- * not finalized.
- */
-size_t sb_tree_mask_flat_bytes(const struct sb_tree *tree,
-                               uint32_t prefix_len);
-
-/**
- * FlashInfer's packed `custom_mask` for one request: the row-major `n x (prefix_len + n)` query x KV
- * matrix flattened and packed with little bit order (bit `k` is bit `k % 8` of byte `k / 8`).
- */
-enum sb_status sb_tree_mask_flat_bits(const struct sb_tree *tree,
-                                      uint32_t prefix_len,
-                                      uint8_t *out,
-                                      size_t cap);
-
-/**
- * Root-to-leaf paths (EAGLE `retrieve_indices`): one row of `row_width` node ids per leaf (see
- * `sb_tree_num_leaves`), padded with -1, in lexicographic order. `row_width` >= `sb_tree_depth + 1`
- * and `cap` >= leaves * row_width, else `SB_STATUS_BUFFER_TOO_SMALL`. Writes the number of rows to `*out_rows` (may be NULL).
- */
-enum sb_status sb_tree_retrieve_paths(const struct sb_tree *tree,
-                                      uint32_t row_width,
-                                      int32_t *out,
-                                      size_t cap,
-                                      uint32_t *out_rows);
-
-/**
- * llama.cpp multi-sequence encoding: leaf `k` (in `sb_tree_retrieve_paths` order) is sequence
- * `first_seq_id + k`; node `i` belongs to sequences `out_first[i] .. out_first[i] + out_count[i] - 1`
- * (the leaves below it). Give batch token `i` those `out_count[i]` ids. Fails with
- * `SB_STATUS_CAPACITY` if `first_seq_id + leaves > max_seq` (llama.cpp's `n_seq_max`) and
- * `SB_STATUS_INVALID_ARGUMENT` if `first_seq_id` is negative or the last id would pass `INT32_MAX`. Both buffers hold
- * `cap` >= `sb_tree_len` entries and must not overlap (overlapping buffers give
- * `SB_STATUS_INVALID_ARGUMENT`).
- */
-enum sb_status sb_tree_seq_ranges(const struct sb_tree *tree,
-                                  int32_t first_seq_id,
-                                  uint32_t max_seq,
-                                  int32_t *out_first,
-                                  int32_t *out_count,
-                                  uint32_t cap);
 
 /**
  * Default tree parameters: 128 nodes, depth 16 (room for SpecBlock's 90-node, depth-8 default tree).
@@ -1086,26 +767,136 @@ uint32_t sb_tree_depth(const struct sb_tree *tree);
  */
 enum sb_status sb_tree_cum_logprobs(const struct sb_tree *tree,
                                     float *out,
-                                    uint32_t cap);
+                                    size_t cap);
 
 /**
  * Drafter metadata of each node. `cap` >= `sb_tree_len`.
  */
-enum sb_status sb_tree_node_meta(const struct sb_tree *tree,
-                                 struct sb_node_meta *out,
-                                 uint32_t cap);
+enum sb_status sb_tree_node_meta(const struct sb_tree *tree, struct sb_node_meta *out, size_t cap);
 
 /**
  * The id each node had when it was added (root 0), so a drafter can find its own per-candidate data.
  */
 enum sb_status sb_tree_source_ids(const struct sb_tree *tree,
                                   int32_t *out,
-                                  uint32_t cap);
+                                  size_t cap);
+
+/**
+ * Token of each node of the finalized tree, root first. `cap` >= `sb_tree_len`.
+ */
+enum sb_status sb_tree_tokens(const struct sb_tree *tree, int32_t *out, size_t cap);
+
+/**
+ * Parent of each node; the root's is -1. Parents precede children.
+ */
+enum sb_status sb_tree_parents(const struct sb_tree *tree, int32_t *out, size_t cap);
+
+/**
+ * Depth of each node; the root's is 0.
+ */
+enum sb_status sb_tree_depths(const struct sb_tree *tree, int32_t *out, size_t cap);
+
+/**
+ * Target position of each node: `prefix_len + depth`, where `prefix_len` counts the committed tokens
+ * before the root.
+ */
+enum sb_status sb_tree_positions(const struct sb_tree *tree,
+                                 uint32_t prefix_len,
+                                 int32_t *out,
+                                 size_t cap);
+
+/**
+ * First child of each node, -1 for leaves (SGLang `retrive_next_token`).
+ */
+enum sb_status sb_tree_first_child(const struct sb_tree *tree, int32_t *out, size_t cap);
+
+/**
+ * Next sibling of each node, -1 for the last (SGLang `retrive_next_sibling`); siblings ascend by id.
+ */
+enum sb_status sb_tree_next_sibling(const struct sb_tree *tree,
+                                    int32_t *out,
+                                    size_t cap);
+
+/**
+ * Dense ancestor-or-self mask, row-major `n x n` bytes (`n = sb_tree_len`): `out[i*n + j] = 1` iff node
+ * `j` is node `i` or one of its ancestors, else 0.
+ */
+enum sb_status sb_tree_mask_dense(const struct sb_tree *tree,
+                                  uint8_t *out,
+                                  size_t cap);
+
+/**
+ * Additive attention bias, row-major `n x n` floats: 0 where `sb_tree_mask_dense` is 1, -INFINITY elsewhere.
+ */
+enum sb_status sb_tree_mask_bias(const struct sb_tree *tree,
+                                 float *out,
+                                 size_t cap);
+
+/**
+ * Words per row of `sb_tree_mask_bits`: `ceil((prefix_len + sb_tree_len) / 32)`. 0 for NULL or a tree that
+ * is not finalized.
+ */
+uint32_t sb_tree_mask_words_per_row(const struct sb_tree *tree,
+                                    uint32_t prefix_len);
+
+/**
+ * Bit-packed ancestor-or-self mask: `n` rows of `sb_tree_mask_words_per_row(tree, prefix_len)`
+ * little-endian `uint32_t` words. Column `c` is bit `c % 32` of word `c / 32`; columns `0..prefix_len` are
+ * the committed prefix (all 1) and column `prefix_len + j` is node `j`. `prefix_len = 0` gives the
+ * TRT-LLM packed tree mask; a real prefix gives a query x KV mask with word-aligned rows.
+ */
+enum sb_status sb_tree_mask_bits(const struct sb_tree *tree,
+                                 uint32_t prefix_len,
+                                 uint32_t *out,
+                                 size_t cap);
+
+/**
+ * Bytes `sb_tree_mask_flat_bits` writes: `ceil(n * (prefix_len + n) / 8)`. 0 for NULL or a tree that is
+ * not finalized.
+ */
+size_t sb_tree_mask_flat_bytes(const struct sb_tree *tree,
+                               uint32_t prefix_len);
+
+/**
+ * FlashInfer's packed `custom_mask` for one request: the row-major `n x (prefix_len + n)` query x KV
+ * matrix flattened and packed with little bit order (bit `k` is bit `k % 8` of byte `k / 8`).
+ */
+enum sb_status sb_tree_mask_flat_bits(const struct sb_tree *tree,
+                                      uint32_t prefix_len,
+                                      uint8_t *out,
+                                      size_t cap);
+
+/**
+ * Root-to-leaf paths (EAGLE `retrieve_indices`): one row of `row_width` node ids per leaf (see
+ * `sb_tree_num_leaves`), padded with -1, in lexicographic order. `row_width` >= `sb_tree_depth + 1`
+ * and `cap` >= leaves * row_width, else `SB_STATUS_BUFFER_TOO_SMALL`. Writes the number of rows to `*out_rows` (may be NULL).
+ */
+enum sb_status sb_tree_retrieve_paths(const struct sb_tree *tree,
+                                      uint32_t row_width,
+                                      int32_t *out,
+                                      size_t cap,
+                                      uint32_t *out_rows);
+
+/**
+ * llama.cpp multi-sequence encoding: leaf `k` (in `sb_tree_retrieve_paths` order) is sequence
+ * `first_seq_id + k`; node `i` belongs to sequences `out_first[i] .. out_first[i] + out_count[i] - 1`
+ * (the leaves below it). Give batch token `i` those `out_count[i]` ids. Fails with
+ * `SB_STATUS_CAPACITY` if `first_seq_id + leaves > max_seq` (llama.cpp's `n_seq_max`) and
+ * `SB_STATUS_INVALID_ARGUMENT` if `first_seq_id` is negative or the last id would pass `INT32_MAX`. Both buffers hold
+ * `cap` >= `sb_tree_len` entries and must not overlap (overlapping buffers give
+ * `SB_STATUS_INVALID_ARGUMENT`).
+ */
+enum sb_status sb_tree_seq_ranges(const struct sb_tree *tree,
+                                  int32_t first_seq_id,
+                                  uint32_t max_seq,
+                                  int32_t *out_first,
+                                  int32_t *out_count,
+                                  size_t cap);
 
 /**
  * Default sampling: temperature 1, top-k off, top-p off.
  */
-struct sb_sampling sb_sampling_default(void);
+struct sb_sampling sb_sampling_default_params(void);
 
 /**
  * Greedy acceptance. `target_argmax[i]` is the target's argmax after node `i` of the finalized tree;
@@ -1139,12 +930,269 @@ enum sb_status sb_verify_sample(const struct sb_tree *tree,
  * against, so a speculative run and a plain run emit tokens with the same law. The coin is the
  * counter-based generator at (`seed`, `counter`). Temperature 0 gives the argmax (ties to the lowest id).
  */
+enum sb_status sb_sampling_sample_token(const float *logits,
+                                        uint32_t vocab,
+                                        const struct sb_sampling *sampling,
+                                        uint64_t seed,
+                                        uint64_t counter,
+                                        int32_t *out_token);
+
+/**
+ * Deprecated name of `sb_sampling_default_params` (kept for callers built against 0.1 headers).
+ */
+SB_DEPRECATED("renamed sb_sampling_default_params") struct sb_sampling sb_sampling_default(void);
+
+/**
+ * Deprecated name of `sb_sampling_sample_token` (kept for callers built against 0.1 headers).
+ */
+SB_DEPRECATED("renamed sb_sampling_sample_token")
 enum sb_status sb_sample_token(const float *logits,
                                uint32_t vocab,
                                const struct sb_sampling *sampling,
                                uint64_t seed,
                                uint64_t counter,
                                int32_t *out_token);
+
+/**
+ * Default loading parameters: 1 thread.
+ */
+struct sb_drafter_params sb_drafter_default_params(void);
+
+/**
+ * Default session parameters: 4096 entries, the adaptive draft-shape policy over the default arms;
+ * for `SB_POLICY_FIXED`, the SpecBlock authors' tree (budget 90, beam width 10, every seed) and
+ * EAGLE's (depth 7, top-k 10; EAGLE-3 sessions use budget 59 when `budget` is left at 90).
+ */
+struct sb_session_params sb_session_default_params(void);
+
+/**
+ * Loads a drafter from a directory holding `config.json` and `model.safetensors` (f32, f16 or bf16):
+ * a SpecBlock drafter (the authors' tensor names) or, when `architectures` in config.json names
+ * EAGLE-3 (`LlamaForCausalLMEagle3`), the EAGLE-3 baseline (EAGLE / SpecForge names). `embedding` is
+ * the target's token embedding, `vocab x hidden` f32 row-major with `embedding_len` values; it is
+ * borrowed, not copied (an EAGLE-3 checkpoint with its own `embed_tokens.weight` uses that one, and
+ * then `(NULL, 0)` is accepted here). On failure returns
+ * `SB_STATUS_INVALID_ARGUMENT` (or a more specific status) and, if `error_buf` is not NULL, writes a
+ * message naming the file, tensor or field (at most `error_cap` bytes with the terminating NUL); every
+ * failure writes one. `threads` must be in 1..=256.
+ */
+enum sb_status sb_drafter_load(const char *dir,
+                               const struct sb_drafter_params *params,
+                               const float *embedding,
+                               uint64_t embedding_len,
+                               struct sb_drafter **out_drafter,
+                               char *error_buf,
+                               size_t error_cap);
+
+/**
+ * Frees a drafter handle. `NULL` is a no-op. Its sessions stay usable; the drafter's memory is freed
+ * with the last of them.
+ */
+void sb_drafter_free(struct sb_drafter *drafter);
+
+/**
+ * Writes the drafter's shape to `*out`.
+ */
+enum sb_status sb_drafter_get_info(const struct sb_drafter *drafter, struct sb_drafter_info *out);
+
+/**
+ * Which target layers to capture for this drafter's features, for a target of `target_layers`
+ * decoder layers: writes `SB_AUX_LAYERS` layer indices (0-based) to `out` (`cap` >= `SB_AUX_LAYERS`),
+ * in feature order: a feature row is the outputs (residual stream after the layer) of these layers,
+ * concatenated. They come from the drafter's `config.json` (`aux_layer_ids`), else the EAGLE-3
+ * default `{1, L/2 - 1, L - 4}`. Errors: `SB_STATUS_BUFFER_TOO_SMALL`; `SB_STATUS_INVALID_ARGUMENT`
+ * when a configured layer is not below `target_layers` (the drafter was trained on another target)
+ * or, without configured layers, `target_layers` < 4.
+ */
+enum sb_status sb_drafter_get_aux_layers(const struct sb_drafter *drafter,
+                                         uint32_t target_layers,
+                                         uint32_t *out,
+                                         size_t cap);
+
+/**
+ * Creates a session on `drafter` (which it keeps alive: see `sb_drafter_free`), with the draft-shape policy of `params`:
+ * adaptive by default (each `sb_session_draft` picks a shape from the policy's arms, plain decoding
+ * included, learning from `sb_session_feedback`), or one fixed shape. Errors:
+ * `SB_STATUS_INVALID_ARGUMENT` for zero entries, budgets, depths or top-k, a budget above
+ * `SB_MAX_NODES`, an unknown policy or arm kind, an arm of the other drafter kind, more than 32 arms,
+ * a confidence outside [0, 1], a discount outside (0, 1] or a negative exploration;
+ * `SB_STATUS_STRUCT_SIZE` for a `struct_size` other than a published layout's (the first, 24 bytes,
+ * or this library's `sizeof(sb_session_params)`); `SB_STATUS_CAPACITY` for sizes whose session would
+ * need more memory than a session may reserve; `SB_STATUS_OUT_OF_MEMORY`.
+ */
+enum sb_status sb_session_new(const struct sb_drafter *drafter,
+                              const struct sb_session_params *params,
+                              struct sb_session **out_session);
+
+/**
+ * Frees a session. `NULL` is a no-op.
+ */
+void sb_session_free(struct sb_session *session);
+
+/**
+ * The tree a session's drafts need: `sb_tree_new` with these params holds every candidate before the
+ * prune (of any arm of its policy).
+ */
+enum sb_status sb_session_get_tree_params(const struct sb_session *session,
+                                          struct sb_tree_params *out);
+
+/**
+ * Deprecated name of `sb_session_get_tree_params` (kept for callers built against 0.1 headers).
+ */
+SB_DEPRECATED("renamed sb_session_get_tree_params")
+enum sb_status sb_session_tree_params(const struct sb_session *session,
+                                      struct sb_tree_params *out);
+
+/**
+ * After the target's prefill of `n_tokens - 1` prompt tokens (with `features`, one row of
+ * `feature_width` per prompt position) and its first sampled token (the last of `tokens`): fills the
+ * drafter context and computes block 1. The sampled token becomes the root of the next draft. A new
+ * sequence on an old session keeps what its policy learned. An error found in the arguments (NULLs,
+ * counts, tokens out of range) changes nothing; an error from the drafter's forward
+ * (`SB_STATUS_NON_FINITE` features, `SB_STATUS_CAPACITY` for a prompt longer than the context) also
+ * ends the session's current sequence: prefill again before drafting.
+ */
+enum sb_status sb_session_prefill(struct sb_session *session,
+                                  const float *features,
+                                  uint32_t n_feature_rows,
+                                  const int32_t *tokens,
+                                  uint32_t n_tokens);
+
+/**
+ * Grows the next draft tree into `tree` (reset, filled and finalized). Under the adaptive policy the
+ * shape is this iteration's choice: the tree may be the root alone (a plain step: verify the root
+ * only, then commit nothing accepted). `tree` must hold every candidate before the prune: create it
+ * with `sb_session_get_tree_params`.
+ */
+enum sb_status sb_session_draft(struct sb_session *session,
+                                struct sb_tree *tree);
+
+/**
+ * After verification: the `n_accepted` accepted draft tokens and the `bonus` token, with target
+ * features of [root, accepted...] (`n_accepted + 1` rows of `feature_width`). Appends them to the
+ * drafter context and computes the next block 1 (after a plain step the drafter's forward waits for
+ * the next real draft); `bonus` becomes the root. Allocates nothing.
+ */
+enum sb_status sb_session_commit(struct sb_session *session,
+                                 const int32_t *accepted,
+                                 uint32_t n_accepted,
+                                 int32_t bonus,
+                                 const float *features,
+                                 uint32_t n_feature_rows);
+
+/**
+ * Reports the iteration just verified (call it once per `sb_session_draft`, after the commit or, at
+ * the end of a sequence, instead of it): the adaptive policy learns each shape's speed from it.
+ * Errors: `SB_STATUS_NON_FINITE` for NaN or infinite seconds; `SB_STATUS_INVALID_ARGUMENT` for
+ * negative seconds, `rows` or `tokens` 0, or more tokens than rows; `SB_STATUS_STRUCT_SIZE`;
+ * `SB_STATUS_INVALID_STATE` when no draft succeeded since the last feedback (one report per draft).
+ * Nothing changes on error.
+ */
+enum sb_status sb_session_feedback(struct sb_session *session, const struct sb_feedback *feedback);
+
+/**
+ * The session's policy statistics into `*out`, and the first `arms_cap` arms' statistics into `arms`
+ * (`(NULL, 0)` for none; `out->n_arms` says how many exist).
+ */
+enum sb_status sb_session_get_stats(const struct sb_session *session,
+                                    struct sb_session_stats *out,
+                                    struct sb_arm_stats *arms,
+                                    size_t arms_cap);
+
+/**
+ * Opens GPU `ordinal` (0 = the first): initialises the driver, retains the device's primary context and
+ * loads the kernels. `SB_STATUS_NO_DEVICE` when the library was built without CUDA, no driver is
+ * installed, the driver is older than CUDA 13.0, or there is no such device. Writes `*out` only on
+ * success; free with `sb_cuda_device_free`.
+ */
+enum sb_status sb_cuda_device_open(int32_t ordinal,
+                                   struct sb_cuda_device **out);
+
+/**
+ * Frees a device handle; NULL is a no-op. Free everything created from it first.
+ */
+void sb_cuda_device_free(struct sb_cuda_device *device);
+
+/**
+ * Writes the device's name (NUL-terminated, truncated to `cap` bytes) and compute capability.
+ */
+enum sb_status sb_cuda_device_name(const struct sb_cuda_device *device,
+                                   char *name,
+                                   size_t cap,
+                                   int32_t *major,
+                                   int32_t *minor);
+
+/**
+ * Finalizes a batch of raw device trees on `stream` (a `CUstream`; NULL = the legacy default stream):
+ * dedup, budget prune and topological order, identical to `sb_tree_finalize` per tree. One kernel
+ * launch, no host synchronisation. Per-tree input errors land in `out->status`; the call itself fails
+ * only on NULL pointers, a bad shape, or a launch error (`SB_STATUS_DEVICE_ERROR`).
+ *
+ * Every pointer in `in` and `out` must be a device allocation of the current shape's size on this
+ * device, and `stream` a stream of the device's primary context.
+ */
+enum sb_status sb_cuda_tree_finalize(const struct sb_cuda_device *device,
+                                     const struct sb_cuda_tree_shape *shape,
+                                     const struct sb_cuda_raw_trees *input,
+                                     const struct sb_cuda_trees *out,
+                                     void *stream);
+
+/**
+ * Greedy acceptance on the device: the argmax of every tree row of `logits` (`batch * cap * vocab`
+ * values of `dtype`, row `i` = the target's prediction after node `i`; ties to the lowest id) fused
+ * with the walk, identical to `sb_verify_greedy` per tree. `argmax_scratch` and `flag_scratch` are
+ * device `int32[batch * cap]`. Two kernel launches on `stream`, no host synchronisation.
+ */
+enum sb_status sb_cuda_verify_greedy(const struct sb_cuda_device *device,
+                                     const struct sb_cuda_tree_shape *shape,
+                                     const struct sb_cuda_trees *trees,
+                                     const void *logits,
+                                     uint32_t vocab,
+                                     uint32_t dtype,
+                                     int32_t *argmax_scratch,
+                                     int32_t *flag_scratch,
+                                     const struct sb_cuda_acceptance *out,
+                                     void *stream);
+
+/**
+ * Creates a sampler for `batch` trees of up to `max_nodes` nodes over a `vocab`-token target (vocab
+ * at most 2^20). Parameters start at temperature 1, no top-k, no top-p, seed 0.
+ */
+enum sb_status sb_cuda_sampler_new(const struct sb_cuda_device *device,
+                                   uint32_t batch,
+                                   uint32_t max_nodes,
+                                   uint32_t max_depth,
+                                   uint32_t vocab,
+                                   struct sb_cuda_sampler **out);
+
+/**
+ * Frees a sampler; NULL is a no-op.
+ */
+void sb_cuda_sampler_free(struct sb_cuda_sampler *sampler);
+
+/**
+ * Sets every sequence's sampling parameters (`params[batch]`, host memory, each from
+ * `sb_sampling_default_params`) and RNG seed (`seeds[batch]`). A small synchronous upload: call it when they
+ * change (vary the seed per step, as with `sb_verify_sample`). Out-of-range values are reported per
+ * sequence by the next `sb_cuda_verify_sample`, as the CPU would.
+ */
+enum sb_status sb_cuda_sampler_set_params(struct sb_cuda_sampler *sampler,
+                                          const struct sb_sampling *params,
+                                          const uint64_t *seeds,
+                                          uint32_t count);
+
+/**
+ * Lossless sampling acceptance on the device, identical to `sb_verify_sample` per sequence (same
+ * coins: the counter-based generator at the sequence's seed). `trees` are finalized device trees of
+ * the sampler's shape, `logits` `batch * cap * vocab` values of `dtype`. One launch on `stream`; writes
+ * the device addresses of the sampler's result arrays (valid until the next call) to `*out`.
+ */
+enum sb_status sb_cuda_verify_sample(struct sb_cuda_sampler *sampler,
+                                     const struct sb_cuda_trees *trees,
+                                     const void *logits,
+                                     uint32_t dtype,
+                                     void *stream,
+                                     struct sb_cuda_acceptance *out);
 
 #ifdef __cplusplus
 }  // extern "C"

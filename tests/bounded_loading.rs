@@ -325,7 +325,7 @@ fn non_finite_weights_are_reported_by_the_first_forward() {
             let mut session: *mut sb_session = std::ptr::null_mut();
             assert_eq!(sb_session_new(d, &sp, &mut session), Status::Ok);
             let mut tp = sb_tree_default_params();
-            assert_eq!(sb_session_tree_params(session, &mut tp), Status::Ok);
+            assert_eq!(sb_session_get_tree_params(session, &mut tp), Status::Ok);
             let mut tree: *mut sb_tree = std::ptr::null_mut();
             assert_eq!(sb_tree_new(&tp, &mut tree), Status::Ok);
             let features = vec![0.5f32; 3 * 144];

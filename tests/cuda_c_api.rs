@@ -262,7 +262,7 @@ fn c_device_api_matches_the_cpu() {
         let mut params = Vec::new();
         let mut seeds = Vec::new();
         for b in 0..BATCH {
-            let mut p = sb_sampling_default();
+            let mut p = sb_sampling_default_params();
             p.temperature = [1.0, 0.7, 1.3, 0.0, 1.0][b];
             p.top_k = [0, 20, 0, 0, 5][b];
             p.top_p = [1.0, 0.9, 0.95, 1.0, 1.0][b];

@@ -121,7 +121,7 @@ int main(int argc, char **argv) {
         }
         /* The tree the session's drafts need. */
         sb_tree_params tp;
-        if ((s = sb_session_tree_params(session, &tp)) != SB_STATUS_OK) { rc = fail("tree params", s); goto done; }
+        if ((s = sb_session_get_tree_params(session, &tp)) != SB_STATUS_OK) { rc = fail("tree params", s); goto done; }
         if ((s = sb_tree_new(&tp, &tree)) != SB_STATUS_OK) { rc = fail("tree", s); goto done; }
         node_tokens = malloc(sizeof(int32_t) * tp.max_nodes);
         argmax = malloc(sizeof(int32_t) * tp.max_nodes);

@@ -250,7 +250,7 @@ int main(void) {
         }
     }
     {
-        sb_sampling sampling = sb_sampling_default();
+        sb_sampling sampling = sb_sampling_default_params();
         sb_accept acc;
         const uint64_t seed = 1234;
         sampling.temperature = 0.8f;

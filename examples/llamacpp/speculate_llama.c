@@ -458,6 +458,15 @@ static float *load_embedding(const char *path, int n_vocab, int n_embd) {
     return out;
 }
 
+/* The target layers whose outputs make the drafter's features: the drafter's config.json names
+ * them (aux_layer_ids; else the EAGLE-3 default [1, L/2 - 1, L - 4], [1, 14, 26] for SmolLM2-135M). */
+static void target_use_drafter_layers(target *t, const sb_drafter *drafter) {
+    uint32_t layers[SB_AUX_LAYERS];
+    check_sb(sb_drafter_get_aux_layers(drafter, (uint32_t)llama_model_n_layer(t->model), layers, SB_AUX_LAYERS),
+             "sb_drafter_get_aux_layers");
+    for (int k = 0; k < 3; k++) t->cap.layers[k] = (int)layers[k];
+}
+
 static void target_open(target *t, const options *o) {
     llama_backend_init();
     struct llama_model_params mp = llama_model_default_params();
@@ -466,12 +475,9 @@ static void target_open(target *t, const options *o) {
     t->vocab = llama_model_get_vocab(t->model);
     t->n_vocab = llama_vocab_n_tokens(t->vocab);
     t->n_embd = llama_model_n_embd(t->model);
-    int n_layer = llama_model_n_layer(t->model);
-    /* The layers the committed drafters were trained on: [1, L/2 - 1, L - 4] (the reference engine's rule,
-     * tools/engine/src/speculate.rs; [1, 14, 26] for SmolLM2-135M's 30 layers). */
-    t->cap.layers[0] = 1;
-    t->cap.layers[1] = n_layer / 2 - 1;
-    t->cap.layers[2] = n_layer - 4;
+    /* Which layers to capture comes from the drafter (target_use_drafter_layers), loaded after the
+     * model because it borrows the model's embedding; until then nothing is captured. */
+    for (int k = 0; k < 3; k++) t->cap.layers[k] = -1;
     t->cap.n_embd = t->n_embd;
 
     struct llama_context_params cp = llama_context_default_params();
@@ -602,7 +608,7 @@ static void plain_decode(target *t, const options *o, const token_list *prompt, 
     static const llama_seq_id seq0 = 0;
     llama_memory_clear(t->mem, true);
     prefill(t, prompt, false, NULL);
-    sb_sampling sampling = sb_sampling_default();
+    sb_sampling sampling = sb_sampling_default_params();
     sampling.temperature = o->temperature;
     r->gaps = xmalloc((size_t)o->max_new * sizeof(float));
     double t0 = now_seconds();
@@ -610,7 +616,7 @@ static void plain_decode(target *t, const options *o, const token_list *prompt, 
     for (int n = 0; n < o->max_new; n++) {
         const float *logits = llama_get_logits_ith(t->ctx, -1);
         int32_t tok = argmax_row(logits, t->n_vocab, &r->gaps[n]);
-        if (o->temperature > 0.0f) check_sb(sb_sample_token(logits, (uint32_t)t->n_vocab, &sampling, o->seed, (uint64_t)n, &tok), "sb_sample_token");
+        if (o->temperature > 0.0f) check_sb(sb_sampling_sample_token(logits, (uint32_t)t->n_vocab, &sampling, o->seed, (uint64_t)n, &tok), "sb_sampling_sample_token");
         push_token(&r->ids, tok);
         if (is_stop(t, tok) || n + 1 == o->max_new) break;
         batch_clear(&t->batch);
@@ -679,11 +685,11 @@ static void spec_decode(target *t, const options *o, sb_session *session, const 
     kv_size_check kv_size = {0, 0, 0};
     check_kv(t, (llama_pos)n_prompt, &kv_size, "after the prompt");
 
-    sb_sampling sampling = sb_sampling_default();
+    sb_sampling sampling = sb_sampling_default_params();
     sampling.temperature = o->temperature;
     const float *last = llama_get_logits_ith(t->ctx, -1);
     int32_t first = argmax_row(last, t->n_vocab, NULL);
-    if (o->temperature > 0.0f) check_sb(sb_sample_token(last, (uint32_t)t->n_vocab, &sampling, o->seed, 0, &first), "sb_sample_token");
+    if (o->temperature > 0.0f) check_sb(sb_sampling_sample_token(last, (uint32_t)t->n_vocab, &sampling, o->seed, 0, &first), "sb_sampling_sample_token");
 
     double t0 = now_seconds();
     int32_t *toks = xmalloc((n_prompt + 1) * sizeof(int32_t));
@@ -696,7 +702,7 @@ static void spec_decode(target *t, const options *o, sb_session *session, const 
     bool done = is_stop(t, first) || o->max_new == 1;
 
     sb_tree_params tp;
-    check_sb(sb_session_tree_params(session, &tp), "sb_session_tree_params");
+    check_sb(sb_session_get_tree_params(session, &tp), "sb_session_get_tree_params");
     sb_tree *tree = NULL;
     check_sb(sb_tree_new(&tp, &tree), "sb_tree_new");
     size_t cap = tp.max_nodes + 1;
@@ -848,6 +854,7 @@ int main(int argc, char **argv) {
     check_sb(sb_drafter_get_info(drafter, &info), "sb_drafter_get_info");
     if (info.feature_width != 3u * (uint32_t)t.n_embd || info.vocab != (uint32_t)t.n_vocab)
         die("the drafter (features %u, vocabulary %u) does not fit the target (features %d, vocabulary %d)", info.feature_width, info.vocab, 3 * t.n_embd, t.n_vocab);
+    target_use_drafter_layers(&t, drafter);
 
     sb_session_params sp = sb_session_default_params();
     sp.max_entries = 4096;

@@ -1,5 +1,5 @@
 //! A state machine over the C API: the input bytes are a program of `sb_tree_*`, layout, `sb_verify_*`,
-//! `sb_sample_token` and `sb_session_*` calls (two tree slots, two session slots on the SpecBlock and
+//! `sb_sampling_sample_token` and `sb_session_*` calls (two tree slots, two session slots on the SpecBlock and
 //! EAGLE-3 test drafters), with hostile arguments: NULLs, wrong struct sizes, capacities, tokens out of
 //! range, NaNs, calls out of order, aliasing buffers. No call may panic (`SB_STATUS_PANIC`) or crash, and
 //! a handle stays usable after any error: every program ends with a valid decoding iteration.
@@ -240,7 +240,7 @@ impl Machine {
                     let n = b.count(40).min(40);
                     let vocab = b.count(64).min(64);
                     let logits: Vec<f32> = (0..n * vocab).map(|_| b.float()).collect();
-                    let mut sp = sb_sampling_default();
+                    let mut sp = sb_sampling_default_params();
                     sp.temperature = b.float();
                     sp.top_k = b.u8() as i32 - 2;
                     sp.top_p = b.float();
@@ -267,13 +267,13 @@ impl Machine {
                 8 => {
                     let vocab = b.count(64).min(64);
                     let logits: Vec<f32> = (0..vocab).map(|_| b.float()).collect();
-                    let mut sp = sb_sampling_default();
+                    let mut sp = sb_sampling_default_params();
                     sp.temperature = b.float();
                     sp.top_k = b.u8() as i32 - 2;
                     sp.top_p = b.float();
                     let mut tok = 0;
                     ok(
-                        sb_sample_token(
+                        sb_sampling_sample_token(
                             logits.as_ptr(),
                             vocab,
                             &sp,
@@ -281,7 +281,7 @@ impl Machine {
                             b.u32() as u64,
                             &mut tok,
                         ),
-                        "sb_sample_token",
+                        "sb_sampling_sample_token",
                     );
                 }
                 9 => self.session_new(b),
@@ -362,7 +362,12 @@ impl Machine {
                     let cap = b.count(40).min(40);
                     let mut arms = vec![sb_arm_stats::default(); cap as usize];
                     ok(
-                        sb_session_get_stats(self.sessions[i], &mut st, arms.as_mut_ptr(), cap),
+                        sb_session_get_stats(
+                            self.sessions[i],
+                            &mut st,
+                            arms.as_mut_ptr(),
+                            cap as usize,
+                        ),
                         "sb_session_get_stats",
                     );
                 }
@@ -372,8 +377,8 @@ impl Machine {
                     let j = Self::slot(b);
                     let mut p = sb_tree_default_params();
                     if ok(
-                        sb_session_tree_params(self.sessions[i], &mut p),
-                        "sb_session_tree_params",
+                        sb_session_get_tree_params(self.sessions[i], &mut p),
+                        "sb_session_get_tree_params",
                     ) == Status::Ok
                     {
                         self.free_tree(j);
@@ -466,30 +471,36 @@ impl Machine {
         let mut floats = vec![0f32; cap as usize];
         let mut words = vec![0u32; cap as usize];
         unsafe {
-            ok(sb_tree_tokens(t, ints.as_mut_ptr(), cap), "sb_tree_tokens");
             ok(
-                sb_tree_parents(t, ints.as_mut_ptr(), cap),
+                sb_tree_tokens(t, ints.as_mut_ptr(), cap as usize),
+                "sb_tree_tokens",
+            );
+            ok(
+                sb_tree_parents(t, ints.as_mut_ptr(), cap as usize),
                 "sb_tree_parents",
             );
-            ok(sb_tree_depths(t, ints.as_mut_ptr(), cap), "sb_tree_depths");
             ok(
-                sb_tree_positions(t, prefix, ints.as_mut_ptr(), cap),
+                sb_tree_depths(t, ints.as_mut_ptr(), cap as usize),
+                "sb_tree_depths",
+            );
+            ok(
+                sb_tree_positions(t, prefix, ints.as_mut_ptr(), cap as usize),
                 "sb_tree_positions",
             );
             ok(
-                sb_tree_first_child(t, ints.as_mut_ptr(), cap),
+                sb_tree_first_child(t, ints.as_mut_ptr(), cap as usize),
                 "sb_tree_first_child",
             );
             ok(
-                sb_tree_next_sibling(t, ints.as_mut_ptr(), cap),
+                sb_tree_next_sibling(t, ints.as_mut_ptr(), cap as usize),
                 "sb_tree_next_sibling",
             );
             ok(
-                sb_tree_source_ids(t, ints.as_mut_ptr(), cap),
+                sb_tree_source_ids(t, ints.as_mut_ptr(), cap as usize),
                 "sb_tree_source_ids",
             );
             ok(
-                sb_tree_cum_logprobs(t, floats.as_mut_ptr(), cap),
+                sb_tree_cum_logprobs(t, floats.as_mut_ptr(), cap as usize),
                 "sb_tree_cum_logprobs",
             );
             ok(
@@ -525,7 +536,7 @@ impl Machine {
                 ints2.as_mut_ptr()
             };
             ok(
-                sb_tree_seq_ranges(t, first, max_seq, ints.as_mut_ptr(), second, cap),
+                sb_tree_seq_ranges(t, first, max_seq, ints.as_mut_ptr(), second, cap as usize),
                 "sb_tree_seq_ranges",
             );
         }
@@ -541,7 +552,7 @@ impl Machine {
         }
         unsafe {
             let mut p = sb_tree_default_params();
-            assert_eq!(sb_session_tree_params(session, &mut p), Status::Ok);
+            assert_eq!(sb_session_get_tree_params(session, &mut p), Status::Ok);
             let mut t = null_mut();
             if ok(sb_tree_new(&p, &mut t), "sb_tree_new") != Status::Ok {
                 return;
@@ -549,10 +560,16 @@ impl Machine {
             if ok(sb_session_draft(session, t), "sb_session_draft") == Status::Ok {
                 let n = sb_tree_len(t);
                 let mut tokens = vec![0i32; n as usize];
-                assert_eq!(sb_tree_tokens(t, tokens.as_mut_ptr(), n), Status::Ok);
+                assert_eq!(
+                    sb_tree_tokens(t, tokens.as_mut_ptr(), n as usize),
+                    Status::Ok
+                );
                 // The target agrees with the drafter's first children as long as the input says so.
                 let mut parents = vec![0i32; n as usize];
-                assert_eq!(sb_tree_parents(t, parents.as_mut_ptr(), n), Status::Ok);
+                assert_eq!(
+                    sb_tree_parents(t, parents.as_mut_ptr(), n as usize),
+                    Status::Ok
+                );
                 let argmax: Vec<i32> = (0..n as usize)
                     .map(|node| {
                         let child = (node + 1..n as usize).find(|&c| parents[c] == node as i32);

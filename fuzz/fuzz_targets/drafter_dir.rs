@@ -110,7 +110,7 @@ fn drive(drafter: *mut sb_drafter) {
     let mut tp = sb_tree_default_params();
     // SAFETY: live session.
     check(
-        unsafe { sb_session_tree_params(session, &mut tp) },
+        unsafe { sb_session_get_tree_params(session, &mut tp) },
         "tree_params",
     );
     let mut tree: *mut sb_tree = null_mut();

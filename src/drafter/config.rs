@@ -3,6 +3,7 @@
 use std::string::String;
 use std::vec::Vec;
 
+use crate::error::Error;
 use crate::io::LoadError;
 use crate::load_err;
 
@@ -91,20 +92,7 @@ impl DrafterConfig {
                 ));
             }
         };
-        let aux_layer_ids = match v.get("aux_layer_ids") {
-            None | Some(serde_json::Value::Null) => None,
-            Some(a) => Some(
-                a.as_array()
-                    .and_then(|a| {
-                        a.iter()
-                            .map(|x| x.as_u64().map(|n| n as usize))
-                            .collect::<Option<Vec<_>>>()
-                    })
-                    .ok_or_else(|| {
-                        load_err!("{origin}: aux_layer_ids must be a list of layer indices")
-                    })?,
-            ),
-        };
+        let aux_layer_ids = parse_aux_layer_ids(&v, origin)?;
         let c = DrafterConfig {
             hidden,
             layers: need("num_hidden_layers")?,
@@ -228,4 +216,73 @@ pub(crate) fn attention_shape_problem(
     } else {
         None
     }
+}
+
+/// Layers of the target whose outputs form a drafter's features, when its config names none: the
+/// EAGLE-3 choice of a low, a middle and a high layer, `[1, L/2 - 1, L - 4]` for a target of `L`
+/// layers (`[1, 14, 26]` for SmolLM2-135M's 30).
+pub fn default_aux_layers(target_layers: usize) -> Vec<usize> {
+    std::vec![
+        1,
+        (target_layers / 2).saturating_sub(1),
+        target_layers.saturating_sub(4)
+    ]
+}
+
+/// The target layers to capture for a drafter whose config names `configured` (or none: then
+/// [`default_aux_layers`]), checked against a target of `target_layers` layers: exactly
+/// [`AUX_LAYERS`] indices, each below `target_layers`.
+pub fn resolve_aux_layers(
+    configured: Option<&[usize]>,
+    target_layers: usize,
+) -> Result<Vec<usize>, Error> {
+    let layers = match configured {
+        Some(ids) => ids.to_vec(),
+        None if target_layers > AUX_LAYERS => default_aux_layers(target_layers),
+        None => {
+            return Err(Error::InvalidArgument(
+                "the target has too few layers for the default feature layers",
+            ));
+        }
+    };
+    if layers.len() != AUX_LAYERS {
+        return Err(Error::InvalidArgument(
+            "aux_layer_ids must name 3 target layers",
+        ));
+    }
+    if layers.iter().any(|&l| l >= target_layers) {
+        return Err(Error::InvalidArgument(
+            "the drafter's aux_layer_ids name a layer the target does not have",
+        ));
+    }
+    Ok(layers)
+}
+
+/// Target layers whose outputs make one feature row (features are `AUX_LAYERS x target_hidden_size`).
+pub const AUX_LAYERS: usize = 3;
+
+/// `aux_layer_ids` of a config.json: absent or null, or a list of [`AUX_LAYERS`] layer indices (the
+/// features' width is fixed at three target layers).
+pub(crate) fn parse_aux_layer_ids(
+    v: &serde_json::Value,
+    origin: &str,
+) -> Result<Option<Vec<usize>>, LoadError> {
+    let ids = match v.get("aux_layer_ids") {
+        None | Some(serde_json::Value::Null) => return Ok(None),
+        Some(a) => a
+            .as_array()
+            .and_then(|a| {
+                a.iter()
+                    .map(|x| x.as_u64().and_then(|n| usize::try_from(n).ok()))
+                    .collect::<Option<Vec<_>>>()
+            })
+            .ok_or_else(|| load_err!("{origin}: aux_layer_ids must be a list of layer indices"))?,
+    };
+    if ids.len() != AUX_LAYERS {
+        return Err(load_err!(
+            "{origin}: aux_layer_ids names {} layers; the features are {AUX_LAYERS} target layers wide",
+            ids.len()
+        ));
+    }
+    Ok(Some(ids))
 }

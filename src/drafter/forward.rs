@@ -6,7 +6,7 @@ use std::vec::Vec;
 
 use super::weights::{RANK_FEATURES, RANK_HIDDEN};
 use super::{ContextCache, Drafter};
-use crate::cpu::{matmul, rms_norm, softmax_in_place};
+use crate::cpu::{Pool, matmul, rms_norm, softmax_in_place};
 use crate::error::Error;
 
 /// Outputs of one forward, `entries x slots` rows, entry-major.
@@ -230,8 +230,7 @@ impl Drafter {
         }
         check_finite("features", features, 3 * c.target_hidden)?;
         self.run(
-            Some(cache),
-            None,
+            CacheMode::Append(cache),
             embed,
             tokens,
             Kind::Context {
@@ -293,8 +292,7 @@ impl Drafter {
         }
         check_finite("seed hiddens", hidden, c.hidden)?;
         self.run(
-            None,
-            Some(cache),
+            CacheMode::Read(cache),
             embed,
             tokens,
             Kind::Seed { hidden, visibility },
@@ -302,23 +300,20 @@ impl Drafter {
         )
     }
 
-    /// The shared forward. Exactly one of `append` (context) or `read` (seed) is given.
+    /// The shared forward: checks, then the input layer, the decoder layers and the heads.
     fn run(
         &self,
-        mut append: Option<&mut ContextCache>,
-        read: Option<&ContextCache>,
+        mut cache: CacheMode<'_>,
         embed: &[f32],
         tokens: &[u32],
         kind: Kind<'_>,
         sc: &mut Scratch,
     ) -> Result<(), Error> {
         let c = &self.cfg;
-        let (h, d, k_slots) = (c.hidden, c.head_dim, c.slots);
-        let (qd, kvd) = (c.heads * d, c.kv_heads * d);
-        if embed.len() != c.vocab * h {
+        if embed.len() != c.vocab * c.hidden {
             return Err(Error::ShapeMismatch {
                 what: "token embedding (vocab x hidden)",
-                expected: c.vocab * h,
+                expected: c.vocab * c.hidden,
                 got: embed.len(),
             });
         }
@@ -330,7 +325,6 @@ impl Drafter {
             });
         }
         let e = tokens.len();
-        let rows = e * k_slots;
         if e == 0 {
             for v in [
                 &mut sc.logits,
@@ -343,17 +337,37 @@ impl Drafter {
             return Ok(());
         }
         let pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-        let w = &self.w;
-        // Entries before this batch, the origin entry for seeds, and each entry's base position.
-        let n0 = append.as_deref().map_or(0, |cc| cc.entries());
-        let origin_base = read.and_then(|cc| cc.last_base()).unwrap_or(0);
-        let base_of = |i: usize| -> u32 {
-            match &kind {
-                Kind::Context { bases, .. } => bases[i],
-                Kind::Seed { .. } => origin_base,
-            }
+        // Entries before this batch (context), and the base position of the origin entry (seeds).
+        let (n0, origin_base) = match &cache {
+            CacheMode::Append(cc) => (cc.entries(), 0),
+            CacheMode::Read(cc) => (0, cc.last_base().unwrap_or(0)),
         };
+        self.input_layer(&pool, embed, tokens, &kind, origin_base, sc);
+        self.size_layer_buffers(e * c.slots, sc);
+        for l in 0..self.w.layers.len() {
+            self.decoder_layer(&pool, l, &mut cache, n0, &kind, e, sc);
+        }
+        self.heads(&pool, &kind, e, sc);
+        if let (CacheMode::Append(cc), Kind::Context { bases, .. }) = (cache, &kind) {
+            cc.bases.extend_from_slice(bases);
+        }
+        Ok(())
+    }
 
+    /// Input fusion (step 1): per row (entry x slot) `fuse([norm(condition), norm(token embedding), slot
+    /// query])` into `sc.hidden`, and the RoPE tables of the rows (position = entry base + slot).
+    fn input_layer(
+        &self,
+        pool: &Pool,
+        embed: &[f32],
+        tokens: &[u32],
+        kind: &Kind<'_>,
+        origin_base: u32,
+        sc: &mut Scratch,
+    ) {
+        let (c, w) = (&self.cfg, &self.w);
+        let (h, k_slots, e) = (c.hidden, c.slots, tokens.len());
+        let rows = e * k_slots;
         let Scratch {
             cond,
             proj,
@@ -362,32 +376,14 @@ impl Drafter {
             hidden: x,
             cos,
             sin,
-            xn,
-            shifted,
-            qkv,
-            attn,
-            tmp,
-            gu,
-            act,
-            scores,
-            q,
-            cache_scores,
-            acc,
-            normed,
-            logits,
-            rank_in,
-            rank_hidden: hidden1,
-            rank_logits,
-            top,
-            first_output_entry,
+            ..
         } = sc;
-        // 1. Input fusion.
         fit(cond, e * h);
-        match &kind {
+        match kind {
             Kind::Context { features, .. } => {
                 fit(proj, e * h);
                 matmul(
-                    &pool,
+                    pool,
                     &w.condition_proj,
                     h,
                     3 * c.target_hidden,
@@ -419,15 +415,18 @@ impl Drafter {
             }
         }
         fit(x, rows * h);
-        matmul(&pool, &w.fuse, h, 3 * h, fused_in, rows, x);
+        matmul(pool, &w.fuse, h, 3 * h, fused_in, rows, x);
 
-        // RoPE tables per row (position = entry base + slot).
-        let half = d / 2;
+        let half = c.head_dim / 2;
         fit(cos, rows * half);
         fit(sin, rows * half);
         for i in 0..e {
+            let base = match kind {
+                Kind::Context { bases, .. } => bases[i],
+                Kind::Seed { .. } => origin_base,
+            };
             for k in 0..k_slots {
-                let p = (base_of(i) + k as u32) as f32;
+                let p = (base + k as u32) as f32;
                 for (j, &f) in self.inv_freq.iter().enumerate() {
                     let a = p * f;
                     cos[(i * k_slots + k) * half + j] = a.cos();
@@ -435,19 +434,50 @@ impl Drafter {
                 }
             }
         }
+    }
 
-        // 2. Decoder layers.
-        fit(xn, rows * h);
-        fit(shifted, rows * 2 * h);
-        fit(qkv, rows * (qd + 2 * kvd));
-        fit(attn, rows * qd);
-        fit(tmp, rows * h);
-        fit(gu, rows * 2 * c.ffn);
-        fit(act, rows * c.ffn);
+    /// Sizes the decoder layers' buffers for `rows` rows, once per forward (every layer overwrites them).
+    fn size_layer_buffers(&self, rows: usize, sc: &mut Scratch) {
+        let c = &self.cfg;
+        let (h, qd, kvd) = (c.hidden, c.heads * c.head_dim, c.kv_heads * c.head_dim);
+        fit(&mut sc.xn, rows * h);
+        fit(&mut sc.shifted, rows * 2 * h);
+        fit(&mut sc.qkv, rows * (qd + 2 * kvd));
+        fit(&mut sc.attn, rows * qd);
+        fit(&mut sc.tmp, rows * h);
+        fit(&mut sc.gu, rows * 2 * c.ffn);
+        fit(&mut sc.act, rows * c.ffn);
+    }
 
-        let scale = 1.0 / (d as f32).sqrt();
-        let group = c.heads / c.kv_heads;
-        for (l, layer) in w.layers.iter().enumerate() {
+    /// Decoder layer `l` (step 2) over `sc.hidden` in place: the layer-wise shift (layers after the
+    /// first), attention (appending this batch's keys and values to the cache for a context forward),
+    /// MLP.
+    #[allow(clippy::too_many_arguments)] // one layer of the forward: its position and state
+    fn decoder_layer(
+        &self,
+        pool: &Pool,
+        l: usize,
+        cache: &mut CacheMode<'_>,
+        n0: usize,
+        kind: &Kind<'_>,
+        e: usize,
+        sc: &mut Scratch,
+    ) {
+        let (c, w) = (&self.cfg, &self.w);
+        let layer = &w.layers[l];
+        let (h, d, k_slots) = (c.hidden, c.head_dim, c.slots);
+        let (qd, kvd) = (c.heads * d, c.kv_heads * d);
+        let (rows, half) = (e * k_slots, d / 2);
+        {
+            let Scratch {
+                hidden: x,
+                xn,
+                shifted,
+                qkv,
+                cos,
+                sin,
+                ..
+            } = &mut *sc;
             if l > 0 {
                 for i in 0..e {
                     for k in 0..k_slots {
@@ -458,10 +488,10 @@ impl Drafter {
                             .copy_from_slice(&x[prev * h..(prev + 1) * h]);
                     }
                 }
-                matmul(&pool, &w.shift[l - 1], h, 2 * h, shifted, rows, x);
+                matmul(pool, &w.shift[l - 1], h, 2 * h, shifted, rows, x);
             }
             rms_norm(x, &layer.input_norm, c.rms_eps, xn);
-            matmul(&pool, &layer.wqkv, qd + 2 * kvd, h, xn, rows, qkv);
+            matmul(pool, &layer.wqkv, qd + 2 * kvd, h, xn, rows, qkv);
             for r in 0..rows {
                 let base = r * (qd + 2 * kvd);
                 let (cs, sn) = (
@@ -477,147 +507,194 @@ impl Drafter {
                     }
                 }
             }
-            if let Some(cache) = append.as_deref_mut() {
-                let cap_rows = cache.capacity * k_slots;
+            if let CacheMode::Append(cc) = cache {
+                let cap_rows = cc.capacity * k_slots;
                 for r in 0..rows {
                     let src = r * (qd + 2 * kvd) + qd;
                     for kvh in 0..c.kv_heads {
                         let dst = (kvh * cap_rows + n0 * k_slots + r) * d;
                         let (ks, vs) = (src + kvh * d, src + kvd + kvh * d);
-                        cache.k[l][dst..dst + d].copy_from_slice(&qkv[ks..ks + d]);
-                        cache.v[l][dst..dst + d].copy_from_slice(&qkv[vs..vs + d]);
+                        cc.k[l][dst..dst + d].copy_from_slice(&qkv[ks..ks + d]);
+                        cc.v[l][dst..dst + d].copy_from_slice(&qkv[vs..vs + d]);
                     }
                 }
-            }
-            // Attention per (entry, KV head): the entry's K slots times the GQA group's heads form one
-            // query block; its scores against the head's contiguous cached keys are one small matmul.
-            // Context entries see a cache prefix (their own slots included, causally); seeds see the
-            // prefix up to their visibility plus their own earlier slots, which are not cached.
-            let cc = match (append.as_deref(), read) {
-                (Some(cc), _) | (None, Some(cc)) => cc,
-                (None, None) => return Err(Error::InvalidState("drafter forward without a cache")),
-            };
-            let cap_rows = cc.capacity * k_slots;
-            let seeds = matches!(kind, Kind::Seed { .. });
-            let m = k_slots * group;
-            for i in 0..e {
-                // Cached keys this entry's slots may see: the longest prefix any of its slots sees.
-                let (prefix, own) = match &kind {
-                    Kind::Context { .. } => ((n0 + i + 1) * k_slots, 0),
-                    Kind::Seed { visibility, .. } => (
-                        (cc.entries() - 1) * k_slots + visibility[i] as usize + 1,
-                        k_slots,
-                    ),
-                };
-                let width = prefix + own;
-                for kvh in 0..c.kv_heads {
-                    fit(q, m * d);
-                    for k in 0..k_slots {
-                        let r = i * k_slots + k;
-                        for g in 0..group {
-                            let head = kvh * group + g;
-                            let src = r * (qd + 2 * kvd) + head * d;
-                            for (dst, &v) in q[(k * group + g) * d..(k * group + g + 1) * d]
-                                .iter_mut()
-                                .zip(&qkv[src..src + d])
-                            {
-                                *dst = v * scale;
-                            }
-                        }
-                    }
-                    let off = kvh * cap_rows * d;
-                    fit(cache_scores, m * prefix);
-                    crate::cpu::matmul_local(
-                        &cc.k[l][off..off + prefix * d],
-                        prefix,
-                        d,
-                        q,
-                        m,
-                        cache_scores,
-                    );
-                    fit(scores, m * width);
-                    for qi in 0..m {
-                        let k = qi / group;
-                        let row = &mut scores[qi * width..(qi + 1) * width];
-                        row[..prefix]
-                            .copy_from_slice(&cache_scores[qi * prefix..(qi + 1) * prefix]);
-                        if !seeds {
-                            // Own slots after k are in the cache but not yet visible.
-                            let visible = (n0 + i) * k_slots + k + 1;
-                            row[visible..prefix].fill(f32::NEG_INFINITY);
-                        }
-                        for j in 0..own {
-                            row[prefix + j] = if j <= k {
-                                let src = (i * k_slots + j) * (qd + 2 * kvd) + qd + kvh * d;
-                                dot(&q[qi * d..(qi + 1) * d], &qkv[src..src + d])
-                            } else {
-                                f32::NEG_INFINITY
-                            };
-                        }
-                        softmax_in_place(row);
-                    }
-                    fit(acc, m * d);
-                    if prefix > 0 {
-                        // Cached values: rows of `scores` are `width` apart; gather the prefix part.
-                        fit(cache_scores, m * prefix);
-                        for qi in 0..m {
-                            cache_scores[qi * prefix..(qi + 1) * prefix]
-                                .copy_from_slice(&scores[qi * width..qi * width + prefix]);
-                        }
-                        crate::cpu::weighted_rows(
-                            cache_scores,
-                            m,
-                            prefix,
-                            &cc.v[l][off..off + prefix * d],
-                            d,
-                            acc,
-                        );
-                    }
-                    for qi in 0..m {
-                        for j in 0..own {
-                            let p = scores[qi * width + prefix + j];
-                            if p == 0.0 {
-                                continue;
-                            }
-                            let src = (i * k_slots + j) * (qd + 2 * kvd) + qd + kvd + kvh * d;
-                            for (a, &b) in
-                                acc[qi * d..(qi + 1) * d].iter_mut().zip(&qkv[src..src + d])
-                            {
-                                *a += p * b;
-                            }
-                        }
-                    }
-                    for k in 0..k_slots {
-                        let r = i * k_slots + k;
-                        for g in 0..group {
-                            let head = kvh * group + g;
-                            let qi = k * group + g;
-                            attn[r * qd + head * d..r * qd + (head + 1) * d]
-                                .copy_from_slice(&acc[qi * d..(qi + 1) * d]);
-                        }
-                    }
-                }
-            }
-            matmul(&pool, &layer.wo, h, qd, attn, rows, tmp);
-            for (a, b) in x.iter_mut().zip(tmp.iter()) {
-                *a += b;
-            }
-            rms_norm(x, &layer.post_norm, c.rms_eps, xn);
-            matmul(&pool, &layer.w_gate_up, 2 * c.ffn, h, xn, rows, gu);
-            for r in 0..rows {
-                let g = &gu[r * 2 * c.ffn..(r + 1) * 2 * c.ffn];
-                let a = &mut act[r * c.ffn..(r + 1) * c.ffn];
-                a.copy_from_slice(&g[..c.ffn]);
-                crate::cpu::swiglu(a, &g[c.ffn..]);
-            }
-            matmul(&pool, &layer.w_down, h, c.ffn, act, rows, tmp);
-            for (a, b) in x.iter_mut().zip(tmp.iter()) {
-                *a += b;
             }
         }
+        self.attention(l, cache.cache(), n0, kind, e, sc);
 
-        // 3. Final norm, draft LM head: for every row, or the last entry's slots only.
-        let first = match &kind {
+        let Scratch {
+            hidden: x,
+            xn,
+            attn,
+            tmp,
+            gu,
+            act,
+            ..
+        } = sc;
+        matmul(pool, &layer.wo, h, qd, attn, rows, tmp);
+        for (a, b) in x.iter_mut().zip(tmp.iter()) {
+            *a += b;
+        }
+        rms_norm(x, &layer.post_norm, c.rms_eps, xn);
+        matmul(pool, &layer.w_gate_up, 2 * c.ffn, h, xn, rows, gu);
+        for r in 0..rows {
+            let g = &gu[r * 2 * c.ffn..(r + 1) * 2 * c.ffn];
+            let a = &mut act[r * c.ffn..(r + 1) * c.ffn];
+            a.copy_from_slice(&g[..c.ffn]);
+            crate::cpu::swiglu(a, &g[c.ffn..]);
+        }
+        matmul(pool, &layer.w_down, h, c.ffn, act, rows, tmp);
+        for (a, b) in x.iter_mut().zip(tmp.iter()) {
+            *a += b;
+        }
+    }
+
+    /// Attention of layer `l` from `sc.qkv` into `sc.attn`, per (entry, KV head): the entry's K slots
+    /// times the GQA group's heads form one query block; its scores against the head's contiguous
+    /// cached keys are one small matmul. Context entries see a cache prefix (their own slots included,
+    /// causally); seeds see the prefix up to their visibility plus their own earlier slots, which are
+    /// not cached.
+    fn attention(
+        &self,
+        l: usize,
+        cc: &ContextCache,
+        n0: usize,
+        kind: &Kind<'_>,
+        e: usize,
+        sc: &mut Scratch,
+    ) {
+        let c = &self.cfg;
+        let (d, k_slots) = (c.head_dim, c.slots);
+        let (qd, kvd) = (c.heads * d, c.kv_heads * d);
+        let scale = 1.0 / (d as f32).sqrt();
+        let group = c.heads / c.kv_heads;
+        let Scratch {
+            qkv,
+            attn,
+            scores,
+            q,
+            cache_scores,
+            acc,
+            ..
+        } = sc;
+        let cap_rows = cc.capacity * k_slots;
+        let seeds = matches!(kind, Kind::Seed { .. });
+        let m = k_slots * group;
+        for i in 0..e {
+            // Cached keys this entry's slots may see: the longest prefix any of its slots sees.
+            let (prefix, own) = match kind {
+                Kind::Context { .. } => ((n0 + i + 1) * k_slots, 0),
+                Kind::Seed { visibility, .. } => (
+                    (cc.entries() - 1) * k_slots + visibility[i] as usize + 1,
+                    k_slots,
+                ),
+            };
+            let width = prefix + own;
+            for kvh in 0..c.kv_heads {
+                fit(q, m * d);
+                for k in 0..k_slots {
+                    let r = i * k_slots + k;
+                    for g in 0..group {
+                        let head = kvh * group + g;
+                        let src = r * (qd + 2 * kvd) + head * d;
+                        for (dst, &v) in q[(k * group + g) * d..(k * group + g + 1) * d]
+                            .iter_mut()
+                            .zip(&qkv[src..src + d])
+                        {
+                            *dst = v * scale;
+                        }
+                    }
+                }
+                let off = kvh * cap_rows * d;
+                fit(cache_scores, m * prefix);
+                crate::cpu::matmul_local(
+                    &cc.k[l][off..off + prefix * d],
+                    prefix,
+                    d,
+                    q,
+                    m,
+                    cache_scores,
+                );
+                fit(scores, m * width);
+                for qi in 0..m {
+                    let k = qi / group;
+                    let row = &mut scores[qi * width..(qi + 1) * width];
+                    row[..prefix].copy_from_slice(&cache_scores[qi * prefix..(qi + 1) * prefix]);
+                    if !seeds {
+                        // Own slots after k are in the cache but not yet visible.
+                        let visible = (n0 + i) * k_slots + k + 1;
+                        row[visible..prefix].fill(f32::NEG_INFINITY);
+                    }
+                    for j in 0..own {
+                        row[prefix + j] = if j <= k {
+                            let src = (i * k_slots + j) * (qd + 2 * kvd) + qd + kvh * d;
+                            dot(&q[qi * d..(qi + 1) * d], &qkv[src..src + d])
+                        } else {
+                            f32::NEG_INFINITY
+                        };
+                    }
+                    softmax_in_place(row);
+                }
+                fit(acc, m * d);
+                if prefix > 0 {
+                    // Cached values: rows of `scores` are `width` apart; gather the prefix part.
+                    fit(cache_scores, m * prefix);
+                    for qi in 0..m {
+                        cache_scores[qi * prefix..(qi + 1) * prefix]
+                            .copy_from_slice(&scores[qi * width..qi * width + prefix]);
+                    }
+                    crate::cpu::weighted_rows(
+                        cache_scores,
+                        m,
+                        prefix,
+                        &cc.v[l][off..off + prefix * d],
+                        d,
+                        acc,
+                    );
+                }
+                for qi in 0..m {
+                    for j in 0..own {
+                        let p = scores[qi * width + prefix + j];
+                        if p == 0.0 {
+                            continue;
+                        }
+                        let src = (i * k_slots + j) * (qd + 2 * kvd) + qd + kvd + kvh * d;
+                        for (a, &b) in acc[qi * d..(qi + 1) * d].iter_mut().zip(&qkv[src..src + d])
+                        {
+                            *a += p * b;
+                        }
+                    }
+                }
+                for k in 0..k_slots {
+                    let r = i * k_slots + k;
+                    for g in 0..group {
+                        let head = kvh * group + g;
+                        let qi = k * group + g;
+                        attn[r * qd + head * d..r * qd + (head + 1) * d]
+                            .copy_from_slice(&acc[qi * d..(qi + 1) * d]);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The heads (steps 3 and 4): final norm and draft LM head, then the rank head on [normed, rank
+    /// features]; for every row, or (a session's context forward) the last entry's slots only.
+    fn heads(&self, pool: &Pool, kind: &Kind<'_>, e: usize, sc: &mut Scratch) {
+        let (c, w) = (&self.cfg, &self.w);
+        let (h, k_slots) = (c.hidden, c.slots);
+        let Scratch {
+            hidden: x,
+            normed,
+            logits,
+            rank_in,
+            rank_hidden: hidden1,
+            rank_logits,
+            top,
+            first_output_entry,
+            ..
+        } = sc;
+        let first = match kind {
             Kind::Context {
                 last_only: true, ..
             } => e - 1,
@@ -625,16 +702,14 @@ impl Drafter {
         };
         *first_output_entry = first;
         let out_x = &x[first * k_slots * h..];
-        let rows = rows - first * k_slots;
+        let rows = (e - first) * k_slots;
         fit(normed, rows * h);
         rms_norm(out_x, &w.norm, c.rms_eps, normed);
         fit(logits, rows * c.draft_vocab);
-        matmul(&pool, &w.lm_head, c.draft_vocab, h, normed, rows, logits);
+        matmul(pool, &w.lm_head, c.draft_vocab, h, normed, rows, logits);
 
-        // 4. Rank head on [normed, rank features].
         let rin_w = h + RANK_FEATURES;
         fit(rank_in, rows * rin_w);
-
         for r in 0..rows {
             let dst = &mut rank_in[r * rin_w..(r + 1) * rin_w];
             dst[..h].copy_from_slice(&normed[r * h..(r + 1) * h]);
@@ -646,13 +721,13 @@ impl Drafter {
             );
         }
         fit(hidden1, rows * RANK_HIDDEN);
-        matmul(&pool, &w.rank1, RANK_HIDDEN, rin_w, rank_in, rows, hidden1);
+        matmul(pool, &w.rank1, RANK_HIDDEN, rin_w, rank_in, rows, hidden1);
         for v in hidden1.iter_mut() {
             *v /= 1.0 + (-*v).exp();
         }
         fit(rank_logits, rows * c.rank_classes);
         matmul(
-            &pool,
+            pool,
             &w.rank2,
             c.rank_classes,
             RANK_HIDDEN,
@@ -660,11 +735,24 @@ impl Drafter {
             rows,
             rank_logits,
         );
+    }
+}
 
-        if let (Some(cache), Kind::Context { bases, .. }) = (append, &kind) {
-            cache.bases.extend_from_slice(bases);
+/// Which context cache a forward uses: a context forward appends its entries' keys and values; a
+/// seed forward (block 2 and later) only reads the committed ones.
+enum CacheMode<'c> {
+    /// Context forward: this batch's entries are appended.
+    Append(&'c mut ContextCache),
+    /// Seed forward: read only.
+    Read(&'c ContextCache),
+}
+
+impl CacheMode<'_> {
+    fn cache(&self) -> &ContextCache {
+        match self {
+            CacheMode::Append(cc) => cc,
+            CacheMode::Read(cc) => cc,
         }
-        Ok(())
     }
 }
 

@@ -6,6 +6,7 @@
 //!
 //! [`eagle3`] holds the EAGLE-3 baseline drafter (docs/eagle3-forward.md) with the same session API.
 
+mod any;
 pub mod config;
 pub mod eagle3;
 mod forward;
@@ -20,7 +21,10 @@ use std::path::Path;
 use std::string::ToString;
 use std::vec::Vec;
 
-pub use config::{ContextProtocol, DrafterConfig};
+pub use any::{AnyDrafter, DraftSession, DrafterKind};
+pub use config::{
+    AUX_LAYERS, ContextProtocol, DrafterConfig, default_aux_layers, resolve_aux_layers,
+};
 pub use forward::{BlockOutput, Scratch};
 pub use session::{DraftPolicy, Session};
 pub use speculator::{AnySession, Speculator, SpeculatorStats, default_arms};
@@ -143,10 +147,8 @@ impl Drafter {
 
     /// Loads `config.json` and `model.safetensors` from a directory.
     pub fn load_dir(dir: &Path, threads: usize) -> Result<Self, LoadError> {
-        let cfg_path = dir.join("config.json");
-        let text = std::fs::read_to_string(&cfg_path)
-            .map_err(|e| load_err!("cannot read {}: {e}", cfg_path.display()))?;
-        let cfg = DrafterConfig::from_json(&text, &cfg_path.display().to_string())?;
+        let (text, origin) = any::read_config(dir)?;
+        let cfg = DrafterConfig::from_json(&text, &origin)?;
         let st = SafeTensors::open(&dir.join("model.safetensors"))?;
         Self::from_safetensors(cfg, &st, threads)
     }

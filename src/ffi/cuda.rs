@@ -442,7 +442,7 @@ pub unsafe extern "C" fn sb_cuda_sampler_free(sampler: *mut sb_cuda_sampler) {
 }
 
 /// Sets every sequence's sampling parameters (`params[batch]`, host memory, each from
-/// `sb_sampling_default`) and RNG seed (`seeds[batch]`). A small synchronous upload: call it when they
+/// `sb_sampling_default_params`) and RNG seed (`seeds[batch]`). A small synchronous upload: call it when they
 /// change (vary the seed per step, as with `sb_verify_sample`). Out-of-range values are reported per
 /// sequence by the next `sb_cuda_verify_sample`, as the CPU would.
 #[unsafe(no_mangle)]

@@ -10,8 +10,8 @@ use std::vec::Vec;
 use super::tree::{SB_MAX_KEEP, sb_tree, sb_tree_params};
 use super::{guard, obj_mut, obj_ref, read_params, read_params_from, slice_ref, write_out};
 use crate::adapt::{Algorithm, Arm, PolicyParams, Shape};
-use crate::drafter::eagle3::{Eagle3Drafter, Eagle3Policy, Eagle3Session};
-use crate::drafter::{AnySession, DraftPolicy, Drafter, Session, Speculator, default_arms};
+use crate::drafter::eagle3::Eagle3Policy;
+use crate::drafter::{AnyDrafter, AnySession, DraftPolicy, DrafterKind, Speculator, default_arms};
 use crate::error::Status;
 
 /// A loaded drafter (SpecBlock or EAGLE-3). Immutable after loading: thread-safe, shareable by any
@@ -30,12 +30,6 @@ pub(crate) struct LoadedDrafter {
     embed_len: usize,
 }
 
-/// The two drafter kinds behind one handle.
-enum AnyDrafter {
-    SpecBlock(Drafter),
-    Eagle3(Eagle3Drafter),
-}
-
 /// What the C layer needs to know of either kind.
 struct DrafterShape {
     hidden: usize,
@@ -45,47 +39,14 @@ struct DrafterShape {
     slots: usize,
 }
 
-impl AnyDrafter {
-    fn shape(&self) -> DrafterShape {
-        match self {
-            AnyDrafter::SpecBlock(d) => {
-                let c = d.config();
-                DrafterShape {
-                    hidden: c.hidden,
-                    feature_width: 3 * c.target_hidden,
-                    vocab: c.vocab,
-                    draft_vocab: c.draft_vocab,
-                    slots: c.slots,
-                }
-            }
-            AnyDrafter::Eagle3(d) => {
-                let c = d.config();
-                DrafterShape {
-                    hidden: c.hidden,
-                    feature_width: d.feature_width(),
-                    vocab: c.vocab,
-                    draft_vocab: c.draft_vocab,
-                    slots: 1,
-                }
-            }
-        }
+fn shape(d: &AnyDrafter) -> DrafterShape {
+    DrafterShape {
+        hidden: d.hidden(),
+        feature_width: d.feature_width(),
+        vocab: d.vocab(),
+        draft_vocab: d.draft_vocab(),
+        slots: d.slots(),
     }
-}
-
-/// Whether `dir/config.json` declares an EAGLE-3 drafter (`architectures` naming Eagle3).
-fn is_eagle3_dir(dir: &Path) -> bool {
-    std::fs::read_to_string(dir.join("config.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|v| {
-            v.get("architectures")?.as_array().map(|a| {
-                a.iter().any(|x| {
-                    x.as_str()
-                        .is_some_and(|s| s.to_ascii_lowercase().contains("eagle3"))
-                })
-            })
-        })
-        .unwrap_or(false)
 }
 
 // SAFETY: the embedding is only read, and the caller guarantees it stays valid and unchanged while the
@@ -420,11 +381,7 @@ pub unsafe extern "C" fn sb_drafter_load(
             return fail(Status::InvalidArgument, "threads must be in 1..=256");
         }
         let dir = Path::new(dir);
-        let loaded = if is_eagle3_dir(dir) {
-            Eagle3Drafter::load_dir(dir, p.threads as usize).map(AnyDrafter::Eagle3)
-        } else {
-            Drafter::load_dir(dir, p.threads as usize).map(AnyDrafter::SpecBlock)
-        };
+        let loaded = AnyDrafter::load_dir(dir, p.threads as usize);
         let drafter = match loaded {
             Ok(d) => d,
             Err(e) => {
@@ -432,8 +389,8 @@ pub unsafe extern "C" fn sb_drafter_load(
                 return Err(Status::InvalidArgument);
             }
         };
-        let c = drafter.shape();
-        let own = matches!(&drafter, AnyDrafter::Eagle3(d) if d.has_own_embedding());
+        let c = shape(&drafter);
+        let own = drafter.has_own_embedding();
         if !(own && embed.is_empty()) && embed.len() != c.vocab * c.hidden {
             write_message(
                 error_buf,
@@ -491,20 +448,57 @@ pub unsafe extern "C" fn sb_drafter_get_info(
         if out.is_null() {
             return Err(Status::NullArgument);
         }
-        let c = d.drafter.shape();
+        let c = shape(&d.drafter);
         let info = sb_drafter_info {
             hidden: c.hidden as u32,
             feature_width: c.feature_width as u32,
             vocab: c.vocab as u32,
             draft_vocab: c.draft_vocab as u32,
             slots: c.slots as u32,
-            kind: match d.drafter {
-                AnyDrafter::SpecBlock(_) => SB_DRAFTER_KIND_SPECBLOCK,
-                AnyDrafter::Eagle3(_) => SB_DRAFTER_KIND_EAGLE3,
+            kind: match d.drafter.kind() {
+                DrafterKind::SpecBlock => SB_DRAFTER_KIND_SPECBLOCK,
+                DrafterKind::Eagle3 => SB_DRAFTER_KIND_EAGLE3,
             },
         };
         // SAFETY: checked non-NULL.
         unsafe { write_out(out, info) }
+    })
+}
+
+/// Target layers whose outputs make one feature row: `SB_AUX_LAYERS`.
+pub const SB_AUX_LAYERS: u32 = 3;
+const _: () = assert!(SB_AUX_LAYERS as usize == crate::drafter::AUX_LAYERS);
+
+/// Which target layers to capture for this drafter's features, for a target of `target_layers`
+/// decoder layers: writes `SB_AUX_LAYERS` layer indices (0-based) to `out` (`cap` >= `SB_AUX_LAYERS`),
+/// in feature order: a feature row is the outputs (residual stream after the layer) of these layers,
+/// concatenated. They come from the drafter's `config.json` (`aux_layer_ids`), else the EAGLE-3
+/// default `{1, L/2 - 1, L - 4}`. Errors: `SB_STATUS_BUFFER_TOO_SMALL`; `SB_STATUS_INVALID_ARGUMENT`
+/// when a configured layer is not below `target_layers` (the drafter was trained on another target)
+/// or, without configured layers, `target_layers` < 4.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sb_drafter_get_aux_layers(
+    drafter: *const sb_drafter,
+    target_layers: u32,
+    out: *mut u32,
+    cap: usize,
+) -> Status {
+    guard(|| {
+        // SAFETY: caller contract.
+        let d = &unsafe { obj_ref(drafter) }?.inner;
+        if out.is_null() {
+            return Err(Status::NullArgument);
+        }
+        if cap < crate::drafter::AUX_LAYERS {
+            return Err(Status::BufferTooSmall);
+        }
+        let layers = d.drafter.aux_layers(target_layers as usize)?;
+        // SAFETY: non-NULL, `cap` writable elements (caller contract), `layers.len()` <= cap.
+        let dst = unsafe { super::slice_mut(out, layers.len()) }?;
+        for (o, &l) in dst.iter_mut().zip(&layers) {
+            *o = l as u32;
+        }
+        Ok(())
     })
 }
 
@@ -578,7 +572,7 @@ pub unsafe extern "C" fn sb_session_new(
         if p.max_entries == 0 || p.budget as usize > crate::MAX_NODES {
             return Err(Status::InvalidArgument);
         }
-        let eagle3 = matches!(d.drafter, AnyDrafter::Eagle3(_));
+        let eagle3 = d.drafter.kind() == DrafterKind::Eagle3;
         let arms = session_arms(&p, eagle3)?;
         if arms
             .iter()
@@ -592,38 +586,14 @@ pub unsafe extern "C" fn sb_session_new(
             algorithm: Algorithm::CostModel,
             ..PolicyParams::default()
         };
-        let session = match &d.drafter {
-            AnyDrafter::SpecBlock(dr) => {
-                let policy = DraftPolicy {
-                    budget: p.budget.max(1),
-                    beam_width: p.beam_width,
-                    ..DraftPolicy::default()
-                };
-                AnySession::SpecBlock(Session::new(dr, p.max_entries as usize, policy)?)
-            }
-            AnyDrafter::Eagle3(dr) => {
-                let mut cap = Eagle3Policy {
-                    depth: 1,
-                    top_k: 1,
-                    budget: 1,
-                };
-                for a in &arms {
-                    if let Shape::Eagle3 {
-                        budget,
-                        depth,
-                        top_k,
-                    } = a.shape
-                    {
-                        cap = Eagle3Policy {
-                            depth: cap.depth.max(depth),
-                            top_k: cap.top_k.max(top_k),
-                            budget: cap.budget.max(budget),
-                        };
-                    }
-                }
-                AnySession::Eagle3(Eagle3Session::new(dr, p.max_entries as usize, cap)?)
-            }
+        let widths = DraftPolicy {
+            budget: p.budget.max(1),
+            beam_width: p.beam_width,
+            ..DraftPolicy::default()
         };
+        let session = d
+            .drafter
+            .new_session(p.max_entries as usize, &arms, widths)?;
         let speculator = Speculator::new(session, &arms, params)?;
         let handle = Box::into_raw(Box::new(sb_session {
             speculator,
@@ -650,7 +620,7 @@ pub unsafe extern "C" fn sb_session_free(session: *mut sb_session) {
 /// The tree a session's drafts need: `sb_tree_new` with these params holds every candidate before the
 /// prune (of any arm of its policy).
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn sb_session_tree_params(
+pub unsafe extern "C" fn sb_session_get_tree_params(
     session: *const sb_session,
     out: *mut sb_tree_params,
 ) -> Status {
@@ -658,7 +628,7 @@ pub unsafe extern "C" fn sb_session_tree_params(
         // SAFETY: caller contract.
         let s = unsafe { obj_ref(session) }?;
         let d = Arc::clone(&s.drafter);
-        let c = d.drafter.shape();
+        let c = shape(&d.drafter);
         let mut max_nodes = 1024u32;
         let mut max_depth = (2 * c.slots as u32).max(2);
         // SpecBlock candidates (`Session::draft`): block 1 adds at most the slot-0 width (up to
@@ -714,6 +684,17 @@ pub unsafe extern "C" fn sb_session_tree_params(
     })
 }
 
+/// Deprecated name of `sb_session_get_tree_params` (kept for callers built against 0.1 headers).
+#[deprecated(note = "renamed sb_session_get_tree_params")]
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sb_session_tree_params(
+    session: *const sb_session,
+    out: *mut sb_tree_params,
+) -> Status {
+    // SAFETY: forwarded caller contract.
+    unsafe { sb_session_get_tree_params(session, out) }
+}
+
 /// Checks tokens against the vocabulary into `out` (no allocation); returns how many.
 fn tokens_into(tokens: &[i32], vocab: usize, out: &mut [u32]) -> Result<usize, Status> {
     if tokens.len() > out.len() {
@@ -760,7 +741,7 @@ pub unsafe extern "C" fn sb_session_prefill(
         // SAFETY: caller contract for every pointer.
         let s = unsafe { obj_mut(session) }?;
         let d = Arc::clone(&s.drafter);
-        let c = d.drafter.shape();
+        let c = shape(&d.drafter);
         let rows = (n_feature_rows as usize)
             .checked_mul(c.feature_width)
             .ok_or(Status::InvalidArgument)?;
@@ -777,7 +758,7 @@ pub unsafe extern "C" fn sb_session_prefill(
 /// Grows the next draft tree into `tree` (reset, filled and finalized). Under the adaptive policy the
 /// shape is this iteration's choice: the tree may be the root alone (a plain step: verify the root
 /// only, then commit nothing accepted). `tree` must hold every candidate before the prune: create it
-/// with `sb_session_tree_params`.
+/// with `sb_session_get_tree_params`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn sb_session_draft(session: *mut sb_session, tree: *mut sb_tree) -> Status {
     guard(|| {
@@ -807,7 +788,7 @@ pub unsafe extern "C" fn sb_session_commit(
         // SAFETY: caller contract for every pointer.
         let s = unsafe { obj_mut(session) }?;
         let d = Arc::clone(&s.drafter);
-        let c = d.drafter.shape();
+        let c = shape(&d.drafter);
         let mut acc = [0u32; SB_MAX_KEEP];
         let n = if n_accepted == 0 {
             0
@@ -864,7 +845,7 @@ pub unsafe extern "C" fn sb_session_get_stats(
     session: *const sb_session,
     out: *mut sb_session_stats,
     arms: *mut sb_arm_stats,
-    arms_cap: u32,
+    arms_cap: usize,
 ) -> Status {
     guard(|| {
         // SAFETY: caller contract for every pointer.
@@ -872,7 +853,7 @@ pub unsafe extern "C" fn sb_session_get_stats(
         if out.is_null() {
             return Err(Status::NullArgument);
         }
-        let dst = unsafe { super::slice_mut(arms, arms_cap as usize) }?;
+        let dst = unsafe { super::slice_mut(arms, arms_cap) }?;
         let sp = &s.speculator;
         let st = sp.stats();
         let all = sp.policy().arms();

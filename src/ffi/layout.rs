@@ -24,23 +24,27 @@ unsafe fn write_layout<T>(
 
 /// Token of each node of the finalized tree, root first. `cap` >= `sb_tree_len`.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn sb_tree_tokens(tree: *const sb_tree, out: *mut i32, cap: u32) -> Status {
+pub unsafe extern "C" fn sb_tree_tokens(tree: *const sb_tree, out: *mut i32, cap: usize) -> Status {
     // SAFETY: forwarded caller contract.
-    unsafe { write_layout(tree, out, cap as usize, layout::tokens) }
+    unsafe { write_layout(tree, out, cap, layout::tokens) }
 }
 
 /// Parent of each node; the root's is -1. Parents precede children.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn sb_tree_parents(tree: *const sb_tree, out: *mut i32, cap: u32) -> Status {
+pub unsafe extern "C" fn sb_tree_parents(
+    tree: *const sb_tree,
+    out: *mut i32,
+    cap: usize,
+) -> Status {
     // SAFETY: forwarded caller contract.
-    unsafe { write_layout(tree, out, cap as usize, layout::parents) }
+    unsafe { write_layout(tree, out, cap, layout::parents) }
 }
 
 /// Depth of each node; the root's is 0.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn sb_tree_depths(tree: *const sb_tree, out: *mut i32, cap: u32) -> Status {
+pub unsafe extern "C" fn sb_tree_depths(tree: *const sb_tree, out: *mut i32, cap: usize) -> Status {
     // SAFETY: forwarded caller contract.
-    unsafe { write_layout(tree, out, cap as usize, layout::depths) }
+    unsafe { write_layout(tree, out, cap, layout::depths) }
 }
 
 /// Target position of each node: `prefix_len + depth`, where `prefix_len` counts the committed tokens
@@ -50,14 +54,10 @@ pub unsafe extern "C" fn sb_tree_positions(
     tree: *const sb_tree,
     prefix_len: u32,
     out: *mut i32,
-    cap: u32,
+    cap: usize,
 ) -> Status {
     // SAFETY: forwarded caller contract.
-    unsafe {
-        write_layout(tree, out, cap as usize, |t, o| {
-            layout::positions(t, prefix_len, o)
-        })
-    }
+    unsafe { write_layout(tree, out, cap, |t, o| layout::positions(t, prefix_len, o)) }
 }
 
 /// First child of each node, -1 for leaves (SGLang `retrive_next_token`).
@@ -65,10 +65,10 @@ pub unsafe extern "C" fn sb_tree_positions(
 pub unsafe extern "C" fn sb_tree_first_child(
     tree: *const sb_tree,
     out: *mut i32,
-    cap: u32,
+    cap: usize,
 ) -> Status {
     // SAFETY: forwarded caller contract.
-    unsafe { write_layout(tree, out, cap as usize, layout::first_child) }
+    unsafe { write_layout(tree, out, cap, layout::first_child) }
 }
 
 /// Next sibling of each node, -1 for the last (SGLang `retrive_next_sibling`); siblings ascend by id.
@@ -76,10 +76,10 @@ pub unsafe extern "C" fn sb_tree_first_child(
 pub unsafe extern "C" fn sb_tree_next_sibling(
     tree: *const sb_tree,
     out: *mut i32,
-    cap: u32,
+    cap: usize,
 ) -> Status {
     // SAFETY: forwarded caller contract.
-    unsafe { write_layout(tree, out, cap as usize, layout::next_sibling) }
+    unsafe { write_layout(tree, out, cap, layout::next_sibling) }
 }
 
 /// Dense ancestor-or-self mask, row-major `n x n` bytes (`n = sb_tree_len`): `out[i*n + j] = 1` iff node
@@ -205,20 +205,25 @@ pub unsafe extern "C" fn sb_tree_seq_ranges(
     max_seq: u32,
     out_first: *mut i32,
     out_count: *mut i32,
-    cap: u32,
+    cap: usize,
 ) -> Status {
     guard(|| {
         // SAFETY: caller contract for `tree` and both buffers.
         let t = unsafe { obj_ref(tree) }?;
         // Two `&mut` slices over overlapping memory would be undefined behaviour: refuse them.
-        let bytes = cap as usize * size_of::<i32>();
+        // (A byte count that overflows is no buffer that can exist: `slice_mut` refuses it below.)
+        let bytes = cap.saturating_mul(size_of::<i32>());
         let (a, b) = (out_first as usize, out_count as usize);
-        if cap > 0 && !out_first.is_null() && !out_count.is_null() && a < b + bytes && b < a + bytes
+        if cap > 0
+            && !out_first.is_null()
+            && !out_count.is_null()
+            && a < b.saturating_add(bytes)
+            && b < a.saturating_add(bytes)
         {
             return Err(Status::InvalidArgument);
         }
-        let first = unsafe { slice_mut(out_first, cap as usize) }?;
-        let count = unsafe { slice_mut(out_count, cap as usize) }?;
+        let first = unsafe { slice_mut(out_first, cap) }?;
+        let count = unsafe { slice_mut(out_count, cap) }?;
         layout::seq_ranges(&t.0, first_seq_id, max_seq, first, count)?;
         Ok(())
     })

@@ -18,11 +18,18 @@
 #![allow(non_camel_case_types)]
 #![allow(clippy::missing_safety_doc)] // every export documents its contract in the header
 
-mod cuda;
-mod drafter;
-mod layout;
+// The header lists the functions in this order (cbindgen keeps the parse order), one object after the
+// other as a newcomer meets them: the draft tree, its layouts for the target, verification, then the
+// drafter and its sessions, then the CUDA device path. Blank lines keep rustfmt from sorting them.
 mod tree;
+
+mod layout;
+
 mod verify;
+
+mod drafter;
+
+mod cuda;
 
 use core::ffi::c_char;
 use std::panic::{AssertUnwindSafe, catch_unwind};

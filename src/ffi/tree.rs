@@ -219,18 +219,10 @@ pub(crate) unsafe fn copy_node_array<T: Copy>(
 pub unsafe extern "C" fn sb_tree_cum_logprobs(
     tree: *const sb_tree,
     out: *mut f32,
-    cap: u32,
+    cap: usize,
 ) -> Status {
     // SAFETY: forwarded caller contract.
-    unsafe {
-        copy_node_array(
-            tree,
-            out,
-            cap as usize,
-            "cum_logprobs",
-            DraftTree::cum_logprobs,
-        )
-    }
+    unsafe { copy_node_array(tree, out, cap, "cum_logprobs", DraftTree::cum_logprobs) }
 }
 
 /// Drafter metadata of each node. `cap` >= `sb_tree_len`.
@@ -238,10 +230,10 @@ pub unsafe extern "C" fn sb_tree_cum_logprobs(
 pub unsafe extern "C" fn sb_tree_node_meta(
     tree: *const sb_tree,
     out: *mut NodeMeta,
-    cap: u32,
+    cap: usize,
 ) -> Status {
     // SAFETY: forwarded caller contract.
-    unsafe { copy_node_array(tree, out, cap as usize, "node_meta", DraftTree::metas) }
+    unsafe { copy_node_array(tree, out, cap, "node_meta", DraftTree::metas) }
 }
 
 /// The id each node had when it was added (root 0), so a drafter can find its own per-candidate data.
@@ -249,8 +241,8 @@ pub unsafe extern "C" fn sb_tree_node_meta(
 pub unsafe extern "C" fn sb_tree_source_ids(
     tree: *const sb_tree,
     out: *mut i32,
-    cap: u32,
+    cap: usize,
 ) -> Status {
     // SAFETY: forwarded caller contract.
-    unsafe { copy_node_array(tree, out, cap as usize, "source_ids", DraftTree::source_ids) }
+    unsafe { copy_node_array(tree, out, cap, "source_ids", DraftTree::source_ids) }
 }

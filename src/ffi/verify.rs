@@ -5,11 +5,11 @@ use super::{guard, obj_ref, read_params, slice_ref, write_out};
 use crate::error::Status;
 use crate::verify::{self, Acceptance, Sampling};
 
-/// The target's sampling parameters for `sb_verify_sample`. Get them from `sb_sampling_default()`.
+/// The target's sampling parameters for `sb_verify_sample`. Get them from `sb_sampling_default_params()`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct sb_sampling {
-    /// `sizeof(sb_sampling)`; set by `sb_sampling_default`.
+    /// `sizeof(sb_sampling)`; set by `sb_sampling_default_params`.
     pub struct_size: u32,
     /// Temperature (finite, >= 0); 0 = greedy.
     pub temperature: f32,
@@ -55,7 +55,7 @@ impl From<Acceptance> for sb_accept {
 
 /// Default sampling: temperature 1, top-k off, top-p off.
 #[unsafe(no_mangle)]
-pub extern "C" fn sb_sampling_default() -> sb_sampling {
+pub extern "C" fn sb_sampling_default_params() -> sb_sampling {
     let d = Sampling::default();
     sb_sampling {
         struct_size: size_of::<sb_sampling>() as u32,
@@ -134,7 +134,7 @@ pub unsafe extern "C" fn sb_verify_sample(
 /// against, so a speculative run and a plain run emit tokens with the same law. The coin is the
 /// counter-based generator at (`seed`, `counter`). Temperature 0 gives the argmax (ties to the lowest id).
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn sb_sample_token(
+pub unsafe extern "C" fn sb_sampling_sample_token(
     logits: *const f32,
     vocab: u32,
     sampling: *const sb_sampling,
@@ -158,4 +158,26 @@ pub unsafe extern "C" fn sb_sample_token(
         // SAFETY: checked non-NULL.
         unsafe { write_out(out_token, t as i32) }
     })
+}
+
+/// Deprecated name of `sb_sampling_default_params` (kept for callers built against 0.1 headers).
+#[deprecated(note = "renamed sb_sampling_default_params")]
+#[unsafe(no_mangle)]
+pub extern "C" fn sb_sampling_default() -> sb_sampling {
+    sb_sampling_default_params()
+}
+
+/// Deprecated name of `sb_sampling_sample_token` (kept for callers built against 0.1 headers).
+#[deprecated(note = "renamed sb_sampling_sample_token")]
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sb_sample_token(
+    logits: *const f32,
+    vocab: u32,
+    sampling: *const sb_sampling,
+    seed: u64,
+    counter: u64,
+    out_token: *mut i32,
+) -> Status {
+    // SAFETY: forwarded caller contract.
+    unsafe { sb_sampling_sample_token(logits, vocab, sampling, seed, counter, out_token) }
 }

@@ -4,6 +4,8 @@
  * Built, linked against the library and run by tests/c_api.rs.
  */
 
+/* Deprecated aliases get the compiler attribute: it must compile cleanly too. */
+#define SB_WARN_DEPRECATED
 #include "specblock.h"
 #include "specblock.h" /* include guard */
 

@@ -2,6 +2,8 @@
 // inclusion, and declares its functions extern "C" (this file links against the library and runs).
 // Built and run by tests/c_api.rs.
 
+// Deprecated aliases get the compiler attribute: it must compile cleanly too.
+#define SB_WARN_DEPRECATED
 #include "specblock.h"
 #include "specblock.h"  // include guard
 
@@ -38,7 +40,7 @@ int main() {
     if (sb_tree_finalize(tree.get(), 1) != SB_STATUS_OK) return 1;
     sb_node_meta out[2]{};
     if (sb_tree_node_meta(tree.get(), out, 2) != SB_STATUS_OK || out[1].user != 4) return 1;
-    sb_sampling s = sb_sampling_default();
+    sb_sampling s = sb_sampling_default_params();
     if (s.struct_size != sizeof(sb_sampling)) return 1;
     return std::strcmp(sb_version(), SB_VERSION) == 0 ? 0 : 1;
 }

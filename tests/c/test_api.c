@@ -206,6 +206,11 @@ static void test_version_status_defaults(void) {
     CHECK(sm.temperature == 1.0f);
     CHECK_EQ(sm.top_k, 0);
     CHECK(sm.top_p == 1.0f);
+    /* The renamed function and its deprecated old name give the same defaults. */
+    {
+        sb_sampling renamed = sb_sampling_default_params();
+        CHECK(memcmp(&renamed, &sm, sizeof sm) == 0);
+    }
 
     CHECK_EQ(SB_MAX_KEEP, SB_MAX_DEPTH + 1);
     CHECK_EQ(sizeof(((sb_accept *)0)->nodes) / sizeof(int32_t), SB_MAX_DEPTH);

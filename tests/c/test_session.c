@@ -390,6 +390,21 @@ static void test_info(void) {
     CHECK_EQ(info.feature_width, 144);
     CHECK_EQ(info.draft_vocab, 120);
     CHECK_EQ(info.slots, g_eagle3 ? 1 : 4);
+
+    /* The fixtures name no aux_layer_ids: the default layers [1, L/2 - 1, L - 4] of the target. */
+    uint32_t layers[SB_AUX_LAYERS + 1] = {7, 7, 7, 7};
+    CHECK_STATUS(sb_drafter_get_aux_layers(NULL, 30, layers, SB_AUX_LAYERS), SB_STATUS_NULL_ARGUMENT);
+    CHECK_STATUS(sb_drafter_get_aux_layers(d, 30, NULL, SB_AUX_LAYERS), SB_STATUS_NULL_ARGUMENT);
+    CHECK_STATUS(sb_drafter_get_aux_layers(d, 30, layers, SB_AUX_LAYERS - 1), SB_STATUS_BUFFER_TOO_SMALL);
+    CHECK_STATUS(sb_drafter_get_aux_layers(d, 3, layers, SB_AUX_LAYERS), SB_STATUS_INVALID_ARGUMENT);
+    CHECK(layers[0] == 7 && layers[1] == 7 && layers[2] == 7);
+    CHECK_OK(sb_drafter_get_aux_layers(d, 30, layers, SB_AUX_LAYERS + 1));
+    CHECK_EQ(layers[0], 1);
+    CHECK_EQ(layers[1], 14);
+    CHECK_EQ(layers[2], 26);
+    CHECK_EQ(layers[3], 7);
+    CHECK_OK(sb_drafter_get_aux_layers(d, 4, layers, SB_AUX_LAYERS));
+    CHECK(layers[0] == 1 && layers[1] == 1 && layers[2] == 0);
     sb_drafter_free(d);
 }
 

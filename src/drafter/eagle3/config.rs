@@ -3,6 +3,7 @@
 //! RoPE, a biased `fc`) is rejected here, so a loaded drafter always computes the contract's forward.
 
 use std::string::String;
+use std::vec::Vec;
 
 use crate::io::LoadError;
 use crate::load_err;
@@ -30,6 +31,9 @@ pub struct Eagle3Config {
     pub rms_eps: f32,
     /// RoPE base (`rope_theta`, default 10000: the EAGLE trainer's value).
     pub rope_theta: f32,
+    /// Target layers whose outputs are the features (`aux_layer_ids`; absent: the EAGLE-3 default
+    /// [`default_aux_layers`](crate::drafter::config::default_aux_layers) of the target).
+    pub aux_layer_ids: Option<Vec<usize>>,
 }
 
 impl Eagle3Config {
@@ -96,6 +100,7 @@ impl Eagle3Config {
             target_hidden: int("target_hidden_size")?.unwrap_or(hidden),
             rms_eps: float("rms_norm_eps", 1e-6)?,
             rope_theta: float("rope_theta", 10000.0)?,
+            aux_layer_ids: crate::drafter::config::parse_aux_layer_ids(&v, origin)?,
         };
         match c.problem() {
             Some(p) => Err(load_err!("{origin}: {p}")),

@@ -16,7 +16,6 @@ mod session;
 mod weights;
 
 use std::path::Path;
-use std::string::ToString;
 use std::vec::Vec;
 
 pub use cache::Eagle3Cache;
@@ -28,7 +27,6 @@ pub use session::{Eagle3Candidates, Eagle3Policy, Eagle3Session};
 use crate::cpu::Pool;
 use crate::io::LoadError;
 use crate::io::safetensors::SafeTensors;
-use crate::load_err;
 use weights::Weights;
 
 /// A loaded EAGLE-3 drafter: immutable, shareable across threads (sessions hold the mutable state).
@@ -50,10 +48,8 @@ impl Eagle3Drafter {
 
     /// Loads `config.json` and `model.safetensors` from a directory; forwards run on `threads` threads.
     pub fn load_dir(dir: &Path, threads: usize) -> Result<Self, LoadError> {
-        let cfg_path = dir.join("config.json");
-        let text = std::fs::read_to_string(&cfg_path)
-            .map_err(|e| load_err!("cannot read {}: {e}", cfg_path.display()))?;
-        let cfg = Eagle3Config::from_json(&text, &cfg_path.display().to_string())?;
+        let (text, origin) = super::any::read_config(dir)?;
+        let cfg = Eagle3Config::from_json(&text, &origin)?;
         let st = SafeTensors::open(&dir.join("model.safetensors"))?;
         Self::from_safetensors(cfg, &st, threads)
     }

@@ -37,6 +37,33 @@ impl Default for Eagle3Policy {
     }
 }
 
+impl Eagle3Policy {
+    /// The smallest shape that holds every EAGLE-3 arm of `arms` (the deepest, widest and largest
+    /// budget of them; at least 1 each): what a session serving those arms is created with.
+    pub fn covering(arms: &[crate::adapt::Arm]) -> Self {
+        let mut cap = Eagle3Policy {
+            depth: 1,
+            top_k: 1,
+            budget: 1,
+        };
+        for a in arms {
+            if let crate::adapt::Shape::Eagle3 {
+                budget,
+                depth,
+                top_k,
+            } = a.shape
+            {
+                cap = Eagle3Policy {
+                    depth: cap.depth.max(depth),
+                    top_k: cap.top_k.max(top_k),
+                    budget: cap.budget.max(budget),
+                };
+            }
+        }
+        cap
+    }
+}
+
 /// The candidate pool of the last draft, in creation order (for inspection and tests).
 #[derive(Clone, Copy, Debug)]
 pub struct Eagle3Candidates<'a> {

@@ -7,16 +7,13 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use specblock::adapt::{Arm, Shape};
-use specblock::drafter::eagle3::{Eagle3Drafter, Eagle3Policy};
-use specblock::drafter::{DraftPolicy, Drafter, Speculator, default_arms};
+use specblock::drafter::eagle3::Eagle3Policy;
+use specblock::drafter::{AnyDrafter, DraftPolicy, DrafterKind, Speculator, default_arms};
 use specblock::verify::Sampling;
 
 use crate::decode::generate_ids;
 use crate::error::{Error, Result};
-use crate::generate::{
-    load_eagle3_drafter, load_specblock_drafter, new_eagle3_speculator, new_specblock_speculator,
-    policy_json,
-};
+use crate::generate::{load_drafter, new_speculator, policy_json};
 use crate::model::Llama;
 use crate::speculate::speculative_generate;
 use crate::tokenizer::Tokenizer;
@@ -255,24 +252,16 @@ pub fn run_suite(
         |s| s.to_string_lossy().into_owned(),
     );
     let wants = |name: &str| cfg.methods.iter().any(|m| m.name() == name);
-    let sb: Option<Drafter> = if wants("specblock") {
-        Some(load_specblock_drafter(
-            model,
-            &cfg.specblock_drafter,
-            cfg.drafter_bf16,
-        )?)
-    } else {
-        None
-    };
-    let e3: Option<Eagle3Drafter> = if wants("eagle3") {
-        Some(load_eagle3_drafter(
-            model,
-            &cfg.eagle3_drafter,
-            cfg.drafter_bf16,
-        )?)
-    } else {
-        None
-    };
+    let load =
+        |name: &str, dir: &std::path::Path, kind: DrafterKind| -> Result<Option<AnyDrafter>> {
+            if wants(name) {
+                load_drafter(model, dir, kind, cfg.drafter_bf16).map(Some)
+            } else {
+                Ok(None)
+            }
+        };
+    let sb = load("specblock", &cfg.specblock_drafter, DrafterKind::SpecBlock)?;
+    let e3 = load("eagle3", &cfg.eagle3_drafter, DrafterKind::Eagle3)?;
     let eos = tok.eos();
     let greedy = cfg.sampling.temperature == 0.0;
     let mut mismatches = 0usize;
@@ -294,12 +283,10 @@ pub fn run_suite(
         .iter()
         .map(|m| match m.name() {
             "specblock" => {
-                new_specblock_speculator(sb.as_ref().expect("loaded above"), max_entries, &m.arms())
-                    .map(Some)
+                new_speculator(sb.as_ref().expect("loaded above"), max_entries, &m.arms()).map(Some)
             }
             "eagle3" => {
-                new_eagle3_speculator(e3.as_ref().expect("loaded above"), max_entries, &m.arms())
-                    .map(Some)
+                new_speculator(e3.as_ref().expect("loaded above"), max_entries, &m.arms()).map(Some)
             }
             _ => Ok(None),
         })

@@ -3,9 +3,11 @@
 
 use std::path::{Path, PathBuf};
 
-use specblock::adapt::{Arm, PolicyParams, Shape};
+use specblock::adapt::{Arm, PolicyParams};
 use specblock::drafter::eagle3::{Eagle3Drafter, Eagle3Policy, Eagle3Session};
-use specblock::drafter::{AnySession, DraftPolicy, Drafter, Session, Speculator};
+use specblock::drafter::{
+    AnyDrafter, AnySession, DraftPolicy, Drafter, DrafterKind, Session, Speculator,
+};
 use specblock::verify::Sampling;
 
 use crate::decode::generate_ids;
@@ -58,7 +60,17 @@ pub enum Method {
     },
 }
 
-/// A SpecBlock speculator (session + draft-shape policy over `arms`) with room for `max_entries`.
+/// A speculator (session + draft-shape policy over `arms`) with room for `max_entries`, for a drafter
+/// of either kind.
+pub fn new_speculator<'d>(
+    d: &'d AnyDrafter,
+    max_entries: usize,
+    arms: &[Arm],
+) -> Result<Speculator<'d>> {
+    Ok(d.new_speculator(max_entries, arms, PolicyParams::default())?)
+}
+
+/// A SpecBlock speculator over `arms` with room for `max_entries`.
 pub fn new_specblock_speculator<'d>(
     d: &'d Drafter,
     max_entries: usize,
@@ -78,23 +90,7 @@ pub fn new_eagle3_speculator<'d>(
     max_entries: usize,
     arms: &[Arm],
 ) -> Result<Speculator<'d>> {
-    let mut cap = Eagle3Policy {
-        depth: 1,
-        top_k: 1,
-        budget: 1,
-    };
-    for a in arms {
-        if let Shape::Eagle3 {
-            budget,
-            depth,
-            top_k,
-        } = a.shape
-        {
-            cap.depth = cap.depth.max(depth);
-            cap.top_k = cap.top_k.max(top_k);
-            cap.budget = cap.budget.max(budget);
-        }
-    }
+    let cap = Eagle3Policy::covering(arms);
     let session = Eagle3Session::new(d, max_entries, cap)?;
     Ok(Speculator::new(
         AnySession::Eagle3(session),
@@ -144,51 +140,55 @@ fn drafter_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// Loads a SpecBlock drafter directory and checks that it fits `model` (vocabulary and width).
-pub fn load_specblock_drafter(model: &Llama, dir: &Path, bf16: bool) -> Result<Drafter> {
+/// Loads a drafter directory of the kind `kind` and checks that it fits `model`: vocabulary, width,
+/// and the target layers its features come from.
+pub fn load_drafter(
+    model: &Llama,
+    dir: &Path,
+    kind: DrafterKind,
+    bf16: bool,
+) -> Result<AnyDrafter> {
     require_dir(dir)?;
-    let mut d = Drafter::load_dir(dir, drafter_threads())
-        .map_err(|e| Error::Format(format!("drafter {}: {e}", dir.display())))?;
-    if bf16 {
-        d.use_bf16_weights();
-    }
-    if d.config().vocab != model.config().vocab || d.config().hidden != model.config().hidden {
+    let what = match kind {
+        DrafterKind::SpecBlock => "drafter",
+        DrafterKind::Eagle3 => "EAGLE-3 drafter",
+    };
+    let mut d = AnyDrafter::load_dir(dir, drafter_threads())
+        .map_err(|e| Error::Format(format!("{what} {}: {e}", dir.display())))?;
+    if d.kind() != kind {
         return Err(Error::InvalidArgument(format!(
-            "drafter {} (vocab {}, hidden {}) does not fit the target (vocab {}, hidden {})",
+            "{} holds a {:?} drafter, not a {what} (config.json `architectures`)",
             dir.display(),
-            d.config().vocab,
-            d.config().hidden,
-            model.config().vocab,
-            model.config().hidden
+            d.kind()
         )));
     }
-    Ok(d)
-}
-
-/// Loads an EAGLE-3 drafter directory and checks that it fits `model`.
-pub fn load_eagle3_drafter(model: &Llama, dir: &Path, bf16: bool) -> Result<Eagle3Drafter> {
-    require_dir(dir)?;
-    let mut d = Eagle3Drafter::load_dir(dir, drafter_threads())
-        .map_err(|e| Error::Format(format!("EAGLE-3 drafter {}: {e}", dir.display())))?;
     if bf16 {
         d.use_bf16_weights();
     }
-    let c = d.config();
-    if c.vocab != model.config().vocab
-        || d.feature_width() != 3 * model.config().hidden
-        || (!d.has_own_embedding() && c.hidden != model.config().hidden)
+    let t = model.config();
+    if d.vocab() != t.vocab
+        || d.feature_width() != 3 * t.hidden
+        || (!d.has_own_embedding() && d.hidden() != t.hidden)
     {
         return Err(Error::InvalidArgument(format!(
-            "EAGLE-3 drafter {} (vocab {}, hidden {}, features {}) does not fit the target \
+            "{what} {} (vocab {}, hidden {}, features {}) does not fit the target \
              (vocab {}, hidden {})",
             dir.display(),
-            c.vocab,
-            c.hidden,
+            d.vocab(),
+            d.hidden(),
             d.feature_width(),
-            model.config().vocab,
-            model.config().hidden
+            t.vocab,
+            t.hidden
         )));
     }
+    d.aux_layers(t.n_layers).map_err(|e| {
+        Error::InvalidArgument(format!(
+            "{what} {}: {e} (aux_layer_ids {:?}, target layers {})",
+            dir.display(),
+            d.aux_layer_ids(),
+            t.n_layers
+        ))
+    })?;
     Ok(d)
 }
 
@@ -246,25 +246,19 @@ pub fn prompt_ids(tok: &Tokenizer, req: &Request) -> Vec<u32> {
     }
 }
 
-/// The loaded drafter of a request's method.
-enum Loaded {
-    Ar,
-    SpecBlock(Drafter, Vec<Arm>),
-    Eagle3(Eagle3Drafter, Vec<Arm>),
-}
+/// The loaded drafter of a request's method (none for plain decoding).
+struct Loaded(Option<(AnyDrafter, Vec<Arm>)>);
 
 fn load_method(model: &Llama, req: &Request) -> Result<Loaded> {
-    Ok(match &req.method {
-        Method::Ar => Loaded::Ar,
-        Method::SpecBlock { drafter, arms } => Loaded::SpecBlock(
-            load_specblock_drafter(model, drafter, req.drafter_bf16)?,
-            arms.clone(),
-        ),
-        Method::Eagle3 { drafter, arms } => Loaded::Eagle3(
-            load_eagle3_drafter(model, drafter, req.drafter_bf16)?,
-            arms.clone(),
-        ),
-    })
+    let (dir, arms, kind) = match &req.method {
+        Method::Ar => return Ok(Loaded(None)),
+        Method::SpecBlock { drafter, arms } => (drafter, arms, DrafterKind::SpecBlock),
+        Method::Eagle3 { drafter, arms } => (drafter, arms, DrafterKind::Eagle3),
+    };
+    Ok(Loaded(Some((
+        load_drafter(model, dir, kind, req.drafter_bf16)?,
+        arms.clone(),
+    ))))
 }
 
 /// Answers prompt after prompt with one model and, for speculative methods, one speculator (its
@@ -275,14 +269,15 @@ struct Answerer<'d> {
 
 impl<'d> Answerer<'d> {
     fn new(loaded: &'d Loaded, max_entries: usize) -> Result<Self> {
-        let speculator = match loaded {
-            Loaded::Ar => None,
-            Loaded::SpecBlock(d, arms) => {
-                Some((new_specblock_speculator(d, max_entries, arms)?, "specblock"))
-            }
-            Loaded::Eagle3(d, arms) => {
-                Some((new_eagle3_speculator(d, max_entries, arms)?, "eagle3"))
-            }
+        let speculator = match &loaded.0 {
+            None => None,
+            Some((d, arms)) => Some((
+                new_speculator(d, max_entries, arms)?,
+                match d.kind() {
+                    DrafterKind::SpecBlock => "specblock",
+                    DrafterKind::Eagle3 => "eagle3",
+                },
+            )),
         };
         Ok(Answerer { speculator })
     }

@@ -5,8 +5,6 @@
 
 use std::time::Instant;
 
-use specblock::drafter::eagle3::Eagle3Session;
-use specblock::drafter::{Session, Speculator};
 use specblock::layout;
 use specblock::tree::{DraftTree, TreeParams};
 use specblock::verify::{self, Sampling};
@@ -48,125 +46,13 @@ impl SpecStats {
     }
 }
 
-/// A per-sequence drafting session: what the speculative loop needs from a drafter. Both the SpecBlock
-/// session and the EAGLE-3 session implement it with the same protocol (features of the committed
-/// positions in, a finalized draft tree out).
-pub trait DraftSession {
-    /// After the target's prefill of `tokens[..S]` (features of those S positions) and its first sampled
-    /// token `tokens[S]`.
-    fn prefill(
-        &mut self,
-        embed: &[f32],
-        features: &[f32],
-        tokens: &[u32],
-    ) -> std::result::Result<(), specblock::Error>;
-    /// Grows and finalizes the next draft tree under the current root.
-    fn draft(
-        &mut self,
-        embed: &[f32],
-        tree: &mut DraftTree,
-    ) -> std::result::Result<(), specblock::Error>;
-    /// After verification: the accepted tokens, the bonus token and the features of
-    /// `[root, accepted...]`.
-    fn commit(
-        &mut self,
-        embed: &[f32],
-        accepted: &[u32],
-        bonus: u32,
-        features: &[f32],
-    ) -> std::result::Result<(), specblock::Error>;
-    /// The iteration's measured cost: `rows` verified, `tokens` emitted (accepted + bonus), the
-    /// verification seconds. A draft-shape policy learns from it; fixed-shape sessions ignore it.
-    fn feedback(
-        &mut self,
-        _rows: u32,
-        _tokens: u32,
-        _verify_s: f64,
-    ) -> std::result::Result<(), specblock::Error> {
-        Ok(())
-    }
-    /// The arm of the last draft, for sessions with a draft-shape policy.
-    fn current_arm(&self) -> Option<usize> {
-        None
-    }
-}
+/// The library's per-sequence drafting protocol, re-exported where the engine's own trait used to be.
+pub use specblock::drafter::DraftSession;
 
-impl DraftSession for Speculator<'_> {
-    fn prefill(
-        &mut self,
-        embed: &[f32],
-        features: &[f32],
-        tokens: &[u32],
-    ) -> std::result::Result<(), specblock::Error> {
-        Speculator::prefill(self, embed, features, tokens)
-    }
-    fn draft(
-        &mut self,
-        embed: &[f32],
-        tree: &mut DraftTree,
-    ) -> std::result::Result<(), specblock::Error> {
-        Speculator::draft(self, embed, tree).map(|_| ())
-    }
-    fn commit(
-        &mut self,
-        embed: &[f32],
-        accepted: &[u32],
-        bonus: u32,
-        features: &[f32],
-    ) -> std::result::Result<(), specblock::Error> {
-        Speculator::commit(self, embed, accepted, bonus, features)
-    }
-    fn feedback(
-        &mut self,
-        rows: u32,
-        tokens: u32,
-        verify_s: f64,
-    ) -> std::result::Result<(), specblock::Error> {
-        Speculator::feedback(self, rows, tokens, verify_s, None)
-    }
-    fn current_arm(&self) -> Option<usize> {
-        Some(self.stats().current_arm)
-    }
-}
-
-/// Both library sessions have inherent methods of exactly these signatures.
-macro_rules! delegate_draft_session {
-    ($t:ty) => {
-        impl DraftSession for $t {
-            fn prefill(
-                &mut self,
-                embed: &[f32],
-                features: &[f32],
-                tokens: &[u32],
-            ) -> std::result::Result<(), specblock::Error> {
-                <$t>::prefill(self, embed, features, tokens)
-            }
-            fn draft(
-                &mut self,
-                embed: &[f32],
-                tree: &mut DraftTree,
-            ) -> std::result::Result<(), specblock::Error> {
-                <$t>::draft(self, embed, tree)
-            }
-            fn commit(
-                &mut self,
-                embed: &[f32],
-                accepted: &[u32],
-                bonus: u32,
-                features: &[f32],
-            ) -> std::result::Result<(), specblock::Error> {
-                <$t>::commit(self, embed, accepted, bonus, features)
-            }
-        }
-    };
-}
-
-delegate_draft_session!(Session<'_>);
-delegate_draft_session!(Eagle3Session<'_>);
-
-/// Target aux-feature layers for the drafter: [1, L/2 - 1, L - 4].
+/// Target aux-feature layers of a drafter that names none: [1, L/2 - 1, L - 4] (the library's
+/// [`default_aux_layers`](specblock::drafter::default_aux_layers)).
 pub fn aux_layers(n_layers: usize) -> Vec<usize> {
-    vec![1, n_layers / 2 - 1, n_layers - 4]
+    specblock::drafter::default_aux_layers(n_layers)
 }
 
 /// Generates up to `max_tokens` tokens after `prompt`, speculatively. Greedy output equals plain
@@ -189,8 +75,9 @@ pub fn speculative_generate(
     }
     let cfg = model.config();
     let (v, h) = (cfg.vocab, cfg.hidden);
+    // The layers the session's drafter was trained on (its config's aux_layer_ids).
     let cap = Capture {
-        layers: aux_layers(cfg.n_layers),
+        layers: session.aux_layers(cfg.n_layers)?,
         final_hidden: false,
     };
     let fw = 3 * h;
