@@ -10,12 +10,16 @@ STATIC_LIBS := -lpthread -ldl -lm
 
 .PHONY: train-specblock train-eagle3 train-venv train-test
 .PHONY: fuzz fuzz-smoke asan-kernels llamacpp llamacpp-check bench-llamacpp-spec
-.PHONY: all build demo test check deps check-tools fmt-check clippy cargo-test cuda-toolchain kernels gpu-bundle gpu-check nostd header bench bench-core bench-engine bench-llamacpp bench-drafter prompts datagen model install clean
+.PHONY: all build demo test check deps check-tools fmt-check clippy cargo-test cuda-toolchain kernels gpu-bundle gpu-check nostd header bench bench-replot bench-core bench-engine bench-llamacpp bench-drafter prompts datagen model install clean
 
 MODEL := models/SmolLM2-135M-Instruct.Q4_1.gguf
 # llama-cpp-python for the llama.cpp reference numbers (bench, bench-llamacpp).
 BENCH_VENV := .venv-bench
 BENCH_PY := $(BENCH_VENV)/bin/python
+# matplotlib for the report's plots (tools/bench/report.py, run by bench and bench-replot), in the same venv.
+# Bump the marker's name when the pins change.
+BENCH_PLOT_PINS := matplotlib==3.10.8
+BENCH_PLOT_MARKER := $(BENCH_VENV)/.installed-plot-pins-1
 ENGINE := target/release/specblock
 
 all: build
@@ -214,10 +218,15 @@ header:
 ## Run it on an idle machine (each engine run waits up to 2 minutes for one).
 BENCH_LIMIT ?= 0
 BENCH_SWEEP_LIMIT ?= 20
-bench: build model prompts $(BENCH_VENV)/.installed
-	python3 tools/bench/report.py --engine $(ENGINE) --model $(MODEL) --limit $(BENCH_LIMIT) \
+bench: build model prompts $(BENCH_VENV)/.installed $(BENCH_PLOT_MARKER)
+	$(BENCH_PY) tools/bench/report.py --engine $(ENGINE) --model $(MODEL) --limit $(BENCH_LIMIT) \
 		--sweep-limit $(BENCH_SWEEP_LIMIT) --llamacpp-python $(BENCH_PY) --out docs/results \
 		--make-command "make bench BENCH_LIMIT=$(BENCH_LIMIT) BENCH_SWEEP_LIMIT=$(BENCH_SWEEP_LIMIT)"
+
+## bench-replot: redraw docs/results/*.svg from the committed docs/results/results.json (no benchmark runs;
+## needs only matplotlib, not llama-cpp-python).
+bench-replot: $(BENCH_PLOT_MARKER)
+	$(BENCH_PY) tools/bench/report.py --replot docs/results
 
 ## bench-core: the library's microbenchmarks (tree, layouts, verification).
 bench-core:
@@ -302,6 +311,11 @@ $(BENCH_VENV)/.installed:
 	test -x $(BENCH_PY) || python3 -m venv $(BENCH_VENV)
 	@echo "installing llama-cpp-python 0.3.36: pip compiles llama.cpp from source, which takes ~6 minutes on 2 cores"
 	$(BENCH_PY) -m pip install llama-cpp-python==0.3.36 numpy gguf==0.19.0
+	touch $@
+
+$(BENCH_PLOT_MARKER):
+	test -x $(BENCH_PY) || python3 -m venv $(BENCH_VENV)
+	$(BENCH_PY) -m pip install -q --disable-pip-version-check $(BENCH_PLOT_PINS)
 	touch $@
 
 bench-llamacpp: build model $(BENCH_VENV)/.installed

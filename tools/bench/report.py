@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""`make bench`: the speculative-decoding report (plain decoding, EAGLE-3, SpecBlock), standard library only.
+"""`make bench`: the speculative-decoding report (plain decoding, EAGLE-3, SpecBlock); plots with matplotlib.
 
 1. Budget sweep on the ShareGPT held-out prompts at temperature 0: every candidate setting of each method
    runs back to back with plain decoding on each prompt (`specblock bench-spec`); the best mean speedup
@@ -17,6 +17,8 @@ goals), OUT/accept_length.svg, OUT/speedup.svg and OUT/arms.svg, and the raw JSO
 
 Usage: python3 tools/bench/report.py --engine target/release/specblock --model M.gguf [--limit N]
        [--sweep-limit N] [--out docs/results] [--llamacpp-python .venv-bench/bin/python]
+       python3 tools/bench/report.py --replot docs/results    # only the plots, from DIR/results.json
+       python3 tools/bench/report.py --rewrite --out docs/results   # README.md and the plots, from results.json
 """
 import argparse
 import datetime
@@ -138,46 +140,47 @@ def aggregate(records):
     return out
 
 
+PLOTS = ("accept_length.svg", "speedup.svg", "arms.svg")
+COLORS = ["#4c72b0", "#dd8452", "#55a868", "#c44e52"]
+
+
+def _pyplot():
+    """matplotlib's pyplot on the Agg backend, with SVG ids salted so that a plot only changes with its data."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    matplotlib.rcParams["svg.hashsalt"] = "specblock"
+    matplotlib.rcParams["font.size"] = 9
+    return plt
+
+
+def _save(fig, path):
+    fig.savefig(path, format="svg", metadata={"Date": None})
+    _pyplot().close(fig)
+
+
 def bar_svg(path, title, ylabel, groups, series, values, baseline=None):
-    """A grouped bar chart: `values[(group, series)]`; a dashed line at `baseline` if given."""
-    w, h, left, bottom, top = 760, 340, 60, 60, 40
-    top_val = max([v for v in values.values() if v is not None] + [baseline or 0]) * 1.15 or 1.0
-    gw = (w - left - 20) / len(groups)
-    bw = gw * 0.8 / len(series)
-    colors = ["#4c72b0", "#dd8452", "#55a868", "#c44e52"]
-    y = lambda v: top + (h - top - bottom) * (1 - v / top_val)
-    el = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">',
-          f'<rect width="{w}" height="{h}" fill="white"/>',
-          f'<text x="{w / 2}" y="20" text-anchor="middle" font-size="14">{title}</text>',
-          f'<text x="15" y="{(h - bottom + top) / 2}" transform="rotate(-90 15 {(h - bottom + top) / 2})" '
-          f'text-anchor="middle">{ylabel}</text>',
-          f'<line x1="{left}" y1="{h - bottom}" x2="{w - 20}" y2="{h - bottom}" stroke="black"/>',
-          f'<line x1="{left}" y1="{top}" x2="{left}" y2="{h - bottom}" stroke="black"/>']
-    for i in range(5):
-        v = top_val * i / 4
-        el.append(f'<text x="{left - 5}" y="{y(v) + 4}" text-anchor="end">{v:.2f}</text>')
-        el.append(f'<line x1="{left}" y1="{y(v)}" x2="{w - 20}" y2="{y(v)}" stroke="#ddd"/>')
-    for gi, g in enumerate(groups):
-        x0 = left + gi * gw + gw * 0.1
-        for si, s in enumerate(series):
-            v = values.get((g, s))
-            if v is None:
-                continue
-            x = x0 + si * bw
-            el.append(f'<rect x="{x:.1f}" y="{y(v):.1f}" width="{bw - 2:.1f}" height="{h - bottom - y(v):.1f}" '
-                      f'fill="{colors[si % len(colors)]}"/>')
-            el.append(f'<text x="{x + bw / 2 - 1:.1f}" y="{y(v) - 3:.1f}" text-anchor="middle" font-size="10">{v:.2f}</text>')
-        el.append(f'<text x="{left + gi * gw + gw / 2:.1f}" y="{h - bottom + 16}" text-anchor="middle">{g}</text>')
-    if baseline is not None:
-        el.append(f'<line x1="{left}" y1="{y(baseline)}" x2="{w - 20}" y2="{y(baseline)}" stroke="black" '
-                  f'stroke-dasharray="5,4"/>')
+    """A grouped bar chart: `values[(group, series)]`, each bar labelled with its value (missing: no bar);
+    a dashed line at `baseline` if given."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8.4, 3.6))
+    width = 0.8 / len(series)
     for si, s in enumerate(series):
-        x = left + 10 + si * 170
-        el.append(f'<rect x="{x}" y="{h - 25}" width="12" height="12" fill="{colors[si % len(colors)]}"/>')
-        el.append(f'<text x="{x + 16}" y="{h - 15}">{s}</text>')
-    el.append("</svg>")
-    with open(path, "w") as f:
-        f.write("\n".join(el) + "\n")
+        xs = [gi - 0.4 + width * (si + 0.5) for gi, g in enumerate(groups) if values.get((g, s)) is not None]
+        vs = [values[(g, s)] for g in groups if values.get((g, s)) is not None]
+        bars = ax.bar(xs, vs, width * 0.95, color=COLORS[si % len(COLORS)], label=s, zorder=2)
+        ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=2)
+    if baseline is not None:
+        ax.axhline(baseline, color="black", ls="--", lw=1, zorder=3)
+    top = max([v for v in values.values() if v is not None] + [baseline or 0]) * 1.15 or 1.0
+    ax.set_ylim(0, top)
+    ax.set_xticks(range(len(groups)), ["\n".join(g.rsplit(" ", 1)) for g in groups], fontsize=8)  # "MT-bench\nT0"
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(axis="y", color="#ddd", zorder=0)
+    fig.legend(ncols=len(series), loc="lower center", frameon=False)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))  # room for the legend under the group labels
+    _save(fig, path)
 
 
 def fmt(v, spec=".2f"):
@@ -205,7 +208,15 @@ def main():
     ap.add_argument("--make-command", default="make bench", help="recorded as the reproducing command")
     ap.add_argument("--rewrite", action="store_true",
                     help="only rewrite README.md and the plots from OUT/results.json (no runs)")
+    ap.add_argument("--replot", metavar="DIR", default=None,
+                    help="only redraw the plots of DIR from DIR/results.json (no runs; README.md untouched)")
     args = ap.parse_args()
+    if args.replot:
+        with open(os.path.join(args.replot, "results.json")) as f:
+            write_plots(args.replot, json.load(f))
+        print(f"wrote {', '.join(PLOTS)} under {args.replot}", file=sys.stderr)
+        return
+    _pyplot()  # fail now, not after an hour of runs, when matplotlib is missing
     if args.rewrite:
         with open(os.path.join(args.out, "results.json")) as f:
             result = json.load(f)
@@ -305,7 +316,7 @@ def main():
         json.dump(result, f, indent=2)
 
     write_outputs(args, result)
-    print(f"wrote {args.out}/results.json, README.md, accept_length.svg, speedup.svg "
+    print(f"wrote {args.out}/results.json, README.md, {', '.join(PLOTS)} "
           f"({(time.time() - started) / 60:.1f} min)", file=sys.stderr)
 
 
@@ -331,45 +342,50 @@ def arm_trace(args, path):
 
 
 def arms_svg(path, trace):
-    """The arm chosen at each iteration of one answer (a step plot, one row per arm)."""
+    """The arm chosen at each iteration of one answer: one row per arm (the first on top), a line through the
+    iterations."""
     arms, seq = trace["arms"], trace["trace"]
     if not arms or not seq:
         return
-    w, left, top, row = 760, 150, 40, 22
-    h = top + row * len(arms) + 40
-    x = lambda i: left + (w - left - 20) * i / max(1, len(seq) - 1)
-    y = lambda a: top + row * a + row / 2
-    el = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">',
-          f'<rect width="{w}" height="{h}" fill="white"/>',
-          f'<text x="{w / 2}" y="20" text-anchor="middle" font-size="14">Adaptive policy: the draft shape of each '
-          f'iteration of one answer ({len(seq)} iterations)</text>']
-    for a, name in enumerate(arms):
-        el.append(f'<text x="{left - 6}" y="{y(a) + 4}" text-anchor="end">{name}</text>')
-        el.append(f'<line x1="{left}" y1="{y(a)}" x2="{w - 20}" y2="{y(a)}" stroke="#eee"/>')
-    pts = " ".join(f"{x(i):.1f},{y(a):.1f}" for i, a in enumerate(seq))
-    el.append(f'<polyline points="{pts}" fill="none" stroke="#4c72b0" stroke-width="1"/>')
-    for i, a in enumerate(seq):
-        el.append(f'<circle cx="{x(i):.1f}" cy="{y(a):.1f}" r="1.5" fill="#4c72b0"/>')
-    el.append(f'<text x="{(w + left) / 2}" y="{h - 10}" text-anchor="middle">iteration</text>')
-    el.append("</svg>")
-    with open(path, "w") as f:
-        f.write("\n".join(el) + "\n")
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.6, 0.9 + 0.24 * len(arms)))
+    ax.plot(range(len(seq)), seq, color=COLORS[0], lw=0.8, marker=".", ms=3)
+    ax.set_yticks(range(len(arms)), arms)
+    ax.set_ylim(len(arms) - 0.5, -0.5)
+    ax.set_xlim(0, max(1, len(seq) - 1))
+    ax.grid(axis="y", color="#eee")
+    ax.set_xlabel("iteration")
+    ax.set_title(f"Adaptive policy: the draft shape of each iteration of one answer ({len(seq)} iterations)",
+                 fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def report_axes(result):
+    """The plots' and tables' groups (dataset x temperature labels), their results.json keys, and the
+    (name, setting) series of the chosen settings."""
+    groups = [f"{name} T{t:g}" for ds, name in DATASETS for t in TEMPERATURES]
+    keys = [f"{ds}@T{t:g}" for ds, _ in DATASETS for t in TEMPERATURES]
+    series = [("EAGLE-3", result["chosen"]["eagle3"]), ("SpecBlock", result["chosen"]["specblock"])]
+    return groups, keys, series
+
+
+def write_plots(out, result):
+    """accept_length.svg, speedup.svg and (with an arm trace) arms.svg under `out`, from the results alone."""
+    groups, keys, series = report_axes(result)
+    for fname, key, title, ylabel, base in (
+            ("accept_length.svg", "mean_accept_length", "Mean accept length τ (tokens per iteration)", "τ", 1.0),
+            ("speedup.svg", "speedup", "Speedup over plain decoding (same run)", "speedup", 1.0)):
+        vals = {(g, sname): result["runs"][k].get(s, {}).get(key) for g, k in zip(groups, keys) for sname, s in series}
+        bar_svg(os.path.join(out, fname), title, ylabel, groups, [s for s, _ in series], vals, base)
+    if result.get("arm_trace"):
+        arms_svg(os.path.join(out, "arms.svg"), result["arm_trace"])
 
 
 def write_outputs(args, result):
     """README.md and the plots from the results."""
-    chosen, main_runs = result["chosen"], result["runs"]
-    groups = [f"{name} T{t:g}" for ds, name in DATASETS for t in TEMPERATURES]
-    keys = [f"{ds}@T{t:g}" for ds, _ in DATASETS for t in TEMPERATURES]
-    series = [("EAGLE-3", chosen["eagle3"]), ("SpecBlock", chosen["specblock"])]
-    for fname, key, title, ylabel, base in (
-            ("accept_length.svg", "mean_accept_length", "Mean accept length τ (tokens per iteration)", "τ", 1.0),
-            ("speedup.svg", "speedup", "Speedup over plain decoding (same run)", "speedup", 1.0)):
-        vals = {(g, sname): main_runs[k].get(s, {}).get(key) for g, k in zip(groups, keys) for sname, s in series}
-        bar_svg(os.path.join(args.out, fname), title, ylabel, groups, [s for s, _ in series], vals, base)
-    if result.get("arm_trace"):
-        arms_svg(os.path.join(args.out, "arms.svg"), result["arm_trace"])
-    write_markdown(args, result, groups, keys, series)
+    write_plots(args.out, result)
+    write_markdown(args, result, *report_axes(result))
 
 
 def cpu_name():

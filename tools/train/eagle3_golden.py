@@ -53,7 +53,8 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from eagle3_model import (DraftKV, Eagle3Cache, Eagle3Config, Eagle3Drafter, grow_tree, load_drafter,  # noqa: E402
-                          rope_tables, topk_stable)
+                          topk_stable)
+from layers import rope_tables  # noqa: E402
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 FIXTURES = os.path.join(ROOT, "tools", "engine", "tests", "fixtures")

@@ -5,8 +5,9 @@ f32 whatever the checkpoint dtype. `state_dict()` keys are the EAGLE-3 checkpoin
 token embedding is a non-persistent buffer (`embed_tokens`), taken from the checkpoint's optional
 `embed_tokens.weight` or else borrowed from the target.
 
-Numerics are those of docs/drafter-forward.md (RMSNorm, SiLU, rotate-half RoPE with f64-computed inv_freq,
-1/sqrt(d) scale, f32 softmax, GQA head j -> KV head j // (n_h / n_kv), post-RoPE keys in every cache).
+Numerics are those of docs/drafter-forward.md, from the layers shared with specblock_model.py (layers.py:
+RMSNorm, SiLU, rotate-half RoPE with f64-computed inv_freq, 1/sqrt(d) scale, f32 softmax, GQA head j -> KV
+head j // (n_h / n_kv), post-RoPE keys in every cache).
 
 Two caches:
 - `Eagle3Cache`: the committed context, one K/V row per committed entry, in commit order (append-only).
@@ -19,14 +20,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from layers import MLP, Attention, RMSNorm, rope_tables
 
 ARCHITECTURE = "LlamaForCausalLMEagle3"
 
@@ -87,75 +88,6 @@ class Eagle3Config:
         return {**extra, **d}
 
 
-class RMSNorm(nn.Module):
-    def __init__(self, n: int, eps: float):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(n))
-        self.eps = eps
-
-    def forward(self, x):
-        x = x.float()
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
-
-
-def rope_tables(positions: torch.Tensor, head_dim: int, theta: float):
-    """cos, sin [P, d] in f32 for int positions (inv_freq computed in f64, then one f32 multiply)."""
-    inv_freq = (1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))).float()
-    angle = positions.to(torch.float32)[:, None] * inv_freq[None, :]
-    angle = torch.cat([angle, angle], dim=-1)
-    return torch.cos(angle), torch.sin(angle)
-
-
-def rotate_half(x):
-    h = x.shape[-1] // 2
-    return torch.cat([-x[..., h:], x[..., :h]], dim=-1)
-
-
-def apply_rope(x, cos, sin):
-    """x [Q, heads, d]; cos/sin [Q, d]."""
-    return x * cos[:, None] + rotate_half(x) * sin[:, None]
-
-
-class Attention(nn.Module):
-    """q/k/v read the 2H-wide concat(embedding, hidden); o_proj writes H."""
-
-    def __init__(self, c: Eagle3Config):
-        super().__init__()
-        H, d = c.hidden_size, c.head_dim
-        self.n_h, self.n_kv, self.d = c.num_attention_heads, c.num_key_value_heads, d
-        self.q_proj = nn.Linear(2 * H, self.n_h * d, bias=False)
-        self.k_proj = nn.Linear(2 * H, self.n_kv * d, bias=False)
-        self.v_proj = nn.Linear(2 * H, self.n_kv * d, bias=False)
-        self.o_proj = nn.Linear(self.n_h * d, H, bias=False)
-
-    def forward(self, x, cos, sin, prefix_k, prefix_v, mask):
-        """x [Q, 2H]; cos/sin [Q, d]; prefix_k/v [P, n_kv, d] post-RoPE; mask [Q, P + Q] bool (True = visible).
-        Returns (out [Q, H], k [Q, n_kv, d] post-RoPE, v [Q, n_kv, d])."""
-        Q = x.shape[0]
-        q = apply_rope(self.q_proj(x).view(Q, self.n_h, self.d), cos, sin)
-        k = apply_rope(self.k_proj(x).view(Q, self.n_kv, self.d), cos, sin)
-        v = self.v_proj(x).view(Q, self.n_kv, self.d)
-        g = self.n_h // self.n_kv
-        keys = torch.cat([prefix_k, k], 0).repeat_interleave(g, dim=1)
-        vals = torch.cat([prefix_v, v], 0).repeat_interleave(g, dim=1)
-        scores = torch.einsum("qhd,khd->hqk", q, keys) / math.sqrt(self.d)
-        scores = scores.masked_fill(~mask[None], float("-inf"))
-        p = torch.softmax(scores, dim=-1)
-        out = torch.einsum("hqk,khd->qhd", p, vals).reshape(Q, self.n_h * self.d)
-        return self.o_proj(out), k, v
-
-
-class MLP(nn.Module):
-    def __init__(self, c: Eagle3Config):
-        super().__init__()
-        self.gate_proj = nn.Linear(c.hidden_size, c.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(c.hidden_size, c.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(c.intermediate_size, c.hidden_size, bias=False)
-
-    def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
-
-
 class MidLayer(nn.Module):
     """The single EAGLE-3 decoder layer: two input norms, 2H-wide attention, residual on the hidden path."""
 
@@ -163,9 +95,11 @@ class MidLayer(nn.Module):
         super().__init__()
         self.input_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)   # on the token embedding
         self.hidden_norm = RMSNorm(c.hidden_size, c.rms_norm_eps)       # on the incoming hidden
-        self.self_attn = Attention(c)
+        # q/k/v read the 2H-wide concat(embedding, hidden); o_proj writes H.
+        self.self_attn = Attention(2 * c.hidden_size, c.hidden_size, c.num_attention_heads, c.num_key_value_heads,
+                                   c.head_dim)
         self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
-        self.mlp = MLP(c)
+        self.mlp = MLP(c.hidden_size, c.intermediate_size)
 
     def forward(self, g, emb, cos, sin, prefix_k, prefix_v, mask):
         """g [Q, H] incoming hidden (fc(feature) or a parent's pre-norm output); emb [Q, H] raw embeddings."""

@@ -45,8 +45,8 @@ import torch
 from safetensors.torch import save_file
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from specblock_model import (DrafterCache, SpecBlockConfig, SpecBlockDrafter, load_drafter,  # noqa: E402
-                             rank_features, rope_tables)
+from layers import rope_tables  # noqa: E402
+from specblock_model import DrafterCache, SpecBlockConfig, SpecBlockDrafter, load_drafter, rank_features  # noqa: E402
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 FIXTURES = os.path.join(ROOT, "tools", "engine", "tests", "fixtures")

@@ -6,6 +6,10 @@ fixture, tools/engine/tests/fixtures/reference_logits.json, by test_llama_torch.
 
 Sequences of a batch may have different lengths: every sequence has its own start column in the cache
 (left padding), and pad columns are masked out of attention.
+
+RMSNorm, RoPE and the SwiGLU product are the drafters' (layers.py); attention is torch's fused
+scaled_dot_product_attention over the batched cache rather than layers.gqa_attention's explicit einsums, which
+would materialize [B, heads, T, cache] scores in f32 on the GPU.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 import target
+from layers import apply_rope, rms_norm, rope_tables, swiglu
 
 
 @dataclass
@@ -82,12 +87,9 @@ class Llama:
                 "o": cast(g("self_attn.o_proj")),
                 "gate_up": cast(torch.cat([g("mlp.gate_proj"), g("mlp.up_proj")])), "down": cast(g("mlp.down_proj")),
             })
-        half = torch.arange(0, c.head_dim, 2, dtype=torch.float64) / c.head_dim
-        self.inv_freq = (1.0 / (c.rope_theta ** half)).float().to(self.device)
 
     def rms(self, x, w):
-        xf = x.float()
-        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.cfg.eps) * w).to(x.dtype)
+        return rms_norm(x, w, self.cfg.eps).to(x.dtype)
 
     def new_cache(self, batch: int, length: int):
         c = self.cfg
@@ -101,9 +103,8 @@ class Llama:
         (last logits [B, V] f32, aux features [B, T, 3H], final normed hidden [B, T, H])."""
         c = self.cfg
         B, T = tokens.shape
-        angle = positions.float()[..., None] * self.inv_freq          # [B, T, d/2]
-        cos = torch.cat([angle.cos(), angle.cos()], -1)[:, None].to(self.dtype)
-        sin = torch.cat([angle.sin(), angle.sin()], -1)[:, None].to(self.dtype)
+        cos, sin = rope_tables(positions, c.head_dim, c.rope_theta)    # [B, T, d] f32
+        cos, sin = cos[:, None].to(self.dtype), sin[:, None].to(self.dtype)
         end = start + T
         # query i (column start+i) sees valid columns <= start+i
         causal = torch.ones(T, end, dtype=torch.bool, device=self.device).tril(start)
@@ -123,8 +124,8 @@ class Llama:
             q = q.view(B, T, nq, d).transpose(1, 2)
             k = k.view(B, T, nk, d).transpose(1, 2)
             v = v.view(B, T, nk, d).transpose(1, 2)
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
+            q = apply_rope(q, cos, sin)
+            k = apply_rope(k, cos, sin)
             cache[li, 0, :, :, start:end] = k
             cache[li, 1, :, :, start:end] = v
             keys, vals = cache[li, 0, :, :, :end], cache[li, 1, :, :, :end]
@@ -133,14 +134,9 @@ class Llama:
             x = x + a.transpose(1, 2).reshape(B, T, nq * d) @ L["o"].T
             gu = self.rms(x, L["ln2"]) @ L["gate_up"].T
             g, u = gu.chunk(2, -1)
-            x = x + (F.silu(g) * u) @ L["down"].T
+            x = x + swiglu(g, u) @ L["down"].T
             if li in c.aux_layers:
                 aux.append(x)
         n = self.rms(x, self.norm)
         logits = (n[:, -1] @ self.lm_head.T).float()
         return logits, torch.cat(aux, -1), n
-
-
-def _rotate_half(x):
-    h = x.shape[-1] // 2
-    return torch.cat([-x[..., h:], x[..., :h]], -1)

@@ -6,14 +6,7 @@ the token embedding is a non-persistent buffer (`embed_tokens`, borrowed from th
 
 Numeric conventions (the Rust drafter follows these exactly):
 
-- RMSNorm(x) = x * (1 / sqrt(mean(x^2) + eps)) * w, in f32. No biases anywhere. SiLU(x) = x * sigmoid(x).
-- RoPE, rotate-half (NeoX), on q and k heads, position p = base + slot:
-    inv_freq[i] = float32( 1.0 / (rope_theta ** (2i / d)) )  computed in float64, i = 0..d/2-1
-    angle[i]    = float32(p) * inv_freq[i]                    one f32 multiply
-    cos[i], sin[i] = cos(angle[i]), sin(angle[i])             in f32; repeated: cos[i + d/2] = cos[i]
-    rope(x)     = x * cos + rotate_half(x) * sin,  rotate_half(x) = concat(-x[d/2:], x[:d/2])
-- Attention: scores = (q . k) / sqrt(d) in f32, masked keys = -inf, softmax in f32, GQA query head j uses
-  KV head j // (n_h / n_kv). Keys in the cache are post-RoPE; values carry no RoPE.
+- RMSNorm, SiLU, RoPE and attention: layers.py (shared with eagle3_model.py). RoPE position p = base + slot.
 - Rank features from the f32 logits of a slot, T = rank_topk (>= 10): z = top-T logits (descending),
   L = logsumexp(z), p = exp(z - L); features = [z_1..z_10 - L, z1-z2, z1-z3, z1-z5, p_1, -sum p ln p].
 
@@ -24,14 +17,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from layers import MLP, Attention, RMSNorm, rope_tables
 
 RANK_HIDDEN = 256
 RANK_FEATURES = 15
@@ -96,17 +89,6 @@ class SpecBlockConfig:
         return {**extra, **d}
 
 
-class RMSNorm(nn.Module):
-    def __init__(self, n: int, eps: float):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(n))
-        self.eps = eps
-
-    def forward(self, x):
-        x = x.float()
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
-
-
 class InputLayer(nn.Module):
     def __init__(self, c: SpecBlockConfig):
         super().__init__()
@@ -130,77 +112,20 @@ class InputLayer(nn.Module):
         return self.fuse(x)
 
 
-class Attention(nn.Module):
-    def __init__(self, c: SpecBlockConfig):
-        super().__init__()
-        H, d = c.hidden_size, c.head_dim
-        self.n_h, self.n_kv, self.d = c.num_attention_heads, c.num_key_value_heads, d
-        self.q_proj = nn.Linear(H, self.n_h * d, bias=False)
-        self.k_proj = nn.Linear(H, self.n_kv * d, bias=False)
-        self.v_proj = nn.Linear(H, self.n_kv * d, bias=False)
-        self.o_proj = nn.Linear(self.n_h * d, H, bias=False)
-
-    def forward(self, x, cos, sin, ctx_k, ctx_v, mask):
-        """x [Q, H] queries (flattened entries*K); cos/sin [Q, d]; ctx_k/v [P, n_kv, d] post-RoPE prefix;
-        mask [Q, P + Q] bool (True = visible). Returns (out [Q, H], new k [Q, n_kv, d], new v)."""
-        Q = x.shape[0]
-        q = apply_rope(self.q_proj(x).view(Q, self.n_h, self.d), cos, sin)
-        k = apply_rope(self.k_proj(x).view(Q, self.n_kv, self.d), cos, sin)
-        v = self.v_proj(x).view(Q, self.n_kv, self.d)
-        keys = torch.cat([ctx_k, k], 0)
-        vals = torch.cat([ctx_v, v], 0)
-        g = self.n_h // self.n_kv
-        keys = keys.repeat_interleave(g, dim=1)  # head j -> kv head j // g
-        vals = vals.repeat_interleave(g, dim=1)
-        scores = torch.einsum("qhd,khd->hqk", q, keys) / math.sqrt(self.d)
-        scores = scores.masked_fill(~mask[None], float("-inf"))
-        p = torch.softmax(scores, dim=-1)
-        out = torch.einsum("hqk,khd->qhd", p, vals).reshape(Q, self.n_h * self.d)
-        return self.o_proj(out), k, v
-
-
-class MLP(nn.Module):
-    def __init__(self, c: SpecBlockConfig):
-        super().__init__()
-        self.gate_proj = nn.Linear(c.hidden_size, c.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(c.hidden_size, c.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(c.intermediate_size, c.hidden_size, bias=False)
-
-    def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
-
-
 class DecoderLayer(nn.Module):
     def __init__(self, c: SpecBlockConfig):
         super().__init__()
         self.input_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
-        self.self_attn = Attention(c)
+        self.self_attn = Attention(c.hidden_size, c.hidden_size, c.num_attention_heads, c.num_key_value_heads,
+                                   c.head_dim)
         self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
-        self.mlp = MLP(c)
+        self.mlp = MLP(c.hidden_size, c.intermediate_size)
 
     def forward(self, x, cos, sin, ctx_k, ctx_v, mask):
         a, k, v = self.self_attn(self.input_layernorm(x), cos, sin, ctx_k, ctx_v, mask)
         x = x + a
         x = x + self.mlp(self.post_attention_layernorm(x))
         return x, k, v
-
-
-def rope_tables(positions: torch.Tensor, head_dim: int, theta: float):
-    """cos, sin [P, d] in f32 for int positions, per the module docstring."""
-    inv_freq = (1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))).float()
-    angle = positions.to(torch.float32)[:, None] * inv_freq[None, :]
-    angle = torch.cat([angle, angle], dim=-1)
-    return torch.cos(angle), torch.sin(angle)
-
-
-def rotate_half(x):
-    h = x.shape[-1] // 2
-    return torch.cat([-x[..., h:], x[..., :h]], dim=-1)
-
-
-def apply_rope(x, cos, sin):
-    """x [Q, heads, d]; cos/sin [Q, d]."""
-    return x * cos[:, None] + rotate_half(x) * sin[:, None]
 
 
 def rank_features(logits: torch.Tensor, topk: int) -> torch.Tensor:
