@@ -14,6 +14,7 @@ pub mod blas;
 pub mod block;
 pub mod drafter;
 pub mod greedy;
+pub mod layout;
 pub mod sample;
 pub mod tree;
 
@@ -52,7 +53,7 @@ fn driver_present() -> bool {
 /// Names a kernel module (a `kernels/*.cu` file).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Module {
-    /// `kernels/tree.cu`: tree finalize and the verification layouts.
+    /// `kernels/tree.cu`: tree finalize ([`tree`]) and the verification layouts ([`layout`]).
     Tree,
     /// `kernels/accept_greedy.cu`: greedy acceptance fused with the argmax over target logits.
     AcceptGreedy,
