@@ -11,6 +11,7 @@
 //! a message where there is no GPU.
 
 pub mod blas;
+#[doc(hidden)]
 pub mod block;
 pub mod drafter;
 pub mod greedy;

@@ -1,4 +1,4 @@
-//! CPU twins of the drafter's GPU ops (`kernels/drafter.cu`, wrapped by `cuda::drafter`): small,
+//! CPU twins of the drafter's GPU ops (`kernels/drafter.cu`, wrapped by `cuda::drafter::ops`): small,
 //! plain functions computing exactly what each kernel computes, in f32, so the parity tests can compare
 //! the device against the library. A kernel that writes bf16 is twinned by a function that writes the
 //! f32 values; the device output equals [`bf16_round`] of them up to the f32 rounding of reductions

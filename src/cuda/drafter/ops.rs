@@ -1,6 +1,6 @@
 //! Launch wrappers for `kernels/drafter.cu`: the SpecBlock drafter block forward's non-GEMM ops
 //! (docs/drafter-forward.md). The GEMMs (cuBLAS, bf16 x bf16 -> f32) are composed with these by
-//! `cuda::block`.
+//! [`GpuDrafter`](super::GpuDrafter).
 //!
 //! Precision: the residual stream, GEMM outputs and the attention caches are f32; every op that
 //! produces a GEMM input writes bf16 (round-to-nearest-even, `u16` device buffers on the Rust side).
@@ -21,7 +21,7 @@
 
 use core::ffi::CStr;
 
-use super::{Function, Gpu, Module, Stream, arg, check};
+use crate::cuda::{Function, Gpu, Module, Stream, arg, check};
 use crate::error::Error;
 
 /// Bit ORed into the status word by [`DrafterKernels::fuse_inputs`] when a token is outside the
