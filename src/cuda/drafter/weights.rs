@@ -103,15 +103,14 @@ pub fn fill_random<T: DeviceCopy>(
         return Ok(());
     }
     let blocks = n.div_ceil(256).clamp(1, 65_535) as u32;
-    gpu.bind()?;
     // SAFETY: the kernel writes n elements of this allocation; argument types match its signature.
     unsafe {
-        gpu.launch(
+        super::ops::launch(
+            gpu,
+            stream,
             f,
             (blocks, 1, 1),
-            (256, 1, 1),
-            0,
-            stream,
+            256,
             &mut [arg(&ptr), arg(&n), arg(&seed), arg(&offset), arg(&scale)],
         )
     }
