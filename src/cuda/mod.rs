@@ -10,6 +10,7 @@
 //! Every kernel has a CPU twin in the library; the parity tests live in `tests/cuda_*.rs` and skip with
 //! a message where there is no GPU.
 
+pub mod accept;
 pub mod blas;
 #[doc(hidden)]
 pub mod block;
