@@ -341,14 +341,14 @@ pub fn write_random_drafter(
     );
     put(
         "rank_head.0.weight".into(),
-        std::vec![256, h + 15],
-        fan(h + 15),
+        std::vec![weights::RANK_HIDDEN, h + weights::RANK_FEATURES],
+        fan(h + weights::RANK_FEATURES),
         0.0,
     );
     put(
         "rank_head.2.weight".into(),
-        std::vec![c.rank_classes, 256],
-        fan(256),
+        std::vec![c.rank_classes, weights::RANK_HIDDEN],
+        fan(weights::RANK_HIDDEN),
         0.0,
     );
     let d2t = std::vec![0i64; c.draft_vocab];

@@ -41,8 +41,8 @@ pub use deprecated::*;
 pub use weights::fill_random;
 use weights::{Scratch, Weights};
 
-/// Width of the rank head's hidden layer (the authors' architecture).
-const RANK_HIDDEN: usize = 256;
+// The rank head's hidden width, defined once with the CPU drafter.
+use crate::drafter::ops::RANK_HIDDEN;
 
 /// The drafter's shape (the subset of [`DrafterConfig`] the forward needs).
 #[derive(Clone, Debug, PartialEq)]

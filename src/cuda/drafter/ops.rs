@@ -33,8 +33,8 @@ pub const MAX_SLOTS: usize = 64;
 pub const MAX_HEAD_DIM: usize = 128;
 /// Largest `topk_t` and `kc` of [`DrafterKernels::head_features`].
 pub const MAX_SELECT: usize = 64;
-/// Number of rank features (docs/drafter-forward.md §4).
-pub const RANK_FEATURES: usize = 15;
+/// Number of rank features (docs/drafter-forward.md §4); defined once, with the CPU drafter's weights.
+pub use crate::drafter::ops::RANK_FEATURES;
 
 const BLOCK: u32 = 256;
 /// `ATT_THREADS` and `ATT_MAX_Q` (query vectors, rows x heads, per block) of kernels/drafter.cu.
