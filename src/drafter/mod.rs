@@ -158,10 +158,7 @@ impl Drafter {
         threads: usize,
     ) -> Result<Self, LoadError> {
         let w = Weights::load(&cfg, st)?;
-        let d = cfg.head_dim;
-        let inv_freq = (0..d / 2)
-            .map(|i| (1.0 / (cfg.rope_theta as f64).powf(2.0 * i as f64 / d as f64)) as f32)
-            .collect();
+        let inv_freq = ops::rope_inv_freq(cfg.head_dim, cfg.rope_theta);
         Ok(Drafter {
             cfg,
             w,
