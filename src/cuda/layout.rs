@@ -2,7 +2,7 @@
 //! the device twin of [`crate::layout`], as [`super::tree`] is the twin of [`crate::tree`]'s finalize.
 //!
 //! [`GpuLayouts`] writes every layout of `crate::layout` for a batch finalized by
-//! [`GpuTree`](super::tree::GpuTree) (device format: see [`super::tree`]); tokens, parents, depths,
+//! [`GpuTree`] (device format: see [`super::tree`]); tokens, parents, depths,
 //! first child and next sibling are the finalize outputs themselves. [`layouts_raw`] does the same from
 //! caller device memory. Tree `b`'s layout sits at `b * stride` (strides from [`LayoutShape`]), packed
 //! exactly as the CPU function writes it for that tree's length and prefix.

@@ -12,7 +12,7 @@
 //!   `len, num_leaves, deepest: i32[batch]`, `token, parent, depth, source, first_child, next_sibling:
 //!   i32[batch*cap]`, `cum, logprob: f32[batch*cap]`, `meta: u32[batch*cap]`, identical to
 //!   [`DraftTree`]'s accessors after `finalize` (slots past `len` are unspecified).
-//! - [`GpuLayouts`](super::layout::GpuLayouts) writes every layout of `crate::layout` for a finalized
+//! - [`GpuLayouts`] writes every layout of `crate::layout` for a finalized
 //!   batch; tokens, parents, depths, first child and next sibling are the finalize outputs themselves.
 //!
 //! Limit: `max_nodes <= 1024` ([`MAX_GPU_NODES`]): one block of 1024 threads per tree with the tree in
