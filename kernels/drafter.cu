@@ -10,7 +10,7 @@
 //   output can be a column slice of a wider buffer (pass the pointer of its first column): concats are
 //   formed in place, without copies.
 // - Sizes are `int` (all shapes of a drafter fit); pointers marked "nullable" may be 0 to skip an output.
-// - Launch shapes are chosen by the Rust wrappers (src/cuda/drafter.rs); block sizes are multiples of 32
+// - Launch shapes are chosen by the Rust wrappers (src/cuda/drafter/ops.rs); block sizes are multiples of 32
 //   (the block reductions below assume it).
 // - Every CPU twin is in src/drafter/ops.rs (or src/cpu/kernels.rs where one already existed).
 //

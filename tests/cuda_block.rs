@@ -7,7 +7,7 @@ mod cuda_common;
 use std::path::PathBuf;
 
 use specblock::cuda::blas::Blas;
-use specblock::cuda::block::{GpuDrafter, GpuDrafterCapacity};
+use specblock::cuda::drafter::{GpuDrafter, GpuDrafterCapacity};
 use specblock::cuda::{DeviceBuffer, Gpu, Stream};
 use specblock::drafter::{BlockOutput, ContextCache, Drafter, DrafterConfig};
 use specblock::error::Error;

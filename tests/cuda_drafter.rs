@@ -16,7 +16,7 @@ mod cuda_common;
 
 use specblock::cpu::kernels::f32_to_bf16;
 use specblock::cpu::{rms_norm, swiglu};
-use specblock::cuda::drafter::{
+use specblock::cuda::drafter::ops::{
     AddRmsNorm, Attention, CacheAppend, DrafterKernels, Elementwise, FuseInputs, HeadFeatures,
     RANK_FEATURES, RmsNorm, Rope, STATUS_TOKEN_OUT_OF_RANGE, ShiftConcat, Swiglu,
     attention_workspace_len,

@@ -223,15 +223,15 @@ fn run(
                     assert_eq!(g.keep, keep, "{what}: keep");
                     let k = g.nodes.len();
                     assert!(
-                        g.padded.0[k..].iter().all(|&x| x == -1),
+                        g.raw_nodes[k..].iter().all(|&x| x == -1),
                         "{what}: node padding"
                     );
                     assert!(
-                        g.padded.1[k..].iter().all(|&x| x == -1),
+                        g.raw_tokens[k..].iter().all(|&x| x == -1),
                         "{what}: token padding"
                     );
                     assert!(
-                        g.padded.2[k + 1..].iter().all(|&x| x == -1),
+                        g.raw_keep[k + 1..].iter().all(|&x| x == -1),
                         "{what}: keep padding"
                     );
                     // The argmax path agrees with verify::greedy.

@@ -6,7 +6,8 @@
 
 mod cuda_common;
 
-use specblock::cuda::tree::{GpuLayouts, GpuTree, HostFinalTree, HostRawTrees, TreeShape};
+use specblock::cuda::layout::GpuLayouts;
+use specblock::cuda::tree::{GpuTree, HostFinalTree, HostRawTrees, TreeShape};
 use specblock::cuda::{Gpu, Stream};
 use specblock::layout;
 use specblock::tree::{DraftTree, NodeMeta, TreeParams};

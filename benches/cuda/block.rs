@@ -7,7 +7,7 @@
 
 use crate::report::{Report, Row, median};
 use specblock::cuda::blas::Blas;
-use specblock::cuda::block::{GpuDrafter, GpuDrafterCapacity, GpuDrafterDims, fill_random};
+use specblock::cuda::drafter::{GpuDrafter, GpuDrafterCapacity, GpuDrafterDims, fill_random};
 use specblock::cuda::{DeviceBuffer, Gpu, Graph, Stream, Timer};
 
 /// Timed repeats per case (median reported).

@@ -4,7 +4,8 @@
 
 use crate::report::{Report, Row, median};
 use specblock::cuda::greedy::{GpuGreedy, LogitsDtype};
-use specblock::cuda::tree::{GpuLayouts, GpuTree, HostRawTrees, TreeShape};
+use specblock::cuda::layout::GpuLayouts;
+use specblock::cuda::tree::{GpuTree, HostRawTrees, TreeShape};
 use specblock::cuda::{DeviceBuffer, Gpu, Graph, Stream, Timer};
 use specblock::layout;
 use specblock::tree::{DraftTree, NodeMeta, TreeParams};

@@ -15,6 +15,7 @@
 
 use std::vec::Vec;
 
+use super::accept::AcceptBuffers;
 use crate::cuda::tree::{FinalTreePtrs, GpuTree, TreeShape};
 use crate::cuda::{DeviceBuffer, Gpu, Module, Stream, arg};
 use crate::error::Error;
@@ -137,22 +138,9 @@ pub unsafe fn greedy_raw(
     }
 }
 
-/// One tree's acceptance downloaded to the host.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HostAcceptance {
-    /// 0, or the status code.
-    pub status: i32,
-    /// Accepted node ids (length = accepted count).
-    pub nodes: Vec<i32>,
-    /// Their tokens.
-    pub tokens: Vec<i32>,
-    /// The bonus token (-1 on failure).
-    pub bonus: i32,
-    /// The keep list `[0, nodes...]`.
-    pub keep: Vec<i32>,
-    /// The full padded rows as written (nodes, tokens: max_depth + 1; keep: max_depth + 2).
-    pub padded: (Vec<i32>, Vec<i32>, Vec<i32>),
-}
+/// One tree's acceptance downloaded to the host: the shared [`super::accept::HostAcceptance`] (its
+/// former `padded` tuple is now the `raw_nodes`, `raw_tokens` and `raw_keep` fields).
+pub use super::accept::HostAcceptance;
 
 /// Greedy acceptance buffers for a batch, allocated at creation.
 #[derive(Debug)]
@@ -315,31 +303,18 @@ impl<'g> GpuGreedy<'g> {
     /// Downloads every tree's acceptance (synchronously; synchronize the stream first).
     pub fn download(&self) -> Result<Vec<HostAcceptance>, Error> {
         let d = self.shape.max_depth;
-        let (len, nodes, tokens) = (
-            self.accept_len.to_vec()?,
-            self.accept_nodes.to_vec()?,
-            self.accept_tokens.to_vec()?,
-        );
-        let (bonus, keep, status) = (
-            self.bonus.to_vec()?,
-            self.keep.to_vec()?,
-            self.status.to_vec()?,
-        );
-        let mut out = Vec::with_capacity(self.shape.batch);
-        for b in 0..self.shape.batch {
-            let k = len[b].clamp(0, d as i32 + 1) as usize;
-            let n = &nodes[b * (d + 1)..(b + 1) * (d + 1)];
-            let t = &tokens[b * (d + 1)..(b + 1) * (d + 1)];
-            let kp = &keep[b * (d + 2)..(b + 1) * (d + 2)];
-            out.push(HostAcceptance {
-                status: status[b],
-                nodes: n[..k].to_vec(),
-                tokens: t[..k].to_vec(),
-                bonus: bonus[b],
-                keep: kp[..k + 1].to_vec(),
-                padded: (n.to_vec(), t.to_vec(), kp.to_vec()),
-            });
+        // The walk accepts up to `max_depth + 1` nodes (the width of its rows).
+        self.buffers().read(self.shape.batch, d, d + 1)
+    }
+
+    fn buffers(&self) -> AcceptBuffers<'_> {
+        AcceptBuffers {
+            accept_len: &self.accept_len,
+            accept_nodes: &self.accept_nodes,
+            accept_tokens: &self.accept_tokens,
+            bonus: &self.bonus,
+            keep: &self.keep,
+            status: &self.status,
         }
-        Ok(out)
     }
 }

@@ -10,10 +10,13 @@
 //! Every kernel has a CPU twin in the library; the parity tests live in `tests/cuda_*.rs` and skip with
 //! a message where there is no GPU.
 
+pub mod accept;
 pub mod blas;
+#[doc(hidden)]
 pub mod block;
 pub mod drafter;
 pub mod greedy;
+pub mod layout;
 pub mod sample;
 pub mod tree;
 
@@ -52,7 +55,7 @@ fn driver_present() -> bool {
 /// Names a kernel module (a `kernels/*.cu` file).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Module {
-    /// `kernels/tree.cu`: tree finalize and the verification layouts.
+    /// `kernels/tree.cu`: tree finalize ([`tree`]) and the verification layouts ([`layout`]).
     Tree,
     /// `kernels/accept_greedy.cu`: greedy acceptance fused with the argmax over target logits.
     AcceptGreedy,
@@ -687,5 +690,74 @@ impl Drop for Graph {
             let _ = sys::cuGraphExecDestroy(self.exec);
             let _ = sys::cuGraphDestroy(self.graph);
         }
+    }
+}
+
+#[cfg(test)]
+mod old_paths {
+    //! Every public name that moved in the CUDA module reorganisation still resolves at its old path
+    //! (deprecated where the old path would mislead). Compiling is the test; nothing needs a GPU.
+    #![allow(deprecated)]
+
+    use super::{DeviceBuffer, Gpu, Stream, block, drafter, greedy, sample, tree};
+    use crate::error::Error;
+
+    type FillRandom = fn(&Gpu, &Stream, &mut DeviceBuffer<f32>, u64, f32, f32) -> Result<(), Error>;
+
+    #[test]
+    fn moved_names_resolve_at_their_old_paths() {
+        // cuda::block -> cuda::drafter.
+        let _: Option<block::GpuDrafter<'static>> = None::<drafter::GpuDrafter<'static>>;
+        let _: Option<block::GpuDrafterCapacity> = None::<drafter::GpuDrafterCapacity>;
+        let dims: block::GpuDrafterDims = drafter::GpuDrafterDims::llama31_8b();
+        assert_eq!(dims.hidden, 4096);
+        let _: FillRandom = block::fill_random::<f32>;
+        // cuda::drafter::* (the ops) -> cuda::drafter::ops::*.
+        let _: Option<drafter::DrafterKernels> = None::<drafter::ops::DrafterKernels>;
+        let _: drafter::ops::FuseInputs = drafter::FuseInputs::default();
+        let _: drafter::ops::RmsNorm = drafter::RmsNorm::default();
+        let _: drafter::ops::AddRmsNorm = drafter::AddRmsNorm::default();
+        let _: drafter::ops::Rope = drafter::Rope::default();
+        let _: drafter::ops::CacheAppend = drafter::CacheAppend::default();
+        let _: drafter::ops::Attention = drafter::Attention::default();
+        let _: drafter::ops::Swiglu = drafter::Swiglu::default();
+        let _: drafter::ops::Elementwise = drafter::Elementwise::default();
+        let _: drafter::ops::ShiftConcat = drafter::ShiftConcat::default();
+        let _: drafter::ops::HeadFeatures = drafter::HeadFeatures::default();
+        assert_eq!(
+            drafter::STATUS_TOKEN_OUT_OF_RANGE,
+            drafter::ops::STATUS_TOKEN_OUT_OF_RANGE
+        );
+        assert_eq!(drafter::MAX_SLOTS, drafter::ops::MAX_SLOTS);
+        assert_eq!(drafter::MAX_HEAD_DIM, drafter::ops::MAX_HEAD_DIM);
+        assert_eq!(drafter::MAX_SELECT, drafter::ops::MAX_SELECT);
+        assert_eq!(drafter::RANK_FEATURES, drafter::ops::RANK_FEATURES);
+        assert_eq!(drafter::MAX_SPLITS, drafter::ops::MAX_SPLITS);
+        assert_eq!(
+            drafter::attention_workspace_len(3, 5, 8),
+            drafter::ops::attention_workspace_len(3, 5, 8)
+        );
+        // cuda::tree's layouts -> cuda::layout.
+        let _: Option<tree::GpuLayouts<'static>> = None::<super::layout::GpuLayouts<'static>>;
+        let _: Option<tree::HostLayouts> = None::<super::layout::HostLayouts>;
+        let _: super::layout::DeviceOut = tree::DeviceOut::default();
+        let _: super::layout::LayoutPtrs = tree::LayoutPtrs::default();
+        let _: Option<(tree::LayoutShape, tree::SeqIds)> = None;
+        let _ = tree::layouts_raw;
+        // The two acceptance readers -> cuda::accept::HostAcceptance.
+        let a = greedy::HostAcceptance {
+            status: 0,
+            nodes: std::vec![1],
+            tokens: std::vec![7],
+            bonus: 9,
+            keep: std::vec![0, 1],
+            raw_nodes: std::vec![1, -1],
+            raw_tokens: std::vec![7, -1],
+            raw_keep: std::vec![0, 1, -1],
+            accept_len: 1,
+        };
+        let b: sample::SampleOutput = a.clone();
+        assert_eq!(b, a);
+        assert_eq!(a.padded(), (a.raw_nodes, a.raw_tokens, a.raw_keep));
     }
 }

@@ -24,6 +24,7 @@
 use core::ffi::c_void;
 use std::vec::Vec;
 
+use super::accept::AcceptBuffers;
 use super::{DeviceBuffer, Function, Gpu, Module, Stream, arg};
 use crate::error::Error;
 use crate::verify::Sampling;
@@ -68,29 +69,9 @@ pub enum LogitsType {
     Bf16,
 }
 
-/// The acceptance of one sequence, downloaded by [`SampleAccept::read`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SampleOutput {
-    /// 0, or the [`Status`](crate::Status) code of the sequence's error.
-    pub status: i32,
-    /// Accepted node ids, root excluded (empty on error).
-    pub nodes: Vec<i32>,
-    /// Their tokens.
-    pub tokens: Vec<i32>,
-    /// The emitted token after the last accepted node (-1 on error).
-    pub bonus: i32,
-    /// The KV keep-list `[0, nodes...]` (empty on error).
-    pub keep: Vec<i32>,
-    /// The raw output rows as the device wrote them, padding included: nodes, tokens
-    /// (`max_depth + 1` each) and keep (`max_depth + 2`).
-    pub raw_nodes: Vec<i32>,
-    /// See `raw_nodes`.
-    pub raw_tokens: Vec<i32>,
-    /// See `raw_nodes`.
-    pub raw_keep: Vec<i32>,
-    /// `accept_len` as written.
-    pub accept_len: i32,
-}
+/// The acceptance of one sequence, downloaded by [`SampleAccept::read`]: the shared
+/// [`HostAcceptance`](super::accept::HostAcceptance) (keep is empty on error).
+pub type SampleOutput = super::accept::HostAcceptance;
 
 /// GPU sampling acceptance for `batch` trees of up to `max_nodes` nodes over a `vocab`-token target:
 /// the kernels, the per-sequence parameters and the outputs, all allocated once at creation.
@@ -408,36 +389,20 @@ impl SampleAccept {
     /// Waits for `stream` and downloads every sequence's outputs (a host helper for tests and tools).
     pub fn read(&self, stream: &Stream) -> Result<Vec<SampleOutput>, Error> {
         stream.synchronize()?;
-        let status = self.status.to_vec()?;
-        let len = self.accept_len.to_vec()?;
-        let nodes = self.accept_nodes.to_vec()?;
-        let tokens = self.accept_tokens.to_vec()?;
-        let bonus = self.bonus.to_vec()?;
-        let keep = self.keep.to_vec()?;
-        let (d1, d2) = (self.max_depth + 1, self.max_depth + 2);
-        Ok((0..self.batch)
-            .map(|b| {
-                let raw_nodes = nodes[b * d1..(b + 1) * d1].to_vec();
-                let raw_tokens = tokens[b * d1..(b + 1) * d1].to_vec();
-                let raw_keep = keep[b * d2..(b + 1) * d2].to_vec();
-                let n = (len[b].max(0) as usize).min(self.max_depth);
-                let ok = status[b] == 0;
-                SampleOutput {
-                    status: status[b],
-                    nodes: raw_nodes[..n].to_vec(),
-                    tokens: raw_tokens[..n].to_vec(),
-                    bonus: bonus[b],
-                    keep: if ok {
-                        raw_keep[..n + 1].to_vec()
-                    } else {
-                        Vec::new()
-                    },
-                    raw_nodes,
-                    raw_tokens,
-                    raw_keep,
-                    accept_len: len[b],
-                }
-            })
-            .collect())
+        let mut out = AcceptBuffers {
+            accept_len: &self.accept_len,
+            accept_nodes: &self.accept_nodes,
+            accept_tokens: &self.accept_tokens,
+            bonus: &self.bonus,
+            keep: &self.keep,
+            status: &self.status,
+        }
+        .read(self.batch, self.max_depth, self.max_depth)?;
+        for o in &mut out {
+            if o.status != 0 {
+                o.keep.clear();
+            }
+        }
+        Ok(out)
     }
 }

@@ -160,10 +160,7 @@ impl Drafter {
         threads: usize,
     ) -> Result<Self, LoadError> {
         let w = Weights::load(&cfg, st)?;
-        let d = cfg.head_dim;
-        let inv_freq = (0..d / 2)
-            .map(|i| (1.0 / (cfg.rope_theta as f64).powf(2.0 * i as f64 / d as f64)) as f32)
-            .collect();
+        let inv_freq = ops::rope_inv_freq(cfg.head_dim, cfg.rope_theta);
         Ok(Drafter {
             cfg,
             w,
@@ -343,14 +340,14 @@ pub fn write_random_drafter(
     );
     put(
         "rank_head.0.weight".into(),
-        std::vec![256, h + 15],
-        fan(h + 15),
+        std::vec![weights::RANK_HIDDEN, h + weights::RANK_FEATURES],
+        fan(h + weights::RANK_FEATURES),
         0.0,
     );
     put(
         "rank_head.2.weight".into(),
-        std::vec![c.rank_classes, 256],
-        fan(256),
+        std::vec![c.rank_classes, weights::RANK_HIDDEN],
+        fan(weights::RANK_HIDDEN),
         0.0,
     );
     let d2t = std::vec![0i64; c.draft_vocab];

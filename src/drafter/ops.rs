@@ -1,4 +1,4 @@
-//! CPU twins of the drafter's GPU ops (`kernels/drafter.cu`, wrapped by `cuda::drafter`): small,
+//! CPU twins of the drafter's GPU ops (`kernels/drafter.cu`, wrapped by `cuda::drafter::ops`): small,
 //! plain functions computing exactly what each kernel computes, in f32, so the parity tests can compare
 //! the device against the library. A kernel that writes bf16 is twinned by a function that writes the
 //! f32 values; the device output equals [`bf16_round`] of them up to the f32 rounding of reductions
@@ -9,6 +9,12 @@ use std::vec::Vec;
 
 use crate::cpu::kernels::f32_to_bf16;
 use crate::cpu::{rms_norm, softmax_in_place};
+
+/// The rank head's sizes, defined once with the drafter's weights and shared with the GPU drafter
+/// (`cuda::drafter`): the rank features appended to the normed hidden, and the rank head's hidden width.
+pub use super::weights::RANK_FEATURES;
+#[cfg(feature = "cuda")]
+pub(crate) use super::weights::RANK_HIDDEN;
 
 /// Status bit of [`fuse_inputs`] (and `sb_fuse_inputs`): a token is outside the embedding's rows.
 pub const STATUS_TOKEN_OUT_OF_RANGE: i32 = 1;
@@ -253,7 +259,7 @@ pub fn shift_concat(x: &[f32], slots: usize, hidden: usize, out: &mut [f32]) {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct HeadRow {
     /// The 15 rank features over the top `topk_t` logits (docs/drafter-forward.md §4).
-    pub features: [f32; 15],
+    pub features: [f32; RANK_FEATURES],
     /// The top `kc` draft ids, best first (ties: lower id first), with their log-softmax over the
     /// whole row.
     pub candidates: Vec<(u32, f32)>,
@@ -265,7 +271,7 @@ pub struct HeadRow {
 /// them, the top `kc` candidates (draft ids; the kernel maps them to target ids with `d2t`) with their
 /// log-softmax, and the log-sum-exp (max + ln Σ e^(x - max), as the CPU session computes it).
 pub fn head_features(logits: &[f32], topk_t: usize, kc: usize) -> HeadRow {
-    let mut features = [0f32; 15];
+    let mut features = [0f32; RANK_FEATURES];
     let mut scratch = Vec::with_capacity(logits.len());
     super::forward::rank_features(logits, topk_t, &mut scratch, &mut features);
     let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));

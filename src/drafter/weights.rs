@@ -9,10 +9,12 @@ use crate::io::LoadError;
 use crate::io::safetensors::SafeTensors;
 use crate::load_err;
 
-/// Width of the rank head's hidden layer (fixed by the authors' architecture).
+/// Width of the rank head's hidden layer (fixed by the authors' architecture). The one definition
+/// (re-exported by [`super::ops`] for the GPU drafter; `write_random_drafter` uses it too).
 pub(crate) const RANK_HIDDEN: usize = 256;
-/// Rank features appended to the normed hidden.
-pub(crate) const RANK_FEATURES: usize = 15;
+/// Rank features appended to the normed hidden (docs/drafter-forward.md §4). The one definition;
+/// public as `drafter::ops::RANK_FEATURES` (and `cuda::drafter::ops::RANK_FEATURES`).
+pub const RANK_FEATURES: usize = 15;
 
 pub(crate) struct Layer {
     pub input_norm: Vec<f32>,

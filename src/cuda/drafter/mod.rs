@@ -1,5 +1,5 @@
 //! The SpecBlock drafter block forward on the GPU (docs/drafter-forward.md): cuBLAS bf16 GEMMs
-//! ([`super::blas`]) composed with the non-GEMM kernels of `kernels/drafter.cu` ([`super::drafter`]).
+//! ([`super::blas`]) composed with the non-GEMM kernels of `kernels/drafter.cu` ([`ops`]).
 //!
 //! [`GpuDrafter`] holds the weights (bf16 matrices, f32 norm weights), uploaded once, a context cache
 //! per sequence of a fixed batch (f32 post-RoPE keys and values, `[kv_head][entries*K][head_dim]` per
@@ -18,7 +18,13 @@
 //!
 //! Precision: weights and GEMM inputs bf16, accumulation and GEMM outputs f32, the residual stream, the
 //! norms, RoPE, attention, softmax and the rank features in f32 (see `kernels/drafter.cu`).
+//!
+//! The module mirrors [`crate::drafter`]: [`ops`] holds the launch wrappers of the per-op kernels, as
+//! [`crate::drafter::ops`] holds their CPU twins. (The GPU drafter used to be `cuda::block` and the ops
+//! `cuda::drafter`; the old names still resolve, deprecated.)
+mod deprecated;
 mod forward;
+pub mod ops;
 mod weights;
 
 use core::ffi::c_void;
@@ -27,15 +33,16 @@ use std::vec::Vec;
 use cudarc::driver::sys;
 
 use super::blas::Blas;
-use super::drafter::{DrafterKernels, Elementwise};
 use super::{DeviceBuffer, Gpu, Stream, check};
 use crate::drafter::DrafterConfig;
 use crate::error::Error;
+#[allow(deprecated)]
+pub use deprecated::*;
 pub use weights::fill_random;
 use weights::{Scratch, Weights};
 
-/// Width of the rank head's hidden layer (the authors' architecture).
-const RANK_HIDDEN: usize = 256;
+// The rank head's hidden width, defined once with the CPU drafter.
+use crate::drafter::ops::RANK_HIDDEN;
 
 /// The drafter's shape (the subset of [`DrafterConfig`] the forward needs).
 #[derive(Clone, Debug, PartialEq)]
@@ -122,9 +129,9 @@ impl GpuDrafterDims {
             && self.kv_heads > 0
             && self.heads.is_multiple_of(self.kv_heads)
             && self.head_dim.is_multiple_of(4)
-            && (4..=super::drafter::MAX_HEAD_DIM).contains(&self.head_dim)
-            && (1..=super::drafter::MAX_SLOTS).contains(&self.slots)
-            && (10..=super::drafter::MAX_SELECT).contains(&self.rank_topk)
+            && (4..=ops::MAX_HEAD_DIM).contains(&self.head_dim)
+            && (1..=ops::MAX_SLOTS).contains(&self.slots)
+            && (10..=ops::MAX_SELECT).contains(&self.rank_topk)
             && self.rank_topk <= self.draft_vocab
             && self.rank_classes > 0
             && self.ffn > 0
@@ -173,7 +180,7 @@ enum PlanKind {
 /// The drafter block forward on one GPU for a fixed batch of sequences (see the module docs).
 pub struct GpuDrafter<'g> {
     gpu: &'g Gpu,
-    k: DrafterKernels,
+    k: ops::DrafterKernels,
     blas: Blas,
     dims: GpuDrafterDims,
     cap: GpuDrafterCapacity,
@@ -302,7 +309,7 @@ impl<'g> GpuDrafter<'g> {
         stream.synchronize()?;
         let mut st = [0i32];
         self.s.status.download(&mut st)?;
-        if st[0] & super::drafter::STATUS_TOKEN_OUT_OF_RANGE != 0 {
+        if st[0] & ops::STATUS_TOKEN_OUT_OF_RANGE != 0 {
             return Err(Error::TokenOutOfRange {
                 what: "GPU drafter input",
                 token: -1,
@@ -561,7 +568,7 @@ impl<'g> GpuDrafter<'g> {
             self.k.f32_to_bf16(
                 self.gpu,
                 stream,
-                &Elementwise {
+                &ops::Elementwise {
                     x: features,
                     x_stride: fw,
                     rows: g,

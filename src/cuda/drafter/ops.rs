@@ -1,6 +1,6 @@
 //! Launch wrappers for `kernels/drafter.cu`: the SpecBlock drafter block forward's non-GEMM ops
 //! (docs/drafter-forward.md). The GEMMs (cuBLAS, bf16 x bf16 -> f32) are composed with these by
-//! `cuda::block`.
+//! [`GpuDrafter`](super::GpuDrafter).
 //!
 //! Precision: the residual stream, GEMM outputs and the attention caches are f32; every op that
 //! produces a GEMM input writes bf16 (round-to-nearest-even, `u16` device buffers on the Rust side).
@@ -19,9 +19,9 @@
 //! On an H100, 64 rows x 9 heads (3 KV heads, d 64) over 4096 keys take about 360 us one-pass and
 //! 130 us split; 16 rows split about 63 us. Prefer the split form.
 
-use core::ffi::CStr;
+use core::ffi::{CStr, c_void};
 
-use super::{Function, Gpu, Module, Stream, arg, check};
+use crate::cuda::{Function, Gpu, Module, Stream, arg, check};
 use crate::error::Error;
 
 /// Bit ORed into the status word by [`DrafterKernels::fuse_inputs`] when a token is outside the
@@ -33,8 +33,8 @@ pub const MAX_SLOTS: usize = 64;
 pub const MAX_HEAD_DIM: usize = 128;
 /// Largest `topk_t` and `kc` of [`DrafterKernels::head_features`].
 pub const MAX_SELECT: usize = 64;
-/// Number of rank features (docs/drafter-forward.md §4).
-pub const RANK_FEATURES: usize = 15;
+/// Number of rank features (docs/drafter-forward.md §4); defined once, with the CPU drafter's weights.
+pub use crate::drafter::ops::RANK_FEATURES;
 
 const BLOCK: u32 = 256;
 /// `ATT_THREADS` and `ATT_MAX_Q` (query vectors, rows x heads, per block) of kernels/drafter.cu.
@@ -345,6 +345,28 @@ pub struct HeadFeatures {
     pub row_lse: u64,
 }
 
+/// Queues one drafter kernel: every launch of the GPU drafter (this module's ops and
+/// [`fill_random`](super::fill_random)) goes through here. Binds `gpu`'s context on
+/// the calling thread, then launches `f` on `stream` with a grid of `grid` blocks of `threads` threads
+/// (1-D blocks, no dynamic shared memory) and checks the launch error. The callers validate their
+/// arguments and convert them to the kernel's types first; `args` lists them in the kernel's order.
+///
+/// # Safety
+/// As [`Gpu::launch`]: one pointer per kernel parameter, each at a value of exactly the parameter's
+/// type, and every device address valid for what the kernel does.
+pub(super) unsafe fn launch(
+    gpu: &Gpu,
+    stream: &Stream,
+    f: Function,
+    grid: (u32, u32, u32),
+    threads: u32,
+    args: &mut [*mut c_void],
+) -> Result<(), Error> {
+    gpu.bind()?;
+    // SAFETY: forwarded contract.
+    unsafe { gpu.launch(f, grid, (threads, 1, 1), 0, stream, args) }
+}
+
 /// `v` as a kernel `int`.
 fn int(what: &'static str, v: usize) -> Result<i32, Error> {
     i32::try_from(v).map_err(|_| Error::InvalidArgument(what))
@@ -451,15 +473,14 @@ impl DrafterKernels {
             int("out_stride", a.out_stride)?,
         );
         int("fuse_inputs rows", a.groups * a.slots)?;
-        gpu.bind()?;
         // SAFETY: argument types match the kernel signature; addresses per caller contract.
         unsafe {
-            gpu.launch(
+            launch(
+                gpu,
+                stream,
                 self.fuse_inputs,
                 (g as u32, 1, 1),
-                (BLOCK, 1, 1),
-                0,
-                stream,
+                BLOCK,
                 &mut [
                     arg(&a.cond),
                     arg(&cs),
@@ -507,15 +528,14 @@ impl DrafterKernels {
             int("out_stride", a.out_stride)?,
             int("out_f32_stride", a.out_f32_stride)?,
         );
-        gpu.bind()?;
         // SAFETY: argument types match the kernel signature; addresses per caller contract.
         unsafe {
-            gpu.launch(
+            launch(
+                gpu,
+                stream,
                 self.rmsnorm,
                 (rows as u32, 1, 1),
-                (BLOCK, 1, 1),
-                0,
-                stream,
+                BLOCK,
                 &mut [
                     arg(&a.x),
                     arg(&xs),
@@ -563,15 +583,14 @@ impl DrafterKernels {
             int("out_stride", a.out_stride)?,
             int("out_f32_stride", a.out_f32_stride)?,
         );
-        gpu.bind()?;
         // SAFETY: argument types match the kernel signature; addresses per caller contract.
         unsafe {
-            gpu.launch(
+            launch(
+                gpu,
+                stream,
                 self.add_rmsnorm,
                 (rows as u32, 1, 1),
-                (BLOCK, 1, 1),
-                0,
-                stream,
+                BLOCK,
                 &mut [
                     arg(&a.x),
                     arg(&a.delta),
@@ -621,15 +640,14 @@ impl DrafterKernels {
             int("head_dim", a.head_dim)?,
         );
         let grid = blocks(total, BLOCK)?;
-        gpu.bind()?;
         // SAFETY: argument types match the kernel signature; addresses per caller contract.
         unsafe {
-            gpu.launch(
+            launch(
+                gpu,
+                stream,
                 self.rope,
                 (grid, 1, 1),
-                (BLOCK, 1, 1),
-                0,
-                stream,
+                BLOCK,
                 &mut [
                     arg(&a.q),
                     arg(&qs),
@@ -684,15 +702,14 @@ impl DrafterKernels {
             int("row_offset", a.row_offset)?,
         );
         let grid = blocks(total, BLOCK)?;
-        gpu.bind()?;
         // SAFETY: argument types match the kernel signature; addresses per caller contract.
         unsafe {
-            gpu.launch(
+            launch(
+                gpu,
+                stream,
                 self.cache_append,
                 (grid, 1, 1),
-                (BLOCK, 1, 1),
-                0,
-                stream,
+                BLOCK,
                 &mut [
                     arg(&a.k_src),
                     arg(&a.v_src),
@@ -826,19 +843,18 @@ impl DrafterKernels {
                 .max(1)
         };
         let (splits_i, partial) = (splits as i32, if splits > 1 { workspace } else { 0 });
-        gpu.bind()?;
         // SAFETY: argument types match the kernel signature; addresses per caller contract.
         unsafe {
-            gpu.launch(
+            launch(
+                gpu,
+                stream,
                 self.attention,
                 (
                     (a.n_heads / hpb) as u32,
                     a.rows.div_ceil(rpb) as u32,
                     splits as u32,
                 ),
-                (ATT_THREADS, 1, 1),
-                0,
-                stream,
+                ATT_THREADS,
                 &mut [
                     arg(&a.q),
                     arg(&qs),
@@ -870,12 +886,12 @@ impl DrafterKernels {
         let grid = blocks(a.rows * a.n_heads * a.head_dim, BLOCK)?;
         // SAFETY: argument types match sb_attention_combine; the records were just written.
         unsafe {
-            gpu.launch(
+            launch(
+                gpu,
+                stream,
                 self.attention_combine,
                 (grid, 1, 1),
-                (BLOCK, 1, 1),
-                0,
-                stream,
+                BLOCK,
                 &mut [
                     arg(&partial),
                     arg(&rows),
@@ -908,15 +924,14 @@ impl DrafterKernels {
             int("out_stride", a.out_stride)?,
         );
         let grid = blocks(total, BLOCK)?;
-        gpu.bind()?;
         // SAFETY: argument types match the kernel signature; addresses per caller contract.
         unsafe {
-            gpu.launch(
+            launch(
+                gpu,
+                stream,
                 self.swiglu,
                 (grid, 1, 1),
-                (BLOCK, 1, 1),
-                0,
-                stream,
+                BLOCK,
                 &mut [
                     arg(&a.gate),
                     arg(&a.up),
@@ -953,15 +968,14 @@ impl DrafterKernels {
             int("out_stride", a.out_stride)?,
         );
         let grid = blocks(total, BLOCK)?;
-        gpu.bind()?;
         // SAFETY: argument types match both kernels' signature; addresses per caller contract.
         unsafe {
-            gpu.launch(
+            launch(
+                gpu,
+                stream,
                 f,
                 (grid, 1, 1),
-                (BLOCK, 1, 1),
-                0,
-                stream,
+                BLOCK,
                 &mut [
                     arg(&a.x),
                     arg(&xs),
@@ -1046,15 +1060,14 @@ impl DrafterKernels {
             int("out_stride", a.out_stride)?,
         );
         let grid = blocks(total, BLOCK)?;
-        gpu.bind()?;
         // SAFETY: argument types match the kernel signature; addresses per caller contract.
         unsafe {
-            gpu.launch(
+            launch(
+                gpu,
+                stream,
                 self.shift_concat,
                 (grid, 1, 1),
-                (BLOCK, 1, 1),
-                0,
-                stream,
+                BLOCK,
                 &mut [
                     arg(&a.x),
                     arg(&xs),
@@ -1120,15 +1133,14 @@ impl DrafterKernels {
             int("hidden", a.hidden)?,
             int("rank_stride", a.rank_stride)?,
         );
-        gpu.bind()?;
         // SAFETY: argument types match the kernel signature; addresses per caller contract.
         unsafe {
-            gpu.launch(
+            launch(
+                gpu,
+                stream,
                 self.head_features,
                 (rows as u32, 1, 1),
-                (HEAD_THREADS, 1, 1),
-                0,
-                stream,
+                HEAD_THREADS,
                 &mut [
                     arg(&a.logits),
                     arg(&ls),

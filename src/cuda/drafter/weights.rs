@@ -4,8 +4,8 @@
 use std::vec::Vec;
 
 use super::super::blas::Blas;
-use super::super::drafter::{DrafterKernels, RANK_FEATURES};
 use super::super::{DeviceBuffer, DeviceCopy, Gpu, Module, Stream, arg};
+use super::ops::{DrafterKernels, RANK_FEATURES};
 use super::{GpuDrafter, GpuDrafterCapacity, GpuDrafterDims, PlanKind, RANK_HIDDEN};
 use crate::drafter::DrafterConfig;
 use crate::error::Error;
@@ -103,15 +103,14 @@ pub fn fill_random<T: DeviceCopy>(
         return Ok(());
     }
     let blocks = n.div_ceil(256).clamp(1, 65_535) as u32;
-    gpu.bind()?;
     // SAFETY: the kernel writes n elements of this allocation; argument types match its signature.
     unsafe {
-        gpu.launch(
+        super::ops::launch(
+            gpu,
+            stream,
             f,
             (blocks, 1, 1),
-            (256, 1, 1),
-            0,
-            stream,
+            256,
             &mut [arg(&ptr), arg(&n), arg(&seed), arg(&offset), arg(&scale)],
         )
     }
@@ -331,7 +330,7 @@ impl<'g> GpuDrafter<'g> {
                 "GPU drafter capacities must be non-zero",
             ));
         }
-        if cap.candidates > super::super::drafter::MAX_SELECT || cap.candidates > d.draft_vocab {
+        if cap.candidates > super::ops::MAX_SELECT || cap.candidates > d.draft_vocab {
             return Err(Error::InvalidArgument(
                 "GPU drafter candidates must be <= 64 and <= the draft vocabulary",
             ));
@@ -358,7 +357,7 @@ impl<'g> GpuDrafter<'g> {
             attn: DeviceBuffer::new(gpu, rows * qd)?,
             attn_ws: DeviceBuffer::new(
                 gpu,
-                crate::cuda::drafter::attention_workspace_len(rows, d.heads, d.head_dim),
+                super::ops::attention_workspace_len(rows, d.heads, d.head_dim),
             )?,
             tmp: DeviceBuffer::new(gpu, rows * h)?,
             gu: DeviceBuffer::new(gpu, rows * 2 * d.ffn)?,

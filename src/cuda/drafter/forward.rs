@@ -2,7 +2,7 @@
 //! head, as cuBLAS GEMMs and `kernels/drafter.cu` launches on one stream.
 
 use super::super::Stream;
-use super::super::drafter::{
+use super::ops::{
     AddRmsNorm, Attention, CacheAppend, Elementwise, FuseInputs, HeadFeatures, RANK_FEATURES,
     RmsNorm, Rope, ShiftConcat, Swiglu,
 };
