@@ -209,7 +209,6 @@ nostd:
 header:
 	SPECBLOCK_UPDATE_HEADER=1 $(CARGO) build
 
-## bench: core benchmarks (finalize + layouts + verify); run on an idle machine.
 ## bench: the speculative-decoding report in docs/results/ (tools/bench/report.py): a budget sweep on the
 ## ShareGPT held-out prompts, then ar / EAGLE-3 / SpecBlock on MT-bench, HumanEval and ShareGPT held-out at
 ## T = 0 and 1 with the committed drafters, and llama.cpp's plain decoding of the same GGUF as a reference.

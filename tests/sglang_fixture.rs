@@ -1,5 +1,5 @@
 //! SGLang's golden greedy-verification example (`sgl-kernel/tests/speculative/test_eagle_utils.py`,
-//! described in ../shared/spec/engine-anchors.md §3.4), rebuilt through our API. SGLang numbers nodes in its
+//! SGLang's own greedy-verification test), rebuilt through our API. SGLang numbers nodes in its
 //! own candidate order; we map our finalized ids back to those with `source_ids`.
 
 use specblock::layout;

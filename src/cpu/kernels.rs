@@ -1,6 +1,6 @@
 //! CPU kernels of the forward passes (the reference engine's target and the drafters). The matmul streams the weight matrix once per call and applies each
 //! block of weight rows to every activation row while it is in cache, so the cost of N rows stays near
-//! the cost of one until the arithmetic catches up with memory (DESIGN.md §7). The same generic code is
+//! the cost of one until the arithmetic catches up with memory (docs/performance.md). The same generic code is
 //! compiled for AVX-512 and for AVX2 + FMA and chosen at run time ([`Isa`]); the portable build is the
 //! fallback.
 
@@ -248,6 +248,11 @@ fn have_avx2() -> bool {
 }
 
 /// Raw pointer that may cross threads: each thread writes disjoint elements.
+///
+/// Hidden from the documented API: it is support for the reference engine's own kernels
+/// (`tools/engine`), which split one output across the pool's threads the way these kernels do; it is
+/// not part of what an embedding engine should build on, and may change without notice.
+#[doc(hidden)]
 #[derive(Clone, Copy)]
 pub struct SendPtr(pub *mut f32);
 

@@ -7,8 +7,10 @@ pub mod pool;
 #[cfg(target_arch = "x86_64")]
 mod simd;
 
+#[doc(hidden)] // engine support, see SendPtr
+pub use kernels::SendPtr;
 pub use kernels::{
-    Isa, Matrix, SendPtr, matmul, matmul_local, reserve_bf16_activations, rms_norm,
-    softmax_in_place, softmax_in_place_by_position, swiglu, weighted_rows,
+    Isa, Matrix, matmul, matmul_local, reserve_bf16_activations, rms_norm, softmax_in_place,
+    softmax_in_place_by_position, swiglu, weighted_rows,
 };
 pub use pool::Pool;

@@ -7,7 +7,7 @@ use crate::error::Error;
 use crate::io::LoadError;
 use crate::load_err;
 
-/// Which context-entry protocol the session follows (method notes §3.1).
+/// Which context-entry protocol the session follows (docs/drafter-forward.md, "Context protocol").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ContextProtocol {
     /// Entries pair each feature with the token that follows it, at consecutive bases (as trained).

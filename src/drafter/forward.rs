@@ -4,6 +4,7 @@
 
 use std::vec::Vec;
 
+use super::ops::fit;
 use super::weights::{RANK_FEATURES, RANK_HIDDEN};
 use super::{ContextCache, Drafter};
 use crate::cpu::{Pool, matmul, rms_norm, softmax_in_place};
@@ -59,12 +60,6 @@ pub struct Scratch {
     /// The entry whose slots are the first output rows: 0 (every entry's outputs), or, after a session's
     /// context forward, the last entry (the only outputs it reads: block 1).
     pub first_output_entry: usize,
-}
-
-/// Resizes `v` to `n` zeros without giving back capacity (no allocation once large enough).
-fn fit(v: &mut Vec<f32>, n: usize) {
-    v.clear();
-    v.resize(n, 0.0);
 }
 
 impl Scratch {
@@ -378,10 +373,10 @@ impl Drafter {
             sin,
             ..
         } = sc;
-        fit(cond, e * h);
+        fit(cond, e * h, 0.0);
         match kind {
             Kind::Context { features, .. } => {
-                fit(proj, e * h);
+                fit(proj, e * h, 0.0);
                 matmul(
                     pool,
                     &w.condition_proj,
@@ -395,7 +390,7 @@ impl Drafter {
             }
             Kind::Seed { hidden, .. } => rms_norm(hidden, &w.condition_norm, c.rms_eps, cond),
         }
-        fit(tok, e * h);
+        fit(tok, e * h, 0.0);
         for (i, &t) in tokens.iter().enumerate() {
             let t = t as usize;
             rms_norm(
@@ -405,7 +400,7 @@ impl Drafter {
                 &mut tok[i * h..(i + 1) * h],
             );
         }
-        fit(fused_in, rows * 3 * h);
+        fit(fused_in, rows * 3 * h, 0.0);
         for i in 0..e {
             for k in 0..k_slots {
                 let r = &mut fused_in[(i * k_slots + k) * 3 * h..(i * k_slots + k + 1) * 3 * h];
@@ -414,12 +409,12 @@ impl Drafter {
                 r[2 * h..].copy_from_slice(&w.queries_normed[k * h..(k + 1) * h]);
             }
         }
-        fit(x, rows * h);
+        fit(x, rows * h, 0.0);
         matmul(pool, &w.fuse, h, 3 * h, fused_in, rows, x);
 
         let half = c.head_dim / 2;
-        fit(cos, rows * half);
-        fit(sin, rows * half);
+        fit(cos, rows * half, 0.0);
+        fit(sin, rows * half, 0.0);
         for i in 0..e {
             let base = match kind {
                 Kind::Context { bases, .. } => bases[i],
@@ -440,13 +435,13 @@ impl Drafter {
     fn size_layer_buffers(&self, rows: usize, sc: &mut Scratch) {
         let c = &self.cfg;
         let (h, qd, kvd) = (c.hidden, c.heads * c.head_dim, c.kv_heads * c.head_dim);
-        fit(&mut sc.xn, rows * h);
-        fit(&mut sc.shifted, rows * 2 * h);
-        fit(&mut sc.qkv, rows * (qd + 2 * kvd));
-        fit(&mut sc.attn, rows * qd);
-        fit(&mut sc.tmp, rows * h);
-        fit(&mut sc.gu, rows * 2 * c.ffn);
-        fit(&mut sc.act, rows * c.ffn);
+        fit(&mut sc.xn, rows * h, 0.0);
+        fit(&mut sc.shifted, rows * 2 * h, 0.0);
+        fit(&mut sc.qkv, rows * (qd + 2 * kvd), 0.0);
+        fit(&mut sc.attn, rows * qd, 0.0);
+        fit(&mut sc.tmp, rows * h, 0.0);
+        fit(&mut sc.gu, rows * 2 * c.ffn, 0.0);
+        fit(&mut sc.act, rows * c.ffn, 0.0);
     }
 
     /// Decoder layer `l` (step 2) over `sc.hidden` in place: the layer-wise shift (layers after the
@@ -591,7 +586,7 @@ impl Drafter {
             };
             let width = prefix + own;
             for kvh in 0..c.kv_heads {
-                fit(q, m * d);
+                fit(q, m * d, 0.0);
                 for k in 0..k_slots {
                     let r = i * k_slots + k;
                     for g in 0..group {
@@ -606,7 +601,7 @@ impl Drafter {
                     }
                 }
                 let off = kvh * cap_rows * d;
-                fit(cache_scores, m * prefix);
+                fit(cache_scores, m * prefix, 0.0);
                 crate::cpu::matmul_local(
                     &cc.k[l][off..off + prefix * d],
                     prefix,
@@ -615,7 +610,7 @@ impl Drafter {
                     m,
                     cache_scores,
                 );
-                fit(scores, m * width);
+                fit(scores, m * width, 0.0);
                 for qi in 0..m {
                     let k = qi / group;
                     let row = &mut scores[qi * width..(qi + 1) * width];
@@ -635,10 +630,10 @@ impl Drafter {
                     }
                     softmax_in_place(row);
                 }
-                fit(acc, m * d);
+                fit(acc, m * d, 0.0);
                 if prefix > 0 {
                     // Cached values: rows of `scores` are `width` apart; gather the prefix part.
-                    fit(cache_scores, m * prefix);
+                    fit(cache_scores, m * prefix, 0.0);
                     for qi in 0..m {
                         cache_scores[qi * prefix..(qi + 1) * prefix]
                             .copy_from_slice(&scores[qi * width..qi * width + prefix]);
@@ -703,13 +698,13 @@ impl Drafter {
         *first_output_entry = first;
         let out_x = &x[first * k_slots * h..];
         let rows = (e - first) * k_slots;
-        fit(normed, rows * h);
+        fit(normed, rows * h, 0.0);
         rms_norm(out_x, &w.norm, c.rms_eps, normed);
-        fit(logits, rows * c.draft_vocab);
+        fit(logits, rows * c.draft_vocab, 0.0);
         matmul(pool, &w.lm_head, c.draft_vocab, h, normed, rows, logits);
 
         let rin_w = h + RANK_FEATURES;
-        fit(rank_in, rows * rin_w);
+        fit(rank_in, rows * rin_w, 0.0);
         for r in 0..rows {
             let dst = &mut rank_in[r * rin_w..(r + 1) * rin_w];
             dst[..h].copy_from_slice(&normed[r * h..(r + 1) * h]);
@@ -720,12 +715,12 @@ impl Drafter {
                 &mut dst[h..],
             );
         }
-        fit(hidden1, rows * RANK_HIDDEN);
+        fit(hidden1, rows * RANK_HIDDEN, 0.0);
         matmul(pool, &w.rank1, RANK_HIDDEN, rin_w, rank_in, rows, hidden1);
         for v in hidden1.iter_mut() {
             *v /= 1.0 + (-*v).exp();
         }
-        fit(rank_logits, rows * c.rank_classes);
+        fit(rank_logits, rows * c.rank_classes, 0.0);
         matmul(
             pool,
             &w.rank2,

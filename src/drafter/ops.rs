@@ -290,6 +290,13 @@ pub fn head_features(logits: &[f32], topk_t: usize, kc: usize) -> HeadRow {
     }
 }
 
+/// Resizes `v` to `n` copies of `x` without giving back capacity (no allocation once large enough): how
+/// both drafters' forwards size their reused buffers.
+pub(crate) fn fit<T: Copy>(v: &mut Vec<T>, n: usize, x: T) {
+    v.clear();
+    v.resize(n, x);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,5 +1,5 @@
 //! One sequence's drafting state: the context cache, the newest block 1, the root token, and the
-//! block-iterative tree growth of method notes §3.2–§3.5 (block 1 → seeds → one batched block 2 → the
+//! block-iterative tree growth of docs/drafter-forward.md (block 1 → seeds → one batched block 2 → the
 //! library's tree, dedup, budget prune, finalize).
 
 use std::vec::Vec;
@@ -71,7 +71,7 @@ pub struct Session<'d> {
     has_block1: bool,
     root: Option<u32>,
     next_base: u32,
-    /// Reference protocol: the base of the current draft entry ("P" in the method notes).
+    /// Reference protocol: the base of the current draft entry ("P" in docs/drafter-forward.md).
     draft_base: u32,
     drafted: bool,
     // Reused per-step buffers.
@@ -428,7 +428,7 @@ impl<'d> Session<'d> {
         r
     }
 
-    /// The authors' commit (method notes §3.1): with nothing accepted, the draft entry is popped and
+    /// The authors' commit (docs/drafter-forward.md, "Context protocol"): with nothing accepted, the draft entry is popped and
     /// (f_root, bonus) becomes the new draft entry one base further, the draft base unchanged;
     /// otherwise a+1 entries are appended after it with features [f_root, f_acc..] and the token chain
     /// shifted by one with its last element doubled, [acc_2.., bonus, bonus].

@@ -349,6 +349,11 @@ pub fn f32_to_f16(x: f32) -> u16 {
 }
 
 /// Serialises tensors `(name, shape, data)` to safetensors bytes (in the given order).
+///
+/// Hidden from the documented API: it writes the random drafters of tests and benchmarks and the
+/// engine's exports (`tools/engine`); a library user reads checkpoints, and writes them with the
+/// `safetensors` crate or PyTorch.
+#[doc(hidden)]
 pub fn serialize(tensors: &[(&str, Vec<usize>, TensorData<'_>)]) -> Result<Vec<u8>, LoadError> {
     let mut header = serde_json::Map::new();
     let mut data: Vec<u8> = Vec::new();

@@ -1,7 +1,7 @@
 """Training losses and the training-time unrolls for the SpecBlock and EAGLE-3 drafters.
 
 The forwards are those of specblock_model.py / eagle3_model.py (the modules the Rust parity tests use); this
-file only builds the training masks around them (spec/specblock-method.md §6, docs/eagle3-forward.md
+file only builds the training masks around them (docs/training.md, docs/eagle3-forward.md
 "Training alignment") and computes the losses.
 
 SpecBlock, one window of S tokens (data.py conventions: row i's hidden gives the target's distribution over
@@ -17,7 +17,7 @@ x_{i+1}; pm[i] says whether a label from row i counts):
   authors do); rank labels use that argmax too. The printed accuracies instead require the target's
   full-vocabulary argmax (what a greedy verifier accepts);
 - rank head input = (stopgrad(final-normed hidden), rank features of stopgrad(logits)) with the config's
-  rank_topk (DESIGN §5: same T as inference).
+  rank_topk (docs/design.md: same T as inference).
 Total = sum_k w^k * sum_blocks L_{b,k} + rank_weight * sum_blocks RankLoss_b, w = 0.8.
 
 Batch reduction: a window is the unit (the explicit-mask attention is quadratic in the entries), so every

@@ -1,6 +1,6 @@
 """SpecBlock tree growth, an independent reference for the Rust `Session::draft` (src/drafter/session.rs).
 
-Method notes §3.2–§3.5 for the candidates, the library's tree rules (src/tree/mod.rs) for finalize:
+docs/drafter-forward.md for the candidates, the library's tree rules (src/tree/mod.rs) for finalize:
 
 - candidates: per output row the top max(beam_width, max(width_table)) draft ids by logit (ties: lower
   id), log-softmax in f32, mapped to target ids (`id + d2t[id]`); the row's rank class is the first

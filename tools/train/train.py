@@ -29,7 +29,7 @@ tokens/s, ETA); held-out metrics (per-slot accuracy and the acceptance proxy 1 +
 Runs on the CPU, or unchanged on a CUDA GPU (--device cuda; the default picks CUDA when present). The
 forward runs under bf16 autocast with --amp bf16 (faster on CPUs with AVX512_BF16 and on GPUs; the weights,
 optimiser state, labels and losses stay f32); --amp off trains all in f32.
-Fixed recipe parts (spec/specblock-method.md §6): AdamW betas (0.9, 0.95), weight decay 0, gradient-norm
+Fixed recipe parts (docs/training.md): AdamW betas (0.9, 0.95), weight decay 0, gradient-norm
 clip 0.5; SpecBlock 3 blocks, K 4, slot weight 0.8, rank weight 1, rank budget 10 per class; EAGLE-3 7 TTT
 steps, step weight 0.8.
 """
@@ -61,7 +61,7 @@ TARGET = dict(hidden_size=576, num_attention_heads=9, num_key_value_heads=3, hea
 
 
 def default_config(method: str, draft_vocab_size: int, layers: int | None = None):
-    """SmolLM2-135M drafters (DESIGN §6): SpecBlock 2 layers K 4, EAGLE-3 1 layer, H 576."""
+    """SmolLM2-135M drafters (docs/design.md): SpecBlock 2 layers K 4, EAGLE-3 1 layer, H 576."""
     if method == "specblock":
         return SpecBlockConfig(**TARGET, num_hidden_layers=layers or 2, draft_vocab_size=draft_vocab_size,
                                diffspec_draft_token_num=4, rank_classes=4, target_hidden_size=576,

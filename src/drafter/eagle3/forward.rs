@@ -67,11 +67,7 @@ pub struct Eagle3Scratch {
     pub logits: Vec<f32>,
 }
 
-/// Resizes `v` to `n` copies of `x` without giving back capacity (no allocation once large enough).
-pub(super) fn fit<T: Copy>(v: &mut Vec<T>, n: usize, x: T) {
-    v.clear();
-    v.resize(n, x);
-}
+pub(super) use crate::drafter::ops::fit;
 
 /// What feeds each query and where its K/V row goes.
 #[derive(Clone, Copy)]
