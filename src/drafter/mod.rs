@@ -22,7 +22,7 @@ use std::vec::Vec;
 
 pub use config::{ContextProtocol, DrafterConfig};
 pub use forward::{BlockOutput, Scratch};
-pub use session::{DraftPolicy, Session};
+pub use session::{DEFAULT_SPECBLOCK_BUDGET, DraftPolicy, Session};
 pub use speculator::{AnySession, Speculator, SpeculatorStats, default_arms};
 
 use crate::cpu::Pool;
