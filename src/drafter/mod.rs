@@ -26,7 +26,7 @@ pub use config::{
     AUX_LAYERS, ContextProtocol, DrafterConfig, default_aux_layers, resolve_aux_layers,
 };
 pub use forward::{BlockOutput, Scratch};
-pub use session::{DraftPolicy, Session};
+pub use session::{DEFAULT_SPECBLOCK_BUDGET, DraftPolicy, Session};
 pub use speculator::{AnySession, Speculator, SpeculatorStats, default_arms};
 
 use crate::cpu::Pool;

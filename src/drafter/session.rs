@@ -9,6 +9,9 @@ use super::{ContextCache, ContextProtocol, Drafter, Scratch};
 use crate::error::Error;
 use crate::tree::{DraftTree, NodeMeta};
 
+/// [`DraftPolicy::default`]'s `budget`: the SpecBlock authors' published tree keeps 90 non-root nodes.
+pub const DEFAULT_SPECBLOCK_BUDGET: u32 = 90;
+
 /// How wide each slot branches and how big the tree gets (defaults = the authors' published setting).
 #[derive(Clone, Debug, PartialEq)]
 pub struct DraftPolicy {
@@ -35,7 +38,7 @@ pub struct DraftPolicy {
 impl Default for DraftPolicy {
     fn default() -> Self {
         DraftPolicy {
-            budget: 90,
+            budget: DEFAULT_SPECBLOCK_BUDGET,
             beam_width: 10,
             slot0_widths: std::vec![(0.9, 3), (0.8, 5), (0.6, 8)],
             width_table: std::vec![2, 4, 6, 4],

@@ -6,7 +6,10 @@
 use std::time::Instant;
 
 use super::Session;
-use super::eagle3::{Eagle3Policy, Eagle3Session};
+use super::eagle3::{
+    DEFAULT_EAGLE3_BUDGET, DEFAULT_EAGLE3_DEPTH, DEFAULT_EAGLE3_TOP_K, Eagle3Policy, Eagle3Session,
+};
+use super::session::DEFAULT_SPECBLOCK_BUDGET;
 use crate::adapt::{Arm, ArmSummary, Feedback, Policy, PolicyParams, Shape};
 use crate::error::Error;
 use crate::tree::DraftTree;
@@ -95,7 +98,7 @@ pub fn default_arms(eagle3: bool) -> &'static [Arm] {
         sb(8, 0, 0.3),
         sb(16, 4, 0.0),
         sb(32, u32::MAX, 0.0),
-        sb(90, u32::MAX, 0.0),
+        sb(DEFAULT_SPECBLOCK_BUDGET, u32::MAX, 0.0),
     ];
     const EAGLE3: [Arm; 9] = [
         PLAIN,
@@ -106,7 +109,12 @@ pub fn default_arms(eagle3: bool) -> &'static [Arm] {
         e3(8, 4, 4, 0.0),
         e3(16, 6, 6, 0.0),
         e3(32, 7, 8, 0.0),
-        e3(59, 7, 10, 0.0),
+        e3(
+            DEFAULT_EAGLE3_BUDGET,
+            DEFAULT_EAGLE3_DEPTH,
+            DEFAULT_EAGLE3_TOP_K,
+            0.0,
+        ),
     ];
     if eagle3 { &EAGLE3 } else { &SPECBLOCK }
 }

@@ -22,7 +22,10 @@ pub use cache::Eagle3Cache;
 pub use config::Eagle3Config;
 pub use forward::{Eagle3Output, Eagle3Scratch};
 pub use random::write_random_eagle3;
-pub use session::{Eagle3Candidates, Eagle3Policy, Eagle3Session};
+pub use session::{
+    DEFAULT_EAGLE3_BUDGET, DEFAULT_EAGLE3_DEPTH, DEFAULT_EAGLE3_TOP_K, Eagle3Candidates,
+    Eagle3Policy, Eagle3Session,
+};
 
 use crate::cpu::Pool;
 use crate::io::LoadError;

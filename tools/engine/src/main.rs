@@ -1,99 +1,144 @@
 //! The `specblock` command line: fetch the model, generate text, benchmark the engine.
+//!
+//! One [`Command`] per subcommand, each with its own options struct; the groups that several
+//! subcommands share ([`ModelArgs`], [`SamplingArgs`], [`MaxTokens`]) are flattened into them. Draft-tree
+//! defaults come from the library (`DEFAULT_SPECBLOCK_BUDGET`, `DEFAULT_EAGLE3_*`, [`DraftPolicy`]).
 
-use std::path::PathBuf;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use specblock::adapt::{Arm, Shape};
+use specblock::drafter::eagle3::{
+    DEFAULT_EAGLE3_BUDGET, DEFAULT_EAGLE3_DEPTH, DEFAULT_EAGLE3_TOP_K, Eagle3Policy,
+};
+use specblock::drafter::{DEFAULT_SPECBLOCK_BUDGET, DraftPolicy};
 use specblock_engine::bench;
 use specblock_engine::error::{Error, Result};
+use specblock_engine::evaluate::MethodSpec;
+use specblock_engine::generate::{DEFAULT_EAGLE3_DRAFTER, DEFAULT_SPECBLOCK_DRAFTER};
 use specblock_engine::gguf::GgufFile;
 use specblock_engine::model::{Llama, WeightFormat};
 use specblock_engine::speculate::DraftSession;
 
-const USAGE: &str = "\
-specblock — SpecBlock speculative decoding, reference engine (SmolLM2-135M-Instruct on the CPU)
+/// Where `fetch-model` puts the model, and where `--model` looks for it by default.
+const MODELS_DIR: &str = "models";
 
-USAGE:
-  specblock fetch-model [--models-dir DIR]
-  specblock generate [OPTIONS] [--prompt TEXT]
-  specblock bench [OPTIONS]
-  specblock bench-drafter [--drafter DIR] [--budget N] [--bf16]   (drafting time per iteration,
-                    SpecBlock vs EAGLE-3, against verification)
-  specblock datagen [--prompts FILE] [--out DIR] [--batch B] [--max-tokens N] [--target-tokens T]
-                    (self-distilled training data: tokens, loss mask, aux features, final hidden)
-  specblock bench-spec --prompts FILE [--limit N] [--methods ar,eagle3:B:D:K,specblock:B:S,specblock:auto] [--out FILE]
-                    [--drafter DIR] [--eagle3-drafter DIR] [--temperature T] [--max-tokens N] [--bf16]
-                    (each method on each prompt, back to back; one JSON line per run, appended to
-                    --out or printed; greedy runs check every speculative answer against plain decoding)
-  specblock tokenize --prompts FILE [--out FILE] [--raw]
-                    (JSON lines {id, prompt} -> {id, prompt_ids}: the chat template applied
-                    unless --raw, then the model's tokenizer; for tools without the tokenizer, such as
-                    tools/train/datagen_torch.py)
-  specblock random-drafter --out DIR [--seed S] [--eagle3]
-                    (an untrained SpecBlock drafter, or EAGLE-3 baseline, shaped for the model)
+/// `generate`'s user message when `--prompt` is not given.
+const DEFAULT_PROMPT: &str = "What is the capital of France? Answer in one sentence.";
 
-OPTIONS:
-  --model PATH        GGUF file (default: models/SmolLM2-135M-Instruct.Q4_1.gguf, or $SPECBLOCK_MODEL)
-  --models-dir DIR    where fetch-model puts the model (default: models)
-  --bf16              bf16 weights (f32 accumulation) instead of f32, for the target and the drafter
-  --threads N         threads (default: all cores)
-  --prompt TEXT       user message (generate; default: a short question)
-  --raw               do not apply the chat template (generate)
-  --max-tokens N      tokens to generate (default 128); --max-new N is the same
-  --prompt-file FILE  generate: every prompt of a JSON-lines file ({id, prompt} or {id, prompt_ids}
-                      per line) with one model load; with --json one result line per prompt
-  --temperature T     0 = greedy (default 0)
-  --top-k K           0 = off (default 0)
-  --top-p P           1 = off (default 1)
-  --seed S            sampling seed (default 0)
-  --method M          ar (plain decoding, default), specblock or eagle3 (speculative)
-  --drafter DIR       drafter directory: config.json + model.safetensors (default: the committed
-                      trained drafter, models/drafters/specblock or models/drafters/eagle3)
-  --budget auto|N     auto (default): the adaptive draft-shape policy picks each iteration's tree,
-                      plain decoding included, from measured speed; N: a fixed tree of N nodes
-  --max-seeds S       SpecBlock with --budget N: most block-2 seeds (0 = block 1 only; default all)
-  --eagle-depth D     EAGLE-3 with --budget N: tree depth (drafting steps per iteration, default 7)
-  --eagle-topk K      EAGLE-3 with --budget N: children per node and frontier width (default 10)
-  --json              print one JSON object (text, tokens, timings, and for specblock: iterations,
-                      mean_accept_length, draft_seconds, verify_seconds) instead of streaming
-";
-
-/// Parsed command-line options.
-struct Opts {
-    command: String,
-    model: PathBuf,
-    models_dir: PathBuf,
-    bf16: bool,
-    threads: usize,
-    prompt: String,
-    raw: bool,
-    max_tokens: usize,
-    temperature: f32,
-    top_k: i32,
-    top_p: f32,
-    seed: u64,
-    method: String,
-    drafter: Option<PathBuf>,
-    /// `--budget`: None (the command's default), Some(None) = auto, Some(Some(n)) = fixed.
-    budget: Option<Option<u32>>,
-    eagle_depth: u32,
-    eagle_topk: u32,
-    eagle3: bool,
-    json: bool,
-    out_dir: Option<PathBuf>,
-    prompts: Option<PathBuf>,
-    batch: usize,
-    target_tokens: usize,
-    limit: usize,
-    methods: String,
-    eagle3_drafter: Option<PathBuf>,
-    max_seeds: Option<u32>,
-    prompt_file: Option<PathBuf>,
+/// specblock — SpecBlock speculative decoding, reference engine (SmolLM2-135M-Instruct on the CPU)
+#[derive(Debug, Parser)]
+#[command(name = "specblock", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
 }
 
-impl Opts {
-    /// The target sampling parameters of --temperature, --top-k and --top-p.
+/// The subcommands (see [`command`] for settings common to all).
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Put the model (SmolLM2-135M-Instruct Q4_1) under --models-dir, checked by SHA-256
+    FetchModel(FetchModelArgs),
+    /// Answer a prompt (or every prompt of --prompt-file): plain decoding or speculative
+    Generate(GenerateArgs),
+    /// Benchmark the engine: read bandwidth, plain decoding, verification cost by tree size
+    Bench(BenchArgs),
+    /// Drafting time per iteration, SpecBlock vs EAGLE-3, against verification
+    BenchDrafter(BenchDrafterArgs),
+    /// Self-distilled training data: tokens, loss mask, aux features, final hidden
+    Datagen(DatagenArgs),
+    /// Plain and speculative methods on a prompt file, one JSON line per run
+    ///
+    /// Each method on each prompt, back to back; one JSON line per run, appended to --out or printed;
+    /// greedy runs check every speculative answer against plain decoding.
+    BenchSpec(BenchSpecArgs),
+    /// JSON lines {id, prompt} -> {id, prompt_ids} with the model's tokenizer
+    ///
+    /// JSON lines {id, prompt} -> {id, prompt_ids}: the chat template applied unless --raw, then the
+    /// model's tokenizer (for tools without the tokenizer, such as tools/train/datagen_torch.py).
+    Tokenize(TokenizeArgs),
+    /// Write an untrained SpecBlock drafter, or EAGLE-3 baseline, shaped for the model
+    RandomDrafter(RandomDrafterArgs),
+}
+
+/// `--model` alone (commands that only read the tokenizer).
+#[derive(Debug, Args)]
+struct ModelPath {
+    /// GGUF file
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "SPECBLOCK_MODEL",
+        default_value_os_t = Path::new(MODELS_DIR).join(specblock_engine::fetch::MODEL_FILE)
+    )]
+    model: PathBuf,
+}
+
+/// The target model and how it runs: every command that loads the model.
+#[derive(Debug, Args)]
+struct ModelArgs {
+    #[command(flatten)]
+    path: ModelPath,
+    /// bf16 weights (f32 accumulation) instead of f32, for the target and the drafter
+    #[arg(long)]
+    bf16: bool,
+    /// Threads [default: all cores]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = all_cores(),
+        hide_default_value = true,
+        value_parser = parse_threads
+    )]
+    threads: usize,
+}
+
+fn parse_threads(v: &str) -> std::result::Result<usize, String> {
+    match v.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        Ok(_) => Err("must be >= 1".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn all_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// New tokens per answer.
+#[derive(Debug, Args)]
+struct MaxTokens {
+    /// Tokens to generate per answer
+    #[arg(
+        long = "max-tokens",
+        visible_alias = "max-new",
+        value_name = "N",
+        default_value_t = 128
+    )]
+    max_tokens: usize,
+}
+
+/// The target's sampling parameters and seed.
+#[derive(Debug, Args)]
+struct SamplingArgs {
+    /// 0 = greedy
+    #[arg(long, value_name = "T", default_value_t = 0.0)]
+    temperature: f32,
+    /// 0 = off
+    #[arg(long, value_name = "K", default_value_t = 0)]
+    top_k: i32,
+    /// 1 = off
+    #[arg(long, value_name = "P", default_value_t = 1.0)]
+    top_p: f32,
+    /// Sampling seed
+    #[arg(long, value_name = "S", default_value_t = 0)]
+    seed: u64,
+}
+
+impl SamplingArgs {
     fn sampling(&self) -> specblock::verify::Sampling {
         specblock::verify::Sampling {
             temperature: self.temperature,
@@ -103,119 +148,208 @@ impl Opts {
     }
 }
 
-fn parse_args() -> Result<Opts> {
-    let mut args = std::env::args().skip(1);
-    let command = args.next().unwrap_or_default();
-    let default_model = std::env::var_os("SPECBLOCK_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("models/SmolLM2-135M-Instruct.Q4_1.gguf"));
-    let mut o = Opts {
-        command,
-        model: default_model,
-        models_dir: PathBuf::from("models"),
-        bf16: false,
-        threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
-        prompt: "What is the capital of France? Answer in one sentence.".into(),
-        raw: false,
-        max_tokens: 128,
-        temperature: 0.0,
-        top_k: 0,
-        top_p: 1.0,
-        seed: 0,
-        method: "ar".into(),
-        drafter: None,
-        budget: None,
-        eagle_depth: 7,
-        eagle_topk: 10,
-        eagle3: false,
-        json: false,
-        out_dir: None,
-        prompts: None,
-        batch: 8,
-        target_tokens: 500_000,
-        limit: 0,
-        methods: "ar,eagle3,specblock".into(),
-        eagle3_drafter: None,
-        max_seeds: None,
-        prompt_file: None,
-    };
-    fn value<T: std::str::FromStr>(flag: &str, v: Option<String>) -> Result<T> {
-        let v = v.ok_or_else(|| Error::InvalidArgument(format!("{flag} needs a value")))?;
-        v.parse()
-            .map_err(|_| Error::InvalidArgument(format!("{flag}: cannot parse {v:?}")))
+/// `--budget auto|N`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Budget {
+    /// The adaptive draft-shape policy.
+    Auto,
+    /// A fixed tree of this many nodes (>= 1).
+    Fixed(u32),
+}
+
+fn parse_budget(v: &str) -> std::result::Result<Budget, String> {
+    if v == "auto" {
+        return Ok(Budget::Auto);
     }
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--model" => o.model = value::<String>(&a, args.next())?.into(),
-            "--models-dir" => o.models_dir = value::<String>(&a, args.next())?.into(),
-            "--bf16" => o.bf16 = true,
-            "--threads" => o.threads = value(&a, args.next())?,
-            "--prompt" => o.prompt = value(&a, args.next())?,
-            "--raw" => o.raw = true,
-            "--max-tokens" | "--max-new" => o.max_tokens = value(&a, args.next())?,
-            "--prompt-file" => o.prompt_file = Some(value::<String>(&a, args.next())?.into()),
-            "--temperature" => o.temperature = value(&a, args.next())?,
-            "--top-k" => o.top_k = value(&a, args.next())?,
-            "--top-p" => o.top_p = value(&a, args.next())?,
-            "--seed" => o.seed = value(&a, args.next())?,
-            "--method" => o.method = value(&a, args.next())?,
-            "--drafter" => o.drafter = Some(value::<String>(&a, args.next())?.into()),
-            "--budget" => {
-                let v: String = value(&a, args.next())?;
-                o.budget = Some(if v == "auto" {
-                    None
-                } else {
-                    match v.parse::<u32>() {
-                        Ok(n) if n >= 1 => Some(n),
-                        _ => {
-                            return Err(Error::InvalidArgument(format!(
-                                "--budget {v:?}: auto or a number of nodes >= 1"
-                            )));
-                        }
-                    }
-                });
-            }
-            "--eagle-depth" => o.eagle_depth = value(&a, args.next())?,
-            "--eagle-topk" => o.eagle_topk = value(&a, args.next())?,
-            "--json" => o.json = true,
-            "--eagle3" => o.eagle3 = true,
-            "--out" => o.out_dir = Some(value::<String>(&a, args.next())?.into()),
-            "--prompts" => o.prompts = Some(value::<String>(&a, args.next())?.into()),
-            "--batch" => o.batch = value(&a, args.next())?,
-            "--target-tokens" => o.target_tokens = value(&a, args.next())?,
-            "--limit" => o.limit = value(&a, args.next())?,
-            "--max-seeds" => o.max_seeds = Some(value(&a, args.next())?),
-            "--methods" => o.methods = value(&a, args.next())?,
-            "--eagle3-drafter" => o.eagle3_drafter = Some(value::<String>(&a, args.next())?.into()),
-            "-h" | "--help" => {
-                print!("{USAGE}");
-                std::process::exit(0);
-            }
-            other => {
-                return Err(Error::InvalidArgument(format!(
-                    "unknown option {other:?} (see --help)"
-                )));
-            }
-        }
+    match v.parse::<u32>() {
+        Ok(n) if n >= 1 => Ok(Budget::Fixed(n)),
+        _ => Err("auto or a number of nodes >= 1".into()),
     }
-    if o.threads == 0 {
-        return Err(Error::InvalidArgument("--threads must be >= 1".into()));
-    }
-    Ok(o)
+}
+
+/// `generate --method`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Method {
+    /// Plain decoding
+    Ar,
+    /// SpecBlock speculative decoding
+    Specblock,
+    /// The EAGLE-3 baseline
+    Eagle3,
+}
+
+/// `bench-spec --methods`: a comma-separated list of method specs.
+#[derive(Clone, Debug, PartialEq)]
+struct MethodList(Vec<MethodSpec>);
+
+fn parse_methods(v: &str) -> std::result::Result<MethodList, String> {
+    MethodSpec::parse_list(v)
+        .map(MethodList)
+        .map_err(|e| e.to_string())
+}
+
+#[derive(Debug, Args)]
+struct FetchModelArgs {
+    /// Where fetch-model puts the model
+    #[arg(long, value_name = "DIR", default_value = MODELS_DIR)]
+    models_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// User message
+    #[arg(long, value_name = "TEXT", default_value = DEFAULT_PROMPT, allow_hyphen_values = true)]
+    prompt: String,
+    /// Do not apply the chat template
+    #[arg(long)]
+    raw: bool,
+    #[command(flatten)]
+    max_tokens: MaxTokens,
+    /// Every prompt of a JSON-lines file ({id, prompt} or {id, prompt_ids} per line) with one model
+    /// load; with --json one result line per prompt
+    #[arg(long, value_name = "FILE")]
+    prompt_file: Option<PathBuf>,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    /// Plain decoding or a speculative method
+    #[arg(long, value_name = "M", value_enum, default_value_t = Method::Ar)]
+    method: Method,
+    /// Drafter directory: config.json + model.safetensors [default: the committed trained drafter,
+    /// models/drafters/specblock or models/drafters/eagle3]
+    #[arg(long, value_name = "DIR")]
+    drafter: Option<PathBuf>,
+    /// auto: the adaptive draft-shape policy picks each iteration's tree, plain decoding included, from
+    /// measured speed; N: a fixed tree of N nodes
+    #[arg(long, value_name = "auto|N", default_value = "auto", value_parser = parse_budget)]
+    budget: Budget,
+    /// SpecBlock with --budget N: most block-2 seeds (0 = block 1 only) [default: all]
+    #[arg(long, value_name = "S")]
+    max_seeds: Option<u32>,
+    /// EAGLE-3 with --budget N: tree depth (drafting steps per iteration)
+    #[arg(long, value_name = "D", default_value_t = DEFAULT_EAGLE3_DEPTH)]
+    eagle_depth: u32,
+    /// EAGLE-3 with --budget N: children per node and frontier width
+    #[arg(long, value_name = "K", default_value_t = DEFAULT_EAGLE3_TOP_K)]
+    eagle_topk: u32,
+    /// Print one JSON object (text, tokens, timings, and for the speculative methods: iterations,
+    /// mean_accept_length, draft_seconds, verify_seconds) instead of streaming
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+}
+
+#[derive(Debug, Args)]
+struct BenchDrafterArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// SpecBlock drafter directory [default: an untrained drafter shaped like the authors']
+    #[arg(long, value_name = "DIR")]
+    drafter: Option<PathBuf>,
+    /// The first budget compared (then EAGLE-3's default and 32); auto: SpecBlock's default
+    #[arg(long, value_name = "auto|N", default_value = "auto", value_parser = parse_budget)]
+    budget: Budget,
+}
+
+#[derive(Debug, Args)]
+struct DatagenArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// JSON-lines training prompts ({prompt} per line)
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "data/prompts/sharegpt_train.jsonl"
+    )]
+    prompts: PathBuf,
+    /// Output directory (shards and manifest; an existing one is continued)
+    #[arg(long, value_name = "DIR", default_value = "data/datagen")]
+    out: PathBuf,
+    /// Sequences decoded together
+    #[arg(long, value_name = "B", default_value_t = 8)]
+    batch: usize,
+    #[command(flatten)]
+    max_tokens: MaxTokens,
+    /// Stop once this many assistant tokens exist (over all shards)
+    #[arg(long, value_name = "T", default_value_t = 500_000)]
+    target_tokens: usize,
+    /// Seed for temperatures and sampling
+    #[arg(long, value_name = "S", default_value_t = 0)]
+    seed: u64,
+}
+
+#[derive(Debug, Args)]
+struct BenchSpecArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// JSON-lines prompt file ({id, prompt} per line)
+    #[arg(long, value_name = "FILE")]
+    prompts: PathBuf,
+    /// Use at most this many prompts (the first ones); 0 = all
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    limit: usize,
+    /// Comma-separated: ar, eagle3[:BUDGET[:DEPTH[:TOPK]]], specblock[:BUDGET[:SEEDS]], specblock:auto,
+    /// eagle3:auto
+    #[arg(long, value_name = "LIST", default_value = "ar,eagle3,specblock", value_parser = parse_methods)]
+    methods: MethodList,
+    /// Append the JSON lines to this file instead of printing them
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// SpecBlock drafter directory
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_SPECBLOCK_DRAFTER)]
+    drafter: PathBuf,
+    /// EAGLE-3 drafter directory
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_EAGLE3_DRAFTER)]
+    eagle3_drafter: PathBuf,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    #[command(flatten)]
+    max_tokens: MaxTokens,
+}
+
+#[derive(Debug, Args)]
+struct TokenizeArgs {
+    #[command(flatten)]
+    model: ModelPath,
+    /// JSON-lines prompt file ({id, prompt} per line)
+    #[arg(long, value_name = "FILE")]
+    prompts: PathBuf,
+    /// Write the JSON lines to this file instead of printing them
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// Do not apply the chat template
+    #[arg(long)]
+    raw: bool,
+}
+
+#[derive(Debug, Args)]
+struct RandomDrafterArgs {
+    /// Output directory (config.json + model.safetensors)
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Weight seed
+    #[arg(long, value_name = "S", default_value_t = 0)]
+    seed: u64,
+    /// The EAGLE-3 baseline instead of a SpecBlock drafter
+    #[arg(long)]
+    eagle3: bool,
 }
 
 /// `specblock tokenize`: prompt texts to token ids with the model's tokenizer and chat template.
-fn cmd_tokenize(o: &Opts) -> Result<()> {
+fn cmd_tokenize(a: &TokenizeArgs) -> Result<()> {
     use std::io::Write;
-    let path = o
-        .prompts
-        .clone()
-        .ok_or_else(|| Error::InvalidArgument("tokenize needs --prompts FILE".into()))?;
-    let gguf = GgufFile::open(&o.model)?;
+    let path = &a.prompts;
+    let gguf = GgufFile::open(&a.model.model)?;
     let tok = specblock_engine::tokenizer::Tokenizer::from_gguf(&gguf)?;
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
-    let mut out: Box<dyn Write> = match &o.out_dir {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
+    let mut out: Box<dyn Write> = match &a.out {
         Some(p) => Box::new(std::io::BufWriter::new(
             std::fs::File::create(p).map_err(|e| Error::Io(format!("{}: {e}", p.display())))?,
         )),
@@ -234,7 +368,7 @@ fn cmd_tokenize(o: &Opts) -> Result<()> {
                 n + 1
             ))
         })?;
-        let ids = if o.raw {
+        let ids = if a.raw {
             tok.encode(prompt, true)
         } else {
             tok.encode(&tok.apply_chat_template(&[("user", prompt)], true), true)
@@ -246,15 +380,16 @@ fn cmd_tokenize(o: &Opts) -> Result<()> {
     out.flush().map_err(|e| Error::Io(e.to_string()))
 }
 
-fn load_model(o: &Opts) -> Result<(Llama, GgufFile)> {
-    if !o.model.is_file() {
+fn load_model(o: &ModelArgs) -> Result<(Llama, GgufFile)> {
+    let path = &o.path.model;
+    if !path.is_file() {
         return Err(Error::Io(format!(
             "model file {} not found: run `specblock fetch-model` (or `make model`) first",
-            o.model.display()
+            path.display()
         )));
     }
     let t = std::time::Instant::now();
-    let (loaded, gguf) = specblock_engine::load::load_gguf(&o.model)?;
+    let (loaded, gguf) = specblock_engine::load::load_gguf(path)?;
     let format = if o.bf16 {
         WeightFormat::Bf16
     } else {
@@ -263,7 +398,7 @@ fn load_model(o: &Opts) -> Result<(Llama, GgufFile)> {
     let m = Llama::new(loaded, format, o.threads)?;
     eprintln!(
         "loaded {} ({:?} weights, {:.0} MB per token, {} threads) in {:.1} s",
-        o.model.display(),
+        path.display(),
         format,
         m.weight_bytes() as f64 / 1e6,
         o.threads,
@@ -272,7 +407,7 @@ fn load_model(o: &Opts) -> Result<(Llama, GgufFile)> {
     Ok((m, gguf))
 }
 
-fn cmd_bench(o: &Opts) -> Result<()> {
+fn cmd_bench(o: &ModelArgs) -> Result<()> {
     bench::wait_for_idle(Duration::from_secs(120));
     println!("# specblock engine benchmark (idle-gated; medians)");
     let bw = bench::read_bandwidth(o.threads);
@@ -302,12 +437,13 @@ fn cmd_bench(o: &Opts) -> Result<()> {
 /// verification cost, on untrained drafters shaped like the authors' for this target (or `--drafter DIR`
 /// for SpecBlock). Untrained drafters accept almost nothing, so every iteration drafts a full tree: this
 /// measures the cost of drafting, not its benefit.
-fn cmd_bench_drafter(o: &Opts) -> Result<()> {
-    use specblock::drafter::eagle3::{Eagle3Drafter, Eagle3Policy, Eagle3Session};
-    use specblock::drafter::{DraftPolicy, Drafter, Session};
+fn cmd_bench_drafter(a: &BenchDrafterArgs) -> Result<()> {
+    use specblock::drafter::eagle3::{Eagle3Drafter, Eagle3Session};
+    use specblock::drafter::{Drafter, Session};
+    let o = &a.model;
     bench::wait_for_idle(Duration::from_secs(120));
     let (m, _) = load_model(o)?;
-    let dir = match &o.drafter {
+    let dir = match &a.drafter {
         Some(d) => d.clone(),
         None => {
             let dir = std::env::temp_dir().join("specblock-bench-drafter");
@@ -328,9 +464,11 @@ fn cmd_bench_drafter(o: &Opts) -> Result<()> {
     }
     let prompt: Vec<u32> = (0..64).map(|i| 200 + (i * 7919) % 40000).collect();
     println!(
-        "# Drafting cost per iteration: SpecBlock (drafter {}) vs EAGLE-3 (depth 7, top-k 10), {} threads, \
+        "# Drafting cost per iteration: SpecBlock (drafter {}) vs EAGLE-3 (depth {}, top-k {}), {} threads, \
          {} weights (target and drafters); medians of 3 runs of 48 tokens after a 64-token prompt",
         dir.display(),
+        DEFAULT_EAGLE3_DEPTH,
+        DEFAULT_EAGLE3_TOP_K,
         o.threads,
         if o.bf16 { "bf16" } else { "f32" }
     );
@@ -338,8 +476,12 @@ fn cmd_bench_drafter(o: &Opts) -> Result<()> {
         "\n| method | budget | iterations | draft ms/iter | verify ms/iter | drafting share |\n\
          |---|---:|---:|---:|---:|---:|"
     );
+    let first = match a.budget {
+        Budget::Auto => DEFAULT_SPECBLOCK_BUDGET,
+        Budget::Fixed(n) => n,
+    };
     let mut ratios = Vec::new();
-    for budget in [o.budget.flatten().unwrap_or(90), 59, 32] {
+    for budget in [first, DEFAULT_EAGLE3_BUDGET, 32] {
         let sb = bench_row(&m, &prompt, "specblock", budget, &mut || {
             let policy = DraftPolicy {
                 budget,
@@ -364,33 +506,23 @@ fn cmd_bench_drafter(o: &Opts) -> Result<()> {
 }
 
 /// `bench-spec`: see [`specblock_engine::evaluate`].
-fn cmd_bench_spec(o: &Opts) -> Result<()> {
-    use specblock_engine::evaluate::{MethodSpec, SuiteConfig, run_suite};
-    use specblock_engine::generate::{DEFAULT_EAGLE3_DRAFTER, DEFAULT_SPECBLOCK_DRAFTER};
+fn cmd_bench_spec(a: &BenchSpecArgs) -> Result<()> {
+    use specblock_engine::evaluate::{SuiteConfig, run_suite};
     let cfg = SuiteConfig {
-        prompts: o
-            .prompts
-            .clone()
-            .ok_or_else(|| Error::InvalidArgument("bench-spec needs --prompts FILE".into()))?,
-        limit: o.limit,
-        methods: MethodSpec::parse_list(&o.methods)?,
-        max_tokens: o.max_tokens,
-        sampling: o.sampling(),
-        seed: o.seed,
-        specblock_drafter: o
-            .drafter
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_SPECBLOCK_DRAFTER)),
-        eagle3_drafter: o
-            .eagle3_drafter
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_EAGLE3_DRAFTER)),
-        drafter_bf16: o.bf16,
+        prompts: a.prompts.clone(),
+        limit: a.limit,
+        methods: a.methods.0.clone(),
+        max_tokens: a.max_tokens.max_tokens,
+        sampling: a.sampling.sampling(),
+        seed: a.sampling.seed,
+        specblock_drafter: a.drafter.clone(),
+        eagle3_drafter: a.eagle3_drafter.clone(),
+        drafter_bf16: a.model.bf16,
     };
     bench::wait_for_idle(Duration::from_secs(120));
-    let (model, gguf) = load_model(o)?;
+    let (model, gguf) = load_model(&a.model)?;
     let tok = specblock_engine::tokenizer::Tokenizer::from_gguf(&gguf)?;
-    let mismatches = match &o.out_dir {
+    let mismatches = match &a.out {
         Some(path) => {
             let mut f = std::fs::OpenOptions::new()
                 .create(true)
@@ -470,144 +602,454 @@ fn random_drafter_config() -> serde_json::Value {
     })
 }
 
-fn run() -> Result<()> {
-    let o = parse_args()?;
-    match o.command.as_str() {
-        "fetch-model" => {
-            let p = specblock_engine::fetch::fetch_model(&o.models_dir)?;
-            println!("{}", p.display());
-            Ok(())
-        }
-        "bench" => cmd_bench(&o),
-        "bench-drafter" => cmd_bench_drafter(&o),
-        "bench-spec" => cmd_bench_spec(&o),
-        "tokenize" => cmd_tokenize(&o),
-        "datagen" => {
-            let (model, gguf) = load_model(&o)?;
-            let tok = specblock_engine::tokenizer::Tokenizer::from_gguf(&gguf)?;
-            let path = o
-                .prompts
-                .clone()
-                .unwrap_or_else(|| PathBuf::from("data/prompts/sharegpt_train.jsonl"));
-            let text = std::fs::read_to_string(&path).map_err(|e| {
-                Error::Io(format!(
-                    "{}: {e} (run `make prompts` first)",
-                    path.display()
-                ))
-            })?;
-            let prompts: Vec<String> = text
-                .lines()
-                .filter(|l| !l.trim().is_empty())
-                .map(|l| {
-                    serde_json::from_str::<serde_json::Value>(l)
-                        .ok()
-                        .and_then(|v| v["prompt"].as_str().map(str::to_string))
-                        .ok_or_else(|| {
-                            Error::Format(format!(
-                                "{}: a line without a \"prompt\" string",
-                                path.display()
-                            ))
-                        })
+/// `specblock datagen`.
+fn cmd_datagen(a: &DatagenArgs) -> Result<()> {
+    let (model, gguf) = load_model(&a.model)?;
+    let tok = specblock_engine::tokenizer::Tokenizer::from_gguf(&gguf)?;
+    let path = &a.prompts;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Error::Io(format!(
+            "{}: {e} (run `make prompts` first)",
+            path.display()
+        ))
+    })?;
+    let prompts: Vec<String> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v["prompt"].as_str().map(str::to_string))
+                .ok_or_else(|| {
+                    Error::Format(format!(
+                        "{}: a line without a \"prompt\" string",
+                        path.display()
+                    ))
                 })
-                .collect::<Result<_>>()?;
-            let cfg = specblock_engine::datagen::DatagenConfig {
-                max_new_tokens: o.max_tokens,
-                batch: o.batch,
-                target_tokens: o.target_tokens,
-                shard_sequences: 64,
-                seed: o.seed,
-            };
-            let out = o
-                .out_dir
-                .clone()
-                .unwrap_or_else(|| PathBuf::from("data/datagen"));
-            specblock_engine::datagen::run(&model, &tok, &prompts, &out, &cfg)
-        }
-        "generate" => {
-            let (model, gguf) = load_model(&o)?;
-            let req = specblock_engine::generate::Request {
-                prompt: o.prompt.clone(),
-                chat: !o.raw,
-                max_tokens: o.max_tokens,
-                sampling: o.sampling(),
-                seed: o.seed,
-                method: match o.method.as_str() {
-                    "ar" => specblock_engine::generate::Method::Ar,
-                    "specblock" => specblock_engine::generate::Method::SpecBlock {
-                        drafter: o.drafter.clone().unwrap_or_else(|| {
-                            PathBuf::from(specblock_engine::generate::DEFAULT_SPECBLOCK_DRAFTER)
-                        }),
-                        arms: match o.budget.flatten() {
-                            None => specblock::drafter::default_arms(false).to_vec(),
-                            Some(budget) => vec![Arm::new(Shape::SpecBlock {
-                                budget,
-                                max_seeds: o.max_seeds.unwrap_or(u32::MAX),
-                            })],
-                        },
-                    },
-                    "eagle3" => specblock_engine::generate::Method::Eagle3 {
-                        drafter: o.drafter.clone().unwrap_or_else(|| {
-                            PathBuf::from(specblock_engine::generate::DEFAULT_EAGLE3_DRAFTER)
-                        }),
-                        arms: match o.budget.flatten() {
-                            None => specblock::drafter::default_arms(true).to_vec(),
-                            Some(budget) => vec![Arm::new(Shape::Eagle3 {
-                                budget,
-                                depth: o.eagle_depth,
-                                top_k: o.eagle_topk,
-                            })],
-                        },
-                    },
-                    other => {
-                        return Err(Error::InvalidArgument(format!(
-                            "--method {other:?}: ar, specblock or eagle3"
-                        )));
-                    }
-                },
-                json: o.json,
-                drafter_bf16: o.bf16,
-            };
-            match &o.prompt_file {
-                Some(path) => {
-                    specblock_engine::generate::run_prompt_file(&model, &gguf, &req, path)
-                }
-                None => specblock_engine::generate::run_cli(&model, &gguf, &req),
-            }
-        }
-        "random-drafter" => {
-            let dir = o
-                .out_dir
-                .clone()
-                .ok_or_else(|| Error::InvalidArgument("random-drafter needs --out DIR".into()))?;
-            if o.eagle3 {
-                specblock::drafter::eagle3::write_random_eagle3(
-                    &dir,
-                    &random_eagle3_config(),
-                    o.seed,
-                )
-            } else {
-                specblock::drafter::write_random_drafter(&dir, &random_drafter_config(), o.seed)
-            }
-            .map_err(|e| Error::Io(e.to_string()))?;
-            println!("{}", dir.display());
-            Ok(())
-        }
-        "" | "-h" | "--help" | "help" => {
-            print!("{USAGE}");
-            Ok(())
-        }
-        other => Err(Error::InvalidArgument(format!(
-            "unknown command {other:?} (see --help)"
-        ))),
+        })
+        .collect::<Result<_>>()?;
+    let cfg = specblock_engine::datagen::DatagenConfig {
+        max_new_tokens: a.max_tokens.max_tokens,
+        batch: a.batch,
+        target_tokens: a.target_tokens,
+        shard_sequences: 64,
+        seed: a.seed,
+    };
+    specblock_engine::datagen::run(&model, &tok, &prompts, &a.out, &cfg)
+}
+
+/// The request of `specblock generate`: the method's drafter and arms from --drafter, --budget and the
+/// fixed-shape options, every default from the library.
+fn generate_request(a: &GenerateArgs) -> specblock_engine::generate::Request {
+    use specblock_engine::generate::Method as M;
+    let drafter = |default: &str| a.drafter.clone().unwrap_or_else(|| PathBuf::from(default));
+    let method = match a.method {
+        Method::Ar => M::Ar,
+        Method::Specblock => M::SpecBlock {
+            drafter: drafter(DEFAULT_SPECBLOCK_DRAFTER),
+            arms: match a.budget {
+                Budget::Auto => specblock::drafter::default_arms(false).to_vec(),
+                Budget::Fixed(budget) => vec![Arm::new(Shape::SpecBlock {
+                    budget,
+                    max_seeds: a.max_seeds.unwrap_or(DraftPolicy::default().max_seeds),
+                })],
+            },
+        },
+        Method::Eagle3 => M::Eagle3 {
+            drafter: drafter(DEFAULT_EAGLE3_DRAFTER),
+            arms: match a.budget {
+                Budget::Auto => specblock::drafter::default_arms(true).to_vec(),
+                Budget::Fixed(budget) => vec![Arm::new(Shape::Eagle3 {
+                    budget,
+                    depth: a.eagle_depth,
+                    top_k: a.eagle_topk,
+                })],
+            },
+        },
+    };
+    specblock_engine::generate::Request {
+        prompt: a.prompt.clone(),
+        chat: !a.raw,
+        max_tokens: a.max_tokens.max_tokens,
+        sampling: a.sampling.sampling(),
+        seed: a.sampling.seed,
+        method,
+        json: a.json,
+        drafter_bf16: a.model.bf16,
     }
 }
 
+/// `specblock generate`.
+fn cmd_generate(a: &GenerateArgs) -> Result<()> {
+    let (model, gguf) = load_model(&a.model)?;
+    let req = generate_request(a);
+    match &a.prompt_file {
+        Some(path) => specblock_engine::generate::run_prompt_file(&model, &gguf, &req, path),
+        None => specblock_engine::generate::run_cli(&model, &gguf, &req),
+    }
+}
+
+/// `specblock random-drafter`.
+fn cmd_random_drafter(a: &RandomDrafterArgs) -> Result<()> {
+    if a.eagle3 {
+        specblock::drafter::eagle3::write_random_eagle3(&a.out, &random_eagle3_config(), a.seed)
+    } else {
+        specblock::drafter::write_random_drafter(&a.out, &random_drafter_config(), a.seed)
+    }
+    .map_err(|e| Error::Io(e.to_string()))?;
+    println!("{}", a.out.display());
+    Ok(())
+}
+
+fn run(command: Command) -> Result<()> {
+    match command {
+        Command::FetchModel(a) => {
+            let p = specblock_engine::fetch::fetch_model(&a.models_dir)?;
+            println!("{}", p.display());
+            Ok(())
+        }
+        Command::Generate(a) => cmd_generate(&a),
+        Command::Bench(a) => cmd_bench(&a.model),
+        Command::BenchDrafter(a) => cmd_bench_drafter(&a),
+        Command::Datagen(a) => cmd_datagen(&a),
+        Command::BenchSpec(a) => cmd_bench_spec(&a),
+        Command::Tokenize(a) => cmd_tokenize(&a),
+        Command::RandomDrafter(a) => cmd_random_drafter(&a),
+    }
+}
+
+/// The command line of [`Cli`], where in every subcommand an option given twice takes its last value
+/// and numeric options take negative values (`--top-k -1`), as the hand-written parser before clap did.
+fn command() -> clap::Command {
+    let mut cmd = Cli::command();
+    let names: Vec<String> = cmd
+        .get_subcommands()
+        .map(|s| s.get_name().to_owned())
+        .collect();
+    for name in names {
+        cmd = cmd.mut_subcommand(name, |s| {
+            s.args_override_self(true).allow_negative_numbers(true)
+        });
+    }
+    cmd
+}
+
+/// Parses `args` (the program name first). `Err` carries clap's message: a usage error, or the help
+/// or version text that was asked for.
+fn parse<I, T>(args: I) -> std::result::Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let mut matches = command().try_get_matches_from(args)?;
+    Cli::from_arg_matches_mut(&mut matches)
+}
+
 fn main() -> ExitCode {
-    match run() {
+    let cli = match parse(std::env::args_os()) {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version print to stdout and succeed; a usage error exits with 1, as every
+            // other failure of this program does.
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let Some(command) = cli.command else {
+        // No subcommand: the overview, as `specblock --help` prints it.
+        let _ = command().print_help();
+        return ExitCode::SUCCESS;
+    };
+    match run(command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("specblock: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(args: &str) -> Command {
+        let argv = std::iter::once("specblock").chain(args.split_whitespace());
+        match parse(argv) {
+            Ok(Cli {
+                command: Some(c), ..
+            }) => c,
+            Ok(_) => panic!("{args:?}: no subcommand"),
+            Err(e) => panic!("{args:?}: {e}"),
+        }
+    }
+
+    fn err(args: &str) -> String {
+        let argv = std::iter::once("specblock").chain(args.split_whitespace());
+        match parse(argv) {
+            Ok(c) => panic!("{args:?} parsed: {c:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    fn generate(args: &str) -> GenerateArgs {
+        match ok(&format!("generate {args}")) {
+            Command::Generate(a) => a,
+            c => panic!("{c:?}"),
+        }
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        command().debug_assert();
+    }
+
+    #[test]
+    fn max_new_is_max_tokens() {
+        assert_eq!(generate("--max-new 24").max_tokens.max_tokens, 24);
+        assert_eq!(generate("--max-tokens 24").max_tokens.max_tokens, 24);
+        assert_eq!(generate("").max_tokens.max_tokens, 128);
+        // Last one wins, whichever spelling.
+        assert_eq!(
+            generate("--max-new 5 --max-tokens 6").max_tokens.max_tokens,
+            6
+        );
+        for sub in ["datagen", "bench-spec --prompts p.jsonl"] {
+            let a = ok(&format!("{sub} --max-new 9"));
+            let n = match a {
+                Command::Datagen(a) => a.max_tokens.max_tokens,
+                Command::BenchSpec(a) => a.max_tokens.max_tokens,
+                c => panic!("{c:?}"),
+            };
+            assert_eq!(n, 9, "{sub}");
+        }
+    }
+
+    #[test]
+    fn unknown_options_and_commands_are_errors_naming_them() {
+        let e = err("generate --bogus");
+        assert!(e.contains("--bogus"), "{e}");
+        let e = err("frob");
+        assert!(e.contains("frob"), "{e}");
+        // An option of another subcommand is unknown here.
+        let e = err("tokenize --prompts p.jsonl --bf16");
+        assert!(e.contains("--bf16"), "{e}");
+        let e = err("random-drafter --out d --json");
+        assert!(e.contains("--json"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_errors_naming_the_option() {
+        for (args, flag) in [
+            ("generate --budget 0", "--budget"),
+            ("generate --budget x", "--budget"),
+            ("generate --threads 0", "--threads"),
+            ("generate --max-tokens -3", "--max-tokens"),
+            ("generate --method medusa", "--method"),
+            ("generate --temperature warm", "--temperature"),
+            (
+                "bench-spec --prompts p --methods ar,specblock:0",
+                "--methods",
+            ),
+            ("bench-spec --prompts p --methods", "--methods"),
+            ("bench-spec", "--prompts"),
+            ("tokenize", "--prompts"),
+            ("random-drafter", "--out"),
+        ] {
+            let e = err(args);
+            assert!(e.contains(flag), "{args:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn defaults_are_the_libraries() {
+        let a = generate("");
+        let model = std::env::var_os("SPECBLOCK_MODEL")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new("models").join(specblock_engine::fetch::MODEL_FILE));
+        assert_eq!(a.model.path.model, model);
+        assert!(!a.model.bf16);
+        assert_eq!(a.model.threads, all_cores());
+        assert_eq!(a.prompt, DEFAULT_PROMPT);
+        assert_eq!(a.method, Method::Ar);
+        assert_eq!(a.budget, Budget::Auto);
+        assert_eq!(a.eagle_depth, Eagle3Policy::default().depth);
+        assert_eq!(a.eagle_topk, Eagle3Policy::default().top_k);
+        assert_eq!(a.sampling.sampling().temperature, 0.0);
+        assert_eq!(
+            (a.sampling.top_k, a.sampling.top_p, a.sampling.seed),
+            (0, 1.0, 0)
+        );
+        // A fixed SpecBlock tree keeps every block-2 seed unless --max-seeds says otherwise.
+        let req = generate_request(&generate("--method specblock --budget 7"));
+        match req.method {
+            specblock_engine::generate::Method::SpecBlock { drafter, arms } => {
+                assert_eq!(drafter, Path::new(DEFAULT_SPECBLOCK_DRAFTER));
+                assert_eq!(
+                    arms,
+                    [Arm::new(Shape::SpecBlock {
+                        budget: 7,
+                        max_seeds: u32::MAX
+                    })]
+                );
+            }
+            m => panic!("{m:?}"),
+        }
+        // --budget auto (the default) is the adaptive policy over the library's default arms.
+        for args in ["--method eagle3", "--method eagle3 --budget auto"] {
+            match generate_request(&generate(args)).method {
+                specblock_engine::generate::Method::Eagle3 { drafter, arms } => {
+                    assert_eq!(drafter, Path::new(DEFAULT_EAGLE3_DRAFTER));
+                    assert_eq!(arms, specblock::drafter::default_arms(true));
+                }
+                m => panic!("{m:?}"),
+            }
+        }
+        match ok("bench-spec --prompts p.jsonl") {
+            Command::BenchSpec(a) => {
+                assert_eq!(
+                    a.methods.0,
+                    MethodSpec::parse_list("ar,eagle3,specblock").unwrap()
+                );
+                assert_eq!(a.limit, 0);
+                assert_eq!(a.drafter, Path::new(DEFAULT_SPECBLOCK_DRAFTER));
+                assert_eq!(a.eagle3_drafter, Path::new(DEFAULT_EAGLE3_DRAFTER));
+                assert!(a.out.is_none());
+            }
+            c => panic!("{c:?}"),
+        }
+        match ok("datagen") {
+            Command::Datagen(a) => {
+                assert_eq!(a.prompts, Path::new("data/prompts/sharegpt_train.jsonl"));
+                assert_eq!(a.out, Path::new("data/datagen"));
+                assert_eq!((a.batch, a.target_tokens, a.seed), (8, 500_000, 0));
+            }
+            c => panic!("{c:?}"),
+        }
+        match ok("fetch-model") {
+            Command::FetchModel(a) => assert_eq!(a.models_dir, Path::new("models")),
+            c => panic!("{c:?}"),
+        }
+        match ok("bench-drafter") {
+            Command::BenchDrafter(a) => assert_eq!(a.budget, Budget::Auto),
+            c => panic!("{c:?}"),
+        }
+    }
+
+    #[test]
+    fn values_keep_their_old_syntax() {
+        let a = generate(
+            "--model m.gguf --bf16 --threads 3 --raw --prompt-file f.jsonl --temperature 0.7 \
+             --top-k -1 --top-p 0.9 --seed 5 --method eagle3 --drafter d --budget 6 --max-seeds 2 \
+             --eagle-depth 3 --eagle-topk 2 --json",
+        );
+        assert_eq!(a.model.path.model, Path::new("m.gguf"));
+        assert!(a.model.bf16 && a.raw && a.json);
+        assert_eq!(a.model.threads, 3);
+        assert_eq!(a.prompt_file.as_deref(), Some(Path::new("f.jsonl")));
+        assert_eq!(
+            (a.sampling.temperature, a.sampling.top_k, a.sampling.top_p),
+            (0.7, -1, 0.9)
+        );
+        assert_eq!(a.sampling.seed, 5);
+        assert_eq!(a.method, Method::Eagle3);
+        assert_eq!(a.drafter.as_deref(), Some(Path::new("d")));
+        assert_eq!(a.budget, Budget::Fixed(6));
+        assert_eq!(a.max_seeds, Some(2));
+        assert_eq!((a.eagle_depth, a.eagle_topk), (3, 2));
+        // A prompt may start with a hyphen; repeated options take the last value.
+        let p = parse([
+            "specblock",
+            "generate",
+            "--prompt",
+            "- a list",
+            "--bf16",
+            "--bf16",
+        ])
+        .unwrap();
+        match p.command {
+            Some(Command::Generate(a)) => assert_eq!(a.prompt, "- a list"),
+            c => panic!("{c:?}"),
+        }
+        assert_eq!(generate("--budget 4 --budget auto").budget, Budget::Auto);
+        assert_eq!(
+            generate("--method specblock --method ar").method,
+            Method::Ar
+        );
+        // `--flag=value` works too.
+        assert_eq!(generate("--budget=9").budget, Budget::Fixed(9));
+    }
+
+    /// Every command line of the Makefile, README, docs, tools/bench/report.py and tools/llamacpp/check.py.
+    #[test]
+    fn documented_command_lines_parse() {
+        for args in [
+            "fetch-model --models-dir models",
+            "generate --model M --bf16 --max-tokens 96 --prompt x",
+            "generate --model M --bf16 --max-tokens 96 --method specblock --prompt x",
+            "generate --model M --bf16 --max-tokens 96 --method eagle3 --prompt x",
+            "generate --bf16 --raw --prompt def",
+            "generate --bf16 --method specblock --json",
+            "generate --bf16 --method specblock --budget 4 --max-seeds 0",
+            "generate --bf16 --method specblock --budget 90",
+            "generate --bf16 --method eagle3 --budget 59",
+            "generate --bf16 --method specblock --prompt-file data/prompts/mtbench.jsonl --max-new 64 --json",
+            "generate --method specblock --drafter /tmp/rd --budget 90 --json",
+            "generate --model M --method specblock --max-tokens 512 --json --prompt x --bf16 --drafter d",
+            "generate --model M --prompt-file p --max-new 64 --method eagle3 --budget 8 --drafter d --json",
+            "bench --model M",
+            "bench --model M --bf16",
+            "bench-drafter --model M --drafter d",
+            "bench-drafter --bf16 --budget 32",
+            "datagen --model M --prompts p --out data/datagen --batch 16 --bf16 --max-tokens 256 \
+             --target-tokens 3000000 --seed 20261206",
+            "bench-spec --model M --prompts p --limit 10 --methods ar,eagle3:4:4:1,eagle3:6:3:2,\
+             eagle3:59:7:10,specblock:4:0,specblock:8:2,specblock:32,specblock:90 --temperature 0.0 \
+             --max-tokens 128 --seed 1 --out o.jsonl --bf16",
+            "bench-spec --model M --prompts p --limit 10 --methods ar,eagle3:4:4:1,specblock:4:0,\
+             eagle3:auto,specblock:auto --temperature 1.0 --max-tokens 128 --seed 1 --out o --bf16 \
+             --drafter d --eagle3-drafter e",
+            "tokenize --prompts p --out o",
+            "tokenize --model M --prompts p --raw",
+            "random-drafter --out /tmp/rd",
+            "random-drafter --eagle3 --out /tmp/rde --seed 3",
+        ] {
+            ok(args);
+        }
+    }
+
+    #[test]
+    fn help_is_per_subcommand() {
+        for sub in [
+            "fetch-model",
+            "generate",
+            "bench",
+            "bench-drafter",
+            "datagen",
+            "bench-spec",
+            "tokenize",
+            "random-drafter",
+        ] {
+            let e = parse(["specblock", sub, "--help"]).unwrap_err();
+            assert_eq!(e.kind(), clap::error::ErrorKind::DisplayHelp, "{sub}");
+            assert!(!e.use_stderr());
+            assert!(e.to_string().contains(&format!("specblock {sub}")), "{sub}");
+        }
+        let help = parse(["specblock", "generate", "-h"])
+            .unwrap_err()
+            .to_string();
+        for flag in [
+            "--max-tokens",
+            "--max-new",
+            "--budget",
+            "--eagle-topk",
+            "--prompt-file",
+        ] {
+            assert!(help.contains(flag), "{flag} in {help}");
         }
     }
 }

@@ -1,6 +1,7 @@
-//! The `specblock` command line on the real model: `generate --prompt-file FILE --max-new N --json` for
-//! every method prints one result line per prompt with the documented fields, and the speculative
-//! methods (adaptive and fixed) answer exactly what plain decoding answers.
+//! The `specblock` command line. Without the model: help per subcommand, unknown options and bad values
+//! rejected with a message naming them and a non-zero exit. On the real model: `generate --prompt-file
+//! FILE --max-new N --json` for every method prints one result line per prompt with the documented
+//! fields, and the speculative methods (adaptive and fixed) answer exactly what plain decoding answers.
 
 mod support;
 
@@ -15,6 +16,81 @@ fn drafter(name: &str) -> String {
     .join(name)
     .display()
     .to_string()
+}
+
+fn specblock(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_specblock"))
+        .args(args)
+        .output()
+        .expect("runs the specblock binary")
+}
+
+#[test]
+fn help_lists_subcommands_and_each_subcommand_has_its_own() {
+    for args in [&[][..], &["--help"], &["help"]] {
+        let out = specblock(args);
+        assert!(out.status.success(), "{args:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        for sub in [
+            "fetch-model",
+            "generate",
+            "bench",
+            "bench-drafter",
+            "datagen",
+            "bench-spec",
+            "tokenize",
+            "random-drafter",
+        ] {
+            assert!(text.contains(sub), "{args:?} lists {sub}: {text}");
+        }
+    }
+    for (sub, flags) in [
+        (
+            "generate",
+            &["--prompt-file", "--max-new", "--budget", "--eagle-depth"][..],
+        ),
+        (
+            "bench-spec",
+            &["--methods", "--eagle3-drafter", "--temperature"],
+        ),
+        ("fetch-model", &["--models-dir"]),
+    ] {
+        let out = specblock(&[sub, "--help"]);
+        assert!(out.status.success(), "{sub} --help");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains(&format!("specblock {sub}")), "{text}");
+        for flag in flags {
+            assert!(text.contains(flag), "{sub} --help names {flag}: {text}");
+        }
+    }
+}
+
+#[test]
+fn unknown_options_and_bad_values_fail_naming_them() {
+    for (args, names) in [
+        (&["generate", "--bogus"][..], "--bogus"),
+        (&["generate", "--max-new"], "--max-tokens"),
+        (&["generate", "--budget", "0"], "--budget"),
+        (&["generate", "--method", "medusa"], "medusa"),
+        (
+            &[
+                "bench-spec",
+                "--prompts",
+                "p.jsonl",
+                "--methods",
+                "eagle3:8:0:2",
+            ],
+            "eagle3:8:0:2",
+        ),
+        (&["tokenize", "--prompts", "p.jsonl", "--json"], "--json"),
+        (&["no-such-command"], "no-such-command"),
+    ] {
+        let out = specblock(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(names), "{args:?}: {err}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
 }
 
 fn generate(
@@ -81,6 +157,15 @@ fn prompt_file_runs_every_method_with_identical_greedy_answers() {
             assert!(r.get(key).is_some(), "ar result lacks {key}: {r}");
         }
         assert_eq!(r["new_tokens"], r["output_ids"].as_array().unwrap().len());
+    }
+    // --max-tokens after the helper's --max-new 24: the same option, the last value wins.
+    let short = generate(&model, &file, &["--method", "ar", "--max-tokens", "5"]);
+    for (s, p) in short.iter().zip(&plain) {
+        assert_eq!(s["new_tokens"], 5);
+        assert_eq!(
+            s["output_ids"].as_array().unwrap()[..],
+            p["output_ids"].as_array().unwrap()[..5]
+        );
     }
     for extra in [
         &["--method", "specblock", "--drafter", &sb][..],

@@ -4,7 +4,6 @@
 use std::os::unix::fs::PermissionsExt;
 
 use super::*;
-use crate::sha256::sha256;
 
 const PAYLOAD: &[u8] = b"pretend GGUF bytes\n";
 
