@@ -7,6 +7,7 @@
 //! - [`layout`]: verification inputs in every common engine format (positions, masks, paths, sibling lists,
 //!   llama.cpp sequence-id sets), written into caller buffers;
 //! - [`verify`]: greedy and lossless sampling acceptance, with the KV keep-list;
+//! - [`num`]: bf16 and IEEE-half conversions (the `half` crate, bit-identical to the former hand-written ones);
 //! - [`adapt`]: the cost-aware draft-shape policy (a bandit over draft shapes, no drafting included,
 //!   fed the engine's measured timings);
 //! - [`drafter`] (feature `std`): the SpecBlock drafter (config, weights, context cache, block forward);
@@ -56,6 +57,7 @@ pub mod error;
 #[cfg(feature = "std")]
 pub mod io;
 pub mod math;
+pub mod num;
 pub mod rng;
 
 #[cfg(feature = "alloc")]

@@ -51,20 +51,9 @@ impl Matrix {
     }
 }
 
-/// Round-to-nearest-even f32 -> bf16 (NaN stays NaN).
-pub fn f32_to_bf16(x: f32) -> u16 {
-    let b = x.to_bits();
-    if x.is_nan() {
-        return ((b >> 16) | 0x40) as u16;
-    }
-    let round = 0x7fff + ((b >> 16) & 1);
-    (b.wrapping_add(round) >> 16) as u16
-}
-
-#[inline(always)]
-fn bf16_to_f32(x: u16) -> f32 {
-    f32::from_bits((x as u32) << 16)
-}
+use crate::num::bf16_to_f32;
+/// Round-to-nearest-even f32 -> bf16 (NaN stays NaN): [`crate::num::f32_to_bf16`].
+pub use crate::num::f32_to_bf16;
 
 /// Weight row access for the generic kernel.
 trait Row: Sync {

@@ -46,10 +46,8 @@ pub trait Kernel {
     unsafe fn product(w: *const Self::W, x: *const Self::X) -> f32;
 }
 
-#[inline(always)]
-fn bf16(x: u16) -> f32 {
-    f32::from_bits((x as u32) << 16)
-}
+// The scalar tail's bf16 widening: the same `bits << 16` as the vector loads.
+use crate::num::bf16_to_f32 as bf16;
 
 /// One `R x C` tile: `y[c][r] = w[r] . x[c]` over `k` columns. With `PREFETCH`, also pulls the
 /// next `R` weight rows toward L1 while this tile computes, so the memory stream overlaps the

@@ -7,8 +7,8 @@
 
 use std::vec::Vec;
 
-use crate::cpu::kernels::f32_to_bf16;
 use crate::cpu::{rms_norm, softmax_in_place};
+use crate::num::f32_to_bf16;
 
 /// The rank head's sizes, defined once with the drafter's weights and shared with the GPU drafter
 /// (`cuda::drafter`): the rank features appended to the normed hidden, and the rank head's hidden width.
@@ -19,10 +19,8 @@ pub(crate) use super::weights::RANK_HIDDEN;
 /// Status bit of [`fuse_inputs`] (and `sb_fuse_inputs`): a token is outside the embedding's rows.
 pub const STATUS_TOKEN_OUT_OF_RANGE: i32 = 1;
 
-/// A bf16 bit pattern widened to f32 (exact).
-pub fn bf16_to_f32(x: u16) -> f32 {
-    f32::from_bits((x as u32) << 16)
-}
+/// A bf16 bit pattern widened to f32 (exact): [`crate::num::bf16_to_f32`].
+pub use crate::num::bf16_to_f32;
 
 /// `x` rounded to bf16 (nearest even) and widened back: the value a bf16 kernel output holds.
 pub fn bf16_round(x: f32) -> f32 {

@@ -2,14 +2,17 @@
 
 use std::vec::Vec;
 
+use arrayvec::ArrayVec;
+
 use super::PLAIN_CONTEXT_WINDOW;
 
 /// Plain-step entries (token and feature row each) that the next real draft runs through the
 /// drafter in one batched forward. Holds at most [`PLAIN_CONTEXT_WINDOW`] entries: pushing onto a
-/// full queue drops the oldest. Allocated at creation; pushing allocates nothing.
+/// full queue drops the oldest. The tokens are inline, the feature rows allocated at creation;
+/// pushing allocates nothing.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct PlainQueue {
-    tokens: Vec<u32>,
+    tokens: ArrayVec<u32, PLAIN_CONTEXT_WINDOW>,
     features: Vec<f32>,
     width: usize,
 }
@@ -18,7 +21,7 @@ impl PlainQueue {
     /// An empty queue for feature rows of `width` floats.
     pub(crate) fn new(width: usize) -> Self {
         PlainQueue {
-            tokens: Vec::with_capacity(PLAIN_CONTEXT_WINDOW),
+            tokens: ArrayVec::new(),
             features: Vec::with_capacity(PLAIN_CONTEXT_WINDOW * width),
             width,
         }
@@ -38,7 +41,7 @@ impl PlainQueue {
     /// make room, in which case the caller advances its next position by one.
     pub(crate) fn push(&mut self, token: u32, features: &[f32]) -> bool {
         debug_assert_eq!(features.len(), self.width);
-        let full = self.tokens.len() == PLAIN_CONTEXT_WINDOW;
+        let full = self.tokens.is_full();
         if full {
             self.tokens.remove(0);
             self.features.drain(..self.width);

@@ -101,23 +101,8 @@ fn first_duplicate_key(header: &[u8]) -> Option<String> {
     de.deserialize_map(Keys).ok().flatten()
 }
 
-/// IEEE half to f32 (subnormals, infinities and NaN included).
-pub fn f16_to_f32(h: u16) -> f32 {
-    let sign = ((h as u32) & 0x8000) << 16;
-    let exp = ((h >> 10) & 0x1f) as u32;
-    let man = (h & 0x3ff) as u32;
-    let bits = match exp {
-        0 if man == 0 => sign,
-        0 => {
-            // Subnormal: value = man * 2^-24.
-            let v = man as f32 * (1.0 / 16_777_216.0);
-            return if sign != 0 { -v } else { v };
-        }
-        31 => sign | 0x7f80_0000 | (man << 13),
-        _ => sign | ((exp + 112) << 23) | (man << 13),
-    };
-    f32::from_bits(bits)
-}
+/// IEEE half to f32 (subnormals, infinities and NaN included): [`crate::num::f16_to_f32`].
+pub use crate::num::f16_to_f32;
 
 impl SafeTensors {
     /// Reads and parses a file; errors name the path.
@@ -265,7 +250,7 @@ impl SafeTensors {
                 .collect(),
             Dtype::BF16 => raw
                 .chunks_exact(2)
-                .map(|b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16))
+                .map(|b| crate::num::bf16_to_f32(u16::from_le_bytes([b[0], b[1]])))
                 .collect(),
             other => {
                 return Err(load_err!(
@@ -312,41 +297,9 @@ pub enum TensorData<'a> {
     BF16(&'a [u16]),
 }
 
-/// f32 to IEEE half bits, round to nearest even (overflow to infinity, NaN kept).
-pub fn f32_to_f16(x: f32) -> u16 {
-    let b = x.to_bits();
-    let sign = ((b >> 16) & 0x8000) as u16;
-    let exp = ((b >> 23) & 0xff) as i32;
-    let man = b & 0x7f_ffff;
-    if exp == 0xff {
-        return sign | 0x7c00 | if man != 0 { 0x200 } else { 0 };
-    }
-    let e = exp - 127 + 15;
-    if e >= 0x1f {
-        return sign | 0x7c00;
-    }
-    if e <= 0 {
-        if e < -10 {
-            return sign;
-        }
-        // Subnormal half: shift the full mantissa (implicit bit included) into place, rounding.
-        let m = man | 0x80_0000;
-        let shift = (14 - e) as u32;
-        let half = 1u32 << (shift - 1);
-        let rounded = (m + half - 1 + ((m >> shift) & 1)) >> shift;
-        return sign | rounded as u16;
-    }
-    let rounded = man + 0xfff + ((man >> 13) & 1);
-    let (e, m) = if rounded & 0x80_0000 != 0 {
-        (e + 1, 0)
-    } else {
-        (e, rounded >> 13)
-    };
-    if e >= 0x1f {
-        return sign | 0x7c00;
-    }
-    sign | ((e as u16) << 10) | m as u16
-}
+/// f32 to IEEE half bits, round to nearest even (overflow to infinity, NaN kept):
+/// [`crate::num::f32_to_f16`].
+pub use crate::num::f32_to_f16;
 
 /// Serialises tensors `(name, shape, data)` to safetensors bytes (in the given order).
 ///

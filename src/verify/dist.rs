@@ -11,6 +11,8 @@
 //! Both cuts are found exactly with a three-pass radix search over the logits' order-preserving bit keys,
 //! so nothing is sorted and nothing is allocated.
 
+use arrayvec::ArrayVec;
+
 use super::Sampling;
 use crate::error::Error;
 use crate::math::exp_nonpositive;
@@ -43,15 +45,15 @@ const FAST_K: usize = 256;
 /// The largest logits of a row, sorted descending: a one-pass filter that keeps a running threshold
 /// (the k-th largest seen so far), so almost every logit costs one vector compare.
 struct Candidates {
-    buf: [f32; CAND_CAP],
-    len: usize,
+    /// While filling, the logits collected so far; after [`fill`](Self::fill), the logits `>=` the value
+    /// it returned, sorted descending (empty when it returned `None`).
+    kept: ArrayVec<f32, CAND_CAP>,
 }
 
 impl Candidates {
     fn new() -> Self {
         Candidates {
-            buf: [0.0; CAND_CAP],
-            len: 0,
+            kept: ArrayVec::new(),
         }
     }
 
@@ -61,9 +63,9 @@ impl Candidates {
     fn fill(&mut self, row: &[f32], k: usize, floor: f32) -> Option<f32> {
         debug_assert!((1..=FAST_K).contains(&k));
         let desc = |a: &f32, b: &f32| b.total_cmp(a);
-        let mut n = 0;
         let mut thresh = floor;
-        self.len = 0;
+        let kept = &mut self.kept;
+        kept.clear();
         for chunk in row.chunks(LANES) {
             if !chunk.iter().fold(false, |any, &l| any | (l >= thresh)) {
                 continue;
@@ -72,36 +74,36 @@ impl Candidates {
                 if l < thresh {
                     continue;
                 }
-                if n == CAND_CAP {
+                if kept.is_full() {
                     // Keep the k largest and their ties; the final k-th largest is at least this.
-                    self.buf.select_nth_unstable_by(k - 1, desc);
-                    thresh = self.buf[k - 1];
-                    n = compact_at_least(&mut self.buf, thresh);
-                    if n + LANES > CAND_CAP {
+                    kept.select_nth_unstable_by(k - 1, desc);
+                    thresh = kept[k - 1];
+                    kept.retain(|x| *x >= thresh);
+                    if kept.len() + LANES > CAND_CAP {
+                        kept.clear();
                         return None;
                     }
                     if l < thresh {
                         continue;
                     }
                 }
-                self.buf[n] = l;
-                n += 1;
+                kept.push(l);
             }
         }
-        let kept = &mut self.buf[..n];
         kept.sort_unstable_by(desc);
-        let v = match n {
+        let v = match kept.len() {
             0 => return Some(floor),
-            _ => kept[k.min(n) - 1],
+            n => kept[k.min(n) - 1],
         };
-        self.len = kept.partition_point(|&l| l >= v);
+        let above = kept.partition_point(|&l| l >= v);
+        kept.truncate(above);
         Some(v)
     }
 
     /// The top-p cut among the candidates: the value of the first tie group at which the mass of the
     /// groups so far reaches `target`. `None` if the candidates never reach it.
     fn top_p_cut(&self, max: f32, inv_t: f32, target: f64) -> Option<f32> {
-        let sorted = &self.buf[..self.len];
+        let sorted = &self.kept[..];
         let mut above = 0.0f64;
         let mut i = 0;
         while i < sorted.len() {
@@ -118,18 +120,6 @@ impl Candidates {
         }
         None
     }
-}
-
-/// Moves the values `>= thresh` to the front of `buf` and returns how many there are.
-fn compact_at_least(buf: &mut [f32], thresh: f32) -> usize {
-    let mut n = 0;
-    for i in 0..buf.len() {
-        if buf[i] >= thresh {
-            buf[n] = buf[i];
-            n += 1;
-        }
-    }
-    n
 }
 
 /// Radix digits: 11 + 11 + 10 bits, most significant first.
@@ -238,7 +228,7 @@ impl RowDist {
             // Top-p keeps a prefix of the sorted order, so if the FAST_K largest tokens already reach
             // the target, the cut lies among them; otherwise fall back to the radix search.
             if !have_all_above_cut && cands.fill(row, FAST_K, cut).is_some() {
-                have_all_above_cut = cands.len < FAST_K;
+                have_all_above_cut = cands.kept.len() < FAST_K;
             }
             let p_cut = match cands.top_p_cut(max, inv_t, target) {
                 Some(c) => c,
@@ -534,8 +524,8 @@ mod tests {
                     Some(v) => {
                         assert_eq!(v, want, "k={k} n={}", row.len());
                         let above = row.iter().filter(|&&l| l >= v).count();
-                        assert_eq!(c.len, above, "every logit >= the cut is collected");
-                        assert!(c.buf[..c.len].windows(2).all(|w| w[0] >= w[1]));
+                        assert_eq!(c.kept.len(), above, "every logit >= the cut is collected");
+                        assert!(c.kept.windows(2).all(|w| w[0] >= w[1]));
                     }
                     // Only a tie overflow may refuse.
                     None => assert!(row.iter().filter(|&&l| l >= want).count() > CAND_CAP - LANES),

@@ -158,10 +158,8 @@ fn split_scale(block: &[u8]) -> (f32, &[u8]) {
 pub use specblock::io::safetensors::f16_to_f32;
 
 /// Converts bfloat16 bits to f32: bfloat16 is the upper half of an f32, so this is exact for every
-/// value, subnormals, infinities and NaNs included.
-pub fn bf16_to_f32(b: u16) -> f32 {
-    f32::from_bits(u32::from(b) << 16)
-}
+/// value, subnormals, infinities and NaNs included (the library's conversion).
+pub use specblock::num::bf16_to_f32;
 
 #[cfg(test)]
 mod tests {
