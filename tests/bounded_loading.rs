@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use specblock::drafter::eagle3::{Eagle3Drafter, Eagle3Policy, Eagle3Session};
-use specblock::drafter::{DraftPolicy, Drafter, Session};
+use specblock::drafter::{DraftPolicy, SpecBlockDrafter, SpecBlockSession};
 use specblock::ffi::*;
 use specblock::{Error, Status};
 
@@ -52,7 +52,7 @@ fn huge_config_dimensions_are_named_not_allocated() {
         ("rank_classes", serde_json::json!(1u64 << 20)),
     ] {
         let dir = with_config("drafter_tiny", key, value);
-        let e = Drafter::load_dir(&dir, 1)
+        let e = SpecBlockDrafter::load_dir(&dir, 1)
             .err()
             .expect("refused")
             .to_string();
@@ -76,13 +76,15 @@ fn huge_config_dimensions_are_named_not_allocated() {
 
 #[test]
 fn oversized_sessions_are_refused_before_allocating() {
-    let d = Drafter::load_dir(&fixture("drafter_tiny"), 1).unwrap();
+    let d = SpecBlockDrafter::load_dir(&fixture("drafter_tiny"), 1).unwrap();
     for (entries, beam) in [(u32::MAX as usize, 10), (usize::MAX, 10), (64, u32::MAX)] {
         let policy = DraftPolicy {
             beam_width: beam,
             ..DraftPolicy::default()
         };
-        let e = Session::new(&d, entries, policy).err().expect("refused");
+        let e = SpecBlockSession::new(&d, entries, policy)
+            .err()
+            .expect("refused");
         assert!(
             matches!(e, Error::InvalidArgument(_) | Error::Capacity { .. }),
             "{entries} entries, beam {beam}: {e:?}"
@@ -225,7 +227,9 @@ fn load_error(fixture_name: &str, dir: &Path) -> String {
     let e = if fixture_name.starts_with("eagle3") {
         Eagle3Drafter::load_dir(dir, 1).err().map(|e| e.to_string())
     } else {
-        Drafter::load_dir(dir, 1).err().map(|e| e.to_string())
+        SpecBlockDrafter::load_dir(dir, 1)
+            .err()
+            .map(|e| e.to_string())
     };
     e.expect("the edited checkpoint must be refused")
 }
@@ -283,7 +287,7 @@ fn draft_vocabulary_maps_are_checked_against_each_other() {
         let dir = with_tensor_bytes(kind, "t2d", |_| {});
         match kind {
             "eagle3_tiny" => drop(Eagle3Drafter::load_dir(&dir, 1).unwrap()),
-            _ => drop(Drafter::load_dir(&dir, 1).unwrap()),
+            _ => drop(SpecBlockDrafter::load_dir(&dir, 1).unwrap()),
         }
         std::fs::remove_dir_all(&dir).unwrap();
     }

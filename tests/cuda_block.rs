@@ -1,6 +1,6 @@
 #![cfg(feature = "cuda")]
 //! GPU drafter block forward: the cuBLAS bf16 GEMM against an f64 CPU reference, and the whole block
-//! (`GpuDrafter`) against the CPU `Drafter` on the golden tiny drafter.
+//! (`GpuDrafter`) against the CPU `SpecBlockDrafter` on the golden tiny drafter.
 
 mod cuda_common;
 
@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use specblock::cuda::blas::Blas;
 use specblock::cuda::drafter::{GpuDrafter, GpuDrafterCapacity};
 use specblock::cuda::{DeviceBuffer, Gpu, Stream};
-use specblock::drafter::{BlockOutput, ContextCache, Drafter, DrafterConfig};
+use specblock::drafter::{BlockOutput, ContextCache, DrafterConfig, SpecBlockDrafter};
 use specblock::error::Error;
 use specblock::io::safetensors::{SafeTensors, TensorData, serialize};
 
@@ -240,7 +240,7 @@ fn rows_of(buf: &DeviceBuffer<f32>, first: usize, n: usize, width: usize) -> Vec
 const BLOCK_TOL: f64 = 1e-2;
 
 struct Reference<'a> {
-    drafter: &'a Drafter,
+    drafter: &'a SpecBlockDrafter,
     embed: &'a [f32],
 }
 
@@ -342,7 +342,7 @@ fn block_matches_cpu_drafter_on_the_tiny_drafter() {
     )
     .unwrap();
     let st = bf16_checkpoint(&dir);
-    let drafter = Drafter::from_safetensors(cfg.clone(), &st, 1).unwrap();
+    let drafter = SpecBlockDrafter::from_safetensors(cfg.clone(), &st, 1).unwrap();
     let embed = round_bf16(
         &SafeTensors::open(&dir.join("embed.safetensors"))
             .unwrap()

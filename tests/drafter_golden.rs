@@ -5,13 +5,13 @@
 mod golden;
 
 use golden::{close, close_block, embedding, f32s, fixture, u32s as ids};
-use specblock::drafter::Drafter;
+use specblock::drafter::SpecBlockDrafter;
 use specblock::io::safetensors::SafeTensors;
 
 #[test]
 fn forward_matches_the_pytorch_reference() {
     let dir = fixture("drafter_tiny");
-    let drafter = Drafter::load_dir(&dir, 2).expect("tiny drafter loads");
+    let drafter = SpecBlockDrafter::load_dir(&dir, 2).expect("tiny drafter loads");
     let embed = embedding(&dir);
     let g = golden::open("drafter_golden.safetensors");
     let mut cache = drafter.new_cache(16);
@@ -71,7 +71,7 @@ fn forward_matches_the_pytorch_reference() {
 #[test]
 fn bad_inputs_are_errors_and_leave_the_cache_unchanged() {
     let dir = fixture("drafter_tiny");
-    let drafter = Drafter::load_dir(&dir, 1).unwrap();
+    let drafter = SpecBlockDrafter::load_dir(&dir, 1).unwrap();
     let embed = embedding(&dir);
     let c = drafter.config().clone();
     let f = vec![0.1f32; 3 * c.target_hidden];
@@ -137,7 +137,7 @@ fn checkpoint_errors_name_the_tensor() {
     let mut bigger = cfg.clone();
     bigger.hidden += 1;
     let st = SafeTensors::open(&dir.join("model.safetensors")).unwrap();
-    let err = Drafter::from_safetensors(bigger, &st, 1)
+    let err = SpecBlockDrafter::from_safetensors(bigger, &st, 1)
         .err()
         .expect("shape mismatch is an error");
     assert!(
@@ -170,7 +170,7 @@ fn half_precision_checkpoints_load() {
     let st = SafeTensors::open(&dir.join("model.safetensors")).unwrap();
     let embed = embedding(&dir);
     let g = golden::open("drafter_golden.safetensors");
-    let reference = Drafter::load_dir(&dir, 1).unwrap();
+    let reference = SpecBlockDrafter::load_dir(&dir, 1).unwrap();
     let mut cache = reference.new_cache(8);
     let want = reference
         .context_forward(
@@ -218,7 +218,8 @@ fn half_precision_checkpoints_load() {
         std::fs::create_dir_all(&out).unwrap();
         std::fs::copy(dir.join("config.json"), out.join("config.json")).unwrap();
         std::fs::write(out.join("model.safetensors"), serialize(&tensors).unwrap()).unwrap();
-        let d = Drafter::load_dir(&out, 1).unwrap_or_else(|e| panic!("{name} checkpoint: {e}"));
+        let d = SpecBlockDrafter::load_dir(&out, 1)
+            .unwrap_or_else(|e| panic!("{name} checkpoint: {e}"));
         let mut cache = d.new_cache(8);
         let got = d
             .context_forward(
@@ -248,7 +249,7 @@ fn half_precision_checkpoints_load() {
 #[test]
 fn bf16_weights_stay_close_to_the_reference() {
     let dir = fixture("drafter_tiny");
-    let mut drafter = Drafter::load_dir(&dir, 1).expect("tiny drafter loads");
+    let mut drafter = SpecBlockDrafter::load_dir(&dir, 1).expect("tiny drafter loads");
     drafter.use_bf16_weights();
     let embed = embedding(&dir);
     let g = golden::open("drafter_golden.safetensors");

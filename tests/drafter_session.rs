@@ -3,16 +3,16 @@
 
 use std::path::PathBuf;
 
-use specblock::drafter::{DraftPolicy, Drafter, Session};
+use specblock::drafter::{DraftPolicy, SpecBlockDrafter, SpecBlockSession};
 use specblock::io::safetensors::SafeTensors;
 use specblock::tree::{DraftTree, TreeParams};
 
-fn setup() -> (Drafter, Vec<f32>) {
+fn setup() -> (SpecBlockDrafter, Vec<f32>) {
     let dir = PathBuf::from(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tools/engine/tests/fixtures/drafter_tiny"
     ));
-    let d = Drafter::load_dir(&dir, 1).unwrap();
+    let d = SpecBlockDrafter::load_dir(&dir, 1).unwrap();
     let embed = SafeTensors::open(&dir.join("embed.safetensors"))
         .unwrap()
         .f32("model.embed_tokens.weight")
@@ -31,7 +31,7 @@ fn features(n: usize, width: usize, seed: u32) -> Vec<f32> {
 fn call_order_and_input_errors_leave_the_session_usable() {
     let (d, embed) = setup();
     let w = 3 * d.config().target_hidden;
-    let mut s = Session::new(&d, 64, DraftPolicy::default()).unwrap();
+    let mut s = SpecBlockSession::new(&d, 64, DraftPolicy::default()).unwrap();
     let mut tree = DraftTree::new(TreeParams {
         max_nodes: 1024,
         max_depth: 16,
@@ -70,7 +70,7 @@ fn tree_holds_the_greedy_chain_and_respects_the_budget() {
     let c = d.config().clone();
     let w = 3 * c.target_hidden;
     for budget in [4u32, 20, 90] {
-        let mut s = Session::new(
+        let mut s = SpecBlockSession::new(
             &d,
             64,
             DraftPolicy {
@@ -121,7 +121,7 @@ fn tree_holds_the_greedy_chain_and_respects_the_budget() {
 fn sessions_are_deterministic_and_reusable() {
     let (d, embed) = setup();
     let w = 3 * d.config().target_hidden;
-    let run = |s: &mut Session| {
+    let run = |s: &mut SpecBlockSession| {
         let mut tree = DraftTree::new(TreeParams {
             max_nodes: 2048,
             max_depth: 16,
@@ -132,7 +132,7 @@ fn sessions_are_deterministic_and_reusable() {
         s.draft(&embed, &mut tree).unwrap();
         (tree.tokens().to_vec(), tree.parents().to_vec())
     };
-    let mut s = Session::new(&d, 64, DraftPolicy::default()).unwrap();
+    let mut s = SpecBlockSession::new(&d, 64, DraftPolicy::default()).unwrap();
     let a = run(&mut s);
     let b = run(&mut s);
     assert_eq!(
@@ -158,7 +158,7 @@ fn reference_protocol_bookkeeping() {
     )
     .unwrap();
     std::fs::copy(src.join("model.safetensors"), dir.join("model.safetensors")).unwrap();
-    let d = Drafter::load_dir(&dir, 1).unwrap();
+    let d = SpecBlockDrafter::load_dir(&dir, 1).unwrap();
     assert_eq!(
         d.config().protocol,
         specblock::drafter::ContextProtocol::Reference
@@ -169,7 +169,7 @@ fn reference_protocol_bookkeeping() {
         .unwrap()
         .1;
     let w = 3 * d.config().target_hidden;
-    let mut s = Session::new(&d, 64, DraftPolicy::default()).unwrap();
+    let mut s = SpecBlockSession::new(&d, 64, DraftPolicy::default()).unwrap();
     let mut tree = DraftTree::new(TreeParams {
         max_nodes: 2048,
         max_depth: 16,
@@ -212,8 +212,8 @@ fn seed_pruning_changes_no_tree_and_cuts_block2_at_small_budgets() {
             prune_seeds,
             ..DraftPolicy::default()
         };
-        let mut on = Session::new(&d, 64, policy(true)).unwrap();
-        let mut off = Session::new(&d, 64, policy(false)).unwrap();
+        let mut on = SpecBlockSession::new(&d, 64, policy(true)).unwrap();
+        let mut off = SpecBlockSession::new(&d, 64, policy(false)).unwrap();
         let params = TreeParams {
             max_nodes: 2048,
             max_depth: 16,
@@ -263,7 +263,7 @@ fn max_seeds_limits_block2_to_the_best_seeds() {
         max_depth: 16,
     };
     let run = |max_seeds: u32| {
-        let mut s = Session::new(
+        let mut s = SpecBlockSession::new(
             &d,
             64,
             DraftPolicy {

@@ -1,10 +1,10 @@
-//! `Session::draft` against the independent Python tree growth (tools/train/specblock_tree.py via
+//! `SpecBlockSession::draft` against the independent Python tree growth (tools/train/specblock_tree.py via
 //! tools/train/tree_golden.py): on the tiny drafter, after the golden prefill and commit, the default
 //! policy's tree with budgets 90 and 20 must match the reference token for token, parent for parent.
 
 use std::path::PathBuf;
 
-use specblock::drafter::{DraftPolicy, Drafter, Session};
+use specblock::drafter::{DraftPolicy, SpecBlockDrafter, SpecBlockSession};
 use specblock::io::safetensors::SafeTensors;
 use specblock::tree::{DraftTree, TreeParams};
 
@@ -30,7 +30,7 @@ fn u32s(st: &SafeTensors, name: &str) -> Vec<u32> {
 #[test]
 fn draft_tree_matches_the_python_reference() {
     let dir = fixtures().join("drafter_tiny");
-    let d = Drafter::load_dir(&dir, 1).unwrap();
+    let d = SpecBlockDrafter::load_dir(&dir, 1).unwrap();
     let embed = f32s(
         &SafeTensors::open(&dir.join("embed.safetensors")).unwrap(),
         "model.embed_tokens.weight",
@@ -44,7 +44,7 @@ fn draft_tree_matches_the_python_reference() {
             budget,
             ..Default::default()
         };
-        let mut s = Session::new(&d, 64, policy).unwrap();
+        let mut s = SpecBlockSession::new(&d, 64, policy).unwrap();
         let mut tree = DraftTree::new(TreeParams {
             max_nodes: 2048,
             max_depth: 16,

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use counting::counted;
 
-use specblock::drafter::{DraftPolicy, Drafter, Session};
+use specblock::drafter::{DraftPolicy, SpecBlockDrafter, SpecBlockSession};
 use specblock::io::safetensors::SafeTensors;
 use specblock::tree::{DraftTree, TreeParams};
 
@@ -27,7 +27,7 @@ fn draft_and_commit_do_not_allocate_with(bf16: bool) {
         env!("CARGO_MANIFEST_DIR"),
         "/tools/engine/tests/fixtures/drafter_tiny"
     ));
-    let mut d = Drafter::load_dir(&dir, 1).unwrap();
+    let mut d = SpecBlockDrafter::load_dir(&dir, 1).unwrap();
     if bf16 {
         d.use_bf16_weights();
     }
@@ -40,7 +40,7 @@ fn draft_and_commit_do_not_allocate_with(bf16: bool) {
     let feats: Vec<f32> = (0..8 * fw)
         .map(|i| ((i * 37 % 101) as f32) / 50.0 - 1.0)
         .collect();
-    let mut s = Session::new(&d, 256, DraftPolicy::default()).unwrap();
+    let mut s = SpecBlockSession::new(&d, 256, DraftPolicy::default()).unwrap();
     let mut tree = DraftTree::new(TreeParams {
         max_nodes: 2048,
         max_depth: 16,

@@ -11,7 +11,8 @@ use std::path::PathBuf;
 use specblock::adapt::{Arm, PolicyParams, Shape};
 use specblock::drafter::eagle3::{Eagle3Drafter, Eagle3Policy, Eagle3Session};
 use specblock::drafter::{
-    AnySession, DraftPolicy, Drafter, PLAIN_CONTEXT_WINDOW, Session, Speculator, default_arms,
+    AnySession, DraftPolicy, PLAIN_CONTEXT_WINDOW, SpecBlockDrafter, SpecBlockSession, Speculator,
+    default_arms,
 };
 use specblock::io::safetensors::SafeTensors;
 use specblock::tree::{DraftTree, TreeParams};
@@ -90,7 +91,7 @@ macro_rules! steps {
         }
     };
 }
-steps!(Session<'_>);
+steps!(SpecBlockSession<'_>);
 steps!(Eagle3Session<'_>);
 
 /// `plain` steps deferred then one draft, against one drafted-and-committed step each: same tree, bit
@@ -154,11 +155,14 @@ fn deferred_equals_immediate(
 #[test]
 fn deferred_plain_steps_give_the_same_drafts() {
     let dir = fixture("drafter_tiny");
-    let (d, embed) = (Drafter::load_dir(&dir, 1).unwrap(), embedding(&dir));
+    let (d, embed) = (
+        SpecBlockDrafter::load_dir(&dir, 1).unwrap(),
+        embedding(&dir),
+    );
     let fw = 3 * d.config().target_hidden;
     for plain in [1, 5, PLAIN_CONTEXT_WINDOW, 70] {
-        let mut a = Session::new(&d, 256, DraftPolicy::default()).unwrap();
-        let mut b = Session::new(&d, 256, DraftPolicy::default()).unwrap();
+        let mut a = SpecBlockSession::new(&d, 256, DraftPolicy::default()).unwrap();
+        let mut b = SpecBlockSession::new(&d, 256, DraftPolicy::default()).unwrap();
         deferred_equals_immediate(&mut a, &mut b, &embed, fw, plain);
     }
     let dir = fixture("eagle3_tiny");
@@ -179,9 +183,12 @@ fn deferred_plain_steps_give_the_same_drafts() {
 #[test]
 fn plain_steps_are_checked() {
     let dir = fixture("drafter_tiny");
-    let (d, embed) = (Drafter::load_dir(&dir, 1).unwrap(), embedding(&dir));
+    let (d, embed) = (
+        SpecBlockDrafter::load_dir(&dir, 1).unwrap(),
+        embedding(&dir),
+    );
     let fw = 3 * d.config().target_hidden;
-    let mut s = Session::new(&d, 8, DraftPolicy::default()).unwrap();
+    let mut s = SpecBlockSession::new(&d, 8, DraftPolicy::default()).unwrap();
     let mut t = tree();
     assert!(s.draft_plain(&mut t).is_err(), "before prefill");
     s.prefill(&embed, &features(4, fw, 1), &[1, 2, 3, 4, 5])
@@ -221,9 +228,12 @@ fn plain_steps_are_checked() {
 #[test]
 fn confidence_stop_keeps_only_confident_nodes() {
     let dir = fixture("drafter_tiny");
-    let (d, embed) = (Drafter::load_dir(&dir, 1).unwrap(), embedding(&dir));
+    let (d, embed) = (
+        SpecBlockDrafter::load_dir(&dir, 1).unwrap(),
+        embedding(&dir),
+    );
     let fw = 3 * d.config().target_hidden;
-    let mut s = Session::new(&d, 64, DraftPolicy::default()).unwrap();
+    let mut s = SpecBlockSession::new(&d, 64, DraftPolicy::default()).unwrap();
     s.prefill(&embed, &features(4, fw, 1), &[1, 2, 3, 4, 5])
         .unwrap();
     let mut t = tree();
@@ -333,10 +343,12 @@ fn adaptive_iterations_do_not_allocate() {
                 fw,
             )
         } else {
-            sd = Drafter::load_dir(&dir, 1).unwrap();
+            sd = SpecBlockDrafter::load_dir(&dir, 1).unwrap();
             let fw = 3 * sd.config().target_hidden;
             (
-                AnySession::SpecBlock(Session::new(&sd, 2048, DraftPolicy::default()).unwrap()),
+                AnySession::SpecBlock(
+                    SpecBlockSession::new(&sd, 2048, DraftPolicy::default()).unwrap(),
+                ),
                 fw,
             )
         };

@@ -6,14 +6,14 @@
 mod golden;
 
 use golden::{close, close_block, embedding as embed, f32s, fixture, u32s};
-use specblock::drafter::Drafter;
+use specblock::drafter::SpecBlockDrafter;
 use specblock::drafter::eagle3::Eagle3Drafter;
 use specblock::io::safetensors::SafeTensors;
 
 #[test]
 fn trained_specblock_export_matches_pytorch() {
     let dir = fixture("trained_specblock");
-    let drafter = Drafter::load_dir(&dir, 2).expect("exported SpecBlock drafter loads");
+    let drafter = SpecBlockDrafter::load_dir(&dir, 2).expect("exported SpecBlock drafter loads");
     let embed = embed(&dir);
     let g = SafeTensors::open(&dir.join("expected.safetensors")).expect("expected outputs");
     let mut cache = drafter.new_cache(16);

@@ -62,7 +62,7 @@ pub enum Module {
     /// `kernels/accept_sample.cu`: lossless sampling acceptance from target logits.
     AcceptSample,
     /// `kernels/drafter.cu`: the drafter block forward's non-GEMM ops.
-    Drafter,
+    SpecBlockDrafter,
     /// `kernels/util.cu`: fills (test poisoning) and a runtime smoke kernel.
     Util,
     /// `kernels/bench_fill.cu`: pseudo-random device fills (benchmark weights).
@@ -75,7 +75,7 @@ impl Module {
             Module::Tree => "tree",
             Module::AcceptGreedy => "accept_greedy",
             Module::AcceptSample => "accept_sample",
-            Module::Drafter => "drafter",
+            Module::SpecBlockDrafter => "drafter",
             Module::Util => "util",
             Module::BenchFill => "bench_fill",
         }

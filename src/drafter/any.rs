@@ -9,7 +9,9 @@ use std::vec::Vec;
 
 use super::config::resolve_aux_layers;
 use super::eagle3::{Eagle3Drafter, Eagle3Policy, Eagle3Session};
-use super::{AnySession, DraftPolicy, Drafter, Session, Speculator, default_arms};
+use super::{
+    AnySession, DraftPolicy, SpecBlockDrafter, SpecBlockSession, Speculator, default_arms,
+};
 use crate::adapt::{Arm, PolicyParams};
 use crate::error::Error;
 use crate::io::LoadError;
@@ -66,7 +68,7 @@ pub(crate) fn read_config(dir: &Path) -> Result<(String, String), LoadError> {
 /// mutable state).
 pub enum AnyDrafter {
     /// SpecBlock.
-    SpecBlock(Drafter),
+    SpecBlock(SpecBlockDrafter),
     /// The EAGLE-3 baseline.
     Eagle3(Eagle3Drafter),
 }
@@ -76,7 +78,9 @@ impl AnyDrafter {
     /// ([`DrafterKind::of_config`]); forwards run on `threads` threads.
     pub fn load_dir(dir: &Path, threads: usize) -> Result<Self, LoadError> {
         Ok(match DrafterKind::of_dir(dir)? {
-            DrafterKind::SpecBlock => AnyDrafter::SpecBlock(Drafter::load_dir(dir, threads)?),
+            DrafterKind::SpecBlock => {
+                AnyDrafter::SpecBlock(SpecBlockDrafter::load_dir(dir, threads)?)
+            }
             DrafterKind::Eagle3 => AnyDrafter::Eagle3(Eagle3Drafter::load_dir(dir, threads)?),
         })
     }
@@ -89,7 +93,7 @@ impl AnyDrafter {
         }
     }
 
-    /// Stores every weight matrix as bf16 (see [`Drafter::use_bf16_weights`]).
+    /// Stores every weight matrix as bf16 (see [`SpecBlockDrafter::use_bf16_weights`]).
     pub fn use_bf16_weights(&mut self) {
         match self {
             AnyDrafter::SpecBlock(d) => d.use_bf16_weights(),
@@ -174,7 +178,7 @@ impl AnyDrafter {
     ) -> Result<AnySession<'_>, Error> {
         Ok(match self {
             AnyDrafter::SpecBlock(d) => {
-                AnySession::SpecBlock(Session::new(d, max_entries, widths)?)
+                AnySession::SpecBlock(SpecBlockSession::new(d, max_entries, widths)?)
             }
             AnyDrafter::Eagle3(d) => {
                 let cap = Eagle3Policy::covering(arms);
@@ -236,12 +240,12 @@ pub trait DraftSession {
     }
 }
 
-impl DraftSession for Session<'_> {
+impl DraftSession for SpecBlockSession<'_> {
     fn prefill(&mut self, embed: &[f32], features: &[f32], tokens: &[u32]) -> Result<(), Error> {
-        Session::prefill(self, embed, features, tokens)
+        SpecBlockSession::prefill(self, embed, features, tokens)
     }
     fn draft(&mut self, embed: &[f32], tree: &mut DraftTree) -> Result<(), Error> {
-        Session::draft(self, embed, tree)
+        SpecBlockSession::draft(self, embed, tree)
     }
     fn commit(
         &mut self,
@@ -250,7 +254,7 @@ impl DraftSession for Session<'_> {
         bonus: u32,
         features: &[f32],
     ) -> Result<(), Error> {
-        Session::commit(self, embed, accepted, bonus, features)
+        SpecBlockSession::commit(self, embed, accepted, bonus, features)
     }
     fn aux_layers(&self, target_layers: usize) -> Result<Vec<usize>, Error> {
         resolve_aux_layers(

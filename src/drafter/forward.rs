@@ -6,7 +6,7 @@ use std::vec::Vec;
 
 use super::ops::fit;
 use super::weights::{RANK_FEATURES, RANK_HIDDEN};
-use super::{ContextCache, Drafter};
+use super::{ContextCache, SpecBlockDrafter};
 use crate::cpu::{Pool, matmul, rms_norm, softmax_in_place};
 use crate::error::Error;
 
@@ -64,7 +64,7 @@ pub struct Scratch {
 
 impl Scratch {
     /// Buffers for forwards of up to `rows` rows over up to `keys` attention keys, allocated now.
-    pub fn with_capacity(d: &Drafter, rows: usize, keys: usize) -> Self {
+    pub fn with_capacity(d: &SpecBlockDrafter, rows: usize, keys: usize) -> Self {
         let c = &d.cfg;
         let (h, qd, kvd) = (c.hidden, c.heads * c.head_dim, c.kv_heads * c.head_dim);
         // The widest matmul input, for bf16 weights' rounded activations (see `reserve_bf16_activations`).
@@ -144,7 +144,7 @@ pub(crate) fn check_finite(what: &'static str, xs: &[f32], width: usize) -> Resu
     }
 }
 
-impl Drafter {
+impl SpecBlockDrafter {
     /// Context forward: appends one entry per (feature, token, base) to `cache` and returns every
     /// entry's K slots. The last entry's output is block 1. `embed` is the target's token embedding
     /// (`vocab x hidden`). On error the cache is unchanged.

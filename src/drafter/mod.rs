@@ -26,7 +26,7 @@ pub use config::{
     AUX_LAYERS, ContextProtocol, DrafterConfig, default_aux_layers, resolve_aux_layers,
 };
 pub use forward::{BlockOutput, Scratch};
-pub use session::{DEFAULT_SPECBLOCK_BUDGET, DraftPolicy, Session};
+pub use session::{DEFAULT_SPECBLOCK_BUDGET, DraftPolicy, SpecBlockSession};
 pub use speculator::{AnySession, Speculator, SpeculatorStats, default_arms};
 
 use crate::cpu::Pool;
@@ -36,8 +36,16 @@ use crate::io::safetensors::SafeTensors;
 use crate::load_err;
 use weights::Weights;
 
+/// The name of [`SpecBlockDrafter`] before both drafter kinds were named alike.
+#[deprecated(note = "renamed SpecBlockDrafter (beside Eagle3Drafter)")]
+pub type Drafter = SpecBlockDrafter;
+
+/// The name of [`SpecBlockSession`] before both drafter kinds were named alike.
+#[deprecated(note = "renamed SpecBlockSession (beside Eagle3Session)")]
+pub type Session<'d> = SpecBlockSession<'d>;
+
 /// A loaded drafter: immutable, shareable across threads (sessions hold the mutable state).
-pub struct Drafter {
+pub struct SpecBlockDrafter {
     cfg: DrafterConfig,
     w: Weights,
     /// `rope_inv_freq[i] = f32(1 / theta^(2i/d))`, computed in f64.
@@ -137,7 +145,7 @@ impl ContextCache {
     }
 }
 
-impl Drafter {
+impl SpecBlockDrafter {
     /// Stores every weight matrix as bf16 (round to nearest even): half the bytes, and on CPUs with
     /// AVX512_BF16 the matmuls multiply bf16 pairs with f32 accumulation (activations are rounded to
     /// bf16 once per matmul). Norms and all other arithmetic stay f32.
@@ -161,7 +169,7 @@ impl Drafter {
     ) -> Result<Self, LoadError> {
         let w = Weights::load(&cfg, st)?;
         let inv_freq = ops::rope_inv_freq(cfg.head_dim, cfg.rope_theta);
-        Ok(Drafter {
+        Ok(SpecBlockDrafter {
             cfg,
             w,
             inv_freq,
@@ -363,4 +371,22 @@ pub fn write_random_drafter(
     std::fs::write(dir.join("model.safetensors"), bytes)
         .map_err(|e| load_err!("write model.safetensors: {e}"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod old_names {
+    /// The names before the rename still name the same types, for code written against them.
+    #[test]
+    #[allow(deprecated)]
+    fn deprecated_names_are_the_renamed_types() {
+        use core::any::TypeId;
+        assert_eq!(
+            TypeId::of::<super::Drafter>(),
+            TypeId::of::<super::SpecBlockDrafter>()
+        );
+        assert_eq!(
+            TypeId::of::<super::Session<'static>>(),
+            TypeId::of::<super::SpecBlockSession<'static>>()
+        );
+    }
 }

@@ -28,7 +28,7 @@ pub fn bf16_round(x: f32) -> f32 {
 }
 
 /// `rope_inv_freq[i] = f32(1 / theta^(2i/d))` for `i < head_dim / 2`, computed in f64: the formula the
-/// CPU drafter uses (`Drafter::from_safetensors`), uploaded as `sb_rope`'s `inv_freq`.
+/// CPU drafter uses (`SpecBlockDrafter::from_safetensors`), uploaded as `sb_rope`'s `inv_freq`.
 pub fn rope_inv_freq(head_dim: usize, theta: f32) -> Vec<f32> {
     (0..head_dim / 2)
         .map(|i| (1.0 / (theta as f64).powf(2.0 * i as f64 / head_dim as f64)) as f32)

@@ -5,7 +5,7 @@
 use std::vec::Vec;
 
 use super::plain_queue::PlainQueue;
-use super::{ContextCache, ContextProtocol, Drafter, Scratch};
+use super::{ContextCache, ContextProtocol, Scratch, SpecBlockDrafter};
 use crate::error::Error;
 use crate::tree::{DraftTree, NodeMeta};
 
@@ -62,8 +62,8 @@ struct Seed {
 /// A sequence's drafting session. Create one per sequence; reuse it across requests with `reset`.
 /// Every buffer is allocated at creation: `draft` and `commit` allocate nothing (prefill may grow
 /// the forward buffers for a long prompt once).
-pub struct Session<'d> {
-    drafter: &'d Drafter,
+pub struct SpecBlockSession<'d> {
+    drafter: &'d SpecBlockDrafter,
     policy: DraftPolicy,
     cache: ContextCache,
     scratch: Scratch,
@@ -98,10 +98,10 @@ pub struct Session<'d> {
 /// Most entries one commit appends: the root plus `MAX_DEPTH` accepted nodes.
 const MAX_COMMIT: usize = crate::MAX_DEPTH + 1;
 
-impl<'d> Session<'d> {
+impl<'d> SpecBlockSession<'d> {
     /// A session whose context holds up to `max_entries` committed entries (about the sequence length).
     pub fn new(
-        drafter: &'d Drafter,
+        drafter: &'d SpecBlockDrafter,
         max_entries: usize,
         policy: DraftPolicy,
     ) -> Result<Self, Error> {
@@ -138,7 +138,7 @@ impl<'d> Session<'d> {
                 capacity: super::MAX_SESSION_FLOATS,
             });
         }
-        Ok(Session {
+        Ok(SpecBlockSession {
             drafter,
             cache: drafter.try_new_cache(max_entries)?,
             scratch: Scratch::with_capacity(drafter, rows, max_entries * k),
@@ -165,7 +165,7 @@ impl<'d> Session<'d> {
         })
     }
 
-    pub(super) fn drafter_ref(&self) -> &'d Drafter {
+    pub(super) fn drafter_ref(&self) -> &'d SpecBlockDrafter {
         self.drafter
     }
 
@@ -705,7 +705,7 @@ fn ranked_above(tree: &DraftTree, node: i32) -> usize {
 /// Fills `top` with the best candidates of one output row (target ids, log-softmax), best first, and
 /// returns the row's rank class and top-1 probability. Reuses `idx`.
 fn summarize(
-    drafter: &Drafter,
+    drafter: &SpecBlockDrafter,
     policy: &DraftPolicy,
     logits: &[f32],
     rank_logits: &[f32],

@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use super::Session;
+use super::SpecBlockSession;
 use super::eagle3::{
     DEFAULT_EAGLE3_BUDGET, DEFAULT_EAGLE3_DEPTH, DEFAULT_EAGLE3_TOP_K, Eagle3Policy, Eagle3Session,
 };
@@ -17,7 +17,7 @@ use crate::tree::DraftTree;
 /// A drafting session of either kind.
 pub enum AnySession<'d> {
     /// SpecBlock.
-    SpecBlock(Session<'d>),
+    SpecBlock(SpecBlockSession<'d>),
     /// The EAGLE-3 baseline.
     Eagle3(Eagle3Session<'d>),
 }
@@ -210,7 +210,7 @@ impl<'d> Speculator<'d> {
         self.policy.summary(i)
     }
 
-    /// After the target's prefill (see [`Session::prefill`]). A new sequence: the session restarts,
+    /// After the target's prefill (see [`SpecBlockSession::prefill`]). A new sequence: the session restarts,
     /// the policy keeps what it learned (the machine, the drafter and the kind of text persist).
     pub fn prefill(
         &mut self,
@@ -263,7 +263,7 @@ impl<'d> Speculator<'d> {
         Ok(arm)
     }
 
-    /// After verification (see [`Session::commit`]); the commit of a plain step is deferred to the
+    /// After verification (see [`SpecBlockSession::commit`]); the commit of a plain step is deferred to the
     /// next real draft.
     pub fn commit(
         &mut self,
@@ -310,9 +310,9 @@ impl<'d> Speculator<'d> {
     }
 }
 
-impl<'d> Session<'d> {
+impl<'d> SpecBlockSession<'d> {
     /// The drafter this session runs.
-    pub fn drafter(&self) -> &'d super::Drafter {
+    pub fn drafter(&self) -> &'d super::SpecBlockDrafter {
         self.drafter_ref()
     }
 }

@@ -631,7 +631,7 @@ pub unsafe extern "C" fn sb_session_get_tree_params(
         let c = shape(&d.drafter);
         let mut max_nodes = 1024u32;
         let mut max_depth = (2 * c.slots as u32).max(2);
-        // SpecBlock candidates (`Session::draft`): block 1 adds at most the slot-0 width (up to
+        // SpecBlock candidates (`SpecBlockSession::draft`): block 1 adds at most the slot-0 width (up to
         // `beam_width`) plus a base width (the width table's largest, capped by `beam_width`) per
         // other slot; each block-2 seed (a block-1 node or the tail seed, at most `budget` of them
         // after the seed prune, at most `max_seeds`) adds at most a base width per slot.

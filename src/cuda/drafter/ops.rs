@@ -401,7 +401,7 @@ fn stride(what: &'static str, stride: usize, min: usize) -> Result<(), Error> {
 impl DrafterKernels {
     /// Looks every kernel up in the `drafter` module of `gpu`.
     pub fn new(gpu: &Gpu) -> Result<Self, Error> {
-        let f = |name: &CStr| gpu.function(Module::Drafter, name);
+        let f = |name: &CStr| gpu.function(Module::SpecBlockDrafter, name);
         Ok(DrafterKernels {
             fuse_inputs: f(c"sb_fuse_inputs")?,
             rmsnorm: f(c"sb_rmsnorm")?,

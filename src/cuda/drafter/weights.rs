@@ -129,7 +129,7 @@ fn take(st: &SafeTensors, name: &str, shape: &[usize]) -> Result<Vec<f32>, Error
 }
 
 impl<'g> GpuDrafter<'g> {
-    /// Uploads a drafter checkpoint (the authors' tensor names, as [`crate::drafter::Drafter`] loads
+    /// Uploads a drafter checkpoint (the authors' tensor names, as [`crate::drafter::SpecBlockDrafter`] loads
     /// it) and the target's token embedding (`vocab x hidden` f32, rounded to bf16 on upload), and
     /// allocates every buffer. The weights are rounded to bf16.
     pub fn from_checkpoint(

@@ -226,7 +226,7 @@ impl<'d> Eagle3Session<'d> {
     }
 
     /// A plain step instead of a draft: `tree` becomes the root alone and the drafter does nothing;
-    /// the following commit is deferred to the next real draft (see [`Session::draft_plain`]
+    /// the following commit is deferred to the next real draft (see [`SpecBlockSession::draft_plain`]
     /// (crate::drafter::Session::draft_plain)).
     pub fn draft_plain(&mut self, tree: &mut DraftTree) -> Result<(), Error> {
         let Some(root) = self.root else {

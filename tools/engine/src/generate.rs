@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use specblock::adapt::{Arm, PolicyParams};
 use specblock::drafter::eagle3::{Eagle3Drafter, Eagle3Policy, Eagle3Session};
 use specblock::drafter::{
-    AnyDrafter, AnySession, DraftPolicy, Drafter, DrafterKind, Session, Speculator,
+    AnyDrafter, AnySession, DraftPolicy, DrafterKind, SpecBlockDrafter, SpecBlockSession,
+    Speculator,
 };
 use specblock::verify::Sampling;
 
@@ -72,11 +73,11 @@ pub fn new_speculator<'d>(
 
 /// A SpecBlock speculator over `arms` with room for `max_entries`.
 pub fn new_specblock_speculator<'d>(
-    d: &'d Drafter,
+    d: &'d SpecBlockDrafter,
     max_entries: usize,
     arms: &[Arm],
 ) -> Result<Speculator<'d>> {
-    let session = Session::new(d, max_entries, DraftPolicy::default())?;
+    let session = SpecBlockSession::new(d, max_entries, DraftPolicy::default())?;
     Ok(Speculator::new(
         AnySession::SpecBlock(session),
         arms,

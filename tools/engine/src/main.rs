@@ -439,7 +439,7 @@ fn cmd_bench(o: &ModelArgs) -> Result<()> {
 /// measures the cost of drafting, not its benefit.
 fn cmd_bench_drafter(a: &BenchDrafterArgs) -> Result<()> {
     use specblock::drafter::eagle3::{Eagle3Drafter, Eagle3Session};
-    use specblock::drafter::{Drafter, Session};
+    use specblock::drafter::{SpecBlockDrafter, SpecBlockSession};
     let o = &a.model;
     bench::wait_for_idle(Duration::from_secs(120));
     let (m, _) = load_model(o)?;
@@ -455,7 +455,8 @@ fn cmd_bench_drafter(a: &BenchDrafterArgs) -> Result<()> {
     let e3_dir = std::env::temp_dir().join("specblock-bench-eagle3");
     specblock::drafter::eagle3::write_random_eagle3(&e3_dir, &random_eagle3_config(), 1)
         .map_err(|e| Error::Io(e.to_string()))?;
-    let mut d = Drafter::load_dir(&dir, o.threads).map_err(|e| Error::Format(e.to_string()))?;
+    let mut d =
+        SpecBlockDrafter::load_dir(&dir, o.threads).map_err(|e| Error::Format(e.to_string()))?;
     let mut e3 =
         Eagle3Drafter::load_dir(&e3_dir, o.threads).map_err(|e| Error::Format(e.to_string()))?;
     if o.bf16 {
@@ -487,7 +488,7 @@ fn cmd_bench_drafter(a: &BenchDrafterArgs) -> Result<()> {
                 budget,
                 ..DraftPolicy::default()
             };
-            Ok(Box::new(Session::new(&d, 512, policy)?))
+            Ok(Box::new(SpecBlockSession::new(&d, 512, policy)?))
         })?;
         let eg = bench_row(&m, &prompt, "eagle3", budget, &mut || {
             let policy = Eagle3Policy {

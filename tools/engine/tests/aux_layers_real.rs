@@ -9,7 +9,9 @@ mod support;
 use std::path::PathBuf;
 
 use serde_json::json;
-use specblock::drafter::{DraftPolicy, DraftSession, Drafter, Session, write_random_drafter};
+use specblock::drafter::{
+    DraftPolicy, DraftSession, SpecBlockDrafter, SpecBlockSession, write_random_drafter,
+};
 use specblock::tree::DraftTree;
 use specblock::verify::Sampling;
 use specblock_engine::model::{Capture, Logits, Mask, Segment};
@@ -17,7 +19,7 @@ use specblock_engine::speculate::speculative_generate;
 use speculation::{PROMPTS, model};
 
 /// A random SpecBlock drafter shaped for SmolLM2 whose features come from `layers`.
-fn drafter(layers: &[usize], name: &str) -> Drafter {
+fn drafter(layers: &[usize], name: &str) -> SpecBlockDrafter {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("aux_layers_{name}"));
     let cfg = json!({
         "hidden_size": 576, "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2,
@@ -26,12 +28,12 @@ fn drafter(layers: &[usize], name: &str) -> Drafter {
         "aux_layer_ids": layers,
     });
     write_random_drafter(&dir, &cfg, 5).expect("write random drafter");
-    Drafter::load_dir(&dir, 1).expect("random drafter loads")
+    SpecBlockDrafter::load_dir(&dir, 1).expect("random drafter loads")
 }
 
 /// A session that records the feature rows the engine hands it.
 struct Recording<'d> {
-    inner: Session<'d>,
+    inner: SpecBlockSession<'d>,
     prefill_features: Vec<f32>,
 }
 
@@ -93,7 +95,7 @@ fn features_come_from_the_drafters_configured_layers() {
     let layers = [3usize, 9, 22];
     let d = drafter(&layers, "3_9_22");
     let mut rec = Recording {
-        inner: Session::new(&d, 256, DraftPolicy::default()).unwrap(),
+        inner: SpecBlockSession::new(&d, 256, DraftPolicy::default()).unwrap(),
         prefill_features: Vec::new(),
     };
     let prompt = PROMPTS[0];
@@ -117,7 +119,7 @@ fn features_come_from_the_drafters_configured_layers() {
 fn a_drafter_naming_a_missing_layer_is_refused() {
     let Some(m) = model() else { return };
     let d = drafter(&[3, 9, 30], "3_9_30");
-    let mut s = Session::new(&d, 256, DraftPolicy::default()).unwrap();
+    let mut s = SpecBlockSession::new(&d, 256, DraftPolicy::default()).unwrap();
     let greedy = Sampling {
         temperature: 0.0,
         ..Sampling::default()

@@ -10,7 +10,7 @@ mod support;
 use std::path::PathBuf;
 
 use serde_json::json;
-use specblock::drafter::{DraftPolicy, Drafter, Session, write_random_drafter};
+use specblock::drafter::{DraftPolicy, SpecBlockDrafter, SpecBlockSession, write_random_drafter};
 use specblock::verify::Sampling;
 use specblock_engine::decode::generate_ids;
 use specblock_engine::speculate::speculative_generate;
@@ -19,11 +19,11 @@ use speculation::{
 };
 
 /// A random SpecBlock drafter shaped for SmolLM2 (H 576, features 3 x 576, vocab 49152).
-fn drafter(seed: u64) -> Drafter {
+fn drafter(seed: u64) -> SpecBlockDrafter {
     drafter_with(seed, "training")
 }
 
-fn drafter_with(seed: u64, protocol: &str) -> Drafter {
+fn drafter_with(seed: u64, protocol: &str) -> SpecBlockDrafter {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("random_drafter_{seed}_{protocol}"));
     let cfg = json!({
@@ -33,7 +33,7 @@ fn drafter_with(seed: u64, protocol: &str) -> Drafter {
         "diffspec_draft_token_num": 4, "rank_classes": 4, "rms_norm_eps": 1e-5, "rope_theta": 100000.0,
     });
     write_random_drafter(&dir, &cfg, seed).expect("write random drafter");
-    Drafter::load_dir(&dir, 1).expect("random drafter loads")
+    SpecBlockDrafter::load_dir(&dir, 1).expect("random drafter loads")
 }
 
 #[test]
@@ -47,7 +47,7 @@ fn greedy_speculation_equals_plain_greedy() {
         (13, 12, &PROMPTS[..1], "reference"),
     ] {
         let d = drafter_with(seed, protocol);
-        let mut session = Session::new(
+        let mut session = SpecBlockSession::new(
             &d,
             512,
             DraftPolicy {
@@ -69,7 +69,7 @@ fn sampled_speculation_has_the_plain_distribution() {
         top_p: 0.95,
     };
     let d = drafter(21);
-    let mut session = Session::new(
+    let mut session = SpecBlockSession::new(
         &d,
         128,
         DraftPolicy {

@@ -9,7 +9,7 @@ mod support;
 use std::path::PathBuf;
 
 use specblock::drafter::eagle3::{Eagle3Drafter, Eagle3Policy, Eagle3Session};
-use specblock::drafter::{DraftPolicy, Drafter, Session};
+use specblock::drafter::{DraftPolicy, SpecBlockDrafter, SpecBlockSession};
 use specblock::verify::Sampling;
 use specblock_engine::decode::generate_ids;
 use specblock_engine::model::Llama;
@@ -66,14 +66,15 @@ fn trained_eagle3_is_lossless_and_accepts() {
 #[test]
 fn trained_specblock_is_lossless_and_accepts() {
     let Some(m) = model_bf16() else { return };
-    let mut d = Drafter::load_dir(&committed("specblock"), 2).expect("committed SpecBlock loads");
+    let mut d =
+        SpecBlockDrafter::load_dir(&committed("specblock"), 2).expect("committed SpecBlock loads");
     d.use_bf16_weights();
     for budget in [90u32, 8] {
         let policy = DraftPolicy {
             budget,
             ..DraftPolicy::default()
         };
-        let mut s = Session::new(&d, 512, policy).unwrap();
+        let mut s = SpecBlockSession::new(&d, 512, policy).unwrap();
         let tau = greedy_accept_length(m, &mut s, &format!("trained SpecBlock budget {budget}"));
         eprintln!("trained SpecBlock budget {budget}: tau {tau:.3}");
         assert!(tau > 1.3, "trained SpecBlock budget {budget}: tau {tau:.3}");
@@ -87,7 +88,8 @@ fn adaptive_policy_is_lossless_with_both_drafters() {
     use specblock::drafter::default_arms;
     use specblock_engine::generate::{new_eagle3_speculator, new_specblock_speculator};
     let Some(m) = model_bf16() else { return };
-    let mut sb = Drafter::load_dir(&committed("specblock"), 2).expect("committed SpecBlock loads");
+    let mut sb =
+        SpecBlockDrafter::load_dir(&committed("specblock"), 2).expect("committed SpecBlock loads");
     sb.use_bf16_weights();
     let mut e3 = Eagle3Drafter::load_dir(&committed("eagle3"), 2).expect("committed EAGLE-3 loads");
     e3.use_bf16_weights();
