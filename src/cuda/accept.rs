@@ -31,19 +31,10 @@ pub struct HostAcceptance {
     pub raw_keep: Vec<i32>,
     /// `accept_len` as written.
     pub accept_len: i32,
-}
-
-impl HostAcceptance {
-    /// The raw rows `(raw_nodes, raw_tokens, raw_keep)`: the former `padded` field of
-    /// `greedy::HostAcceptance`.
+    /// The raw rows `(raw_nodes, raw_tokens, raw_keep)` again: the field `greedy::HostAcceptance`
+    /// had before both readers became this type, kept for code that reads it.
     #[deprecated(note = "use the raw_nodes, raw_tokens and raw_keep fields")]
-    pub fn padded(&self) -> (Vec<i32>, Vec<i32>, Vec<i32>) {
-        (
-            self.raw_nodes.clone(),
-            self.raw_tokens.clone(),
-            self.raw_keep.clone(),
-        )
-    }
+    pub padded: (Vec<i32>, Vec<i32>, Vec<i32>),
 }
 
 /// The device outputs of an acceptance kernel for a batch.
@@ -79,12 +70,14 @@ impl AcceptBuffers<'_> {
                 let raw_tokens = tokens[b * d1..(b + 1) * d1].to_vec();
                 let raw_keep = keep[b * d2..(b + 1) * d2].to_vec();
                 let n = (len[b].max(0) as usize).min(max_accepted);
+                #[allow(deprecated)] // the old field is still filled
                 HostAcceptance {
                     status: status[b],
                     nodes: raw_nodes[..n].to_vec(),
                     tokens: raw_tokens[..n].to_vec(),
                     bonus: bonus[b],
                     keep: raw_keep[..n + 1].to_vec(),
+                    padded: (raw_nodes.clone(), raw_tokens.clone(), raw_keep.clone()),
                     raw_nodes,
                     raw_tokens,
                     raw_keep,

@@ -139,7 +139,7 @@ pub unsafe fn greedy_raw(
 }
 
 /// One tree's acceptance downloaded to the host: the shared [`super::accept::HostAcceptance`] (its
-/// former `padded` tuple is now the `raw_nodes`, `raw_tokens` and `raw_keep` fields).
+/// `padded` tuple is deprecated in favour of the `raw_nodes`, `raw_tokens` and `raw_keep` fields).
 pub use super::accept::HostAcceptance;
 
 /// Greedy acceptance buffers for a batch, allocated at creation.

@@ -755,9 +755,10 @@ mod old_paths {
             raw_tokens: std::vec![7, -1],
             raw_keep: std::vec![0, 1, -1],
             accept_len: 1,
+            padded: (std::vec![1, -1], std::vec![7, -1], std::vec![0, 1, -1]),
         };
         let b: sample::SampleOutput = a.clone();
         assert_eq!(b, a);
-        assert_eq!(a.padded(), (a.raw_nodes, a.raw_tokens, a.raw_keep));
+        assert_eq!(a.padded.clone(), (a.raw_nodes, a.raw_tokens, a.raw_keep));
     }
 }
