@@ -104,6 +104,16 @@
 #define SB_AUX_LAYERS 3
 
 /**
+ * `dtype` of `sb_cuda_verify_greedy` / `sb_cuda_verify_sample`: 32-bit float logits.
+ */
+#define SB_CUDA_DTYPE_F32 0
+
+/**
+ * `dtype` of `sb_cuda_verify_greedy` / `sb_cuda_verify_sample`: bfloat16 logits.
+ */
+#define SB_CUDA_DTYPE_BF16 1
+
+/**
  * Status code returned by every fallible C function (`sb_status` in C); `SB_STATUS_OK` is 0.
  *
  * Values are stable: a retired value is never reused.
@@ -1139,7 +1149,8 @@ enum sb_status sb_cuda_tree_finalize(const struct sb_cuda_device *device,
 
 /**
  * Greedy acceptance on the device: the argmax of every tree row of `logits` (`batch * cap * vocab`
- * values of `dtype`, row `i` = the target's prediction after node `i`; ties to the lowest id) fused
+ * values of `dtype`: `SB_CUDA_DTYPE_F32` or `SB_CUDA_DTYPE_BF16`, row `i` = the target's prediction
+ * after node `i`; ties to the lowest id) fused
  * with the walk, identical to `sb_verify_greedy` per tree. `argmax_scratch` and `flag_scratch` are
  * device `int32[batch * cap]`. Two kernel launches on `stream`, no host synchronisation.
  */
@@ -1184,7 +1195,8 @@ enum sb_status sb_cuda_sampler_set_params(struct sb_cuda_sampler *sampler,
 /**
  * Lossless sampling acceptance on the device, identical to `sb_verify_sample` per sequence (same
  * coins: the counter-based generator at the sequence's seed). `trees` are finalized device trees of
- * the sampler's shape, `logits` `batch * cap * vocab` values of `dtype`. One launch on `stream`; writes
+ * the sampler's shape, `logits` `batch * cap * vocab` values of `dtype` (`SB_CUDA_DTYPE_F32` or
+ * `SB_CUDA_DTYPE_BF16`). One launch on `stream`; writes
  * the device addresses of the sampler's result arrays (valid until the next call) to `*out`.
  */
 enum sb_status sb_cuda_verify_sample(struct sb_cuda_sampler *sampler,

@@ -184,7 +184,8 @@ pub struct sb_cuda_acceptance {
     pub status: *mut i32,
 }
 
-/// Element type of device logits.
+/// Element type of device logits (the Rust view; C passes `SB_CUDA_DTYPE_F32` or
+/// `SB_CUDA_DTYPE_BF16` as the `uint32_t dtype` argument).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum sb_cuda_dtype {
@@ -193,6 +194,15 @@ pub enum sb_cuda_dtype {
     /// bfloat16.
     Bf16 = 1,
 }
+
+/// `dtype` of `sb_cuda_verify_greedy` / `sb_cuda_verify_sample`: 32-bit float logits.
+pub const SB_CUDA_DTYPE_F32: u32 = 0;
+/// `dtype` of `sb_cuda_verify_greedy` / `sb_cuda_verify_sample`: bfloat16 logits.
+pub const SB_CUDA_DTYPE_BF16: u32 = 1;
+const _: () = assert!(
+    SB_CUDA_DTYPE_F32 == sb_cuda_dtype::F32 as u32
+        && SB_CUDA_DTYPE_BF16 == sb_cuda_dtype::Bf16 as u32
+);
 
 #[cfg(feature = "cuda")]
 mod device {
@@ -307,7 +317,8 @@ pub unsafe extern "C" fn sb_cuda_tree_finalize(
 }
 
 /// Greedy acceptance on the device: the argmax of every tree row of `logits` (`batch * cap * vocab`
-/// values of `dtype`, row `i` = the target's prediction after node `i`; ties to the lowest id) fused
+/// values of `dtype`: `SB_CUDA_DTYPE_F32` or `SB_CUDA_DTYPE_BF16`, row `i` = the target's prediction
+/// after node `i`; ties to the lowest id) fused
 /// with the walk, identical to `sb_verify_greedy` per tree. `argmax_scratch` and `flag_scratch` are
 /// device `int32[batch * cap]`. Two kernel launches on `stream`, no host synchronisation.
 #[unsafe(no_mangle)]
@@ -340,8 +351,8 @@ pub unsafe extern "C" fn sb_cuda_verify_greedy(
         {
             use crate::cuda::greedy::{ArgmaxPtrs, LogitsDtype, greedy_raw};
             let dtype = match dtype {
-                0 => LogitsDtype::F32,
-                1 => LogitsDtype::Bf16,
+                SB_CUDA_DTYPE_F32 => LogitsDtype::F32,
+                SB_CUDA_DTYPE_BF16 => LogitsDtype::Bf16,
                 _ => return Err(Status::InvalidArgument),
             };
             let scratch = ArgmaxPtrs {
@@ -485,7 +496,8 @@ pub unsafe extern "C" fn sb_cuda_sampler_set_params(
 
 /// Lossless sampling acceptance on the device, identical to `sb_verify_sample` per sequence (same
 /// coins: the counter-based generator at the sequence's seed). `trees` are finalized device trees of
-/// the sampler's shape, `logits` `batch * cap * vocab` values of `dtype`. One launch on `stream`; writes
+/// the sampler's shape, `logits` `batch * cap * vocab` values of `dtype` (`SB_CUDA_DTYPE_F32` or
+/// `SB_CUDA_DTYPE_BF16`). One launch on `stream`; writes
 /// the device addresses of the sampler's result arrays (valid until the next call) to `*out`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn sb_cuda_verify_sample(
@@ -507,8 +519,8 @@ pub unsafe extern "C" fn sb_cuda_verify_sample(
         {
             use crate::cuda::sample::{LogitsType, TreePtrs};
             let dtype = match dtype {
-                0 => LogitsType::F32,
-                1 => LogitsType::Bf16,
+                SB_CUDA_DTYPE_F32 => LogitsType::F32,
+                SB_CUDA_DTYPE_BF16 => LogitsType::Bf16,
                 _ => return Err(Status::InvalidArgument),
             };
             let tp = device::trees(t)?;

@@ -16,6 +16,8 @@ _Static_assert(SB_STATUS_OK == 0, "SB_STATUS_OK is 0");
 _Static_assert(SB_STATUS_PANIC == 13, "status values are stable");
 _Static_assert(SB_MAX_KEEP == SB_MAX_DEPTH + 1, "keep list holds the root plus SB_MAX_DEPTH nodes");
 _Static_assert(SB_MAX_NODES == 65536, "SB_MAX_NODES");
+_Static_assert(SB_CUDA_DTYPE_F32 == 0 && SB_CUDA_DTYPE_BF16 == 1, "device logits types");
+_Static_assert(SB_AUX_LAYERS == 3, "a feature row is three target layers");
 _Static_assert(sizeof(sb_tree_params) == 12, "sb_tree_params: three uint32_t");
 _Static_assert(sizeof(sb_sampling) == 16, "sb_sampling: u32, f32, i32, f32");
 _Static_assert(offsetof(sb_sampling, top_p) == 12, "sb_sampling.top_p");
