@@ -30,25 +30,6 @@ pub(crate) struct LoadedDrafter {
     embed_len: usize,
 }
 
-/// What the C layer needs to know of either kind.
-struct DrafterShape {
-    hidden: usize,
-    feature_width: usize,
-    vocab: usize,
-    draft_vocab: usize,
-    slots: usize,
-}
-
-fn shape(d: &AnyDrafter) -> DrafterShape {
-    DrafterShape {
-        hidden: d.hidden(),
-        feature_width: d.feature_width(),
-        vocab: d.vocab(),
-        draft_vocab: d.draft_vocab(),
-        slots: d.slots(),
-    }
-}
-
 // SAFETY: the embedding is only read, and the caller guarantees it stays valid and unchanged while the
 // drafter or a session lives; everything else in the drafter is Send + Sync.
 unsafe impl Send for LoadedDrafter {}
@@ -389,9 +370,9 @@ pub unsafe extern "C" fn sb_drafter_load(
                 return Err(Status::InvalidArgument);
             }
         };
-        let c = shape(&drafter);
+        let c = &drafter;
         let own = drafter.has_own_embedding();
-        if !(own && embed.is_empty()) && embed.len() != c.vocab * c.hidden {
+        if !(own && embed.is_empty()) && embed.len() != c.vocab() * c.hidden() {
             write_message(
                 error_buf,
                 error_cap,
@@ -448,13 +429,13 @@ pub unsafe extern "C" fn sb_drafter_get_info(
         if out.is_null() {
             return Err(Status::NullArgument);
         }
-        let c = shape(&d.drafter);
+        let c = &d.drafter;
         let info = sb_drafter_info {
-            hidden: c.hidden as u32,
-            feature_width: c.feature_width as u32,
-            vocab: c.vocab as u32,
-            draft_vocab: c.draft_vocab as u32,
-            slots: c.slots as u32,
+            hidden: c.hidden() as u32,
+            feature_width: c.feature_width() as u32,
+            vocab: c.vocab() as u32,
+            draft_vocab: c.draft_vocab() as u32,
+            slots: c.slots() as u32,
             kind: match d.drafter.kind() {
                 DrafterKind::SpecBlock => SB_DRAFTER_KIND_SPECBLOCK,
                 DrafterKind::Eagle3 => SB_DRAFTER_KIND_EAGLE3,
@@ -628,9 +609,9 @@ pub unsafe extern "C" fn sb_session_get_tree_params(
         // SAFETY: caller contract.
         let s = unsafe { obj_ref(session) }?;
         let d = Arc::clone(&s.drafter);
-        let c = shape(&d.drafter);
+        let c = &d.drafter;
         let mut max_nodes = 1024u32;
-        let mut max_depth = (2 * c.slots as u32).max(2);
+        let mut max_depth = (2 * c.slots() as u32).max(2);
         // SpecBlock candidates (`SpecBlockSession::draft`): block 1 adds at most the slot-0 width (up to
         // `beam_width`) plus a base width (the width table's largest, capped by `beam_width`) per
         // other slot; each block-2 seed (a block-1 node or the tail seed, at most `budget` of them
@@ -654,7 +635,7 @@ pub unsafe extern "C" fn sb_session_get_tree_params(
                 Shape::SpecBlock { budget, max_seeds } => {
                     let mut need = u64::from(budget);
                     if let Some((beam, base, prune_seeds)) = specblock {
-                        let k = c.slots as u64;
+                        let k = c.slots() as u64;
                         let block1 = beam + k.saturating_sub(1) * base;
                         let mut seeds = (block1 + 1).min(u64::from(max_seeds));
                         if prune_seeds {
@@ -741,12 +722,12 @@ pub unsafe extern "C" fn sb_session_prefill(
         // SAFETY: caller contract for every pointer.
         let s = unsafe { obj_mut(session) }?;
         let d = Arc::clone(&s.drafter);
-        let c = shape(&d.drafter);
+        let c = &d.drafter;
         let rows = (n_feature_rows as usize)
-            .checked_mul(c.feature_width)
+            .checked_mul(c.feature_width())
             .ok_or(Status::InvalidArgument)?;
         let feats = unsafe { slice_ref(features, rows) }?;
-        let toks = tokens_u32(unsafe { slice_ref(tokens, n_tokens as usize) }?, c.vocab)?;
+        let toks = tokens_u32(unsafe { slice_ref(tokens, n_tokens as usize) }?, c.vocab())?;
         if u64::from(n_tokens) != u64::from(n_feature_rows) + 1 {
             return Err(Status::ShapeMismatch);
         }
@@ -788,24 +769,24 @@ pub unsafe extern "C" fn sb_session_commit(
         // SAFETY: caller contract for every pointer.
         let s = unsafe { obj_mut(session) }?;
         let d = Arc::clone(&s.drafter);
-        let c = shape(&d.drafter);
+        let c = &d.drafter;
         let mut acc = [0u32; SB_MAX_KEEP];
         let n = if n_accepted == 0 {
             0
         } else {
             tokens_into(
                 unsafe { slice_ref(accepted, n_accepted as usize) }?,
-                c.vocab,
+                c.vocab(),
                 &mut acc,
             )?
         };
         let mut b = [0u32; 1];
-        tokens_into(&[bonus], c.vocab, &mut b)?;
+        tokens_into(&[bonus], c.vocab(), &mut b)?;
         if n_feature_rows != n_accepted + 1 {
             return Err(Status::ShapeMismatch);
         }
         let rows = (n_feature_rows as usize)
-            .checked_mul(c.feature_width)
+            .checked_mul(c.feature_width())
             .ok_or(Status::InvalidArgument)?;
         let feats = unsafe { slice_ref(features, rows) }?;
         s.speculator.commit(d.embedding(), &acc[..n], b[0], feats)?;

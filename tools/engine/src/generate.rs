@@ -4,11 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use specblock::adapt::{Arm, PolicyParams};
-use specblock::drafter::eagle3::{Eagle3Drafter, Eagle3Policy, Eagle3Session};
-use specblock::drafter::{
-    AnyDrafter, AnySession, DraftPolicy, DrafterKind, SpecBlockDrafter, SpecBlockSession,
-    Speculator,
-};
+use specblock::drafter::{AnyDrafter, DrafterKind, Speculator};
 use specblock::verify::Sampling;
 
 use crate::decode::generate_ids;
@@ -69,35 +65,6 @@ pub fn new_speculator<'d>(
     arms: &[Arm],
 ) -> Result<Speculator<'d>> {
     Ok(d.new_speculator(max_entries, arms, PolicyParams::default())?)
-}
-
-/// A SpecBlock speculator over `arms` with room for `max_entries`.
-pub fn new_specblock_speculator<'d>(
-    d: &'d SpecBlockDrafter,
-    max_entries: usize,
-    arms: &[Arm],
-) -> Result<Speculator<'d>> {
-    let session = SpecBlockSession::new(d, max_entries, DraftPolicy::default())?;
-    Ok(Speculator::new(
-        AnySession::SpecBlock(session),
-        arms,
-        PolicyParams::default(),
-    )?)
-}
-
-/// An EAGLE-3 speculator; its session is sized for the deepest and widest of `arms`.
-pub fn new_eagle3_speculator<'d>(
-    d: &'d Eagle3Drafter,
-    max_entries: usize,
-    arms: &[Arm],
-) -> Result<Speculator<'d>> {
-    let cap = Eagle3Policy::covering(arms);
-    let session = Eagle3Session::new(d, max_entries, cap)?;
-    Ok(Speculator::new(
-        AnySession::Eagle3(session),
-        arms,
-        PolicyParams::default(),
-    )?)
 }
 
 /// The policy's state: per arm its label, iterations, tokens per second so far and share of the

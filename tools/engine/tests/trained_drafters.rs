@@ -85,15 +85,16 @@ fn trained_specblock_is_lossless_and_accepts() {
 /// iterations) with both committed drafters: greedy output stays token for token the plain output.
 #[test]
 fn adaptive_policy_is_lossless_with_both_drafters() {
+    use specblock::drafter::AnyDrafter;
     use specblock::drafter::default_arms;
-    use specblock_engine::generate::{new_eagle3_speculator, new_specblock_speculator};
+    use specblock_engine::generate::new_speculator;
     let Some(m) = model_bf16() else { return };
     let mut sb =
-        SpecBlockDrafter::load_dir(&committed("specblock"), 2).expect("committed SpecBlock loads");
+        AnyDrafter::load_dir(&committed("specblock"), 2).expect("committed SpecBlock loads");
     sb.use_bf16_weights();
-    let mut e3 = Eagle3Drafter::load_dir(&committed("eagle3"), 2).expect("committed EAGLE-3 loads");
+    let mut e3 = AnyDrafter::load_dir(&committed("eagle3"), 2).expect("committed EAGLE-3 loads");
     e3.use_bf16_weights();
-    let mut s = new_specblock_speculator(&sb, 512, default_arms(false)).unwrap();
+    let mut s = new_speculator(&sb, 512, default_arms(false)).unwrap();
     let tau = greedy_accept_length(m, &mut s, "adaptive SpecBlock");
     let arms: Vec<u64> = (0..s.policy().arms().len())
         .map(|i| s.arm_summary(i).unwrap().pulls)
@@ -103,7 +104,7 @@ fn adaptive_policy_is_lossless_with_both_drafters() {
         arms.iter().filter(|&&n| n > 0).count() >= 2,
         "several shapes ran: {arms:?}"
     );
-    let mut s = new_eagle3_speculator(&e3, 512, default_arms(true)).unwrap();
+    let mut s = new_speculator(&e3, 512, default_arms(true)).unwrap();
     let tau = greedy_accept_length(m, &mut s, "adaptive EAGLE-3");
     eprintln!("adaptive EAGLE-3: tau {tau:.3}");
 }
