@@ -24,6 +24,7 @@
 //! [`Policy::feedback`] allocate nothing, and the module needs only `alloc`.
 
 mod cost;
+pub mod online;
 mod policy;
 pub mod sim;
 #[cfg(test)]

@@ -53,13 +53,20 @@ pub struct Scratch {
     /// Draft logits of the output rows (`draft_vocab` wide each).
     pub logits: Vec<f32>,
     rank_in: Vec<f32>,
-    rank_hidden: Vec<f32>,
+    /// Rank-head hidden activations (`RANK_HIDDEN` wide each) of the output rows.
+    pub(crate) rank_hidden: Vec<f32>,
     /// Rank logits of the output rows (`rank_classes` wide each).
     pub rank_logits: Vec<f32>,
     top: Vec<f32>,
     /// The entry whose slots are the first output rows: 0 (every entry's outputs), or, after a session's
     /// context forward, the last entry (the only outputs it reads: block 1).
     pub first_output_entry: usize,
+    /// The head adapter the forwards apply (a session's copy of its online adapter's live weights).
+    pub(crate) adapter: Option<super::adapter::HeadAdapter>,
+    /// Adapted normed hiddens (`n + B A n`), the LM head's input while an adapter is set.
+    adapted: Vec<f32>,
+    /// `A n` of one row.
+    adapter_z: Vec<f32>,
 }
 
 impl Scratch {
@@ -103,6 +110,9 @@ impl Scratch {
             rank_logits: v(rows * c.rank_classes),
             top: v(c.draft_vocab),
             first_output_entry: 0,
+            adapter: None,
+            adapted: Vec::new(),
+            adapter_z: Vec::new(),
         }
     }
 
@@ -687,6 +697,9 @@ impl SpecBlockDrafter {
             rank_logits,
             top,
             first_output_entry,
+            adapter,
+            adapted,
+            adapter_z,
             ..
         } = sc;
         let first = match kind {
@@ -700,14 +713,29 @@ impl SpecBlockDrafter {
         let rows = (e - first) * k_slots;
         fit(normed, rows * h, 0.0);
         rms_norm(out_x, &w.norm, c.rms_eps, normed);
+        // An online adapter changes the heads' input (n + B A n) and adds its biases; `normed` keeps n,
+        // what the adapter learns from.
+        let head_in: &[f32] = match adapter {
+            Some(a) => {
+                fit(adapted, rows * h, 0.0);
+                adapted.copy_from_slice(&normed[..rows * h]);
+                fit(adapter_z, a.shape.rank, 0.0);
+                a.apply_normed(adapted, rows, adapter_z);
+                adapted
+            }
+            None => normed,
+        };
         fit(logits, rows * c.draft_vocab, 0.0);
-        matmul(pool, &w.lm_head, c.draft_vocab, h, normed, rows, logits);
+        matmul(pool, &w.lm_head, c.draft_vocab, h, head_in, rows, logits);
+        if let Some(a) = adapter {
+            a.apply_logits(logits, rows);
+        }
 
         let rin_w = h + RANK_FEATURES;
         fit(rank_in, rows * rin_w, 0.0);
         for r in 0..rows {
             let dst = &mut rank_in[r * rin_w..(r + 1) * rin_w];
-            dst[..h].copy_from_slice(&normed[r * h..(r + 1) * h]);
+            dst[..h].copy_from_slice(&head_in[r * h..(r + 1) * h]);
             rank_features(
                 &logits[r * c.draft_vocab..(r + 1) * c.draft_vocab],
                 c.rank_topk,
@@ -730,6 +758,9 @@ impl SpecBlockDrafter {
             rows,
             rank_logits,
         );
+        if let Some(a) = adapter {
+            a.apply_rank(hidden1, rank_logits, rows);
+        }
     }
 }
 

@@ -6,7 +6,9 @@
 //!
 //! [`eagle3`] holds the EAGLE-3 baseline drafter (docs/eagle3-forward.md) with the same session API.
 
+pub mod adapter;
 mod any;
+pub mod online;
 pub mod config;
 pub mod eagle3;
 mod forward;
@@ -175,6 +177,13 @@ impl SpecBlockDrafter {
             inv_freq,
             pool: std::sync::Mutex::new(Pool::new(threads)),
         })
+    }
+
+    /// The LM head, the draft-to-target map and the pool's thread count: what an online adapter
+    /// copies (`drafter::online`).
+    pub(crate) fn head_parts(&self) -> (&crate::cpu::Matrix, &[u32], usize) {
+        let threads = self.pool.lock().map_or(1, |p| p.threads());
+        (&self.w.lm_head, &self.w.draft_to_target, threads)
     }
 
     /// The drafter's hyper-parameters.

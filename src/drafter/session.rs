@@ -5,6 +5,7 @@
 use std::vec::Vec;
 
 use super::plain_queue::PlainQueue;
+use super::weights::RANK_HIDDEN;
 use super::{ContextCache, ContextProtocol, Scratch, SpecBlockDrafter};
 use crate::error::Error;
 use crate::tree::{DraftTree, NodeMeta};
@@ -93,6 +94,52 @@ pub struct SpecBlockSession<'d> {
     /// Entries of plain steps not yet run through the drafter (tokens, then their feature rows):
     /// [`draft`](Session::draft) runs them in one batched forward first.
     pending: PlainQueue,
+    /// What the drafts keep for [`record_path`](Self::record_path) (online adaptation).
+    rec: PathRecorder,
+}
+
+/// The drafter rows behind each draft node, kept while a session records for online adaptation.
+/// Rows `0..K` are block 1 (kept here); rows `K + i K + k` are block-2 rows of seed `i` (read from the
+/// scratch, valid until the commit's forward).
+#[derive(Default)]
+struct PathRecorder {
+    on: bool,
+    /// Block 1's normed hiddens (`K x hidden`) and rank-head hiddens (`K x RANK_HIDDEN`).
+    b1_normed: Vec<f32>,
+    b1_rank_hidden: Vec<f32>,
+    /// Per node (insertion id): parent, token, and the row that drafted its children (-1: none).
+    parent: Vec<i32>,
+    token: Vec<u32>,
+    row: Vec<i32>,
+}
+
+/// Nodes a recording session tracks before its buffers grow (the authors' largest candidate trees).
+const RECORDED_NODES: usize = 4096;
+
+impl PathRecorder {
+    fn clear(&mut self) {
+        self.parent.clear();
+        self.token.clear();
+        self.row.clear();
+    }
+
+    /// Notes node `id` (its insertion id) under `parent`.
+    fn node(&mut self, id: i32, parent: i32, token: u32) {
+        if !self.on {
+            return;
+        }
+        debug_assert_eq!(id as usize, self.parent.len(), "insertion ids are sequential");
+        self.parent.push(parent);
+        self.token.push(token);
+        self.row.push(-1);
+    }
+
+    /// Row `row` drafted the children of `node` (the first such row is kept).
+    fn expands(&mut self, node: i32, row: usize) {
+        if let Some(r) = self.row.get_mut(node as usize).filter(|r| **r < 0) {
+            *r = row as i32;
+        }
+    }
 }
 
 /// Most entries one commit appends: the root plus `MAX_DEPTH` accepted nodes.
@@ -162,6 +209,7 @@ impl<'d> SpecBlockSession<'d> {
             plain_drafted: false,
             pending: PlainQueue::new(3 * c.target_hidden),
             policy,
+            rec: PathRecorder::default(),
         })
     }
 
@@ -508,10 +556,134 @@ impl<'d> SpecBlockSession<'d> {
         self.b1_hidden.clear();
         self.b1_hidden
             .extend_from_slice(&sc.hidden[last * k * c.hidden..entries * k * c.hidden]);
+        if self.rec.on {
+            let rh = RANK_HIDDEN;
+            self.rec.b1_normed.clear();
+            self.rec
+                .b1_normed
+                .extend_from_slice(&sc.normed[o * k * c.hidden..(o + 1) * k * c.hidden]);
+            self.rec.b1_rank_hidden.clear();
+            self.rec
+                .b1_rank_hidden
+                .extend_from_slice(&sc.rank_hidden[o * k * rh..(o + 1) * k * rh]);
+        }
         self.has_block1 = true;
         self.root = Some(root);
         self.next_base = next_base;
         self.drafted = false;
+    }
+
+    /// The head adapter this session's forwards apply (a copy of an online adapter's live weights).
+    pub(crate) fn head_adapter_slot(&mut self) -> &mut Option<super::adapter::HeadAdapter> {
+        &mut self.scratch.adapter
+    }
+
+    /// Keep (or stop keeping) what [`record_path`](Self::record_path) needs: block 1's normed and
+    /// rank-head hiddens and each draft node's drafting row. Allocates its buffers when switched on.
+    pub fn set_recording(&mut self, on: bool) -> Result<(), Error> {
+        if on && !self.rec.on {
+            let c = self.drafter.config();
+            let r = &mut self.rec;
+            let reserve = |v: &mut Vec<f32>, n: usize| {
+                v.try_reserve(n.saturating_sub(v.len()))
+                    .map_err(|_| Error::OutOfMemory)
+            };
+            reserve(&mut r.b1_normed, c.slots * c.hidden)?;
+            reserve(&mut r.b1_rank_hidden, c.slots * RANK_HIDDEN)?;
+            r.parent
+                .try_reserve(RECORDED_NODES)
+                .and(r.token.try_reserve(RECORDED_NODES))
+                .and(r.row.try_reserve(RECORDED_NODES))
+                .map_err(|_| Error::OutOfMemory)?;
+            // Block 1 of the newest entry is already computed; refresh its copy at the next forward.
+            r.b1_normed.clear();
+            r.b1_rank_hidden.clear();
+        }
+        self.rec.on = on;
+        self.rec.clear();
+        Ok(())
+    }
+
+    /// After verification and before [`commit`](Self::commit): calls `sink` for each drafted slot on
+    /// the verified path, from the root down to the first rejection included: the drafter row that
+    /// drafted the slot, the target's token there (an accepted draft token, or `bonus` at the first
+    /// rejection) and whether the draft was accepted. Needs [`set_recording`](Self::set_recording)
+    /// before the draft; after a plain step or without a draft it records nothing. Allocates nothing.
+    pub fn record_path(
+        &self,
+        accepted: &[u32],
+        bonus: u32,
+        sink: &mut dyn FnMut(crate::drafter::online::SlotRecord<'_>),
+    ) {
+        let r = &self.rec;
+        if !r.on || !self.drafted || self.plain_drafted || r.parent.is_empty() {
+            return;
+        }
+        let c = self.drafter.config();
+        let (k, h, vd, rc, rh) = (
+            c.slots,
+            c.hidden,
+            c.draft_vocab,
+            c.rank_classes,
+            RANK_HIDDEN,
+        );
+        let sc = &self.scratch;
+        let b1_ok = r.b1_normed.len() == k * h && r.b1_rank_hidden.len() == k * rh;
+        let (mut node, mut row) = (0usize, r.row[0]);
+        for d in 0..=accepted.len() {
+            if row < 0 {
+                return;
+            }
+            let row_u = row as usize;
+            let (normed, logits, rank_hidden, rank_logits) = if row_u < k {
+                if !b1_ok {
+                    return;
+                }
+                (
+                    &r.b1_normed[row_u * h..(row_u + 1) * h],
+                    &self.b1_logits[row_u * vd..(row_u + 1) * vd],
+                    &r.b1_rank_hidden[row_u * rh..(row_u + 1) * rh],
+                    &self.b1_rank[row_u * rc..(row_u + 1) * rc],
+                )
+            } else {
+                let s = row_u - k;
+                if sc.normed.len() < (s + 1) * h || sc.logits.len() < (s + 1) * vd {
+                    return;
+                }
+                (
+                    &sc.normed[s * h..(s + 1) * h],
+                    &sc.logits[s * vd..(s + 1) * vd],
+                    &sc.rank_hidden[s * rh..(s + 1) * rh],
+                    &sc.rank_logits[s * rc..(s + 1) * rc],
+                )
+            };
+            let is_accepted = d < accepted.len();
+            let target = if is_accepted { accepted[d] } else { bonus };
+            sink(crate::drafter::online::SlotRecord {
+                normed,
+                logits,
+                rank_hidden,
+                rank_logits,
+                target,
+                accepted: is_accepted,
+            });
+            if !is_accepted {
+                return;
+            }
+            // The accepted child; of duplicates (block 1 and a seed's block 2), one that drafted on.
+            let mut next = None;
+            for i in 1..r.parent.len() {
+                if r.parent[i] == node as i32 && r.token[i] == target {
+                    next = Some(i);
+                    if r.row[i] >= 0 {
+                        break;
+                    }
+                }
+            }
+            let Some(n) = next else { return };
+            node = n;
+            row = r.row[n];
+        }
     }
 
     /// Grows the draft tree: block 1's greedy chain and alternatives, one batched block-2 forward over
@@ -529,6 +701,9 @@ impl<'d> SpecBlockSession<'d> {
         let (k_slots, vd, rc) = (c.slots, c.draft_vocab, c.rank_classes);
         tree.reset(root as i32)?;
         self.seeds.clear();
+        self.rec.clear();
+        self.rec.node(0, -1, root);
+        self.rec.expands(0, 0);
         // Block 1: greedy chain plus alternatives at each slot; seeds for block 2.
         let mut parent = 0i32;
         let mut first_nonzero_rank: Option<u8> = None;
@@ -558,6 +733,10 @@ impl<'d> SpecBlockSession<'d> {
             };
             let (g, glp) = self.top[0];
             let greedy = tree.add_with_meta(parent, g as i32, glp, meta)?;
+            self.rec.node(greedy, parent, g);
+            if k + 1 < k_slots {
+                self.rec.expands(greedy, k + 1);
+            }
             if width > 1 {
                 self.seeds.push(Seed {
                     node: greedy,
@@ -568,6 +747,7 @@ impl<'d> SpecBlockSession<'d> {
             }
             for &(alt, alp) in self.top.iter().take(width as usize).skip(1) {
                 let node = tree.add_with_meta(parent, alt as i32, alp, meta)?;
+                self.rec.node(node, parent, alt);
                 self.seeds.push(Seed {
                     node,
                     token: alt,
@@ -635,6 +815,7 @@ impl<'d> SpecBlockSession<'d> {
             )?;
             for (i, seed) in self.seeds.iter().enumerate() {
                 let mut parent = seed.node;
+                self.rec.expands(parent, k_slots + i * k_slots);
                 for k in 0..k_slots {
                     let row = i * k_slots + k;
                     let (rank, p) = summarize(
@@ -654,8 +835,13 @@ impl<'d> SpecBlockSession<'d> {
                     };
                     let (g, glp) = self.top[0];
                     let greedy = tree.add_with_meta(parent, g as i32, glp, meta)?;
+                    self.rec.node(greedy, parent, g);
+                    if k + 1 < k_slots {
+                        self.rec.expands(greedy, k_slots + row + 1);
+                    }
                     for &(alt, alp) in self.top.iter().take(width as usize).skip(1) {
-                        tree.add_with_meta(parent, alt as i32, alp, meta)?;
+                        let node = tree.add_with_meta(parent, alt as i32, alp, meta)?;
+                        self.rec.node(node, parent, alt);
                     }
                     parent = greedy;
                 }

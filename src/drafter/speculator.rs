@@ -10,6 +10,8 @@ use super::eagle3::{
     DEFAULT_EAGLE3_BUDGET, DEFAULT_EAGLE3_DEPTH, DEFAULT_EAGLE3_TOP_K, Eagle3Policy, Eagle3Session,
 };
 use super::session::DEFAULT_SPECBLOCK_BUDGET;
+use super::adapter::HeadAdapter;
+use super::online::{OnlineAdapter, SharedAdapter, SlotRecord};
 use crate::adapt::{Arm, ArmSummary, Feedback, Policy, PolicyParams, Shape};
 use crate::error::Error;
 use crate::tree::DraftTree;
@@ -56,6 +58,43 @@ impl AnySession<'_> {
         match self {
             AnySession::SpecBlock(s) => s.context_entries(),
             AnySession::Eagle3(s) => s.context_entries(),
+        }
+    }
+
+    fn set_recording(&mut self, on: bool) -> Result<(), Error> {
+        match self {
+            AnySession::SpecBlock(s) => s.set_recording(on),
+            AnySession::Eagle3(s) => s.set_recording(on),
+        }
+    }
+
+    fn record_path(&self, accepted: &[u32], bonus: u32, sink: &mut dyn FnMut(SlotRecord<'_>)) {
+        match self {
+            AnySession::SpecBlock(s) => s.record_path(accepted, bonus, sink),
+            AnySession::Eagle3(s) => s.record_path(accepted, bonus, sink),
+        }
+    }
+
+    fn head_adapter_slot(&mut self) -> &mut Option<HeadAdapter> {
+        match self {
+            AnySession::SpecBlock(s) => s.head_adapter_slot(),
+            AnySession::Eagle3(s) => s.head_adapter_slot(),
+        }
+    }
+
+    fn fits(&self, a: &OnlineAdapter) -> bool {
+        let s = a.shape();
+        match self {
+            AnySession::SpecBlock(x) => {
+                let c = x.drafter().config();
+                c.hidden == s.hidden
+                    && c.draft_vocab == s.draft_vocab
+                    && (s.rank_classes == 0 || s.rank_classes == c.rank_classes)
+            }
+            AnySession::Eagle3(x) => {
+                let c = x.drafter().config();
+                c.hidden == s.hidden && c.draft_vocab == s.draft_vocab && s.rank_classes == 0
+            }
         }
     }
 
@@ -139,6 +178,12 @@ pub struct Speculator<'d> {
     draft_s: f64,
     /// A draft succeeded and its feedback has not come yet.
     feedback_due: bool,
+    /// The online adapter this speculator records for and drafts with, if any.
+    adapter: Option<SharedAdapter>,
+    /// Version of the adapter's weights the session drafts with.
+    adapter_version: u64,
+    /// Depth of the last draft.
+    last_depth: u32,
 }
 
 impl<'d> Speculator<'d> {
@@ -178,7 +223,62 @@ impl<'d> Speculator<'d> {
             policy,
             draft_s: 0.0,
             feedback_due: false,
+            adapter: None,
+            adapter_version: 0,
+            last_depth: 0,
         })
+    }
+
+    /// Drafts with `adapter`'s live weights from the next draft on, records every verified path into it
+    /// and lets it update at each [`feedback`](Self::feedback). Replaces an attached adapter. The
+    /// adapter may be shared with other speculators of drafters of the same shape (see
+    /// [`crate::drafter::online`]). Errors: [`Error::InvalidArgument`] for an adapter of another
+    /// shape; [`Error::OutOfMemory`].
+    pub fn attach_adapter(&mut self, adapter: SharedAdapter) -> Result<(), Error> {
+        let (weights, version) = {
+            let a = adapter
+                .lock()
+                .map_err(|_| Error::InvalidState("the adapter's lock is poisoned"))?;
+            if !self.session.fits(&a) {
+                return Err(Error::InvalidArgument(
+                    "the adapter was made for a drafter of another shape",
+                ));
+            }
+            let mut w = HeadAdapter::new(*a.shape(), 0)?;
+            w.copy_from(a.live());
+            (w, a.version())
+        };
+        self.session.set_recording(true)?;
+        *self.session.head_adapter_slot() = Some(weights);
+        self.adapter = Some(adapter);
+        self.adapter_version = version;
+        Ok(())
+    }
+
+    /// Stops using the attached adapter (the session drafts with the drafter's own head again) and
+    /// returns it.
+    pub fn detach_adapter(&mut self) -> Option<SharedAdapter> {
+        let _ = self.session.set_recording(false);
+        *self.session.head_adapter_slot() = None;
+        self.adapter.take()
+    }
+
+    /// The attached adapter.
+    pub fn adapter(&self) -> Option<&SharedAdapter> {
+        self.adapter.as_ref()
+    }
+
+    /// Copies the adapter's live weights into the session when they changed and the adapter is free.
+    fn refresh_adapter(&mut self) {
+        let Some(shared) = &self.adapter else { return };
+        let Ok(a) = shared.try_lock() else { return };
+        if a.version() == self.adapter_version {
+            return;
+        }
+        if let Some(w) = self.session.head_adapter_slot() {
+            w.copy_from(a.live());
+            self.adapter_version = a.version();
+        }
     }
 
     /// The session.
@@ -229,6 +329,7 @@ impl<'d> Speculator<'d> {
         let t = Instant::now();
         // A new draft withdraws the last one, reported or not.
         self.feedback_due = false;
+        self.refresh_adapter();
         let arm = self.policy.choose();
         let a = self.policy.arms()[arm];
         let r = match (&mut self.session, a.shape) {
@@ -260,6 +361,7 @@ impl<'d> Speculator<'d> {
         r?;
         self.arm = arm;
         self.feedback_due = true;
+        self.last_depth = tree.depths().iter().copied().max().unwrap_or(0);
         Ok(arm)
     }
 
@@ -273,6 +375,14 @@ impl<'d> Speculator<'d> {
         features: &[f32],
     ) -> Result<(), Error> {
         let t = Instant::now();
+        // The verified path is a free lesson for the adapter; recorded before the commit's forward
+        // overwrites the drafting rows. A busy adapter (another session updating it) skips it.
+        if let Some(shared) = &self.adapter
+            && let Ok(mut a) = shared.try_lock()
+        {
+            self.session
+                .record_path(accepted, bonus, &mut |rec| a.record(rec));
+        }
         let r = self.session.commit(embed, accepted, bonus, features);
         self.draft_s += t.elapsed().as_secs_f64();
         r
@@ -306,6 +416,13 @@ impl<'d> Speculator<'d> {
         self.policy.feedback(self.arm, &fb)?;
         self.feedback_due = false;
         self.draft_s = 0.0;
+        if let Some(shared) = &self.adapter
+            && let Ok(mut a) = shared.try_lock()
+        {
+            a.observe_iteration(fb.verify_s + fb.draft_s, self.last_depth);
+            // An update runs here, between iterations; its cost is the bandit's to weigh.
+            a.maybe_update()?;
+        }
         Ok(())
     }
 }

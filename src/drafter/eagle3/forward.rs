@@ -65,6 +65,12 @@ pub struct Eagle3Scratch {
     /// `rows x draft_vocab` logits of the last chunk (a session's context forwards leave only the
     /// last entry's row here).
     pub logits: Vec<f32>,
+    /// The head adapter the forwards apply (a session's copy of its online adapter's live weights).
+    pub(crate) adapter: Option<crate::drafter::adapter::HeadAdapter>,
+    /// Adapted normed rows (`n + B A n`), the LM head's input while an adapter is set.
+    adapted: Vec<f32>,
+    /// `A n` of one row.
+    adapter_z: Vec<f32>,
 }
 
 pub(super) use crate::drafter::ops::fit;
@@ -143,6 +149,9 @@ impl Eagle3Scratch {
             hidden: v(rows * h),
             normed: v(rows * h),
             logits: v(logit_rows * c.draft_vocab),
+            adapter: None,
+            adapted: Vec::new(),
+            adapter_z: Vec::new(),
         }
     }
 
@@ -517,15 +526,30 @@ impl Eagle3Drafter {
         let lr = n - logits_from;
         fit(&mut sc.logits, lr * c.draft_vocab, 0.0);
         if lr > 0 {
+            // An online adapter changes the LM head's input (n + B A n) and adds its bias; `normed`
+            // keeps n, what the adapter learns from.
+            let head_in: &[f32] = match &sc.adapter {
+                Some(a) => {
+                    fit(&mut sc.adapted, lr * h, 0.0);
+                    sc.adapted.copy_from_slice(&sc.normed[logits_from * h..n * h]);
+                    fit(&mut sc.adapter_z, a.shape.rank, 0.0);
+                    a.apply_normed(&mut sc.adapted, lr, &mut sc.adapter_z);
+                    &sc.adapted
+                }
+                None => &sc.normed[logits_from * h..],
+            };
             matmul(
                 &pool,
                 &w.lm_head,
                 c.draft_vocab,
                 h,
-                &sc.normed[logits_from * h..],
+                head_in,
                 lr,
                 &mut sc.logits,
             );
+            if let Some(a) = &sc.adapter {
+                a.apply_logits(&mut sc.logits, lr);
+            }
         }
 
         match input {

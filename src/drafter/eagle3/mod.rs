@@ -72,6 +72,13 @@ impl Eagle3Drafter {
         })
     }
 
+    /// The LM head, the draft-to-target map and the pool's thread count: what an online adapter
+    /// copies (`drafter::online`).
+    pub(crate) fn head_parts(&self) -> (&crate::cpu::Matrix, &[u32], usize) {
+        let threads = self.pool.lock().map_or(1, |p| p.threads());
+        (&self.w.lm_head, &self.w.draft_to_target, threads)
+    }
+
     /// The drafter's hyper-parameters.
     pub fn config(&self) -> &Eagle3Config {
         &self.cfg

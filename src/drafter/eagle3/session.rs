@@ -127,6 +127,22 @@ pub struct Eagle3Session<'d> {
     hidden: Vec<f32>,
     /// Tree node of each candidate (-1 = not kept).
     node_of: Vec<i32>,
+    /// What the drafts keep for [`record_path`](Self::record_path) (online adaptation).
+    rec: Eagle3Recorder,
+}
+
+/// The drafter rows behind each candidate, kept while a session records for online adaptation: row
+/// 0 is the last committed entry (it drafted depth 1), row `1 + (step - 1) k + j` is frontier node `j`
+/// of draft step `step`.
+#[derive(Default)]
+struct Eagle3Recorder {
+    on: bool,
+    /// Normed hidden of row 0.
+    last_normed: Vec<f32>,
+    /// Normed hiddens of the draft steps' rows (`depth x k x hidden`).
+    step_normed: Vec<f32>,
+    /// Per candidate: the row that drafted its children (-1: not expanded).
+    cand_row: Vec<i32>,
 }
 
 impl<'d> Eagle3Session<'d> {
@@ -198,7 +214,82 @@ impl<'d> Eagle3Session<'d> {
             min_confidence: 0.0,
             plain_drafted: false,
             pending: PlainQueue::new(drafter.feature_width()),
+            rec: Eagle3Recorder::default(),
         })
+    }
+
+    /// The head adapter this session's forwards apply (a copy of an online adapter's live weights).
+    pub(crate) fn head_adapter_slot(&mut self) -> &mut Option<crate::drafter::adapter::HeadAdapter> {
+        &mut self.scratch.adapter
+    }
+
+    /// Keep (or stop keeping) what [`record_path`](Self::record_path) needs: the normed hidden of
+    /// every drafting row and which candidate each expanded. Allocates its buffers when switched on.
+    pub fn set_recording(&mut self, on: bool) -> Result<(), Error> {
+        if on && !self.rec.on {
+            let c = &self.drafter.cfg;
+            let (d, k) = (self.capacity.depth as usize, self.capacity.top_k as usize);
+            let r = &mut self.rec;
+            r.last_normed
+                .try_reserve(c.hidden)
+                .and(r.step_normed.try_reserve(d * k * c.hidden))
+                .and(r.cand_row.try_reserve(k + d * k * k))
+                .map_err(|_| Error::OutOfMemory)?;
+            r.last_normed.clear();
+        }
+        self.rec.on = on;
+        self.rec.cand_row.clear();
+        Ok(())
+    }
+
+    /// After verification and before [`commit`](Self::commit): calls `sink` for each drafted slot on
+    /// the verified path, from the root down to the first rejection included (see
+    /// [`SpecBlockSession::record_path`](crate::drafter::SpecBlockSession::record_path)). Records carry
+    /// no logits or rank-head values (EAGLE-3 has no rank head). Allocates nothing.
+    pub fn record_path(
+        &self,
+        accepted: &[u32],
+        bonus: u32,
+        sink: &mut dyn FnMut(crate::drafter::online::SlotRecord<'_>),
+    ) {
+        let r = &self.rec;
+        let h = self.drafter.cfg.hidden;
+        if !r.on || !self.drafted || self.plain_drafted || r.last_normed.len() != h {
+            return;
+        }
+        let d2t = &self.drafter.w.draft_to_target;
+        let (mut parent, mut row) = (-1i32, 0i32);
+        for d in 0..=accepted.len() {
+            if row < 0 {
+                return;
+            }
+            let normed = match row as usize {
+                0 => &r.last_normed[..],
+                x => match r.step_normed.get((x - 1) * h..x * h) {
+                    Some(n) => n,
+                    None => return,
+                },
+            };
+            let is_accepted = d < accepted.len();
+            let target = if is_accepted { accepted[d] } else { bonus };
+            sink(crate::drafter::online::SlotRecord {
+                normed,
+                logits: &[],
+                rank_hidden: &[],
+                rank_logits: &[],
+                target,
+                accepted: is_accepted,
+            });
+            if !is_accepted {
+                return;
+            }
+            let next = (0..self.cand_tok.len()).find(|&c| {
+                self.cand_parent[c] == parent && d2t[self.cand_tok[c] as usize] == target
+            });
+            let Some(c) = next else { return };
+            parent = c as i32;
+            row = r.cand_row.get(c).copied().unwrap_or(-1);
+        }
     }
 
     /// Sets the next drafts' tree shape and confidence stop (keep only candidates whose path
@@ -444,6 +535,12 @@ impl<'d> Eagle3Session<'d> {
         self.last_logits.clear();
         self.last_logits
             .extend_from_slice(&sc.logits[sc.logits.len() - vd..]);
+        if self.rec.on {
+            self.rec.last_normed.clear();
+            self.rec
+                .last_normed
+                .extend_from_slice(&sc.normed[(rows - 1) * h..rows * h]);
+        }
         self.root = Some(root);
         self.next_pos += entries as u32;
         self.drafted = false;
@@ -490,6 +587,11 @@ impl<'d> Eagle3Session<'d> {
             self.cand_score.push(lp);
             self.cand_lp.push(lp);
         }
+        if self.rec.on {
+            self.rec.cand_row.clear();
+            self.rec.cand_row.resize(k, -1);
+            self.rec.step_normed.clear();
+        }
         self.frontier.clear();
         self.frontier.extend(0..k);
         self.rows.clear();
@@ -522,6 +624,15 @@ impl<'d> Eagle3Session<'d> {
                 &self.rows,
                 &mut self.scratch,
             )?;
+            if self.rec.on {
+                // Frontier node j was expanded by row 1 + (step - 1) k + j.
+                for (j, &f) in self.frontier.iter().enumerate() {
+                    self.rec.cand_row[f] = (1 + (step as usize - 1) * k + j) as i32;
+                }
+                self.rec
+                    .step_normed
+                    .extend_from_slice(&self.scratch.normed[..self.frontier.len() * h]);
+            }
             // Each frontier node's top k become candidates, node-major, then by child rank.
             let base = self.cand_tok.len();
             for (j, &parent) in self.frontier.iter().enumerate() {
@@ -531,6 +642,9 @@ impl<'d> Eagle3Session<'d> {
                         row: step as usize,
                         col,
                     })?;
+                if self.rec.on {
+                    self.rec.cand_row.resize(self.rec.cand_row.len() + self.top.len(), -1);
+                }
                 for &(t, lp) in &self.top {
                     self.cand_tok.push(t as u32);
                     self.cand_parent.push(parent as i32);

@@ -3,7 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
+use specblock::adapt::online::{UpdateMode, UpdateParams};
 use specblock::adapt::{Arm, PolicyParams};
+use specblock::drafter::online::{AdapterParams, OnlineAdapter, SharedAdapter};
 use specblock::drafter::{AnyDrafter, DrafterKind, Speculator};
 use specblock::verify::Sampling;
 
@@ -33,6 +35,43 @@ pub struct Request {
     pub json: bool,
     /// Store the drafter's weight matrices as bf16 (as `--bf16` does for the target).
     pub drafter_bf16: bool,
+    /// Online adaptation of the drafter's head (speculative methods).
+    pub adapt: Adapt,
+    /// Load the adapter's weights from this file before the first prompt.
+    pub load_adapter: Option<PathBuf>,
+    /// Save the adapter's weights to this file after the last prompt.
+    pub save_adapter: Option<PathBuf>,
+}
+
+/// `--adapt`: whether the drafter's head learns from the verifier's feedback.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Adapt {
+    /// No adaptation (an adapter loaded with `--load-adapter` is still applied).
+    #[default]
+    Off,
+    /// The cost-aware update bandit ([`UpdateMode::Bandit`]).
+    On,
+    /// Update at every decision point without replay (the cost-blind baseline, for benchmarks).
+    Always,
+}
+
+impl Adapt {
+    /// The label used in reports.
+    pub fn label(self) -> &'static str {
+        match self {
+            Adapt::Off => "off",
+            Adapt::On => "on",
+            Adapt::Always => "always",
+        }
+    }
+
+    fn mode(self) -> UpdateMode {
+        match self {
+            Adapt::Off => UpdateMode::Off,
+            Adapt::On => UpdateMode::Bandit,
+            Adapt::Always => UpdateMode::Always,
+        }
+    }
 }
 
 /// How tokens are generated.
@@ -233,21 +272,98 @@ fn load_method(model: &Llama, req: &Request) -> Result<Loaded> {
 /// policy learns across the prompts, as over a stream of requests).
 struct Answerer<'d> {
     speculator: Option<(Speculator<'d>, &'static str)>,
+    /// The online adapter (with `--adapt on|always` or `--load-adapter`), shared across the prompts.
+    adapter: Option<SharedAdapter>,
+}
+
+/// The adapter's cumulative statistics as JSON.
+fn adapter_json(a: &OnlineAdapter) -> serde_json::Value {
+    let st = a.stats();
+    let u = st.updates;
+    serde_json::json!({"decisions": u.decisions, "skipped": u.skipped, "tried": u.tried,
+        "adopted": u.adopted, "rejected": u.rejected, "failed": st.failed,
+        "update_seconds": u.update_seconds, "expected_saved_seconds": u.expected_saved_seconds,
+        "slots_recorded": st.slots_recorded, "slots_accepted": st.slots_accepted,
+        "version": st.version})
 }
 
 impl<'d> Answerer<'d> {
-    fn new(loaded: &'d Loaded, max_entries: usize) -> Result<Self> {
+    fn new(loaded: &'d Loaded, max_entries: usize, req: &Request) -> Result<Self> {
+        let mut adapter = None;
         let speculator = match &loaded.0 {
             None => None,
-            Some((d, arms)) => Some((
-                new_speculator(d, max_entries, arms)?,
-                match d.kind() {
-                    DrafterKind::SpecBlock => "specblock",
-                    DrafterKind::Eagle3 => "eagle3",
-                },
-            )),
+            Some((d, arms)) => {
+                let mut s = new_speculator(d, max_entries, arms)?;
+                if req.adapt != Adapt::Off || req.load_adapter.is_some() {
+                    let params = AdapterParams {
+                        update: UpdateParams {
+                            mode: req.adapt.mode(),
+                            ..UpdateParams::default()
+                        },
+                        ..AdapterParams::default()
+                    };
+                    let mut a = OnlineAdapter::new(d, params)?;
+                    if let Some(path) = &req.load_adapter {
+                        a.load(path).map_err(|e| Error::Io(e.to_string()))?;
+                    }
+                    let shared = a.into_shared();
+                    s.attach_adapter(shared.clone())?;
+                    adapter = Some(shared);
+                }
+                Some((
+                    s,
+                    match d.kind() {
+                        DrafterKind::SpecBlock => "specblock",
+                        DrafterKind::Eagle3 => "eagle3",
+                    },
+                ))
+            }
         };
-        Ok(Answerer { speculator })
+        Ok(Answerer {
+            speculator,
+            adapter,
+        })
+    }
+
+    /// The adapter's statistics now, if there is one.
+    fn adapter_stats(&self) -> Option<specblock::drafter::online::AdapterStats> {
+        self.adapter
+            .as_ref()
+            .and_then(|a| a.lock().ok().map(|a| a.stats()))
+    }
+
+    /// Saves the adapter (`--save-adapter`).
+    fn save_adapter(&self, req: &Request) -> Result<()> {
+        if let (Some(path), Some(a)) = (&req.save_adapter, &self.adapter) {
+            let a = a
+                .lock()
+                .map_err(|_| Error::Io("the adapter's lock is poisoned".into()))?;
+            a.save(path).map_err(|e| Error::Io(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Adds the adapter's fields to a report: this answer's updates (adopted, rejected by replay,
+    /// seconds) and the cumulative statistics.
+    fn adapter_report(
+        &self,
+        before: Option<specblock::drafter::online::AdapterStats>,
+        req: &Request,
+        report: &mut serde_json::Value,
+    ) {
+        if self.speculator.is_none() {
+            return;
+        }
+        report["adapt"] = req.adapt.label().into();
+        let (Some(b), Some(a)) = (before, self.adapter.as_ref()) else {
+            return;
+        };
+        let Ok(a) = a.lock() else { return };
+        let now = a.stats();
+        report["updates"] = (now.updates.adopted - b.updates.adopted).into();
+        report["updates_rejected"] = (now.updates.rejected - b.updates.rejected).into();
+        report["update_seconds"] = (now.updates.update_seconds - b.updates.update_seconds).into();
+        report["adapter"] = adapter_json(&a);
     }
 
     /// One answer: (tokens, prefill seconds, decode seconds); the method's fields go into `report`.
@@ -369,12 +485,14 @@ pub fn run_prompt_file(model: &Llama, gguf: &GgufFile, req: &Request, path: &Pat
     }
     let loaded = load_method(model, req)?;
     let max_entries = encoded.iter().map(Vec::len).max().unwrap_or(0) + req.max_tokens + 1;
-    let mut answerer = Answerer::new(&loaded, max_entries)?;
+    let mut answerer = Answerer::new(&loaded, max_entries, req)?;
     let mut stdout = std::io::stdout().lock();
     for (p, ids) in prompts.iter().zip(&encoded) {
         let mut report = serde_json::json!({"id": p.id, "prompt_ids": ids});
+        let before = answerer.adapter_stats();
         let (tokens, prefill_s, decode_s) =
             answerer.answer(model, ids, req, eos, &mut |_| {}, &mut report)?;
+        answerer.adapter_report(before, req, &mut report);
         let text_ids: Vec<u32> = tokens.iter().copied().filter(|&t| Some(t) != eos).collect();
         let text = tok.decode(&text_ids)?;
         let n = tokens.len();
@@ -397,7 +515,7 @@ pub fn run_prompt_file(model: &Llama, gguf: &GgufFile, req: &Request, path: &Pat
         }
         stdout.flush().map_err(|e| Error::Io(e.to_string()))?;
     }
-    Ok(())
+    answerer.save_adapter(req)
 }
 
 /// `specblock generate`: streams the answer to stdout and a summary to stderr, or prints one JSON line.
@@ -428,9 +546,12 @@ pub fn run_cli(model: &Llama, gguf: &GgufFile, req: &Request) -> Result<()> {
     };
     let mut report = serde_json::json!({"prompt_tokens": prompt.len()});
     let loaded = load_method(model, req)?;
-    let mut answerer = Answerer::new(&loaded, prompt.len() + req.max_tokens + 1)?;
+    let mut answerer = Answerer::new(&loaded, prompt.len() + req.max_tokens + 1, req)?;
+    let before = answerer.adapter_stats();
     let (tokens, prefill_s, decode_s) =
         answerer.answer(model, &prompt, req, eos, &mut on_token, &mut report)?;
+    answerer.adapter_report(before, req, &mut report);
+    answerer.save_adapter(req)?;
     let n = tokens.len();
     let tps = if decode_s > 0.0 {
         n.saturating_sub(1) as f64 / decode_s

@@ -234,9 +234,29 @@ struct GenerateArgs {
     #[arg(long, value_name = "K", default_value_t = DEFAULT_EAGLE3_TOP_K)]
     eagle_topk: u32,
     /// Print one JSON object (text, tokens, timings, and for the speculative methods: iterations,
-    /// mean_accept_length, draft_seconds, verify_seconds) instead of streaming
+    /// mean_accept_length, draft_seconds, verify_seconds; with an adapter: updates, updates_rejected,
+    /// update_seconds and the adapter's totals) instead of streaming
     #[arg(long)]
     json: bool,
+    /// Online adaptation of the drafter's head from the verifier's feedback (speculative methods): on
+    /// = the cost-aware update bandit; always = update at every decision point (a benchmark baseline).
+    /// Adaptation persists across the prompts of one --prompt-file run
+    #[arg(long, value_name = "on|off|always", value_enum, default_value_t = AdaptArg::Off)]
+    adapt: AdaptArg,
+    /// Load the drafter-head adapter's weights (safetensors, from --save-adapter) before the first prompt
+    #[arg(long, value_name = "FILE")]
+    load_adapter: Option<PathBuf>,
+    /// Save the drafter-head adapter's weights after the last prompt
+    #[arg(long, value_name = "FILE")]
+    save_adapter: Option<PathBuf>,
+}
+
+/// `--adapt`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum AdaptArg {
+    On,
+    Off,
+    Always,
 }
 
 #[derive(Debug, Args)]
@@ -677,6 +697,13 @@ fn generate_request(a: &GenerateArgs) -> specblock_engine::generate::Request {
         method,
         json: a.json,
         drafter_bf16: a.model.bf16,
+        adapt: match a.adapt {
+            AdaptArg::On => specblock_engine::generate::Adapt::On,
+            AdaptArg::Off => specblock_engine::generate::Adapt::Off,
+            AdaptArg::Always => specblock_engine::generate::Adapt::Always,
+        },
+        load_adapter: a.load_adapter.clone(),
+        save_adapter: a.save_adapter.clone(),
     }
 }
 
