@@ -87,13 +87,16 @@ impl AnySession<'_> {
         match self {
             AnySession::SpecBlock(x) => {
                 let c = x.drafter().config();
-                c.hidden == s.hidden
+                a.kind() == super::DrafterKind::SpecBlock
+                    && c.hidden == s.hidden
                     && c.draft_vocab == s.draft_vocab
                     && (s.rank_classes == 0 || s.rank_classes == c.rank_classes)
             }
             AnySession::Eagle3(x) => {
                 let c = x.drafter().config();
-                c.hidden == s.hidden && c.draft_vocab == s.draft_vocab && s.rank_classes == 0
+                a.kind() == super::DrafterKind::Eagle3
+                    && c.hidden == s.hidden
+                    && c.draft_vocab == s.draft_vocab
             }
         }
     }

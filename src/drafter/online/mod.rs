@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use std::vec::Vec;
 
-use super::AnyDrafter;
+use super::{AnyDrafter, DrafterKind};
 use super::adapter::{AdapterShape, HeadAdapter, Records, TrainParams, Trainer};
 use crate::adapt::online::{
     Replay, StreamState, UpdateBandit, UpdateMode, UpdateParams, UpdateStats, Verdict,
@@ -189,6 +189,7 @@ impl FeedbackRing {
 /// A drafter head adapter that learns online: the live weights sessions draft with, the feedback
 /// ring, the trainer and the update bandit.
 pub struct OnlineAdapter {
+    kind: DrafterKind,
     shape: AdapterShape,
     params: AdapterParams,
     lm_head: Matrix,
@@ -239,6 +240,9 @@ impl OnlineAdapter {
     /// min_train` and at most 1M slots, [`UpdateParams::validate`]); [`Error::OutOfMemory`].
     pub fn new(drafter: &AnyDrafter, params: AdapterParams) -> Result<Self, Error> {
         params.update.validate()?;
+        if !(1..=64).contains(&params.rank) {
+            return Err(Error::InvalidArgument("adapter rank must be in 1..=64"));
+        }
         let u = &params.update;
         if params.capacity < (u.holdout + u.min_train) as usize || params.capacity > 1 << 20 {
             return Err(Error::InvalidArgument(
@@ -281,6 +285,7 @@ impl OnlineAdapter {
             ring: FeedbackRing::new(params.capacity, &shape)?,
             bandit: UpdateBandit::new(params.update)?,
             pool: Pool::new(threads.max(1)),
+            kind: drafter.kind(),
             shape,
             params,
             target_to_draft,
@@ -352,13 +357,19 @@ impl OnlineAdapter {
         Ok(())
     }
 
-    /// Whether `other` drafts with heads this adapter fits.
+    /// The kind of drafter the adapter was made for.
+    pub fn kind(&self) -> DrafterKind {
+        self.kind
+    }
+
+    /// Whether `drafter` is of the kind and shape this adapter was made for.
     pub fn fits(&self, drafter: &AnyDrafter) -> bool {
         let c = match drafter {
             AnyDrafter::SpecBlock(d) => d.config().rank_classes,
             AnyDrafter::Eagle3(_) => 0,
         };
-        drafter.hidden() == self.shape.hidden
+        drafter.kind() == self.kind
+            && drafter.hidden() == self.shape.hidden
             && drafter.draft_vocab() == self.shape.draft_vocab
             && (self.shape.rank_classes == 0 || c == self.shape.rank_classes)
             && drafter.vocab() == self.target_to_draft.len()
