@@ -10,7 +10,7 @@ STATIC_LIBS := -lpthread -ldl -lm
 
 .PHONY: train-specblock train-eagle3 train-venv train-test
 .PHONY: fuzz fuzz-smoke asan-kernels llamacpp llamacpp-check bench-llamacpp-spec
-.PHONY: all build demo test check deps check-tools fmt-check clippy cargo-test cuda-toolchain kernels gpu-bundle gpu-check nostd header bench bench-replot bench-core bench-engine bench-llamacpp bench-drafter prompts datagen model install clean
+.PHONY: all build demo test check deps check-tools fmt-check clippy cargo-test cuda-toolchain kernels gpu-bundle gpu-check nostd header bench bench-adapt bench-replot bench-core bench-engine bench-llamacpp bench-drafter prompts datagen model install clean
 
 MODEL := models/SmolLM2-135M-Instruct.Q4_1.gguf
 # llama-cpp-python for the llama.cpp reference numbers (bench, bench-llamacpp).
@@ -221,6 +221,18 @@ bench: build model prompts $(BENCH_VENV)/.installed $(BENCH_PLOT_MARKER)
 	$(BENCH_PY) tools/bench/report.py --engine $(ENGINE) --model $(MODEL) --limit $(BENCH_LIMIT) \
 		--sweep-limit $(BENCH_SWEEP_LIMIT) --llamacpp-python $(BENCH_PY) --out docs/results \
 		--make-command "make bench BENCH_LIMIT=$(BENCH_LIMIT) BENCH_SWEEP_LIMIT=$(BENCH_SWEEP_LIMIT)"
+	$(MAKE) bench-adapt
+
+## bench-adapt: online drafter adaptation (docs/results/adaptation/, tools/bench/adaptation.py): the
+## ShareGPT-trained drafters answer the HumanEval prompts as one stream with --adapt off, on and always
+## (SpecBlock and EAGLE-3), then ADAPT_HELDOUT_LIMIT ShareGPT held-out prompts with off and on. ADAPT_LIMIT
+## stream prompts (0 = all 164: about 50 minutes). Run it on an idle machine.
+ADAPT_LIMIT ?= 0
+ADAPT_HELDOUT_LIMIT ?= 100
+bench-adapt: build model prompts $(BENCH_VENV)/.installed $(BENCH_PLOT_MARKER)
+	$(BENCH_PY) tools/bench/adaptation.py --engine $(ENGINE) --model $(MODEL) --limit $(ADAPT_LIMIT) \
+		--heldout-limit $(ADAPT_HELDOUT_LIMIT) --out docs/results/adaptation \
+		--make-command "make bench-adapt ADAPT_LIMIT=$(ADAPT_LIMIT) ADAPT_HELDOUT_LIMIT=$(ADAPT_HELDOUT_LIMIT)"
 
 ## bench-replot: redraw docs/results/*.svg from the committed docs/results/results.json (no benchmark runs;
 ## needs only matplotlib, not llama-cpp-python).

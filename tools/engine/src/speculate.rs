@@ -196,7 +196,10 @@ pub fn speculative_generate(
             session.commit(embed, &accepted, bonus, &feats)?;
             stats.draft_s += t.elapsed().as_secs_f64();
         }
+        // The feedback may update an online adapter: drafting-side time, counted as such.
+        let t = Instant::now();
         session.feedback(n as u32, acc.n_accepted + 1, verify_s)?;
+        stats.draft_s += t.elapsed().as_secs_f64();
     }
     Ok(stats)
 }
