@@ -53,6 +53,7 @@ struct Rec {
     logits: Vec<f32>,
     target: u32,
     accepted: bool,
+    drafted: bool,
 }
 
 fn collect(f: impl FnOnce(&mut dyn FnMut(SlotRecord<'_>))) -> Vec<Rec> {
@@ -63,6 +64,7 @@ fn collect(f: impl FnOnce(&mut dyn FnMut(SlotRecord<'_>))) -> Vec<Rec> {
             logits: r.logits.to_vec(),
             target: r.target,
             accepted: r.accepted,
+            drafted: r.drafted,
         })
     });
     out
@@ -84,11 +86,7 @@ fn a_specblock_path_records_its_block1_rows_down_to_the_first_rejection() {
         SpecBlockDrafter::load_dir(&dir, 1).unwrap(),
         embedding(&dir),
     );
-    let (k, h, vd) = (
-        d.config().slots,
-        d.config().hidden,
-        d.config().draft_vocab,
-    );
+    let (k, h, vd) = (d.config().slots, d.config().hidden, d.config().draft_vocab);
     let fw = 3 * d.config().target_hidden;
     let prompt = [3u32, 5, 7, 9, 11];
     let feats = features(4, fw, 1);
@@ -115,11 +113,21 @@ fn a_specblock_path_records_its_block1_rows_down_to_the_first_rejection() {
     assert_eq!(recs.len(), 3, "two accepted slots and the rejection");
     for (i, r) in recs.iter().enumerate() {
         let row = last + i;
-        assert_eq!(r.normed, out.normed[row * h..(row + 1) * h], "slot {i} normed");
-        assert_eq!(r.logits, out.logits[row * vd..(row + 1) * vd], "slot {i} logits");
+        assert_eq!(
+            r.normed,
+            out.normed[row * h..(row + 1) * h],
+            "slot {i} normed"
+        );
+        assert_eq!(
+            r.logits,
+            out.logits[row * vd..(row + 1) * vd],
+            "slot {i} logits"
+        );
     }
     assert_eq!(
-        recs.iter().map(|r| (r.target, r.accepted)).collect::<Vec<_>>(),
+        recs.iter()
+            .map(|r| (r.target, r.accepted))
+            .collect::<Vec<_>>(),
         vec![(accepted[0], true), (accepted[1], true), (bonus, false)]
     );
     // Nothing accepted: one record, block 1's slot 0.
@@ -149,6 +157,70 @@ fn a_specblock_path_records_its_block1_rows_down_to_the_first_rejection() {
     // Not recording: nothing.
     s.set_recording(false).unwrap();
     assert!(collect(|sink| s.record_path(&accepted, bonus, sink)).is_empty());
+}
+
+#[test]
+fn plain_steps_give_teacher_forced_slots() {
+    let dir = fixture("drafter_tiny");
+    let (d, embed) = (
+        SpecBlockDrafter::load_dir(&dir, 1).unwrap(),
+        embedding(&dir),
+    );
+    let (k, h) = (d.config().slots, d.config().hidden);
+    assert_eq!(k, 4, "the counts below assume K = 4");
+    let fw = 3 * d.config().target_hidden;
+    let prompt = [3u32, 5, 7, 9, 11];
+    let feats = features(4, fw, 1);
+    let mut s = SpecBlockSession::new(&d, 64, DraftPolicy::default()).unwrap();
+    s.set_recording(true).unwrap();
+    s.prefill(&embed, &feats, &prompt).unwrap();
+    let mut t = tree();
+    let bonuses = [21u32, 22, 23];
+    for (i, &b) in bonuses.iter().enumerate() {
+        s.draft_plain(&mut t).unwrap();
+        s.commit(&embed, &[], b, &features(1, fw, 10 + i as u32))
+            .unwrap();
+    }
+    assert!(
+        collect(|sink| s.record_stream(sink)).is_empty(),
+        "nothing before the flush"
+    );
+    s.draft(&embed, &mut t).unwrap();
+    let recs = collect(|sink| s.record_stream(sink));
+    // Block 1 before the plain steps: slots 0..3 -> 21, 22, 23; then entry 21's slots 0, 1 -> 22, 23
+    // and entry 22's slot 0 -> 23.
+    assert_eq!(
+        recs.iter().map(|r| r.target).collect::<Vec<_>>(),
+        vec![21, 22, 23, 22, 23, 23]
+    );
+    assert!(
+        recs.iter()
+            .all(|r| !r.accepted && !r.drafted && r.logits.is_empty())
+    );
+    let mut cache = d.new_cache(16);
+    let bases: Vec<u32> = (1..=4).collect();
+    let out = d
+        .context_forward(&mut cache, &embed, &feats, &prompt[1..], &bases)
+        .unwrap();
+    let last = (out.entries - 1) * k;
+    for (i, r) in recs.iter().take(3).enumerate() {
+        assert_eq!(r.normed, out.normed[(last + i) * h..(last + i + 1) * h]);
+    }
+    // The flushed entries' rows, from the same forward continued: entries 21, 22, 23 at bases 5..7.
+    let mut more = Vec::new();
+    for i in 0..3 {
+        more.extend(features(1, fw, 10 + i));
+    }
+    let out2 = d
+        .context_forward(&mut cache, &embed, &more, &bonuses, &[5, 6, 7])
+        .unwrap();
+    for (r, row) in recs[3..].iter().zip([0usize, 1, k]) {
+        assert_eq!(r.normed, out2.normed[row * h..(row + 1) * h]);
+    }
+    assert!(
+        collect(|sink| s.record_stream(sink)).is_empty(),
+        "taken once"
+    );
 }
 
 #[test]
@@ -189,7 +261,12 @@ fn an_eagle3_path_records_its_drafting_rows() {
     assert!(recs.iter().all(|r| r.logits.is_empty()));
     assert!(recs[..acc.len().min(recs.len())].iter().all(|r| r.accepted));
     // Every accepted node was expanded except possibly the deepest (depth = policy depth + 1).
-    assert!(recs.len() >= acc.len(), "{} records for {} accepted", recs.len(), acc.len());
+    assert!(
+        recs.len() >= acc.len(),
+        "{} records for {} accepted",
+        recs.len(),
+        acc.len()
+    );
     let recs = collect(|sink| s.record_path(&[], 9, sink));
     assert_eq!(recs.len(), 1);
     assert_eq!((recs[0].target, recs[0].accepted), (9, false));
@@ -251,9 +328,18 @@ fn run(
                 .collect(),
         );
         let first = [t.tokens().get(1).copied().unwrap_or(0) as u32];
-        let acc: &[u32] = if t.len() > 1 && i % 3 != 0 { &first } else { &[] };
-        sp.commit(embed, acc, 20 + i % 11, &features(acc.len() + 1, fw, 50 + i))
-            .unwrap();
+        let acc: &[u32] = if t.len() > 1 && i % 3 != 0 {
+            &first
+        } else {
+            &[]
+        };
+        sp.commit(
+            embed,
+            acc,
+            20 + i % 11,
+            &features(acc.len() + 1, fw, 50 + i),
+        )
+        .unwrap();
         sp.feedback(t.len() as u32, acc.len() as u32 + 1, 0.01, Some(0.001))
             .unwrap();
     }
@@ -281,7 +367,11 @@ fn an_identity_adapter_changes_no_draft_and_the_signal_is_recorded() {
             run(&mut adapted, &embed, fw, 20),
             "{name}"
         );
-        assert_eq!(a.lock().unwrap().stats().slots_recorded, 0, "off records nothing");
+        assert_eq!(
+            a.lock().unwrap().stats().slots_recorded,
+            0,
+            "off records nothing"
+        );
 
         let b = OnlineAdapter::new(&d, small_update(UpdateMode::Bandit))
             .unwrap()

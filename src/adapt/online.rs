@@ -322,7 +322,13 @@ impl UpdateBandit {
     /// Judges a computed update of `steps` steps from its `replay` on the held-out slots, the
     /// `state` of the stream, and its measured `cost_s` (update plus replay), books the reward to its
     /// arm and returns the verdict. [`UpdateMode::Always`] adopts without looking at the replay.
-    pub fn judge(&mut self, steps: u32, replay: &Replay, state: &StreamState, cost_s: f64) -> Verdict {
+    pub fn judge(
+        &mut self,
+        steps: u32,
+        replay: &Replay,
+        state: &StreamState,
+        cost_s: f64,
+    ) -> Verdict {
         let p = &self.params;
         let saved_s = seconds_saved(state, replay.delta(), p.horizon_tokens);
         let saved_lower_s = seconds_saved(
@@ -476,12 +482,18 @@ mod tests {
             // Cost grows with the steps.
             b.judge(steps, &useless, &state(), 0.01 * steps as f64);
         }
-        assert!(first_skip.is_some_and(|i| i <= 10), "skips soon: {first_skip:?}");
+        assert!(
+            first_skip.is_some_and(|i| i <= 10),
+            "skips soon: {first_skip:?}"
+        );
         assert!(
             tried < 100,
             "tries {tried} of 400 decisions, fewer as the evidence accumulates"
         );
-        assert!(tried > 3, "but probes again when the evidence fades: {tried}");
+        assert!(
+            tried > 3,
+            "but probes again when the evidence fades: {tried}"
+        );
         assert_eq!(b.stats().adopted, 0);
     }
 

@@ -8,10 +8,10 @@
 
 pub mod adapter;
 mod any;
-pub mod online;
 pub mod config;
 pub mod eagle3;
 mod forward;
+pub mod online;
 pub mod ops;
 mod plain_queue;
 mod session;

@@ -111,6 +111,19 @@ struct PathRecorder {
     parent: Vec<i32>,
     token: Vec<u32>,
     row: Vec<i32>,
+    /// Teacher-forced slots of the last flush of plain steps: normed hiddens and the tokens that came.
+    stream_normed: Vec<f32>,
+    stream_targets: Vec<u32>,
+    /// The plain-step queue dropped entries since the last draft (block 1 no longer precedes it).
+    stream_gap: bool,
+}
+
+/// Where teacher-forced slots come from.
+enum Source {
+    /// Block 1 of the entry before the plain steps.
+    Block1,
+    /// The flushed plain-step entries (the forward just run).
+    Queue,
 }
 
 /// Nodes a recording session tracks before its buffers grow (the authors' largest candidate trees).
@@ -128,7 +141,11 @@ impl PathRecorder {
         if !self.on {
             return;
         }
-        debug_assert_eq!(id as usize, self.parent.len(), "insertion ids are sequential");
+        debug_assert_eq!(
+            id as usize,
+            self.parent.len(),
+            "insertion ids are sequential"
+        );
         self.parent.push(parent);
         self.token.push(token);
         self.row.push(-1);
@@ -455,6 +472,7 @@ impl<'d> SpecBlockSession<'d> {
             // The oldest queued entry left the window: it never reaches the drafter, and the
             // entries after it keep their positions.
             self.next_base += 1;
+            self.rec.stream_gap = true;
         }
         self.root = Some(bonus);
         self.has_block1 = false;
@@ -471,12 +489,68 @@ impl<'d> SpecBlockSession<'d> {
         let pending = core::mem::take(&mut self.pending);
         self.chain.clear();
         self.chain.extend_from_slice(pending.tokens());
+        // Block 1 before the plain steps predicted their tokens (unless the queue dropped some).
+        let b1_ok = self.rec.on && !self.rec.stream_gap;
+        if b1_ok {
+            self.teacher_forced(Source::Block1, &pending.tokens()[..]);
+        }
         let r = self.append(embed, pending.features());
+        if r.is_ok() && self.rec.on {
+            self.teacher_forced(Source::Queue, &pending.tokens()[..]);
+        }
+        self.rec.stream_gap = false;
         self.pending = pending;
         if r.is_ok() {
             self.pending.clear();
         }
         r
+    }
+
+    /// Keeps the teacher-forced slots whose tokens `tokens` (the flushed plain steps' bonuses) give:
+    /// block 1 of the entry before them (slot k predicted `tokens[k]`), or each flushed entry i's
+    /// slots (slot k predicted `tokens[i + 1 + k]`) from the forward just run.
+    fn teacher_forced(&mut self, from: Source, tokens: &[u32]) {
+        let c = self.drafter.config();
+        let (k_slots, h, n) = (c.slots, c.hidden, tokens.len());
+        let r = &mut self.rec;
+        let room = r.stream_targets.capacity() - r.stream_targets.len();
+        match from {
+            Source::Block1 => {
+                if r.b1_normed.len() != k_slots * h {
+                    return;
+                }
+                for (k, &t) in tokens.iter().enumerate().take(k_slots.min(room)) {
+                    r.stream_normed
+                        .extend_from_slice(&r.b1_normed[k * h..(k + 1) * h]);
+                    r.stream_targets.push(t);
+                }
+            }
+            Source::Queue => {
+                let x = &self.scratch.hidden;
+                let mut left = room;
+                for i in 0..n {
+                    for k in 0..k_slots {
+                        let Some(&t) = tokens.get(i + 1 + k) else {
+                            break;
+                        };
+                        let row = i * k_slots + k;
+                        if left == 0 || x.len() < (row + 1) * h {
+                            return;
+                        }
+                        let start = r.stream_normed.len();
+                        r.stream_normed.resize(start + h, 0.0);
+                        crate::cpu::rms_norm(
+                            &x[row * h..(row + 1) * h],
+                            &self.drafter.w.norm,
+                            c.rms_eps,
+                            &mut r.stream_normed[start..],
+                        );
+                        r.stream_targets.push(t);
+                        left -= 1;
+                    }
+                }
+            }
+        }
     }
 
     /// The authors' commit (docs/drafter-forward.md, "Context protocol"): with nothing accepted, the draft entry is popped and
@@ -590,6 +664,11 @@ impl<'d> SpecBlockSession<'d> {
             };
             reserve(&mut r.b1_normed, c.slots * c.hidden)?;
             reserve(&mut r.b1_rank_hidden, c.slots * RANK_HIDDEN)?;
+            let stream = (super::PLAIN_CONTEXT_WINDOW + 1) * c.slots;
+            reserve(&mut r.stream_normed, stream * c.hidden)?;
+            r.stream_targets
+                .try_reserve(stream)
+                .map_err(|_| Error::OutOfMemory)?;
             r.parent
                 .try_reserve(RECORDED_NODES)
                 .and(r.token.try_reserve(RECORDED_NODES))
@@ -601,7 +680,31 @@ impl<'d> SpecBlockSession<'d> {
         }
         self.rec.on = on;
         self.rec.clear();
+        self.rec.stream_normed.clear();
+        self.rec.stream_targets.clear();
         Ok(())
+    }
+
+    /// Calls `sink` for the committed stream's slots that plain steps left undrafted, as the last
+    /// draft's flush of the plain-step queue computed them: each slot's normed hidden against the token
+    /// that came there (teacher forcing, `drafted: false`), then forgets them. Records carry no logits
+    /// or rank-head values. Allocates nothing.
+    pub fn record_stream(&mut self, sink: &mut dyn FnMut(crate::drafter::online::SlotRecord<'_>)) {
+        let h = self.drafter.config().hidden;
+        let r = &mut self.rec;
+        for (i, &target) in r.stream_targets.iter().enumerate() {
+            sink(crate::drafter::online::SlotRecord {
+                normed: &r.stream_normed[i * h..(i + 1) * h],
+                logits: &[],
+                rank_hidden: &[],
+                rank_logits: &[],
+                target,
+                accepted: false,
+                drafted: false,
+            });
+        }
+        r.stream_normed.clear();
+        r.stream_targets.clear();
     }
 
     /// After verification and before [`commit`](Self::commit): calls `sink` for each drafted slot on
@@ -666,6 +769,7 @@ impl<'d> SpecBlockSession<'d> {
                 rank_logits,
                 target,
                 accepted: is_accepted,
+                drafted: true,
             });
             if !is_accepted {
                 return;

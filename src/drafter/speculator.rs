@@ -6,12 +6,12 @@
 use std::time::Instant;
 
 use super::SpecBlockSession;
+use super::adapter::HeadAdapter;
 use super::eagle3::{
     DEFAULT_EAGLE3_BUDGET, DEFAULT_EAGLE3_DEPTH, DEFAULT_EAGLE3_TOP_K, Eagle3Policy, Eagle3Session,
 };
-use super::session::DEFAULT_SPECBLOCK_BUDGET;
-use super::adapter::HeadAdapter;
 use super::online::{OnlineAdapter, SharedAdapter, SlotRecord};
+use super::session::DEFAULT_SPECBLOCK_BUDGET;
 use crate::adapt::{Arm, ArmSummary, Feedback, Policy, PolicyParams, Shape};
 use crate::error::Error;
 use crate::tree::DraftTree;
@@ -72,6 +72,13 @@ impl AnySession<'_> {
         match self {
             AnySession::SpecBlock(s) => s.record_path(accepted, bonus, sink),
             AnySession::Eagle3(s) => s.record_path(accepted, bonus, sink),
+        }
+    }
+
+    fn record_stream(&mut self, sink: &mut dyn FnMut(SlotRecord<'_>)) {
+        match self {
+            AnySession::SpecBlock(s) => s.record_stream(sink),
+            AnySession::Eagle3(s) => s.record_stream(sink),
         }
     }
 
@@ -362,6 +369,12 @@ impl<'d> Speculator<'d> {
         };
         self.draft_s += t.elapsed().as_secs_f64();
         r?;
+        // The draft flushed any plain steps through the drafter: their teacher-forced slots.
+        if let Some(shared) = &self.adapter
+            && let Ok(mut a) = shared.try_lock()
+        {
+            self.session.record_stream(&mut |rec| a.record(rec));
+        }
         self.arm = arm;
         self.feedback_due = true;
         self.last_depth = tree.depths().iter().copied().max().unwrap_or(0);

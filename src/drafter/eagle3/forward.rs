@@ -531,7 +531,8 @@ impl Eagle3Drafter {
             let head_in: &[f32] = match &sc.adapter {
                 Some(a) => {
                     fit(&mut sc.adapted, lr * h, 0.0);
-                    sc.adapted.copy_from_slice(&sc.normed[logits_from * h..n * h]);
+                    sc.adapted
+                        .copy_from_slice(&sc.normed[logits_from * h..n * h]);
                     fit(&mut sc.adapter_z, a.shape.rank, 0.0);
                     a.apply_normed(&mut sc.adapted, lr, &mut sc.adapter_z);
                     &sc.adapted

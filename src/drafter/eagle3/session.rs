@@ -143,6 +143,11 @@ struct Eagle3Recorder {
     step_normed: Vec<f32>,
     /// Per candidate: the row that drafted its children (-1: not expanded).
     cand_row: Vec<i32>,
+    /// Teacher-forced slots of the last flush of plain steps: normed hiddens and the tokens that came.
+    stream_normed: Vec<f32>,
+    stream_targets: Vec<u32>,
+    /// The plain-step queue dropped entries since the last draft.
+    stream_gap: bool,
 }
 
 impl<'d> Eagle3Session<'d> {
@@ -219,7 +224,9 @@ impl<'d> Eagle3Session<'d> {
     }
 
     /// The head adapter this session's forwards apply (a copy of an online adapter's live weights).
-    pub(crate) fn head_adapter_slot(&mut self) -> &mut Option<crate::drafter::adapter::HeadAdapter> {
+    pub(crate) fn head_adapter_slot(
+        &mut self,
+    ) -> &mut Option<crate::drafter::adapter::HeadAdapter> {
         &mut self.scratch.adapter
     }
 
@@ -234,12 +241,43 @@ impl<'d> Eagle3Session<'d> {
                 .try_reserve(c.hidden)
                 .and(r.step_normed.try_reserve(d * k * c.hidden))
                 .and(r.cand_row.try_reserve(k + d * k * k))
+                .and(
+                    r.stream_normed
+                        .try_reserve((crate::drafter::PLAIN_CONTEXT_WINDOW + 1) * c.hidden),
+                )
+                .and(
+                    r.stream_targets
+                        .try_reserve(crate::drafter::PLAIN_CONTEXT_WINDOW + 1),
+                )
                 .map_err(|_| Error::OutOfMemory)?;
             r.last_normed.clear();
         }
         self.rec.on = on;
         self.rec.cand_row.clear();
+        self.rec.stream_normed.clear();
+        self.rec.stream_targets.clear();
         Ok(())
+    }
+
+    /// Calls `sink` for the committed stream's slots that plain steps left undrafted (see
+    /// [`SpecBlockSession::record_stream`](crate::drafter::SpecBlockSession::record_stream)), then
+    /// forgets them. Allocates nothing.
+    pub fn record_stream(&mut self, sink: &mut dyn FnMut(crate::drafter::online::SlotRecord<'_>)) {
+        let h = self.drafter.cfg.hidden;
+        let r = &mut self.rec;
+        for (i, &target) in r.stream_targets.iter().enumerate() {
+            sink(crate::drafter::online::SlotRecord {
+                normed: &r.stream_normed[i * h..(i + 1) * h],
+                logits: &[],
+                rank_hidden: &[],
+                rank_logits: &[],
+                target,
+                accepted: false,
+                drafted: false,
+            });
+        }
+        r.stream_normed.clear();
+        r.stream_targets.clear();
     }
 
     /// After verification and before [`commit`](Self::commit): calls `sink` for each drafted slot on
@@ -279,6 +317,7 @@ impl<'d> Eagle3Session<'d> {
                 rank_logits: &[],
                 target,
                 accepted: is_accepted,
+                drafted: true,
             });
             if !is_accepted {
                 return;
@@ -498,6 +537,7 @@ impl<'d> Eagle3Session<'d> {
             });
         }
         if self.pending.push(bonus, features) {
+            self.rec.stream_gap = true;
             // The oldest queued entry left the window (see `PLAIN_CONTEXT_WINDOW`): it never
             // reaches the drafter, and the entries after it keep their positions.
             self.next_pos += 1;
@@ -516,7 +556,27 @@ impl<'d> Eagle3Session<'d> {
         let pending = core::mem::take(&mut self.pending);
         self.tokens.clear();
         self.tokens.extend_from_slice(pending.tokens());
+        let h = self.drafter.cfg.hidden;
+        let n = pending.len();
+        // The entry before the plain steps predicted the first of them (unless the queue dropped some).
+        let rec =
+            self.rec.on && self.rec.stream_targets.len() + n <= self.rec.stream_targets.capacity();
+        if rec && !self.rec.stream_gap && self.rec.last_normed.len() == h {
+            let r = &mut self.rec;
+            r.stream_normed.extend_from_slice(&r.last_normed);
+            r.stream_targets.push(pending.tokens()[0]);
+        }
         let r = self.append(embed, pending.features());
+        // Each flushed entry's output predicted the next one's token (one chunk holds them all).
+        if r.is_ok() && rec && self.scratch.rows() == n {
+            for i in 0..n - 1 {
+                self.rec
+                    .stream_normed
+                    .extend_from_slice(&self.scratch.normed[i * h..(i + 1) * h]);
+                self.rec.stream_targets.push(pending.tokens()[i + 1]);
+            }
+        }
+        self.rec.stream_gap = false;
         self.pending = pending;
         if r.is_ok() {
             self.pending.clear();
@@ -643,7 +703,9 @@ impl<'d> Eagle3Session<'d> {
                         col,
                     })?;
                 if self.rec.on {
-                    self.rec.cand_row.resize(self.rec.cand_row.len() + self.top.len(), -1);
+                    self.rec
+                        .cand_row
+                        .resize(self.rec.cand_row.len() + self.top.len(), -1);
                 }
                 for &(t, lp) in &self.top {
                     self.cand_tok.push(t as u32);

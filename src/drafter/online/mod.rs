@@ -25,8 +25,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use std::vec::Vec;
 
-use super::{AnyDrafter, DrafterKind};
 use super::adapter::{AdapterShape, HeadAdapter, Records, TrainParams, Trainer};
+use super::{AnyDrafter, DrafterKind};
 use crate::adapt::online::{
     Replay, StreamState, UpdateBandit, UpdateMode, UpdateParams, UpdateStats, Verdict,
 };
@@ -52,11 +52,20 @@ pub struct SlotRecord<'a> {
     pub target: u32,
     /// Whether the drafted token there was accepted.
     pub accepted: bool,
+    /// Whether the slot was drafted and verified; false for the committed stream's slots that plain
+    /// steps never drafted (teacher-forced: the drafter's prediction against the token that came).
+    pub drafted: bool,
 }
 
 /// Upper bounds (exclusive ranks) of the rank classes below the last: top-1, ranks 2-4, ranks 5-10,
 /// then "not in the top 10" (the trainer's `rank_labels`).
 const RANK_BOUNDS: [usize; 3] = [1, 4, 10];
+
+/// `accepted` of a teacher-forced slot (never drafted).
+const NOT_DRAFTED: u8 = 2;
+
+/// Rank label of a slot without rank-head values: the rank loss skips it.
+pub const NO_RANK_LABEL: u8 = u8::MAX;
 
 /// The rank head's hidden width.
 const RANK_HIDDEN: usize = super::weights::RANK_HIDDEN;
@@ -74,6 +83,9 @@ pub struct AdapterParams {
     pub train: TrainParams,
     /// Seed of `A`'s initialisation.
     pub seed: u64,
+    /// Also learn from the committed stream's slots that plain steps never drafted (default true):
+    /// where the draft-shape policy stops drafting, they are the only signal.
+    pub teacher_forcing: bool,
 }
 
 impl Default for AdapterParams {
@@ -84,6 +96,7 @@ impl Default for AdapterParams {
             update: UpdateParams::default(),
             train: TrainParams::default(),
             seed: 0x5eed_ada9,
+            teacher_forcing: true,
         }
     }
 }
@@ -95,7 +108,9 @@ pub struct AdapterStats {
     pub updates: UpdateStats,
     /// Slots recorded since creation.
     pub slots_recorded: u64,
-    /// Of them, accepted.
+    /// Of them, drafted and verified (the others are teacher-forced slots of plain steps).
+    pub slots_drafted: u64,
+    /// Of the drafted ones, accepted.
     pub slots_accepted: u64,
     /// Updates that failed (a non-finite loss); counted as rejected too.
     pub failed: u64,
@@ -211,6 +226,9 @@ pub struct OnlineAdapter {
     hits_before: Vec<u8>,
     hits_after: Vec<u8>,
 }
+
+/// Drafted slots among the recent ones needed to take the acceptance from them.
+const MIN_DRAFTED_FOR_ACCEPT: u32 = 16;
 
 /// Weight of a new iteration in the running means of the stream.
 const STREAM_MEAN_WEIGHT: f64 = 0.05;
@@ -380,6 +398,7 @@ impl OnlineAdapter {
     pub fn record(&mut self, r: SlotRecord<'_>) {
         let s = &self.shape;
         if self.params.update.mode == UpdateMode::Off
+            || (!r.drafted && !self.params.teacher_forcing)
             || r.normed.len() != s.hidden
             || (s.rank_classes > 0 && r.logits.len() != s.draft_vocab)
         {
@@ -395,10 +414,16 @@ impl OnlineAdapter {
         ring.normed[i * s.hidden..(i + 1) * s.hidden].copy_from_slice(r.normed);
         ring.has_base[i] = false;
         ring.targets[i] = target;
-        ring.accepted[i] = r.accepted as u8;
+        ring.accepted[i] = if r.drafted {
+            r.accepted as u8
+        } else {
+            NOT_DRAFTED
+        };
         let (c, rh) = (s.rank_classes, s.rank_hidden);
         if c > 0 {
-            let ok = r.rank_hidden.len() == rh && r.rank_logits.len() == c;
+            let ok = r.rank_hidden.len() == rh
+                && r.rank_logits.len() == c
+                && r.logits.len() == s.draft_vocab;
             let hdst = &mut ring.rank_h[i * rh..(i + 1) * rh];
             let ldst = &mut ring.base_rank_logits[i * c..(i + 1) * c];
             if ok {
@@ -413,16 +438,19 @@ impl OnlineAdapter {
                         .sum();
                     *l -= delta;
                 }
+                ring.rank_labels[i] = rank_class(r.logits, target);
             } else {
+                // No rank-head values (a teacher-forced slot): the rank loss skips the row.
                 hdst.fill(0.0);
                 ldst.fill(0.0);
+                ring.rank_labels[i] = NO_RANK_LABEL;
             }
-            ring.rank_labels[i] = rank_class(r.logits, target);
         }
         ring.next = (i + 1) % ring.capacity;
         ring.len = (ring.len + 1).min(ring.capacity);
         self.stats.slots_recorded += 1;
-        self.stats.slots_accepted += r.accepted as u64;
+        self.stats.slots_drafted += r.drafted as u64;
+        self.stats.slots_accepted += (r.drafted && r.accepted) as u64;
         self.new_since_decision = self.new_since_decision.saturating_add(1);
     }
 
@@ -475,10 +503,18 @@ impl OnlineAdapter {
         for i in 0..train_n {
             self.idx_train[i] = self.ring.recent(hold + i);
         }
-        let accept = (0..hold + train_n)
-            .map(|i| self.ring.accepted[self.ring.recent(i)] as f64)
-            .sum::<f64>()
-            / (hold + train_n) as f64;
+        // Per-slot acceptance of the recent drafts; without enough of them, the live adapter's top-1
+        // agreement on the held-out slots (greedy acceptance is top-1 agreement) once replayed.
+        let (mut drafted, mut accepted) = (0u32, 0u32);
+        for i in 0..hold + train_n {
+            match self.ring.accepted[self.ring.recent(i)] {
+                NOT_DRAFTED => {}
+                a => {
+                    drafted += 1;
+                    accepted += a as u32;
+                }
+            }
+        }
         self.shadow.copy_from(&self.live);
         self.trainer.reset();
         let recs = self.ring.records();
@@ -513,7 +549,10 @@ impl OnlineAdapter {
                     &mut self.hits_after[..hold],
                 )?;
                 let mut r = Replay::default();
-                for (&b, &a) in self.hits_before[..hold].iter().zip(&self.hits_after[..hold]) {
+                for (&b, &a) in self.hits_before[..hold]
+                    .iter()
+                    .zip(&self.hits_after[..hold])
+                {
                     if b > 1 || a > 1 {
                         continue;
                     }
@@ -525,6 +564,11 @@ impl OnlineAdapter {
                 }
                 r
             }
+        };
+        let accept = if drafted >= MIN_DRAFTED_FOR_ACCEPT || replay.rows == 0 {
+            accepted as f64 / drafted.max(1) as f64
+        } else {
+            replay.before_hits as f64 / replay.rows as f64
         };
         let state = StreamState {
             accept,

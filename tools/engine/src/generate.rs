@@ -283,7 +283,8 @@ fn adapter_json(a: &OnlineAdapter) -> serde_json::Value {
     serde_json::json!({"decisions": u.decisions, "skipped": u.skipped, "tried": u.tried,
         "adopted": u.adopted, "rejected": u.rejected, "failed": st.failed,
         "update_seconds": u.update_seconds, "expected_saved_seconds": u.expected_saved_seconds,
-        "slots_recorded": st.slots_recorded, "slots_accepted": st.slots_accepted,
+        "slots_recorded": st.slots_recorded, "slots_drafted": st.slots_drafted,
+        "slots_accepted": st.slots_accepted,
         "version": st.version})
 }
 
