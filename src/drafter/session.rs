@@ -492,11 +492,11 @@ impl<'d> SpecBlockSession<'d> {
         // Block 1 before the plain steps predicted their tokens (unless the queue dropped some).
         let b1_ok = self.rec.on && !self.rec.stream_gap;
         if b1_ok {
-            self.teacher_forced(Source::Block1, &pending.tokens()[..]);
+            self.teacher_forced(Source::Block1, pending.tokens());
         }
         let r = self.append(embed, pending.features());
         if r.is_ok() && self.rec.on {
-            self.teacher_forced(Source::Queue, &pending.tokens()[..]);
+            self.teacher_forced(Source::Queue, pending.tokens());
         }
         self.rec.stream_gap = false;
         self.pending = pending;
