@@ -441,3 +441,66 @@ fn a_busy_adapter_skips_recording_without_blocking() {
     assert_eq!(guard.stats().slots_recorded, 0);
     drop(guard);
 }
+
+/// With an adapter attached, whole iterations allocate nothing after warm-up, the iterations that
+/// update the adapter included (its buffers are sized at creation), for both drafter kinds and both
+/// update modes.
+#[test]
+fn adapted_iterations_do_not_allocate() {
+    for name in ["drafter_tiny", "eagle3_tiny"] {
+        for mode in [UpdateMode::Bandit, UpdateMode::Always] {
+            let (d, embed, fw) = any(name);
+            let eagle3 = name == "eagle3_tiny";
+            // Plain steps and drafts: a plain-decoding arm and a drafting one under a policy that
+            // explores both.
+            let arms = [Arm::new(Shape::Plain), fixed_arm(eagle3)];
+            let mut sp = d
+                .new_speculator(2048, &arms, PolicyParams::default())
+                .unwrap();
+            let mut p = small_update(mode);
+            // A wide bound: the bandit keeps trying updates, so some run while allocations are counted.
+            p.update.exploration = 1e9;
+            let a = OnlineAdapter::new(&d, p).unwrap().into_shared();
+            sp.attach_adapter(a.clone()).unwrap();
+            let mut t = tree();
+            sp.prefill(&embed, &features(4, fw, 1), &[1, 2, 3, 4, 5])
+                .unwrap();
+            let feats = features(4, fw, 9);
+            let mut counted_updates = 0;
+            for i in 0..300u32 {
+                let before = a.lock().unwrap().stats().updates.tried;
+                let ((), x) = counting::counted(|| sp.draft(&embed, &mut t).map(|_| ()).unwrap());
+                let first = [t.tokens().get(1).copied().unwrap_or(0) as u32];
+                let acc: &[u32] = if t.len() > 1 && i % 2 == 0 {
+                    &first
+                } else {
+                    &[]
+                };
+                let rows = acc.len() + 1;
+                let ((), y) = counting::counted(|| {
+                    sp.commit(&embed, acc, 40 + i % 9, &feats[..rows * fw])
+                        .unwrap()
+                });
+                let ((), z) = counting::counted(|| {
+                    // Flat verification cost (a GPU's): drafting pays, plain steps are probed.
+                    sp.feedback(t.len() as u32, rows as u32, 0.001, Some(0.0))
+                        .unwrap()
+                });
+                let updated = a.lock().unwrap().stats().updates.tried != before;
+                if i >= 60 {
+                    assert_eq!(
+                        (x, y, z),
+                        (0, 0, 0),
+                        "{name} {mode:?} iteration {i} (update: {updated})"
+                    );
+                    counted_updates += updated as u32;
+                }
+            }
+            let st = a.lock().unwrap().stats();
+            assert!(
+                counted_updates > 0,
+                "{name} {mode:?}: an update ran while counting: {st:?}"
+            );
+        }
+    }
+}
