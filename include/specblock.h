@@ -104,6 +104,25 @@
 #define SB_AUX_LAYERS 3
 
 /**
+ * `sb_adapter_params.mode`: never update; the adapter is applied as it is (the identity, or loaded
+ * weights) and the feedback is not recorded.
+ */
+#define SB_ADAPT_OFF 0
+
+/**
+ * `sb_adapter_params.mode`: the cost-aware update bandit (the default): at each decision point it
+ * picks skip or an update of 1, 4 or 16 optimizer steps, computed on a shadow copy, replayed on the
+ * most recent slots and adopted only when the seconds it saves exceed what it cost.
+ */
+#define SB_ADAPT_BANDIT 1
+
+/**
+ * `sb_adapter_params.mode`: at every decision point `always_steps` steps, adopted without replay (the
+ * cost-blind baseline).
+ */
+#define SB_ADAPT_ALWAYS 2
+
+/**
  * `dtype` of `sb_cuda_verify_greedy` / `sb_cuda_verify_sample`: 32-bit float logits.
  */
 #define SB_CUDA_DTYPE_F32 0
@@ -187,6 +206,23 @@ typedef enum sb_status {
    */
   SB_STATUS_DEVICE_ERROR = 15,
 } sb_status;
+
+/**
+ * An online adapter: a low-rank residual before a drafter's LM head, a bias over its draft
+ * vocabulary and (SpecBlock) a delta on its rank head, learned from the verified paths of the
+ * sessions attached to it (`sb_session_attach_adapter`). The drafter's own weights never change; a
+ * new adapter is the identity.
+ *
+ * Thread-safety: the handle is internally locked, and every `sb_adapter_*` call except
+ * `sb_adapter_free` may run concurrently with any other, on any thread. Any number of sessions, on
+ * any threads, may attach the same adapter (their drafters must have its shape): each records its
+ * verified paths into it and runs the update bandit at its `sb_session_feedback`. A session that
+ * finds the adapter busy (another session updating it) skips that iteration's recording and update
+ * and keeps drafting with its own copy of the weights; it picks up newly adopted weights at its next
+ * `sb_session_draft`. Attached sessions hold a reference: `sb_adapter_free` may come before the
+ * last of them is freed or detached (the memory goes with the last reference).
+ */
+typedef struct sb_adapter sb_adapter;
 
 /**
  * One GPU with the library's kernels loaded (`sb_cuda_device_open`). Thread-safe: share it freely; it
@@ -534,6 +570,126 @@ typedef struct sb_arm_stats {
    */
   double tokens_per_second;
 } sb_arm_stats;
+
+/**
+ * Parameters of `sb_adapter_new` and `sb_adapter_set_policy`. Get them from
+ * `sb_adapter_default_params()`.
+ */
+typedef struct sb_adapter_params {
+  /**
+   * `sizeof(sb_adapter_params)`; set by `sb_adapter_default_params`.
+   */
+  uint32_t struct_size;
+  /**
+   * Rank of the low-rank residual (default 8; 1 to 64). Fixed at creation.
+   */
+  uint32_t rank;
+  /**
+   * Verified slots the feedback ring holds (default 1024; at least `holdout + min_train`, at most
+   * 1048576). Fixed at creation.
+   */
+  uint32_t capacity;
+  /**
+   * `SB_ADAPT_OFF`, `SB_ADAPT_BANDIT` (the default) or `SB_ADAPT_ALWAYS`.
+   */
+  uint32_t mode;
+  /**
+   * New slots recorded between two decision points (default 48; >= 1).
+   */
+  uint32_t decide_every;
+  /**
+   * The most recent slots an update is replayed on and not trained on (default 64; 1 to 4096).
+   */
+  uint32_t holdout;
+  /**
+   * Training slots needed beyond the held-out ones before the first update (default 64; >= 1).
+   */
+  uint32_t min_train;
+  /**
+   * Most training slots per optimizer step, the most recent ones (default 128; 1 to 4096).
+   */
+  uint32_t batch;
+  /**
+   * Optimizer steps of an update in `SB_ADAPT_ALWAYS` (default 4; 1 to 1024).
+   */
+  uint32_t always_steps;
+  /**
+   * The optimizer's (AdamW) learning rate (default 2e-3; finite, >= 0).
+   */
+  float learning_rate;
+  /**
+   * Tokens an adopted update is expected to serve: the horizon of its seconds saved (default 2048;
+   * finite, > 0).
+   */
+  double horizon_tokens;
+  /**
+   * One-sided width of the replay's confidence bound, in standard errors (default 1; finite,
+   * >= 0).
+   */
+  double confidence_z;
+} sb_adapter_params;
+
+/**
+ * What an adapter has done (`sb_adapter_get_stats`).
+ */
+typedef struct sb_adapter_stats {
+  /**
+   * Decision points reached.
+   */
+  uint64_t decisions;
+  /**
+   * Decision points skipped without computing an update.
+   */
+  uint64_t skipped;
+  /**
+   * Updates of 1 optimizer step computed.
+   */
+  uint64_t tried_1;
+  /**
+   * Updates of 4 steps computed.
+   */
+  uint64_t tried_4;
+  /**
+   * Updates of 16 steps computed.
+   */
+  uint64_t tried_16;
+  /**
+   * Updates adopted.
+   */
+  uint64_t adopted;
+  /**
+   * Updates computed and not adopted (failed ones included).
+   */
+  uint64_t rejected;
+  /**
+   * Updates that failed (a non-finite loss).
+   */
+  uint64_t failed;
+  /**
+   * Wall seconds spent on updates and their replays.
+   */
+  double update_seconds;
+  /**
+   * Sum of the adopted updates' expected seconds saved.
+   */
+  double expected_saved_seconds;
+  /**
+   * Verified slots recorded since creation.
+   */
+  uint64_t slots_recorded;
+  /**
+   * Of them, accepted drafts.
+   */
+  uint64_t slots_accepted;
+  /**
+   * Version of the live weights: adoptions and loads since creation.
+   */
+  uint64_t version;
+  /**
+   * The last replay's change in top-1 agreement with the target (0 before the first).
+   */
+  double last_delta;
+} sb_adapter_stats;
 
 /**
  * Shape of a batch of device trees: `cap = max_nodes + 1` slots per tree, tree `b` at slots
@@ -1108,6 +1264,94 @@ enum sb_status sb_session_get_stats(const struct sb_session *session,
                                     struct sb_session_stats *out,
                                     struct sb_arm_stats *arms,
                                     size_t arms_cap);
+
+/**
+ * Default adapter parameters: rank 8, 1024 slots, the update bandit deciding every 48 slots, 64
+ * held-out and at least 64 training slots, batches of 128, 4 steps in `SB_ADAPT_ALWAYS`, learning
+ * rate 2e-3, a horizon of 2048 tokens and a confidence width of 1.
+ */
+struct sb_adapter_params sb_adapter_default_params(void);
+
+/**
+ * Creates an identity adapter for `drafter`'s heads (it copies what it needs: the drafter may be
+ * freed first) and writes it to `*out_adapter`. It fits sessions of drafters of the same shape
+ * (hidden width, draft and target vocabularies, rank head). Errors: `SB_STATUS_NULL_ARGUMENT`;
+ * `SB_STATUS_STRUCT_SIZE` for a `struct_size` other than `sizeof(sb_adapter_params)`;
+ * `SB_STATUS_NON_FINITE` for a NaN or infinite `learning_rate`, `horizon_tokens` or `confidence_z`;
+ * `SB_STATUS_INVALID_ARGUMENT` for any other value outside its documented range (an unknown mode, a
+ * rank outside 1..=64, a capacity below `holdout + min_train`, ...); `SB_STATUS_OUT_OF_MEMORY`.
+ * Nothing is written on error.
+ */
+enum sb_status sb_adapter_new(const struct sb_drafter *drafter,
+                              const struct sb_adapter_params *params,
+                              struct sb_adapter **out_adapter);
+
+/**
+ * Frees an adapter handle. `NULL` is a no-op. Sessions attached to it keep using it; its memory is
+ * freed with the last of them.
+ */
+void sb_adapter_free(struct sb_adapter *adapter);
+
+/**
+ * Changes when and how the adapter learns: `mode`, `decide_every`, `holdout`, `min_train`, `batch`,
+ * `always_steps`, `learning_rate`, `horizon_tokens` and `confidence_z` take effect from the next
+ * decision point; the update bandit's reward estimates restart (the recorded slots, the live weights
+ * and the counters of `sb_adapter_get_stats` stay). `rank` and `capacity` are fixed at creation and must
+ * equal the creation values. Errors: `SB_STATUS_NULL_ARGUMENT`; `SB_STATUS_STRUCT_SIZE`;
+ * `SB_STATUS_NON_FINITE` as `sb_adapter_new`; `SB_STATUS_INVALID_ARGUMENT` for values
+ * `sb_adapter_new` refuses, a changed `rank` or `capacity`, or a `holdout` or `batch` above the
+ * creation values; `SB_STATUS_INVALID_STATE` after an internal panic (see `SB_STATUS_PANIC`) left the
+ * adapter unusable. Nothing changes on error.
+ */
+enum sb_status sb_adapter_set_policy(struct sb_adapter *adapter,
+                                     const struct sb_adapter_params *params);
+
+/**
+ * Writes the adapter's counters to `*out`. Waits while a session is updating the adapter. Errors:
+ * `SB_STATUS_NULL_ARGUMENT`; `SB_STATUS_INVALID_STATE` as `sb_adapter_set_policy`.
+ */
+enum sb_status sb_adapter_get_stats(const struct sb_adapter *adapter, struct sb_adapter_stats *out);
+
+/**
+ * Saves the adapter's live weights to the file `path` (UTF-8; safetensors, written to a temporary
+ * file beside it and renamed, so a reader never sees a partial file). Sessions keep running
+ * meanwhile: the file is written from a copy. Errors: `SB_STATUS_NULL_ARGUMENT`;
+ * `SB_STATUS_INVALID_ARGUMENT` for a path that is not UTF-8 or a file that cannot be written;
+ * `SB_STATUS_INVALID_STATE` as `sb_adapter_set_policy`; `SB_STATUS_OUT_OF_MEMORY`.
+ */
+enum sb_status sb_adapter_save(const struct sb_adapter *adapter, const char *path);
+
+/**
+ * Loads weights saved by `sb_adapter_save` from an adapter of the same shape (same drafter shape
+ * and rank) as the live weights; attached sessions draft with them from their next
+ * `sb_session_draft`. The recorded slots and the counters stay; the version changes. Errors:
+ * `SB_STATUS_NULL_ARGUMENT`; `SB_STATUS_INVALID_ARGUMENT` for a path that is not UTF-8, a file that
+ * cannot be read or is not such an adapter (a tensor missing, of another shape, or holding a
+ * non-finite value), as `sb_drafter_load` reports a bad file; `SB_STATUS_INVALID_STATE` as
+ * `sb_adapter_set_policy`; `SB_STATUS_OUT_OF_MEMORY`. Nothing changes on error.
+ */
+enum sb_status sb_adapter_load(struct sb_adapter *adapter, const char *path);
+
+/**
+ * Attaches `adapter` to `session` (replacing an attached one): from its next `sb_session_draft` the
+ * session drafts with the adapter's live weights (its own copy, refreshed when an update is
+ * adopted), records every verified path into the adapter at `sb_session_commit`, and lets the
+ * adapter decide on an update at `sb_session_feedback` (which then returns the update's errors
+ * too). The session holds a reference to the adapter (see `sb_adapter_free`); attach it before a
+ * draft or between a feedback and the next draft. Errors: `SB_STATUS_NULL_ARGUMENT`;
+ * `SB_STATUS_INVALID_ARGUMENT` when the adapter was made for a drafter of another shape (hidden
+ * width, draft or target vocabulary, or a rank head the session's drafter lacks);
+ * `SB_STATUS_INVALID_STATE` as `sb_adapter_set_policy`; `SB_STATUS_OUT_OF_MEMORY`. Nothing changes
+ * on error.
+ */
+enum sb_status sb_session_attach_adapter(struct sb_session *session, struct sb_adapter *adapter);
+
+/**
+ * Detaches the session's adapter, if any (a no-op without one): the session drafts with its
+ * drafter's own heads again and drops its reference to the adapter. Errors:
+ * `SB_STATUS_NULL_ARGUMENT`.
+ */
+enum sb_status sb_session_detach_adapter(struct sb_session *session);
 
 /**
  * Opens GPU `ordinal` (0 = the first): initialises the driver, retains the device's primary context and

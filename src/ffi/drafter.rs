@@ -20,12 +20,12 @@ use crate::error::Status;
 /// embedding given at load: that buffer must stay valid until the drafter and all its sessions are
 /// freed.
 pub struct sb_drafter {
-    inner: Arc<LoadedDrafter>,
+    pub(super) inner: Arc<LoadedDrafter>,
 }
 
 /// What a drafter handle and its sessions share.
 pub(crate) struct LoadedDrafter {
-    drafter: AnyDrafter,
+    pub(super) drafter: AnyDrafter,
     embed: *const f32,
     embed_len: usize,
 }
@@ -51,8 +51,8 @@ impl LoadedDrafter {
 /// thread at a time (different sessions of one drafter may run on different threads).
 pub struct sb_session {
     // Declared (so dropped) before `drafter`, which it borrows.
-    speculator: Speculator<'static>,
-    drafter: Arc<LoadedDrafter>,
+    pub(super) speculator: Speculator<'static>,
+    pub(super) drafter: Arc<LoadedDrafter>,
 }
 
 /// Loading parameters for `sb_drafter_load`. Get them from `sb_drafter_default_params()`.

@@ -20,7 +20,8 @@
 
 // The header lists the functions in this order (cbindgen keeps the parse order), one object after the
 // other as a newcomer meets them: the draft tree, its layouts for the target, verification, then the
-// drafter and its sessions, then the CUDA device path. Blank lines keep rustfmt from sorting them.
+// drafter and its sessions, then online adaptation of the drafter, then the CUDA device path. Blank
+// lines keep rustfmt from sorting them.
 mod tree;
 
 mod layout;
@@ -29,11 +30,14 @@ mod verify;
 
 mod drafter;
 
+mod adapter;
+
 mod cuda;
 
 use core::ffi::c_char;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
+pub use adapter::*;
 pub use cuda::*;
 pub use drafter::*;
 pub use layout::*;

@@ -18,6 +18,10 @@ static_assert(sizeof(sb_tree_params) == 12, "sb_tree_params: three uint32_t");
 static_assert(sizeof(sb_sampling) == 16, "sb_sampling");
 static_assert(sizeof(sb_node_meta) == 4, "sb_node_meta");
 static_assert(std::is_trivially_copyable<sb_accept>::value, "sb_accept is plain data");
+static_assert(sizeof(sb_adapter_params) == 56, "sb_adapter_params");
+static_assert(sizeof(sb_adapter_stats) == 112, "sb_adapter_stats");
+static_assert(std::is_same<decltype(sb_adapter_new(nullptr, nullptr, nullptr)), sb_status>::value,
+              "sb_adapter_new returns sb_status");
 static_assert(std::is_same<decltype(sb_tree_len(nullptr)), uint32_t>::value, "sb_tree_len returns uint32_t");
 static_assert(std::is_same<decltype(sb_status_str(0)), const char *>::value, "sb_status_str");
 
@@ -42,5 +46,8 @@ int main() {
     if (sb_tree_node_meta(tree.get(), out, 2) != SB_STATUS_OK || out[1].user != 4) return 1;
     sb_sampling s = sb_sampling_default_params();
     if (s.struct_size != sizeof(sb_sampling)) return 1;
+    sb_adapter_params ap = sb_adapter_default_params();
+    if (ap.struct_size != sizeof(sb_adapter_params) || ap.mode != SB_ADAPT_BANDIT) return 1;
+    if (sb_session_detach_adapter(nullptr) != SB_STATUS_NULL_ARGUMENT) return 1;
     return std::strcmp(sb_version(), SB_VERSION) == 0 ? 0 : 1;
 }

@@ -1,13 +1,19 @@
 /*
- * C tests of the drafter and session API (every sb_drafter_* and sb_session_* export): NULL handles
- * and pointers, struct sizes, call order, out-of-range tokens and shapes, non-finite inputs, trees
- * too small for the draft, out-of-range session params, sb_drafter_load's error message, feedback
- * that changes nothing on error, statistics buffers, and a drafter freed before its sessions. After
- * every error the session must still be usable: each part ends with a full valid loop (prefill, then
- * draft -> verify -> commit -> feedback iterations whose output must equal the toy target's plain
- * greedy output).
+ * C tests of the drafter and session API (every sb_drafter_*, sb_session_* and sb_adapter_* export):
+ * NULL handles and pointers, struct sizes, call order, out-of-range tokens and shapes, non-finite
+ * inputs, trees too small for the draft, out-of-range session and adapter params, sb_drafter_load's
+ * error message, feedback and policy changes that change nothing on error, statistics buffers, a
+ * drafter freed before its sessions, an online adapter learning from one or two sessions (and freed
+ * before them), and adapters attached across drafter kinds. After every error the session must still
+ * be usable: each part ends with a full valid loop (prefill, then draft -> verify -> commit ->
+ * feedback iterations whose output must equal the toy target's plain greedy output).
  *
- *   test_session DRAFTER_DIR   (tools/engine/tests/fixtures/drafter_tiny or eagle3_tiny)
+ *   test_session DRAFTER_DIR [OTHER_KIND_DRAFTER_DIR]
+ *       (tools/engine/tests/fixtures/drafter_tiny or eagle3_tiny; the other one, if given, for the
+ *       cross-kind adapter checks)
+ *
+ * Built with -DSB_TEST_ADAPTER_FILES it also saves and loads adapters, in $SB_TEST_SCRATCH (the
+ * ignored test `adapter_files` of tests/c_api.rs, until the adapter weights module lands).
  *
  * The target is the toy of examples/c/speculate.c (greedy next token and features are fixed
  * functions of a token); the embedding is a toy 300 x 64 array. Statuses and arm kinds that differ
@@ -1286,13 +1292,556 @@ static void test_drafter_freed_first(void) {
 }
 
 /* ---------------------------------------------------------------------------------------------------- */
+/* Online adapter: sb_adapter_*, sb_session_attach_adapter, sb_session_detach_adapter                   */
+/* ---------------------------------------------------------------------------------------------------- */
+
+static void test_adapter_defaults(void) {
+    CHECK_EQ(SB_ADAPT_OFF, 0);
+    CHECK_EQ(SB_ADAPT_BANDIT, 1);
+    CHECK_EQ(SB_ADAPT_ALWAYS, 2);
+    sb_adapter_params ap = sb_adapter_default_params();
+    CHECK_EQ(ap.struct_size, sizeof(sb_adapter_params));
+    CHECK_EQ(ap.rank, 8);
+    CHECK_EQ(ap.capacity, 1024);
+    CHECK_EQ(ap.mode, SB_ADAPT_BANDIT);
+    CHECK_EQ(ap.decide_every, 48);
+    CHECK_EQ(ap.holdout, 64);
+    CHECK_EQ(ap.min_train, 64);
+    CHECK_EQ(ap.batch, 128);
+    CHECK_EQ(ap.always_steps, 4);
+    CHECK(ap.learning_rate == 2e-3f);
+    CHECK(ap.horizon_tokens == 2048.0);
+    CHECK(ap.confidence_z == 1.0);
+}
+
+/* Small sizes, so that decision points come after a few iterations of the tiny fixtures. */
+static sb_adapter_params quick_adapter_params(uint32_t mode) {
+    sb_adapter_params ap = sb_adapter_default_params();
+    ap.mode = mode;
+    ap.capacity = 64;
+    ap.decide_every = 4;
+    ap.holdout = 4;
+    ap.min_train = 4;
+    ap.batch = 8;
+    ap.always_steps = 4;
+    return ap;
+}
+
+static sb_adapter *new_adapter(const sb_drafter *d, const sb_adapter_params *ap) {
+    sb_adapter *a = NULL;
+    CHECK_OK(sb_adapter_new(d, ap, &a));
+    return a;
+}
+
+static sb_adapter_stats adapter_stats_at(const sb_adapter *a, int line) {
+    sb_adapter_stats st;
+    memset(&st, 0, sizeof st);
+    CHECK_STATUS_AT(sb_adapter_get_stats(a, &st), SB_STATUS_OK, line);
+    return st;
+}
+
+#define ADAPTER_STATS(a) adapter_stats_at((a), __LINE__)
+
+/* Counters that hold whatever the updates did: every decision skipped or tried one arm (the default
+ * always_steps is one of the arms), every tried update was adopted or rejected, one version per
+ * adoption (no load here). */
+static void check_adapter_invariants_at(const sb_adapter_stats *st, int line) {
+    CHECK_AT(st->decisions == st->skipped + st->tried_1 + st->tried_4 + st->tried_16, line);
+    CHECK_AT(st->tried_1 + st->tried_4 + st->tried_16 == st->adopted + st->rejected, line);
+    CHECK_AT(st->failed <= st->rejected, line);
+    CHECK_AT(st->version == st->adopted, line);
+    CHECK_AT(st->slots_accepted <= st->slots_recorded, line);
+    CHECK_AT(isfinite(st->update_seconds) && st->update_seconds >= 0.0, line);
+    CHECK_AT(isfinite(st->expected_saved_seconds), line);
+    CHECK_AT(isfinite(st->last_delta) && st->last_delta >= -1.0 && st->last_delta <= 1.0, line);
+}
+
+#define CHECK_ADAPTER_INVARIANTS(st) check_adapter_invariants_at((st), __LINE__)
+
+static void adapter_new_expect_at(const sb_drafter *d, const sb_adapter_params *ap, sb_status want,
+                                  int line) {
+    sb_adapter *a = SENTINEL(sb_adapter);
+    sb_status s = sb_adapter_new(d, ap, &a);
+    CHECK_STATUS_AT(s, want, line);
+    if (want == SB_STATUS_OK) {
+        CHECK_AT(a != SENTINEL(sb_adapter) && a != NULL, line);
+    } else {
+        CHECK_AT(a == SENTINEL(sb_adapter), line); /* nothing written on error */
+    }
+    if (s == SB_STATUS_OK && a != SENTINEL(sb_adapter)) sb_adapter_free(a);
+}
+
+#define ADAPTER_NEW_EXPECT(d, ap, want) adapter_new_expect_at((d), (ap), (want), __LINE__)
+
+static void test_adapter_new_errors(void) {
+    sb_drafter *d = load_drafter();
+    const sb_adapter_params def = sb_adapter_default_params();
+    sb_adapter_params ap = def;
+
+    /* NULL arguments. */
+    ADAPTER_NEW_EXPECT(NULL, &ap, SB_STATUS_NULL_ARGUMENT);
+    ADAPTER_NEW_EXPECT(d, NULL, SB_STATUS_NULL_ARGUMENT);
+    CHECK_STATUS(sb_adapter_new(d, &ap, NULL), SB_STATUS_NULL_ARGUMENT);
+    CHECK_STATUS(sb_adapter_new(NULL, NULL, NULL), SB_STATUS_NULL_ARGUMENT);
+
+    /* struct_size: only this library's. */
+    static const uint32_t bad_sizes[6] = {0, 4, 24, (uint32_t)sizeof(sb_adapter_params) - 8,
+                                          (uint32_t)sizeof(sb_adapter_params) + 8, UINT32_MAX};
+    for (int i = 0; i < 6; i++) {
+        ap = def;
+        ap.struct_size = bad_sizes[i];
+        ADAPTER_NEW_EXPECT(d, &ap, SB_STATUS_STRUCT_SIZE);
+    }
+
+    /* Values outside their ranges. */
+#define BAD_FIELD(field, value, want)       \
+    do {                                    \
+        ap = def;                           \
+        ap.field = (value);                 \
+        ADAPTER_NEW_EXPECT(d, &ap, (want)); \
+    } while (0)
+    BAD_FIELD(rank, 0, SB_STATUS_INVALID_ARGUMENT);
+    BAD_FIELD(rank, 65, SB_STATUS_INVALID_ARGUMENT);
+    BAD_FIELD(capacity, 0, SB_STATUS_INVALID_ARGUMENT);
+    BAD_FIELD(capacity, def.holdout + def.min_train - 1, SB_STATUS_INVALID_ARGUMENT);
+    BAD_FIELD(capacity, (1u << 20) + 1, SB_STATUS_INVALID_ARGUMENT);
+    BAD_FIELD(mode, 3, SB_STATUS_INVALID_ARGUMENT);
+    BAD_FIELD(mode, 7, SB_STATUS_INVALID_ARGUMENT);
+    BAD_FIELD(mode, UINT32_MAX, SB_STATUS_INVALID_ARGUMENT);
+    BAD_FIELD(decide_every, 0, SB_STATUS_INVALID_ARGUMENT);
+    BAD_FIELD(holdout, 0, SB_STATUS_INVALID_ARGUMENT);
+    BAD_FIELD(min_train, 0, SB_STATUS_INVALID_ARGUMENT);
+    BAD_FIELD(batch, 0, SB_STATUS_INVALID_ARGUMENT);
+    BAD_FIELD(batch, 4097, SB_STATUS_INVALID_ARGUMENT);
+    BAD_FIELD(always_steps, 0, SB_STATUS_INVALID_ARGUMENT);
+    BAD_FIELD(always_steps, 1025, SB_STATUS_INVALID_ARGUMENT);
+    BAD_FIELD(learning_rate, -1e-3f, SB_STATUS_INVALID_ARGUMENT);
+    BAD_FIELD(learning_rate, NAN, SB_STATUS_NON_FINITE);
+    BAD_FIELD(learning_rate, INFINITY, SB_STATUS_NON_FINITE);
+    BAD_FIELD(horizon_tokens, NAN, SB_STATUS_NON_FINITE);
+    BAD_FIELD(horizon_tokens, INFINITY, SB_STATUS_NON_FINITE);
+    BAD_FIELD(horizon_tokens, 0.0, SB_STATUS_INVALID_ARGUMENT);
+    BAD_FIELD(horizon_tokens, -5.0, SB_STATUS_INVALID_ARGUMENT);
+    BAD_FIELD(confidence_z, NAN, SB_STATUS_NON_FINITE);
+    BAD_FIELD(confidence_z, -INFINITY, SB_STATUS_NON_FINITE);
+    BAD_FIELD(confidence_z, -0.5, SB_STATUS_INVALID_ARGUMENT);
+    /* holdout 4097 also needs a capacity that could hold it. */
+    ap = def;
+    ap.holdout = 4097;
+    ap.capacity = 8192;
+    ADAPTER_NEW_EXPECT(d, &ap, SB_STATUS_INVALID_ARGUMENT);
+#undef BAD_FIELD
+
+    /* At the edges of the ranges, and every mode. */
+    ap = def;
+    ADAPTER_NEW_EXPECT(d, &ap, SB_STATUS_OK);
+    ap.rank = 1;
+    ADAPTER_NEW_EXPECT(d, &ap, SB_STATUS_OK);
+    ap.rank = 64;
+    ADAPTER_NEW_EXPECT(d, &ap, SB_STATUS_OK);
+    ap = def;
+    ap.capacity = def.holdout + def.min_train;
+    ADAPTER_NEW_EXPECT(d, &ap, SB_STATUS_OK);
+    ap = def;
+    ap.learning_rate = 0.0f;
+    ap.confidence_z = 0.0;
+    ADAPTER_NEW_EXPECT(d, &ap, SB_STATUS_OK);
+    for (uint32_t m = SB_ADAPT_OFF; m <= SB_ADAPT_ALWAYS; m++) {
+        ap = quick_adapter_params(m);
+        ADAPTER_NEW_EXPECT(d, &ap, SB_STATUS_OK);
+    }
+
+    /* A fresh adapter has done nothing; get_stats' errors write nothing. */
+    ap = def;
+    sb_adapter *a = new_adapter(d, &ap);
+    sb_adapter_stats st, untouched;
+    memset(&st, 0xEE, sizeof st);
+    memcpy(&untouched, &st, sizeof st);
+    CHECK_STATUS(sb_adapter_get_stats(NULL, &st), SB_STATUS_NULL_ARGUMENT);
+    CHECK_STATUS(sb_adapter_get_stats(a, NULL), SB_STATUS_NULL_ARGUMENT);
+    CHECK_STATUS(sb_adapter_get_stats(NULL, NULL), SB_STATUS_NULL_ARGUMENT);
+    CHECK(memcmp(&st, &untouched, sizeof st) == 0);
+    st = ADAPTER_STATS(a);
+    CHECK_EQ(st.decisions, 0);
+    CHECK_EQ(st.skipped + st.tried_1 + st.tried_4 + st.tried_16, 0);
+    CHECK_EQ(st.adopted + st.rejected + st.failed, 0);
+    CHECK_EQ(st.slots_recorded + st.slots_accepted, 0);
+    CHECK_EQ(st.version, 0);
+    CHECK(st.update_seconds == 0.0 && st.expected_saved_seconds == 0.0 && st.last_delta == 0.0);
+
+    /* The adapter copies what it needs: it outlives its drafter. */
+    sb_drafter_free(d);
+    st = ADAPTER_STATS(a);
+    CHECK_EQ(st.version, 0);
+    sb_adapter_free(a);
+    sb_adapter_free(NULL); /* no-op */
+}
+
+static void test_adapter_set_policy(void) {
+    sb_drafter *d = load_drafter();
+    sb_session_params sp = fixed_params();
+    sb_session *s = new_session(d, &sp);
+    sb_tree *t = session_tree(s);
+    const sb_adapter_params quick = quick_adapter_params(SB_ADAPT_ALWAYS);
+    sb_adapter *a = new_adapter(d, &quick);
+    CHECK_OK(sb_session_attach_adapter(s, a));
+    sb_adapter_params ap = quick;
+
+    CHECK_STATUS(sb_adapter_set_policy(NULL, &ap), SB_STATUS_NULL_ARGUMENT);
+    CHECK_STATUS(sb_adapter_set_policy(a, NULL), SB_STATUS_NULL_ARGUMENT);
+    /* Each refused call below asks for mode OFF among its changes: recording must go on after it. */
+    ap = quick;
+    ap.mode = SB_ADAPT_OFF;
+    ap.struct_size = (uint32_t)sizeof(sb_adapter_params) - 8;
+    CHECK_STATUS(sb_adapter_set_policy(a, &ap), SB_STATUS_STRUCT_SIZE);
+#define BAD_POLICY(field, value, want)                        \
+    do {                                                     \
+        ap = quick;                                          \
+        ap.mode = SB_ADAPT_OFF;                              \
+        ap.field = (value);                                  \
+        CHECK_STATUS(sb_adapter_set_policy(a, &ap), (want)); \
+    } while (0)
+    BAD_POLICY(rank, quick.rank + 1, SB_STATUS_INVALID_ARGUMENT);     /* fixed at creation */
+    BAD_POLICY(capacity, quick.capacity * 2, SB_STATUS_INVALID_ARGUMENT);
+    BAD_POLICY(capacity, quick.capacity - 1, SB_STATUS_INVALID_ARGUMENT);
+    BAD_POLICY(holdout, quick.holdout + 1, SB_STATUS_INVALID_ARGUMENT); /* above creation sizes */
+    BAD_POLICY(batch, quick.batch + 1, SB_STATUS_INVALID_ARGUMENT);
+    BAD_POLICY(decide_every, 0, SB_STATUS_INVALID_ARGUMENT);
+    BAD_POLICY(always_steps, 0, SB_STATUS_INVALID_ARGUMENT);
+    BAD_POLICY(learning_rate, -1.0f, SB_STATUS_INVALID_ARGUMENT);
+    BAD_POLICY(learning_rate, NAN, SB_STATUS_NON_FINITE);
+    BAD_POLICY(horizon_tokens, NAN, SB_STATUS_NON_FINITE);
+    BAD_POLICY(confidence_z, INFINITY, SB_STATUS_NON_FINITE);
+#undef BAD_POLICY
+    ap = quick;
+    ap.mode = 7;
+    CHECK_STATUS(sb_adapter_set_policy(a, &ap), SB_STATUS_INVALID_ARGUMENT);
+
+    sb_adapter_stats before = ADAPTER_STATS(a);
+    CHECK_EQ(before.slots_recorded, 0);
+    FULL_LOOP(s, t, 12);
+    sb_adapter_stats st = ADAPTER_STATS(a);
+    CHECK(st.slots_recorded >= 12); /* still ALWAYS: every verified path is recorded */
+    CHECK(st.decisions > 0);
+    CHECK_ADAPTER_INVARIANTS(&st);
+
+    /* OFF: nothing recorded, no decisions; the counters stay. */
+    ap = quick;
+    ap.mode = SB_ADAPT_OFF;
+    CHECK_OK(sb_adapter_set_policy(a, &ap));
+    sb_adapter_stats off = ADAPTER_STATS(a);
+    CHECK(memcmp(&off, &st, sizeof st) == 0);
+    FULL_LOOP(s, t, 8);
+    off = ADAPTER_STATS(a);
+    CHECK_EQ(off.slots_recorded, st.slots_recorded);
+    CHECK_EQ(off.decisions, st.decisions);
+    CHECK_EQ(off.version, st.version);
+
+    /* Back on, with smaller sizes and another learning rate: recording and decisions resume. */
+    ap = quick;
+    ap.mode = SB_ADAPT_BANDIT;
+    ap.holdout = 2;
+    ap.min_train = 2;
+    ap.batch = 4;
+    ap.decide_every = 2;
+    ap.learning_rate = 1e-2f;
+    CHECK_OK(sb_adapter_set_policy(a, &ap));
+    FULL_LOOP(s, t, 12);
+    sb_adapter_stats on = ADAPTER_STATS(a);
+    CHECK(on.slots_recorded >= st.slots_recorded + 12);
+    CHECK(on.decisions > st.decisions);
+    CHECK_ADAPTER_INVARIANTS(&on);
+
+    sb_tree_free(t);
+    sb_session_free(s);
+    sb_adapter_free(a);
+    sb_drafter_free(d);
+}
+
+static void test_adapter_sessions(void) {
+    sb_drafter *d = load_drafter();
+    sb_session_params fixed = fixed_params();
+    sb_session *s = new_session(d, &fixed);
+    sb_tree *t = session_tree(s);
+    const sb_adapter_params quick = quick_adapter_params(SB_ADAPT_ALWAYS);
+    sb_adapter *a = new_adapter(d, &quick);
+
+    CHECK_STATUS(sb_session_attach_adapter(NULL, a), SB_STATUS_NULL_ARGUMENT);
+    CHECK_STATUS(sb_session_attach_adapter(s, NULL), SB_STATUS_NULL_ARGUMENT);
+    CHECK_STATUS(sb_session_attach_adapter(NULL, NULL), SB_STATUS_NULL_ARGUMENT);
+    CHECK_STATUS(sb_session_detach_adapter(NULL), SB_STATUS_NULL_ARGUMENT);
+    CHECK_OK(sb_session_detach_adapter(s)); /* none attached: a no-op */
+
+    /* ALWAYS with small sizes: decisions come, every update is adopted, the drafts stay exact (the
+     * loop checks the emitted tokens against the target's greedy output). */
+    CHECK_OK(sb_session_attach_adapter(s, a));
+    CHECK_OK(sb_session_attach_adapter(s, a)); /* again: replaces itself */
+    FULL_LOOP(s, t, 30);
+    sb_adapter_stats st = ADAPTER_STATS(a);
+    CHECK(st.slots_recorded >= 30); /* every drafted iteration records at least its first slot */
+    CHECK(st.decisions > 0);
+    CHECK(st.tried_4 > 0);
+    CHECK_EQ(st.tried_1 + st.tried_16, 0);
+    CHECK_EQ(st.skipped, 0);
+    CHECK_EQ(st.adopted, st.tried_4); /* ALWAYS adopts without replay */
+    CHECK_EQ(st.rejected, 0);
+    CHECK_ADAPTER_INVARIANTS(&st);
+    sb_session_stats ss;
+    CHECK_OK(sb_session_get_stats(s, &ss, NULL, 0));
+    CHECK_EQ(ss.iterations, 30);
+
+    /* Detached: the session drafts on, nothing more is recorded. */
+    CHECK_OK(sb_session_detach_adapter(s));
+    CHECK_OK(sb_session_detach_adapter(s));
+    FULL_LOOP(s, t, 6);
+    sb_adapter_stats after = ADAPTER_STATS(a);
+    CHECK_EQ(after.slots_recorded, st.slots_recorded);
+    CHECK_EQ(after.decisions, st.decisions);
+
+    /* Two sessions (one adaptive) share the adapter; both record into it. */
+    sb_session_params adaptive = adaptive_params();
+    sb_session *s2 = new_session(d, &adaptive);
+    sb_tree *t2 = session_tree(s2);
+    CHECK_OK(sb_session_attach_adapter(s, a));
+    CHECK_OK(sb_session_attach_adapter(s2, a));
+    FULL_LOOP(s, t, 10);
+    sb_adapter_stats mid = ADAPTER_STATS(a);
+    CHECK(mid.slots_recorded >= after.slots_recorded + 10);
+    FULL_LOOP(s2, t2, 20);
+    sb_adapter_stats both = ADAPTER_STATS(a);
+    CHECK(both.slots_recorded > mid.slots_recorded); /* the adaptive session drafted some trees */
+    CHECK(both.decisions >= mid.decisions);
+    CHECK_ADAPTER_INVARIANTS(&both);
+
+    /* The adapter freed before its sessions: they keep it alive and keep adapting with it. */
+    sb_adapter_free(a);
+    FULL_LOOP(s, t, 8);
+    CHECK_OK(sb_session_detach_adapter(s2)); /* s keeps the last reference */
+    FULL_LOOP(s2, t2, 4);
+    FULL_LOOP(s, t, 4);
+    CHECK_OK(sb_session_detach_adapter(s)); /* the adapter's memory goes here */
+    FULL_LOOP(s, t, 4);
+
+    /* An adapter freed while still attached, and the session freed after it. */
+    a = new_adapter(d, &quick);
+    CHECK_OK(sb_session_attach_adapter(s2, a));
+    sb_adapter_free(a);
+    FULL_LOOP(s2, t2, 6);
+    sb_session_free(s2);
+
+    sb_tree_free(t);
+    sb_tree_free(t2);
+    sb_session_free(s);
+    sb_drafter_free(d);
+}
+
+/* The fixture of the other kind (argv[2], optional). The two fixtures share hidden width 64, draft
+ * vocabulary 120 and target vocabulary 300; the SpecBlock fixture has a four-class rank head, which
+ * its adapter adapts too. So an EAGLE-3 adapter (no rank head) fits a SpecBlock session, and a
+ * SpecBlock adapter does not fit an EAGLE-3 session. */
+static const char *g_other_dir;
+
+static void test_adapter_other_kind(void) {
+    if (g_other_dir == NULL) return;
+    sb_drafter_params dp = sb_drafter_default_params();
+    sb_drafter *other = NULL;
+    char err[256] = {0};
+    CHECK_OK(sb_drafter_load(g_other_dir, &dp, g_embed, EMBED_LEN, &other, err, sizeof err));
+    if (other == NULL) {
+        fprintf(stderr, "sb_drafter_load(%s): %s\n", g_other_dir, err);
+        return;
+    }
+    sb_drafter_info oi;
+    CHECK_OK(sb_drafter_get_info(other, &oi));
+    CHECK(oi.kind != g_info.kind);
+    int same_shape = oi.hidden == g_info.hidden && oi.draft_vocab == g_info.draft_vocab &&
+                     oi.vocab == g_info.vocab;
+    CHECK(same_shape); /* the premise above */
+    CHECK_EQ(oi.feature_width, g_info.feature_width); /* the loops' feature rows fit both */
+    if (oi.feature_width != g_info.feature_width) {
+        sb_drafter_free(other);
+        return;
+    }
+
+    sb_drafter *d = load_drafter();
+    const sb_adapter_params quick = quick_adapter_params(SB_ADAPT_ALWAYS);
+    sb_adapter *mine = new_adapter(d, &quick);   /* made for this fixture's drafter */
+    sb_adapter *theirs = new_adapter(other, &quick);
+    sb_session_params fixed = fixed_params();
+    sb_session *s = new_session(d, &fixed); /* a session of this fixture's kind */
+    sb_tree *t = session_tree(s);
+
+    /* This fixture's adapter attached to a session of the other kind, on the other's drafter. */
+    sb_session *os = new_session(other, &fixed);
+    sb_tree *ot = session_tree(os);
+    sb_status want_mine_on_other =
+        (same_shape && g_eagle3) ? SB_STATUS_OK : SB_STATUS_INVALID_ARGUMENT;
+    CHECK_STATUS(sb_session_attach_adapter(os, mine), want_mine_on_other);
+    /* And the other's adapter on this fixture's session. */
+    sb_status want_theirs_here =
+        (same_shape && !g_eagle3) ? SB_STATUS_OK : SB_STATUS_INVALID_ARGUMENT;
+    CHECK_STATUS(sb_session_attach_adapter(s, theirs), want_theirs_here);
+
+    /* Either way the sessions work, and an attached adapter records. */
+    FULL_LOOP(s, t, 10);
+    FULL_LOOP(os, ot, 10);
+    sb_adapter_stats ms = ADAPTER_STATS(mine);
+    sb_adapter_stats ts = ADAPTER_STATS(theirs);
+    CHECK((ms.slots_recorded > 0) == (want_mine_on_other == SB_STATUS_OK));
+    CHECK((ts.slots_recorded > 0) == (want_theirs_here == SB_STATUS_OK));
+    CHECK_ADAPTER_INVARIANTS(&ms);
+    CHECK_ADAPTER_INVARIANTS(&ts);
+    /* A refused attach left an attached adapter in place. */
+    CHECK_OK(sb_session_attach_adapter(os, theirs));
+    sb_adapter_stats before = ADAPTER_STATS(theirs);
+    CHECK_STATUS(sb_session_attach_adapter(os, mine), want_mine_on_other);
+    FULL_LOOP(os, ot, 6);
+    sb_adapter_stats after = ADAPTER_STATS(theirs);
+    if (want_mine_on_other == SB_STATUS_OK) {
+        CHECK_EQ(after.slots_recorded, before.slots_recorded); /* replaced by `mine` */
+    } else {
+        CHECK(after.slots_recorded >= before.slots_recorded + 6);
+    }
+
+    sb_tree_free(t);
+    sb_tree_free(ot);
+    sb_session_free(s);
+    sb_session_free(os);
+    sb_adapter_free(mine);
+    sb_adapter_free(theirs);
+    sb_drafter_free(d);
+    sb_drafter_free(other);
+}
+
+/* Files: the argument checks that come before any file is touched. */
+static void test_adapter_file_args(void) {
+    sb_drafter *d = load_drafter();
+    sb_adapter_params ap = quick_adapter_params(SB_ADAPT_ALWAYS);
+    sb_adapter *a = new_adapter(d, &ap);
+    static const char bad_utf8[] = {'a', (char)0xff, (char)0xfe, '.', 's', 't', 0};
+    CHECK_STATUS(sb_adapter_save(NULL, "x.safetensors"), SB_STATUS_NULL_ARGUMENT);
+    CHECK_STATUS(sb_adapter_save(a, NULL), SB_STATUS_NULL_ARGUMENT);
+    CHECK_STATUS(sb_adapter_save(a, bad_utf8), SB_STATUS_INVALID_ARGUMENT);
+    CHECK_STATUS(sb_adapter_load(NULL, "x.safetensors"), SB_STATUS_NULL_ARGUMENT);
+    CHECK_STATUS(sb_adapter_load(a, NULL), SB_STATUS_NULL_ARGUMENT);
+    CHECK_STATUS(sb_adapter_load(a, bad_utf8), SB_STATUS_INVALID_ARGUMENT);
+    sb_adapter_stats st = ADAPTER_STATS(a);
+    CHECK_EQ(st.version, 0);
+    sb_adapter_free(a);
+    sb_drafter_free(d);
+}
+
+#ifdef SB_TEST_ADAPTER_FILES
+/* Save and load (built with -DSB_TEST_ADAPTER_FILES by the ignored `adapter_files` test of
+ * tests/c_api.rs until the adapter weights module lands): files go to $SB_TEST_SCRATCH. */
+
+static void scratch_path(char *buf, size_t cap, const char *name) {
+    const char *dir = getenv("SB_TEST_SCRATCH");
+    snprintf(buf, cap, "%s/%s_%s", dir ? dir : "/tmp", g_eagle3 ? "eagle3" : "specblock", name);
+}
+
+/* The bytes of a file (malloc'd; NULL if unreadable), and its size. */
+static unsigned char *read_file(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    unsigned char *buf = NULL;
+    size_t n = 0, cap = 0;
+    for (;;) {
+        if (n == cap) {
+            cap = cap ? 2 * cap : 4096;
+            unsigned char *grown = realloc(buf, cap);
+            if (!grown) break;
+            buf = grown;
+        }
+        size_t got = fread(buf + n, 1, cap - n, f);
+        n += got;
+        if (got == 0) break;
+    }
+    fclose(f);
+    *len = n;
+    return buf;
+}
+
+static void test_adapter_files(void) {
+    char p1[512], p2[512], junk[512], missing[512], no_dir[512];
+    scratch_path(p1, sizeof p1, "adapter1.safetensors");
+    scratch_path(p2, sizeof p2, "adapter2.safetensors");
+    scratch_path(junk, sizeof junk, "junk.safetensors");
+    scratch_path(missing, sizeof missing, "missing.safetensors");
+    scratch_path(no_dir, sizeof no_dir, "no/such/dir/adapter.safetensors");
+    remove(missing);
+
+    sb_drafter *d = load_drafter();
+    sb_session_params fixed = fixed_params();
+    sb_session *s = new_session(d, &fixed);
+    sb_tree *t = session_tree(s);
+    const sb_adapter_params quick = quick_adapter_params(SB_ADAPT_ALWAYS);
+    sb_adapter *a = new_adapter(d, &quick);
+    CHECK_OK(sb_session_attach_adapter(s, a));
+    FULL_LOOP(s, t, 20);
+    sb_adapter_stats sa = ADAPTER_STATS(a);
+    CHECK(sa.version > 0);
+
+    /* Save, load into a fresh adapter, save again: the same bytes. */
+    CHECK_OK(sb_adapter_save(a, p1));
+    sb_adapter *b = new_adapter(d, &quick);
+    CHECK_OK(sb_adapter_load(b, p1));
+    sb_adapter_stats sb = ADAPTER_STATS(b);
+    CHECK_EQ(sb.version, 1);
+    CHECK_EQ(sb.slots_recorded, 0);
+    CHECK_OK(sb_adapter_save(b, p2));
+    size_t n1 = 0, n2 = 0;
+    unsigned char *f1 = read_file(p1, &n1);
+    unsigned char *f2 = read_file(p2, &n2);
+    CHECK(f1 != NULL && f2 != NULL && n1 > 0 && n1 == n2 && memcmp(f1, f2, n1) == 0);
+    free(f1);
+    free(f2);
+
+    /* Errors change nothing: a missing file, a file that is not an adapter, another rank, a
+     * directory that does not exist. */
+    FILE *f = fopen(junk, "wb");
+    CHECK(f != NULL);
+    if (f) {
+        fputs("not a safetensors file", f);
+        fclose(f);
+    }
+    sb_adapter_params other_rank = quick;
+    other_rank.rank = quick.rank / 2;
+    sb_adapter *c = new_adapter(d, &other_rank);
+    CHECK_STATUS(sb_adapter_load(b, missing), SB_STATUS_INVALID_ARGUMENT);
+    CHECK_STATUS(sb_adapter_load(b, junk), SB_STATUS_INVALID_ARGUMENT);
+    CHECK_STATUS(sb_adapter_load(c, p1), SB_STATUS_INVALID_ARGUMENT);
+    CHECK_STATUS(sb_adapter_save(a, no_dir), SB_STATUS_INVALID_ARGUMENT);
+    CHECK_EQ(ADAPTER_STATS(b).version, 1);
+    CHECK_EQ(ADAPTER_STATS(c).version, 0);
+
+    /* A session drafts with loaded weights, exactly (the loop checks the output). */
+    CHECK_OK(sb_session_attach_adapter(s, b));
+    FULL_LOOP(s, t, 8);
+    CHECK_OK(sb_adapter_load(b, p1)); /* while attached: picked up at the next draft */
+    FULL_LOOP(s, t, 4);
+
+    remove(p1);
+    remove(p2);
+    remove(junk);
+    sb_tree_free(t);
+    sb_session_free(s);
+    sb_adapter_free(a);
+    sb_adapter_free(b);
+    sb_adapter_free(c);
+    sb_drafter_free(d);
+}
+#endif
+
+/* ---------------------------------------------------------------------------------------------------- */
 
 int main(int argc, char **argv) {
     if (argc < 2) {
-        fprintf(stderr, "usage: %s DRAFTER_DIR\n", argv[0]);
+        fprintf(stderr, "usage: %s DRAFTER_DIR [OTHER_KIND_DRAFTER_DIR]\n", argv[0]);
         return 2;
     }
     g_dir = argv[1];
+    g_other_dir = argc > 2 ? argv[2] : NULL;
     g_embed = malloc(sizeof(float) * EMBED_LEN);
     g_nodes = malloc(sizeof(int32_t) * (SB_MAX_NODES + 1));
     g_argmax = malloc(sizeof(int32_t) * (SB_MAX_NODES + 1));
@@ -1333,6 +1882,15 @@ int main(int argc, char **argv) {
     test_feedback_errors();
     test_get_stats();
     test_drafter_freed_first();
+    test_adapter_defaults();
+    test_adapter_new_errors();
+    test_adapter_set_policy();
+    test_adapter_sessions();
+    test_adapter_other_kind();
+    test_adapter_file_args();
+#ifdef SB_TEST_ADAPTER_FILES
+    test_adapter_files();
+#endif
 
     free(g_embed);
     free(g_nodes);

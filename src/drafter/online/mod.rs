@@ -70,6 +70,9 @@ pub const NO_RANK_LABEL: u8 = u8::MAX;
 /// The rank head's hidden width.
 const RANK_HIDDEN: usize = super::weights::RANK_HIDDEN;
 
+/// Largest rank of an adapter's `B A`.
+const MAX_RANK: usize = 64;
+
 /// How an adapter is built and learns. Defaults: [`AdapterParams::default`].
 #[derive(Clone, Copy, Debug)]
 pub struct AdapterParams {
@@ -104,7 +107,8 @@ impl Default for AdapterParams {
 /// What an adapter has done.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct AdapterStats {
-    /// The bandit's counters (decisions, updates tried, adopted, rejected, seconds).
+    /// The update bandits' counters since creation (decisions, updates tried, adopted, rejected,
+    /// seconds), over policy changes.
     pub updates: UpdateStats,
     /// Slots recorded since creation.
     pub slots_recorded: u64,
@@ -258,7 +262,7 @@ impl OnlineAdapter {
     /// min_train` and at most 1M slots, [`UpdateParams::validate`]); [`Error::OutOfMemory`].
     pub fn new(drafter: &AnyDrafter, params: AdapterParams) -> Result<Self, Error> {
         params.update.validate()?;
-        if !(1..=64).contains(&params.rank) {
+        if !(1..=MAX_RANK).contains(&params.rank) {
             return Err(Error::InvalidArgument("adapter rank must be in 1..=64"));
         }
         let u = &params.update;
@@ -345,12 +349,21 @@ impl OnlineAdapter {
         self.stats.version
     }
 
-    /// What the adapter has done.
+    /// What the adapter has done since its creation.
     pub fn stats(&self) -> AdapterStats {
         AdapterStats {
-            updates: *self.bandit.stats(),
+            updates: add_update_stats(&self.stats.updates, self.bandit.stats()),
             ..self.stats
         }
+    }
+
+    /// Starts a new bandit with `update`; the counters of the old one are kept in `stats.updates`
+    /// (which holds those of the bandits before the current one).
+    fn restart_bandit(&mut self, update: UpdateParams) -> Result<(), Error> {
+        let bandit = UpdateBandit::new(update)?;
+        self.stats.updates = add_update_stats(&self.stats.updates, self.bandit.stats());
+        self.bandit = bandit;
+        Ok(())
     }
 
     /// The feedback ring.
@@ -358,7 +371,8 @@ impl OnlineAdapter {
         &self.ring
     }
 
-    /// Changes the update policy (the bandit's statistics restart). Errors: as
+    /// Changes the update policy: the bandit's reward statistics restart (the counters of
+    /// [`stats`](Self::stats) go on). Errors: as
     /// [`UpdateParams::validate`], or a holdout or batch above the sizes the adapter was created with.
     pub fn set_update_params(&mut self, update: UpdateParams) -> Result<(), Error> {
         update.validate()?;
@@ -370,7 +384,7 @@ impl OnlineAdapter {
                 "holdout and batch at most the adapter's creation sizes; holdout + min_train at most its capacity",
             ));
         }
-        self.bandit = UpdateBandit::new(update)?;
+        self.restart_bandit(update)?;
         self.params.update = update;
         Ok(())
     }
@@ -378,6 +392,26 @@ impl OnlineAdapter {
     /// The kind of drafter the adapter was made for.
     pub fn kind(&self) -> DrafterKind {
         self.kind
+    }
+
+    /// Changes the optimizer's parameters from the next update on (the live weights, the recorded
+    /// slots and the bandit's statistics stay).
+    pub fn set_train_params(&mut self, train: TrainParams) {
+        self.params.train = train;
+    }
+
+    /// Makes `weights` the live weights (for example weights read by [`HeadAdapter::load`] without
+    /// holding the adapter's lock); the version changes so sessions pick them up. Errors:
+    /// [`Error::InvalidArgument`] for weights of another shape; nothing changes then.
+    pub fn set_live(&mut self, weights: &HeadAdapter) -> Result<(), Error> {
+        if weights.shape != self.shape {
+            return Err(Error::InvalidArgument(
+                "the weights were made for an adapter of another shape",
+            ));
+        }
+        self.live.copy_from(weights);
+        self.stats.version += 1;
+        Ok(())
     }
 
     /// Whether `drafter` is of the kind and shape this adapter was made for.
@@ -615,10 +649,11 @@ impl OnlineAdapter {
         }
     }
 
-    /// Forgets the recorded slots and the bandit's history (the live weights stay).
+    /// Forgets the recorded slots and the bandit's history (the live weights and the counters of
+    /// [`stats`](Self::stats) stay).
     pub fn clear_feedback(&mut self) -> Result<(), Error> {
+        self.restart_bandit(self.params.update)?;
         self.ring.clear();
-        self.bandit = UpdateBandit::new(self.params.update)?;
         self.new_since_decision = 0;
         Ok(())
     }
@@ -635,6 +670,29 @@ impl OnlineAdapter {
         self.live.copy_from(&w);
         self.stats.version += 1;
         Ok(())
+    }
+}
+
+/// The counters of two bandits run one after the other (`a` first).
+fn add_update_stats(a: &UpdateStats, b: &UpdateStats) -> UpdateStats {
+    let mut tried = a.tried;
+    for (t, &n) in tried.iter_mut().zip(&b.tried) {
+        *t += n;
+    }
+    UpdateStats {
+        decisions: a.decisions + b.decisions,
+        skipped: a.skipped + b.skipped,
+        tried,
+        adopted: a.adopted + b.adopted,
+        rejected: a.rejected + b.rejected,
+        update_seconds: a.update_seconds + b.update_seconds,
+        expected_saved_seconds: a.expected_saved_seconds + b.expected_saved_seconds,
+        // The last replay: `b`'s once it judged an update.
+        last_delta: if b.tried.iter().any(|&n| n > 0) {
+            b.last_delta
+        } else {
+            a.last_delta
+        },
     }
 }
 

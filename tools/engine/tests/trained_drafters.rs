@@ -108,3 +108,57 @@ fn adaptive_policy_is_lossless_with_both_drafters() {
     let tau = greedy_accept_length(m, &mut s, "adaptive EAGLE-3");
     eprintln!("adaptive EAGLE-3: tau {tau:.3}");
 }
+
+/// Online adaptation with both committed drafters, in the mode that changes the drafter's head most
+/// often (an update adopted at every decision point, every few iterations): greedy output stays token
+/// for token the plain output while the head the drafts come from keeps changing.
+#[test]
+fn online_adaptation_is_lossless_with_both_drafters() {
+    use specblock::adapt::online::{UpdateMode, UpdateParams};
+    use specblock::adapt::{Arm, PolicyParams, Shape};
+    use specblock::drafter::AnyDrafter;
+    use specblock::drafter::online::{AdapterParams, OnlineAdapter};
+    let Some(m) = model_bf16() else { return };
+    for (name, arm) in [
+        (
+            "specblock",
+            Shape::SpecBlock {
+                budget: 4,
+                max_seeds: 0,
+            },
+        ),
+        (
+            "eagle3",
+            Shape::Eagle3 {
+                budget: 4,
+                depth: 4,
+                top_k: 1,
+            },
+        ),
+    ] {
+        let mut d = AnyDrafter::load_dir(&committed(name), 2).expect("committed drafter loads");
+        d.use_bf16_weights();
+        let mut s = d
+            .new_speculator(512, &[Arm::new(arm)], PolicyParams::default())
+            .unwrap();
+        let params = AdapterParams {
+            capacity: 128,
+            update: UpdateParams {
+                mode: UpdateMode::Always,
+                decide_every: 6,
+                holdout: 8,
+                min_train: 8,
+                batch: 32,
+                ..UpdateParams::default()
+            },
+            ..AdapterParams::default()
+        };
+        let a = OnlineAdapter::new(&d, params).unwrap().into_shared();
+        s.attach_adapter(a.clone()).unwrap();
+        let tau = greedy_accept_length(m, &mut s, name);
+        let st = a.lock().unwrap().stats();
+        eprintln!("{name} adapted (always): tau {tau:.3}, {st:?}");
+        assert!(st.updates.adopted >= 5, "{name}: the head changed: {st:?}");
+        assert!(!a.lock().unwrap().live().is_identity(), "{name}");
+    }
+}
