@@ -5,6 +5,9 @@
 //! f32, row-major), so the drafter never copies it.
 //!
 //! [`eagle3`] holds the EAGLE-3 baseline drafter (docs/eagle3-forward.md) with the same session API.
+//!
+//! [`adapter`] holds the online head adapter (a low-rank residual before the draft LM head, a logit
+//! bias and a rank-head delta) and its trainer, fed by verifier feedback.
 
 pub mod adapter;
 mod any;
