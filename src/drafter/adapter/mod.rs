@@ -12,5 +12,5 @@
 mod train;
 mod weights;
 
-pub use train::{Records, TrainParams, Trainer};
+pub use train::{NO_RANK_LABEL, Records, TrainParams, Trainer};
 pub use weights::{AdapterShape, HeadAdapter, MAX_RANK};

@@ -52,9 +52,13 @@ pub struct Records<'a> {
     /// `rows x rank_classes`: `R2 h1`, the rank logits without the adapter's delta; empty without a
     /// rank head.
     pub base_rank_logits: &'a [f32],
-    /// `rows`: the rank class label (`0..rank_classes`); empty without a rank head.
+    /// `rows`: the rank class label (`0..rank_classes`), or [`NO_RANK_LABEL`] for a row without
+    /// rank-head values (the rank loss skips it); empty without a rank head.
     pub rank_labels: &'a [u8],
 }
+
+/// A rank label meaning "no rank-head values for this row": the rank loss skips the row.
+pub const NO_RANK_LABEL: u8 = u8::MAX;
 
 impl Records<'_> {
     /// Rows held: `targets.len()`.
@@ -308,7 +312,7 @@ impl Core {
             if t >= 0 {
                 lm_rows += 1;
             }
-            if c > 0 && recs.rank_labels[i] as usize >= c {
+            if c > 0 && recs.rank_labels[i] != NO_RANK_LABEL && recs.rank_labels[i] as usize >= c {
                 return Err(Error::InvalidArgument(
                     "records: a rank label is outside 0..rank_classes",
                 ));
@@ -491,10 +495,20 @@ impl Core {
         grad: &mut HeadAdapter,
     ) -> f64 {
         let (c, sh) = (self.shape.rank_classes, self.shape.rank_hidden);
-        let inv = rank_weight / idx.len() as f32;
+        let labelled = idx
+            .iter()
+            .filter(|&&i| recs.rank_labels[i] != NO_RANK_LABEL)
+            .count();
+        if labelled == 0 {
+            return 0.0;
+        }
+        let inv = rank_weight / labelled as f32;
         let row = &mut self.rank_row;
         let mut sum = 0f64;
         for &i in idx {
+            if recs.rank_labels[i] == NO_RANK_LABEL {
+                continue;
+            }
             let h1 = &recs.rank_hidden[i * sh..(i + 1) * sh];
             let label = recs.rank_labels[i] as usize;
             let base = &recs.base_rank_logits[i * c..(i + 1) * c];
@@ -519,7 +533,7 @@ impl Core {
                 axpy(dk, q, h1);
             }
         }
-        sum / idx.len() as f64
+        sum / labelled as f64
     }
 }
 

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use std::vec::Vec;
 
-use super::adapter::{AdapterShape, HeadAdapter, Records, TrainParams, Trainer};
+use super::adapter::{AdapterShape, HeadAdapter, NO_RANK_LABEL, Records, TrainParams, Trainer};
 use super::{AnyDrafter, DrafterKind};
 use crate::adapt::online::{
     Replay, StreamState, UpdateBandit, UpdateMode, UpdateParams, UpdateStats, Verdict,
@@ -63,9 +63,6 @@ const RANK_BOUNDS: [usize; 3] = [1, 4, 10];
 
 /// `accepted` of a teacher-forced slot (never drafted).
 const NOT_DRAFTED: u8 = 2;
-
-/// Rank label of a slot without rank-head values: the rank loss skips it.
-pub const NO_RANK_LABEL: u8 = u8::MAX;
 
 /// The rank head's hidden width.
 const RANK_HIDDEN: usize = super::weights::RANK_HIDDEN;
