@@ -224,9 +224,10 @@ bench: build model prompts $(BENCH_VENV)/.installed $(BENCH_PLOT_MARKER)
 	$(MAKE) bench-adapt
 
 ## bench-adapt: online drafter adaptation (docs/results/adaptation/, tools/bench/adaptation.py): the
-## ShareGPT-trained drafters answer the HumanEval prompts as one stream with --adapt off, on and always
-## (SpecBlock and EAGLE-3), then ADAPT_HELDOUT_LIMIT ShareGPT held-out prompts with off and on. ADAPT_LIMIT
-## stream prompts (0 = all 164: about 50 minutes). Run it on an idle machine.
+## ShareGPT-trained drafters answer the HumanEval prompts as one stream, adaptation off, on and always
+## (SpecBlock and EAGLE-3 at their best static shapes, beside plain decoding, back to back per prompt), then
+## ADAPT_HELDOUT_LIMIT ShareGPT held-out prompts with off and on. ADAPT_LIMIT stream prompts (0 = all 164:
+## about 45 minutes, with 100 held-out prompts about 20 more). Run it on an idle machine.
 ADAPT_LIMIT ?= 0
 ADAPT_HELDOUT_LIMIT ?= 100
 bench-adapt: build model prompts $(BENCH_VENV)/.installed $(BENCH_PLOT_MARKER)

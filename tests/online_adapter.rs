@@ -501,6 +501,10 @@ fn adapted_iterations_do_not_allocate() {
                 counted_updates > 0,
                 "{name} {mode:?}: an update ran while counting: {st:?}"
             );
+            assert!(
+                st.slots_recorded > st.slots_drafted,
+                "{name} {mode:?}: plain steps gave teacher-forced slots: {st:?}"
+            );
         }
     }
 }

@@ -187,14 +187,23 @@ pub struct StreamState {
     pub depth: f64,
     /// Mean seconds per iteration (drafting and verification).
     pub iteration_s: f64,
+    /// Share of recent iterations that drafted, in [0, 1]: a plain step (the draft-shape policy chose
+    /// not to draft) gains nothing from a better drafter.
+    pub drafting_share: f64,
 }
 
 /// Seconds saved over `horizon_tokens` tokens when per-slot acceptance moves by `delta_accept`:
-/// `horizon x iteration_s x (1 / tau_before - 1 / tau_after)` (negative when it falls).
+/// `horizon x drafting_share x iteration_s x (1 / tau_before - 1 / tau_after)` (negative when it
+/// falls).
 pub fn seconds_saved(state: &StreamState, delta_accept: f64, horizon_tokens: f64) -> f64 {
     let before = chain_tau(state.accept, state.depth);
     let after = chain_tau(state.accept + delta_accept, state.depth);
-    horizon_tokens * state.iteration_s * (1.0 / before - 1.0 / after)
+    let share = if state.drafting_share.is_nan() {
+        0.0
+    } else {
+        state.drafting_share.clamp(0.0, 1.0)
+    };
+    horizon_tokens * share * state.iteration_s * (1.0 / before - 1.0 / after)
 }
 
 /// The bandit's verdict on one tried update.
@@ -229,6 +238,12 @@ pub struct UpdateStats {
     pub expected_saved_seconds: f64,
     /// The last replay's change in top-1 agreement.
     pub last_delta: f64,
+    /// Slots replayed over all updates, and how many the live and the candidate heads predicted right.
+    pub replay_rows: u64,
+    /// Of them, right before the update (live head).
+    pub replay_before_hits: u64,
+    /// Of them, right after it (candidate head).
+    pub replay_after_hits: u64,
 }
 
 /// The update bandit: per arm, discounted statistics of the reward (seconds) its updates earned.
@@ -350,6 +365,9 @@ impl UpdateBandit {
         }
         self.stats.update_seconds += cost_s;
         self.stats.last_delta = replay.delta();
+        self.stats.replay_rows += replay.rows as u64;
+        self.stats.replay_before_hits += replay.before_hits as u64;
+        self.stats.replay_after_hits += replay.after_hits as u64;
         if adopt {
             self.stats.adopted += 1;
             self.stats.expected_saved_seconds += saved_s;
@@ -387,6 +405,7 @@ mod tests {
             accept: 0.3,
             depth: 4.0,
             iteration_s: 0.03,
+            drafting_share: 1.0,
         };
         assert!(seconds_saved(&s, 0.05, 1000.0) > 0.0);
         assert!(seconds_saved(&s, -0.05, 1000.0) < 0.0);
@@ -394,6 +413,17 @@ mod tests {
         // By hand: tau 1.4251 -> 1.5304 (a 0.3 -> 0.35), 1000 x 0.03 x (1/1.4251 - 1/1.5406).
         let by_hand = 1000.0 * 0.03 * (1.0 / 1.4251 - 1.0 / 1.530_381_25);
         assert!((seconds_saved(&s, 0.05, 1000.0) - by_hand).abs() < 1e-3);
+        // Where the policy drafts half the time, half of it; where it never drafts, nothing.
+        let half = StreamState {
+            drafting_share: 0.5,
+            ..s
+        };
+        assert!((seconds_saved(&half, 0.05, 1000.0) - by_hand / 2.0).abs() < 1e-3);
+        let never = StreamState {
+            drafting_share: 0.0,
+            ..s
+        };
+        assert_eq!(seconds_saved(&never, 0.05, 1000.0), 0.0);
     }
 
     #[test]
@@ -418,6 +448,7 @@ mod tests {
             accept: 0.3,
             depth: 4.0,
             iteration_s: 0.03,
+            drafting_share: 1.0,
         }
     }
 

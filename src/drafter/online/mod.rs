@@ -222,11 +222,16 @@ pub struct OnlineAdapter {
     /// Running means of the stream: seconds per iteration, draft depth.
     iteration_s: f64,
     depth: f64,
+    drafting_share: f64,
     idx_train: Vec<usize>,
     idx_hold: Vec<usize>,
     hits_before: Vec<u8>,
     hits_after: Vec<u8>,
 }
+
+/// The drafting share an update's seconds saved assume at least: where the draft-shape policy stopped
+/// drafting, a better drafter is what can make it draft again.
+const MIN_DRAFTING_SHARE: f64 = 0.25;
 
 /// Drafted slots among the recent ones needed to take the acceptance from them.
 const MIN_DRAFTED_FOR_ACCEPT: u32 = 16;
@@ -314,6 +319,7 @@ impl OnlineAdapter {
             new_since_decision: 0,
             iteration_s: 0.0,
             depth: 0.0,
+            drafting_share: 1.0,
             idx_train: zeros(batch, 0usize)?,
             idx_hold: zeros(hold, 0usize)?,
             hits_before: zeros(hold, 0u8)?,
@@ -431,7 +437,6 @@ impl OnlineAdapter {
         if self.params.update.mode == UpdateMode::Off
             || (!r.drafted && !self.params.teacher_forcing)
             || r.normed.len() != s.hidden
-            || (s.rank_classes > 0 && r.logits.len() != s.draft_vocab)
         {
             return;
         }
@@ -497,6 +502,7 @@ impl OnlineAdapter {
         } else {
             self.iteration_s += w * (seconds - self.iteration_s);
         }
+        self.drafting_share += w * ((depth > 0) as u8 as f64 - self.drafting_share);
         // Plain steps (depth 0) say nothing about how deep drafts go.
         if depth > 0 {
             if self.depth == 0.0 {
@@ -605,6 +611,8 @@ impl OnlineAdapter {
             accept,
             depth: self.depth.max(1.0),
             iteration_s: self.iteration_s,
+            // A better drafter can bring drafting back where the policy stopped: at least this share.
+            drafting_share: self.drafting_share.max(MIN_DRAFTING_SHARE),
         };
         let cost = t0.elapsed().as_secs_f64();
         let mut verdict = self.bandit.judge(steps, &replay, &state, cost);
@@ -690,6 +698,9 @@ fn add_update_stats(a: &UpdateStats, b: &UpdateStats) -> UpdateStats {
         } else {
             a.last_delta
         },
+        replay_rows: a.replay_rows + b.replay_rows,
+        replay_before_hits: a.replay_before_hits + b.replay_before_hits,
+        replay_after_hits: a.replay_after_hits + b.replay_after_hits,
     }
 }
 

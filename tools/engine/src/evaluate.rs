@@ -13,7 +13,7 @@ use specblock::verify::Sampling;
 
 use crate::decode::generate_ids;
 use crate::error::{Error, Result};
-use crate::generate::{load_drafter, new_speculator, policy_json};
+use crate::generate::{Adapt, load_drafter, new_speculator, policy_json};
 use crate::model::Llama;
 use crate::speculate::speculative_generate;
 use crate::tokenizer::Tokenizer;
@@ -118,6 +118,43 @@ impl MethodSpec {
         }
     }
 
+    /// Parses one method with an optional online-adaptation suffix: `+on` (the cost-aware bandit) or
+    /// `+always` (an update at every decision point); none is [`Adapt::Off`].
+    pub fn parse_with_adapt(s: &str) -> Result<(Self, Adapt)> {
+        let (base, adapt) = match s.split_once('+') {
+            None => (s, Adapt::Off),
+            Some((b, "on")) => (b, Adapt::On),
+            Some((b, "always")) => (b, Adapt::Always),
+            Some((b, "off")) => (b, Adapt::Off),
+            Some((_, x)) => {
+                return Err(Error::InvalidArgument(format!(
+                    "method {s:?}: adaptation suffix {x:?}; expected +on, +always or +off"
+                )));
+            }
+        };
+        let m = Self::parse(base)?;
+        if m == Self::Ar && adapt != Adapt::Off {
+            return Err(Error::InvalidArgument(format!(
+                "method {s:?}: plain decoding has no drafter to adapt"
+            )));
+        }
+        Ok((m, adapt))
+    }
+
+    /// Parses a comma-separated list of methods with optional adaptation suffixes
+    /// ([`parse_with_adapt`](Self::parse_with_adapt)).
+    pub fn parse_list_with_adapt(s: &str) -> Result<(Vec<Self>, Vec<Adapt>)> {
+        let v: Vec<(Self, Adapt)> = s
+            .split(',')
+            .filter(|x| !x.trim().is_empty())
+            .map(|x| Self::parse_with_adapt(x.trim()))
+            .collect::<Result<_>>()?;
+        if v.is_empty() {
+            return Err(Error::InvalidArgument("--methods: empty list".into()));
+        }
+        Ok(v.into_iter().unzip())
+    }
+
     /// Parses a comma-separated list.
     pub fn parse_list(s: &str) -> Result<Vec<Self>> {
         let v: Vec<Self> = s
@@ -198,6 +235,9 @@ pub struct SuiteConfig {
     pub eagle3_drafter: PathBuf,
     /// bf16 drafter weights.
     pub drafter_bf16: bool,
+    /// Online adaptation per method (same order as `methods`; missing entries are off). An adapted
+    /// method keeps its adapter across the prompts of the run.
+    pub adapt: Vec<Adapt>,
 }
 
 /// One prompt of a prompt file.
@@ -281,25 +321,38 @@ pub fn run_suite(
     let mut speculators: Vec<Option<Speculator>> = cfg
         .methods
         .iter()
-        .map(|m| match m.name() {
-            "specblock" => {
-                new_speculator(sb.as_ref().expect("loaded above"), max_entries, &m.arms()).map(Some)
+        .enumerate()
+        .map(|(i, m)| {
+            let d = match m.name() {
+                "specblock" => sb.as_ref().expect("loaded above"),
+                "eagle3" => e3.as_ref().expect("loaded above"),
+                _ => return Ok(None),
+            };
+            let mut s = new_speculator(d, max_entries, &m.arms())?;
+            let adapt = cfg.adapt.get(i).copied().unwrap_or_default();
+            if adapt != Adapt::Off {
+                s.attach_adapter(crate::generate::new_adapter(d, adapt, None)?)?;
             }
-            "eagle3" => {
-                new_speculator(e3.as_ref().expect("loaded above"), max_entries, &m.arms()).map(Some)
-            }
-            _ => Ok(None),
+            Ok(Some(s))
         })
         .collect::<Result<_>>()?;
     for (pi, (p, ids)) in prompts.iter().zip(&encoded).enumerate() {
         let seed = cfg.seed.wrapping_add(pi as u64);
         let mut plain: Option<Vec<u32>> = None;
-        for (m, spec) in cfg.methods.iter().zip(speculators.iter_mut()) {
+        for (mi, (m, spec)) in cfg.methods.iter().zip(speculators.iter_mut()).enumerate() {
+            let adapt = cfg.adapt.get(mi).copied().unwrap_or_default();
+            let setting = match adapt {
+                Adapt::Off => m.label(),
+                a => format!("{}+{}", m.label(), a.label()),
+            };
             let mut rec = serde_json::json!({
                 "dataset": dataset, "id": p.id, "method": m.name(), "budget": m.budget(),
-                "setting": m.label(), "temperature": cfg.sampling.temperature,
+                "setting": setting, "temperature": cfg.sampling.temperature,
                 "prompt_tokens": ids.len(), "max_tokens": cfg.max_tokens,
             });
+            if m.name() != "ar" {
+                rec["adapt"] = adapt.label().into();
+            }
             let (tokens, prefill_s, decode_s) = match m {
                 MethodSpec::Ar => {
                     let st =
@@ -321,6 +374,11 @@ pub fn run_suite(
                     let r = speculate(model, s, ids, cfg, seed, eos, &mut rec)?;
                     if matches!(m, MethodSpec::Auto { .. }) {
                         rec["policy"] = policy_delta(&before, &policy_json(s));
+                    }
+                    if let Some(a) = s.adapter()
+                        && let Ok(a) = a.lock()
+                    {
+                        rec["adapter"] = crate::generate::adapter_json(&a);
                     }
                     r
                 }
@@ -465,6 +523,25 @@ fn speculate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn adaptation_suffixes_parse() {
+        let (m, a) = MethodSpec::parse_list_with_adapt(
+            "ar,specblock:4:0+on,eagle3:4:4:1+always,specblock:auto",
+        )
+        .unwrap();
+        assert_eq!(a, vec![Adapt::Off, Adapt::On, Adapt::Always, Adapt::Off]);
+        assert_eq!(
+            m[1],
+            MethodSpec::SpecBlock {
+                budget: 4,
+                max_seeds: 0
+            }
+        );
+        for bad in ["ar+on", "specblock:4+sometimes", "specblock:4+"] {
+            assert!(MethodSpec::parse_with_adapt(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn method_lists_parse_with_budgets_and_reject_nonsense() {

@@ -276,15 +276,33 @@ struct Answerer<'d> {
     adapter: Option<SharedAdapter>,
 }
 
+/// A new online adapter for drafter `d` in mode `adapt` (its defaults otherwise), loading the weights
+/// at `load` if given, ready to share.
+pub fn new_adapter(d: &AnyDrafter, adapt: Adapt, load: Option<&Path>) -> Result<SharedAdapter> {
+    let params = AdapterParams {
+        update: UpdateParams {
+            mode: adapt.mode(),
+            ..UpdateParams::default()
+        },
+        ..AdapterParams::default()
+    };
+    let mut a = OnlineAdapter::new(d, params)?;
+    if let Some(path) = load {
+        a.load(path).map_err(|e| Error::Io(e.to_string()))?;
+    }
+    Ok(a.into_shared())
+}
+
 /// The adapter's cumulative statistics as JSON.
-fn adapter_json(a: &OnlineAdapter) -> serde_json::Value {
+pub fn adapter_json(a: &OnlineAdapter) -> serde_json::Value {
     let st = a.stats();
     let u = st.updates;
     serde_json::json!({"decisions": u.decisions, "skipped": u.skipped, "tried": u.tried,
         "adopted": u.adopted, "rejected": u.rejected, "failed": st.failed,
         "update_seconds": u.update_seconds, "expected_saved_seconds": u.expected_saved_seconds,
         "slots_recorded": st.slots_recorded, "slots_drafted": st.slots_drafted,
-        "slots_accepted": st.slots_accepted,
+        "slots_accepted": st.slots_accepted, "replay_rows": u.replay_rows,
+        "replay_before_hits": u.replay_before_hits, "replay_after_hits": u.replay_after_hits,
         "version": st.version})
 }
 
@@ -296,18 +314,7 @@ impl<'d> Answerer<'d> {
             Some((d, arms)) => {
                 let mut s = new_speculator(d, max_entries, arms)?;
                 if req.adapt != Adapt::Off || req.load_adapter.is_some() {
-                    let params = AdapterParams {
-                        update: UpdateParams {
-                            mode: req.adapt.mode(),
-                            ..UpdateParams::default()
-                        },
-                        ..AdapterParams::default()
-                    };
-                    let mut a = OnlineAdapter::new(d, params)?;
-                    if let Some(path) = &req.load_adapter {
-                        a.load(path).map_err(|e| Error::Io(e.to_string()))?;
-                    }
-                    let shared = a.into_shared();
+                    let shared = new_adapter(d, req.adapt, req.load_adapter.as_deref())?;
                     s.attach_adapter(shared.clone())?;
                     adapter = Some(shared);
                 }

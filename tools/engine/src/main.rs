@@ -180,11 +180,11 @@ enum Method {
 
 /// `bench-spec --methods`: a comma-separated list of method specs.
 #[derive(Clone, Debug, PartialEq)]
-struct MethodList(Vec<MethodSpec>);
+struct MethodList(Vec<MethodSpec>, Vec<specblock_engine::generate::Adapt>);
 
 fn parse_methods(v: &str) -> std::result::Result<MethodList, String> {
-    MethodSpec::parse_list(v)
-        .map(MethodList)
+    MethodSpec::parse_list_with_adapt(v)
+        .map(|(m, a)| MethodList(m, a))
         .map_err(|e| e.to_string())
 }
 
@@ -315,7 +315,8 @@ struct BenchSpecArgs {
     #[arg(long, value_name = "N", default_value_t = 0)]
     limit: usize,
     /// Comma-separated: ar, eagle3[:BUDGET[:DEPTH[:TOPK]]], specblock[:BUDGET[:SEEDS]], specblock:auto,
-    /// eagle3:auto
+    /// eagle3:auto; a speculative method may end in +on or +always: online adaptation of its drafter's
+    /// head (the cost-aware bandit, or an update at every decision point), kept across the prompts
     #[arg(long, value_name = "LIST", default_value = "ar,eagle3,specblock", value_parser = parse_methods)]
     methods: MethodList,
     /// Append the JSON lines to this file instead of printing them
@@ -533,6 +534,7 @@ fn cmd_bench_spec(a: &BenchSpecArgs) -> Result<()> {
         prompts: a.prompts.clone(),
         limit: a.limit,
         methods: a.methods.0.clone(),
+        adapt: a.methods.1.clone(),
         max_tokens: a.max_tokens.max_tokens,
         sampling: a.sampling.sampling(),
         seed: a.sampling.seed,
