@@ -10,7 +10,7 @@
 //! - `tests/c/test_session.c`: error paths of every drafter, session and online adapter call, on the
 //!   SpecBlock and the EAGLE-3 fixture, each given the other for the cross-kind adapter checks (gcc,
 //!   clang-14 ASan+UBSan, valgrind); its adapter save / load part (`-DSB_TEST_ADAPTER_FILES`) is the
-//!   ignored test `adapter_files` until the adapter weights module lands.
+//!   test `adapter_files`.
 //!
 //! Build products go to `CARGO_TARGET_TMPDIR`, never into the source tree. A missing tool (gcc, g++,
 //! clang-14 with its sanitizer runtime, valgrind) skips its test with a message on stderr, or fails it
@@ -650,11 +650,8 @@ fn edge_of_range_inputs() {
 }
 
 /// `tests/c/test_session.c` built with `-DSB_TEST_ADAPTER_FILES`: `sb_adapter_save` / `sb_adapter_load`
-/// round trips and their errors, on both fixtures, with files in a scratch directory. Ignored while
-/// `src/drafter/adapter` is the stub whose save and load are unimplemented (the calls would return
-/// `SB_STATUS_PANIC`).
+/// round trips and their errors, on both fixtures, with files in a scratch directory.
 #[test]
-#[ignore = "needs the adapter weights module"]
 fn adapter_files() {
     if !have_tool("gcc", "gcc") {
         return;

@@ -13,7 +13,7 @@
  *       cross-kind adapter checks)
  *
  * Built with -DSB_TEST_ADAPTER_FILES it also saves and loads adapters, in $SB_TEST_SCRATCH (the
- * ignored test `adapter_files` of tests/c_api.rs, until the adapter weights module lands).
+ * test `adapter_files` of tests/c_api.rs).
  *
  * The target is the toy of examples/c/speculate.c (greedy next token and features are fixed
  * functions of a token); the embedding is a toy 300 x 64 array. Statuses and arm kinds that differ
@@ -1727,8 +1727,8 @@ static void test_adapter_file_args(void) {
 }
 
 #ifdef SB_TEST_ADAPTER_FILES
-/* Save and load (built with -DSB_TEST_ADAPTER_FILES by the ignored `adapter_files` test of
- * tests/c_api.rs until the adapter weights module lands): files go to $SB_TEST_SCRATCH. */
+/* Save and load (built with -DSB_TEST_ADAPTER_FILES by the `adapter_files` test of tests/c_api.rs):
+ * files go to $SB_TEST_SCRATCH. */
 
 static void scratch_path(char *buf, size_t cap, const char *name) {
     const char *dir = getenv("SB_TEST_SCRATCH");
