@@ -9,8 +9,9 @@
 //! 1. the bandit picks an arm: skip, or an update of 1, 4 or 16 optimizer steps ([`UPDATE_STEPS`]),
 //!    by an upper confidence bound on each arm's past reward; when no arm's bound is positive, it
 //!    skips without spending anything;
-//! 2. the update is computed on a shadow copy and replayed on the most recent slots, which it was not
-//!    trained on: top-1 agreement with the target before and after, paired per slot ([`Replay`]);
+//! 2. the update is computed on a shadow copy and, at the next decision point, replayed on the slots
+//!    recorded since, which it was not trained on (often from the next request: what an update must
+//!    generalise to): top-1 agreement with the target before and after, paired per slot ([`Replay`]);
 //! 3. the change in per-slot acceptance becomes a change in tokens per iteration ([`chain_tau`]), then
 //!    seconds saved over the next [`UpdateParams::horizon_tokens`] tokens at the measured iteration
 //!    time ([`seconds_saved`]);
@@ -51,9 +52,10 @@ pub struct UpdateParams {
     pub mode: UpdateMode,
     /// New slots recorded between two decision points (default 48).
     pub decide_every: u32,
-    /// The most recent slots replayed and not trained on (default 64).
+    /// Most slots a candidate update is replayed on: the most recent of those recorded after it was
+    /// trained, which it never saw (default 64).
     pub holdout: u32,
-    /// Training slots needed (beyond the held-out ones) before the first update (default 64).
+    /// Slots recorded before the first update (default 64).
     pub min_train: u32,
     /// Most training slots per optimizer step (default 128; the most recent ones).
     pub batch: u32,

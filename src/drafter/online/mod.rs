@@ -223,6 +223,8 @@ pub struct OnlineAdapter {
     iteration_s: f64,
     depth: f64,
     drafting_share: f64,
+    /// The candidate in `shadow`, trained at the last decision point and judged at the next.
+    pending: Option<Pending>,
     idx_train: Vec<usize>,
     idx_hold: Vec<usize>,
     hits_before: Vec<u8>,
@@ -235,6 +237,17 @@ const MIN_DRAFTING_SHARE: f64 = 0.25;
 
 /// Drafted slots among the recent ones needed to take the acceptance from them.
 const MIN_DRAFTED_FOR_ACCEPT: u32 = 16;
+
+/// A trained candidate awaiting its replay.
+#[derive(Clone, Copy, Debug)]
+struct Pending {
+    /// Optimizer steps it took.
+    steps: u32,
+    /// Seconds its training took.
+    cost_s: f64,
+    /// `slots_recorded` when it was trained: the slots after it are its replay.
+    trained_at: u64,
+}
 
 /// Weight of a new iteration in the running means of the stream.
 const STREAM_MEAN_WEIGHT: f64 = 0.05;
@@ -320,6 +333,7 @@ impl OnlineAdapter {
             iteration_s: 0.0,
             depth: 0.0,
             drafting_share: 1.0,
+            pending: None,
             idx_train: zeros(batch, 0usize)?,
             idx_hold: zeros(hold, 0usize)?,
             hits_before: zeros(hold, 0u8)?,
@@ -389,6 +403,7 @@ impl OnlineAdapter {
         }
         self.restart_bandit(update)?;
         self.params.update = update;
+        self.pending = None;
         Ok(())
     }
 
@@ -414,6 +429,8 @@ impl OnlineAdapter {
         }
         self.live.copy_from(weights);
         self.stats.version += 1;
+        // A candidate trained from the old live head no longer applies.
+        self.pending = None;
         Ok(())
     }
 
@@ -513,44 +530,36 @@ impl OnlineAdapter {
         }
     }
 
-    /// A decision point when enough new slots came in: asks the bandit, and if it chooses an update,
-    /// trains a shadow copy, replays it on the held-out recent slots and adopts it if the bandit's
-    /// verdict says so. Returns the verdict of an update that ran. Errors only for internal shape
-    /// inconsistencies; an update with a non-finite loss is counted as failed and rejected.
+    /// A decision point when enough new slots came in. First the pending candidate (the update
+    /// trained at the last decision point) is judged on the slots that arrived since it was trained
+    /// (prequential: data it never saw, often from the next request): replayed against the live head,
+    /// and adopted if the bandit's verdict says so. Then the bandit may train a new candidate on the
+    /// most recent slots (a shadow copy of the live head), to be judged at the next decision point.
+    /// In [`UpdateMode::Always`] an update is adopted at once, without replay. Returns the verdict of
+    /// an update judged now. Errors only for internal shape inconsistencies; an update with a
+    /// non-finite loss is counted as failed and rejected.
     pub fn maybe_update(&mut self) -> Result<Option<Verdict>, Error> {
         let u = self.params.update;
         if u.mode == UpdateMode::Off || self.new_since_decision < u.decide_every {
             return Ok(None);
         }
-        let hold = u.holdout as usize;
-        if self.ring.len() < hold + u.min_train as usize {
+        if self.ring.len() < u.min_train as usize {
             return Ok(None);
         }
         self.new_since_decision = 0;
+        let verdict = match self.pending.take() {
+            Some(p) if u.mode == UpdateMode::Bandit => Some(self.judge_pending(p)?),
+            _ => None,
+        };
         let steps = self.bandit.choose();
         if steps == 0 {
-            return Ok(None);
+            return Ok(verdict);
         }
         let t0 = Instant::now();
-        self.fill_base_logits();
-        let train_n = (self.ring.len() - hold).min(u.batch as usize);
-        for i in 0..hold {
-            self.idx_hold[i] = self.ring.recent(i);
-        }
+        let train_n = self.ring.len().min(u.batch as usize);
+        self.fill_base_logits(train_n);
         for i in 0..train_n {
-            self.idx_train[i] = self.ring.recent(hold + i);
-        }
-        // Per-slot acceptance of the recent drafts; without enough of them, the live adapter's top-1
-        // agreement on the held-out slots (greedy acceptance is top-1 agreement) once replayed.
-        let (mut drafted, mut accepted) = (0u32, 0u32);
-        for i in 0..hold + train_n {
-            match self.ring.accepted[self.ring.recent(i)] {
-                NOT_DRAFTED => {}
-                a => {
-                    drafted += 1;
-                    accepted += a as u32;
-                }
-            }
+            self.idx_train[i] = self.ring.recent(i);
         }
         self.shadow.copy_from(&self.live);
         self.trainer.reset();
@@ -564,99 +573,162 @@ impl OnlineAdapter {
             steps as usize,
             &self.params.train,
         );
-        let replay = match (&trained, u.mode) {
-            (Err(_), _) => Replay::default(),
-            (Ok(_), UpdateMode::Always) => Replay::default(),
-            (Ok(_), _) => {
-                let idx = &self.idx_hold[..hold];
-                self.trainer.agreement(
-                    &self.pool,
-                    &self.lm_head,
-                    &self.live,
-                    &recs,
-                    idx,
-                    &mut self.hits_before[..hold],
-                )?;
-                self.trainer.agreement(
-                    &self.pool,
-                    &self.lm_head,
-                    &self.shadow,
-                    &recs,
-                    idx,
-                    &mut self.hits_after[..hold],
-                )?;
-                let mut r = Replay::default();
-                for (&b, &a) in self.hits_before[..hold]
-                    .iter()
-                    .zip(&self.hits_after[..hold])
-                {
-                    if b > 1 || a > 1 {
-                        continue;
-                    }
-                    r.rows += 1;
-                    r.before_hits += b as u32;
-                    r.after_hits += a as u32;
-                    r.gained += (a > b) as u32;
-                    r.lost += (b > a) as u32;
-                }
-                r
+        let cost = t0.elapsed().as_secs_f64();
+        if trained.is_err() {
+            self.stats.failed += 1;
+            let v = self
+                .bandit
+                .judge(steps, &Replay::default(), &self.stream_state(0.0), cost);
+            let v = Verdict { adopt: false, ..v };
+            self.stats.last_verdict = Some(v);
+            return Ok(Some(v));
+        }
+        if u.mode == UpdateMode::Always {
+            let v = self
+                .bandit
+                .judge(steps, &Replay::default(), &self.stream_state(0.0), cost);
+            self.adopt_shadow();
+            self.stats.last_verdict = Some(v);
+            return Ok(Some(v));
+        }
+        self.pending = Some(Pending {
+            steps,
+            cost_s: cost,
+            trained_at: self.stats.slots_recorded,
+        });
+        Ok(verdict)
+    }
+
+    /// Replays the pending candidate (in `shadow`) against the live head on the slots recorded since
+    /// it was trained, and adopts it if the bandit says so.
+    fn judge_pending(&mut self, p: Pending) -> Result<Verdict, Error> {
+        let t0 = Instant::now();
+        let fresh = (self.stats.slots_recorded - p.trained_at) as usize;
+        let n = fresh.min(self.idx_hold.len()).min(self.ring.len());
+        self.fill_base_logits(n);
+        for i in 0..n {
+            self.idx_hold[i] = self.ring.recent(i);
+        }
+        let recs = self.ring.records();
+        let idx = &self.idx_hold[..n];
+        self.trainer.agreement(
+            &self.pool,
+            &self.lm_head,
+            &self.live,
+            &recs,
+            idx,
+            &mut self.hits_before[..n],
+        )?;
+        self.trainer.agreement(
+            &self.pool,
+            &self.lm_head,
+            &self.shadow,
+            &recs,
+            idx,
+            &mut self.hits_after[..n],
+        )?;
+        let mut r = Replay::default();
+        for (&b, &a) in self.hits_before[..n].iter().zip(&self.hits_after[..n]) {
+            if b > 1 || a > 1 {
+                continue;
             }
-        };
-        let accept = if drafted >= MIN_DRAFTED_FOR_ACCEPT || replay.rows == 0 {
-            accepted as f64 / drafted.max(1) as f64
+            r.rows += 1;
+            r.before_hits += b as u32;
+            r.after_hits += a as u32;
+            r.gained += (a > b) as u32;
+            r.lost += (b > a) as u32;
+        }
+        let live_agreement = if r.rows > 0 {
+            r.before_hits as f64 / r.rows as f64
         } else {
-            replay.before_hits as f64 / replay.rows as f64
+            0.0
         };
-        let state = StreamState {
+        let state = self.stream_state(live_agreement);
+        let cost = p.cost_s + t0.elapsed().as_secs_f64();
+        let v = self.bandit.judge(p.steps, &r, &state, cost);
+        if v.adopt {
+            self.adopt_shadow();
+        }
+        self.stats.last_verdict = Some(v);
+        Ok(v)
+    }
+
+    fn adopt_shadow(&mut self) {
+        self.live.copy_from(&self.shadow);
+        self.stats.version += 1;
+    }
+
+    /// The stream as the seconds-saved model sees it. `live_agreement` stands in for the acceptance
+    /// when few recent slots were drafted (greedy acceptance is top-1 agreement).
+    fn stream_state(&self, live_agreement: f64) -> StreamState {
+        let window = self
+            .ring
+            .len()
+            .min(self.params.update.batch as usize + self.idx_hold.len());
+        let (mut drafted, mut accepted) = (0u32, 0u32);
+        for i in 0..window {
+            match self.ring.accepted[self.ring.recent(i)] {
+                NOT_DRAFTED => {}
+                a => {
+                    drafted += 1;
+                    accepted += a as u32;
+                }
+            }
+        }
+        let accept = if drafted >= MIN_DRAFTED_FOR_ACCEPT {
+            accepted as f64 / drafted as f64
+        } else {
+            live_agreement
+        };
+        StreamState {
             accept,
             depth: self.depth.max(1.0),
             iteration_s: self.iteration_s,
             // A better drafter can bring drafting back where the policy stopped: at least this share.
             drafting_share: self.drafting_share.max(MIN_DRAFTING_SHARE),
-        };
-        let cost = t0.elapsed().as_secs_f64();
-        let mut verdict = self.bandit.judge(steps, &replay, &state, cost);
-        if trained.is_err() {
-            self.stats.failed += 1;
-            verdict.adopt = false;
         }
-        if verdict.adopt {
-            self.live.copy_from(&self.shadow);
-            self.stats.version += 1;
-        }
-        self.stats.last_verdict = Some(verdict);
-        Ok(Some(verdict))
     }
 
-    /// Computes `W n` for the recorded slots that lack it, in runs of consecutive slots.
-    fn fill_base_logits(&mut self) {
+    /// Computes `W n` for the `recent` most recent slots that lack it (at most two runs of consecutive
+    /// slots in the ring).
+    fn fill_base_logits(&mut self, recent: usize) {
         let ring = &mut self.ring;
         let (h, v) = (ring.hidden, ring.vocab);
+        let recent = recent.min(ring.len);
         let mut i = 0;
-        while i < ring.len {
-            if ring.has_base[i] {
+        while i < recent {
+            let slot = ring.recent(i);
+            if ring.has_base[slot] {
                 i += 1;
                 continue;
             }
-            let start = i;
-            while i < ring.len && !ring.has_base[i] {
+            // A run going back in time is a run of descending slots: [low, slot].
+            let mut low = slot;
+            while i + 1 < recent
+                && low > 0
+                && ring.recent(i + 1) == low - 1
+                && !ring.has_base[low - 1]
+            {
+                low -= 1;
                 i += 1;
             }
+            i += 1;
             Trainer::base_logits(
                 &self.pool,
                 &self.lm_head,
                 &self.shape,
-                &ring.normed[start * h..i * h],
-                i - start,
-                &mut ring.base_logits[start * v..i * v],
+                &ring.normed[low * h..(slot + 1) * h],
+                slot + 1 - low,
+                &mut ring.base_logits[low * v..(slot + 1) * v],
             );
-            ring.has_base[start..i].fill(true);
+            ring.has_base[low..=slot].fill(true);
         }
     }
 
     /// Forgets the recorded slots and the bandit's history (the live weights and the counters of
     /// [`stats`](Self::stats) stay).
     pub fn clear_feedback(&mut self) -> Result<(), Error> {
+        self.pending = None;
         self.restart_bandit(self.params.update)?;
         self.ring.clear();
         self.new_since_decision = 0;
@@ -674,6 +746,7 @@ impl OnlineAdapter {
         let w = HeadAdapter::load(path, self.shape)?;
         self.live.copy_from(&w);
         self.stats.version += 1;
+        self.pending = None;
         Ok(())
     }
 }
