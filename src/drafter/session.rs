@@ -692,17 +692,7 @@ impl<'d> SpecBlockSession<'d> {
     pub fn record_stream(&mut self, sink: &mut dyn FnMut(crate::drafter::online::SlotRecord<'_>)) {
         let h = self.drafter.config().hidden;
         let r = &mut self.rec;
-        for (i, &target) in r.stream_targets.iter().enumerate() {
-            sink(crate::drafter::online::SlotRecord {
-                normed: &r.stream_normed[i * h..(i + 1) * h],
-                logits: &[],
-                rank_hidden: &[],
-                rank_logits: &[],
-                target,
-                accepted: false,
-                drafted: false,
-            });
-        }
+        crate::drafter::online::emit_teacher_forced(&r.stream_normed, &r.stream_targets, h, sink);
         r.stream_normed.clear();
         r.stream_targets.clear();
     }

@@ -840,24 +840,8 @@ fn transpose<T: Copy + Default>(src: &[T], rows: usize, cols: usize) -> Result<V
     Ok(dst)
 }
 
-/// Dot product with 16 partial sums (vectorises on every instruction set).
-#[inline(always)]
-pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 16];
-    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..16 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
+/// The drafter's dot product (16 partial sums): the same summation order as the live forward.
+pub(super) use crate::drafter::forward::dot;
 
 /// `y += a x`.
 #[inline(always)]

@@ -57,6 +57,27 @@ pub struct SlotRecord<'a> {
     pub drafted: bool,
 }
 
+/// Calls `sink` for each teacher-forced slot a session kept: `normed` holds one `hidden`-wide row per
+/// entry of `targets` (no logits, no rank-head values, `drafted: false`).
+pub(crate) fn emit_teacher_forced(
+    normed: &[f32],
+    targets: &[u32],
+    hidden: usize,
+    sink: &mut dyn FnMut(SlotRecord<'_>),
+) {
+    for (row, &target) in normed.chunks_exact(hidden).zip(targets) {
+        sink(SlotRecord {
+            normed: row,
+            logits: &[],
+            rank_hidden: &[],
+            rank_logits: &[],
+            target,
+            accepted: false,
+            drafted: false,
+        });
+    }
+}
+
 /// Upper bounds (exclusive ranks) of the rank classes below the last: top-1, ranks 2-4, ranks 5-10,
 /// then "not in the top 10" (the trainer's `rank_labels`).
 const RANK_BOUNDS: [usize; 3] = [1, 4, 10];
