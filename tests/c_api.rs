@@ -527,7 +527,8 @@ fn valgrind_memcheck() {
     if !have_tool("valgrind", "valgrind") {
         return;
     }
-    for (bin, arg, what) in [
+    // The six runs take 1-80 s each under valgrind: run them side by side, then check each.
+    let runs = [
         (&p.test_api, None, "test_api under valgrind"),
         (&p.tree_demo, None, "tree_demo under valgrind"),
         (&p.speculate, Some(DRAFTER_DIR), "speculate under valgrind"),
@@ -546,22 +547,36 @@ fn valgrind_memcheck() {
             Some(EAGLE3_DIR),
             "test_session with EAGLE-3 under valgrind",
         ),
-    ] {
-        let mut cmd = Command::new("valgrind");
-        cmd.args([
-            "--error-exitcode=97",
-            "--leak-check=full",
-            "--errors-for-leak-kinds=all",
-            "--show-leak-kinds=all",
-        ])
-        .arg(bin)
-        .args(arg);
-        if what.starts_with("test_session")
-            && let Some(dir) = arg
-        {
-            cmd.arg(session_args(dir)[1]);
-        }
-        let out = run(cmd, what);
+    ];
+    let children: Vec<_> = runs
+        .iter()
+        .map(|&(bin, arg, what)| {
+            let mut cmd = Command::new("valgrind");
+            cmd.args([
+                "--error-exitcode=97",
+                "--leak-check=full",
+                "--errors-for-leak-kinds=all",
+                "--show-leak-kinds=all",
+            ])
+            .arg(bin)
+            .args(arg);
+            if what.starts_with("test_session")
+                && let Some(dir) = arg
+            {
+                cmd.arg(session_args(dir)[1]);
+            }
+            let child = cmd
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+            (child, what)
+        })
+        .collect();
+    for (child, what) in children {
+        let out = child
+            .wait_with_output()
+            .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{}", describe(what, &out));
         assert!(

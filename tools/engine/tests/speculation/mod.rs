@@ -2,7 +2,7 @@
 //! distribution distance.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use specblock::verify::Sampling;
 use specblock_engine::decode::generate_ids;
@@ -16,7 +16,7 @@ pub fn model() -> Option<&'static Llama> {
 }
 
 /// The same with bf16 weights (the benchmark's setting).
-#[allow(dead_code)] // only the trained-drafter tests run the bf16 model
+#[allow(dead_code)] // not every test binary runs the bf16 model
 pub fn model_bf16() -> Option<&'static Llama> {
     static MODEL: OnceLock<Option<Llama>> = OnceLock::new();
     MODEL.get_or_init(|| load(WeightFormat::Bf16)).as_ref()
@@ -50,12 +50,35 @@ pub fn total_variation(a: &Frequencies, b: &Frequencies) -> f64 {
         / 2.0
 }
 
-/// Greedy speculative output equals plain greedy output, 128 tokens per prompt, with `session`
+/// Plain greedy decoding of `n` tokens after `prompt`, computed once per model, prompt and length in
+/// a test binary: several tests compare against the same plain answers.
+pub fn plain_greedy(m: &Llama, prompt: &[u32], n: usize) -> Vec<u32> {
+    type Key = (usize, Vec<u32>, usize);
+    static CACHE: OnceLock<Mutex<HashMap<Key, Vec<u32>>>> = OnceLock::new();
+    let key = (m as *const Llama as usize, prompt.to_vec(), n);
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(t) = cache.lock().unwrap().get(&key) {
+        return t.clone();
+    }
+    let greedy = Sampling {
+        temperature: 0.0,
+        top_k: 0,
+        top_p: 1.0,
+    };
+    let tokens = generate_ids(m, prompt, n, &greedy, 0, None, |_| {})
+        .unwrap()
+        .tokens;
+    cache.lock().unwrap().insert(key, tokens.clone());
+    tokens
+}
+
+/// Greedy speculative output equals plain greedy output, `n` tokens per prompt, with `session`
 /// reused across the prompts.
 pub fn assert_greedy_matches_plain(
     m: &Llama,
     session: &mut dyn DraftSession,
     prompts: &[&[u32]],
+    n: usize,
     what: &str,
 ) {
     let greedy = Sampling {
@@ -64,9 +87,9 @@ pub fn assert_greedy_matches_plain(
         top_p: 1.0,
     };
     for &prompt in prompts {
-        let plain = generate_ids(m, prompt, 128, &greedy, 0, None, |_| {}).unwrap();
-        let spec = speculative_generate(m, session, prompt, 128, &greedy, 0, None, |_| {}).unwrap();
-        assert_eq!(spec.tokens, plain.tokens, "{what}, prompt {prompt:?}");
+        let plain = plain_greedy(m, prompt, n);
+        let spec = speculative_generate(m, session, prompt, n, &greedy, 0, None, |_| {}).unwrap();
+        assert_eq!(spec.tokens, plain, "{what}, prompt {prompt:?}");
         assert!(spec.iterations > 0);
     }
 }
