@@ -525,6 +525,9 @@ def test_time_budget_warm_start_and_best_export(method, tmp_path, capsys):
     assert state2["tokens_seen"] > first_tokens and len(state2["runs"]) == 2
     assert len(run_state.read_curve(str(best))) > len(curve)
     again = loader(str(best), torch.zeros(V, H)).state_dict()
+    # The warm start's own evaluation exports nothing: the record moves only with weights that beat it.
+    assert (state2["exported"] == state["exported"]
+            or state2["exported"]["accept_proxy"] > state["exported"]["accept_proxy"]), (state, state2)
     if state2["exported"]["run"] == state["exported"]["run"]:
         assert all(torch.equal(again[k], v) for k, v in exported.items()), "not improved: weights kept"
 

@@ -397,13 +397,18 @@ def main(argv=None):
                                             "head_init", "head", "layer_init", "chain_mask", "rank_loss",
                                             "amp", "minutes", "steps")}
     recipe["lr"] = lr
+    # Predictions per token: SpecBlock trains --blocks blocks of K slots, EAGLE-3 --ttt-steps steps.
+    if args.method == "specblock":
+        recipe["blocks"] = args.blocks
+    else:
+        recipe["ttt_steps"] = args.ttt_steps
     recipe["processes"] = dist.world
     if args.init_from:
         recipe["init_from"] = args.init_from
         for k in ("head_init", "layer_init"):
             recipe.pop(k)
 
-    def record(result, improved):
+    def record(result, improved, at_start=False):
         """Curve point, state and (when improved) weights into --export-best (rank 0)."""
         if not (args.export_best and dist.main):
             return
@@ -415,7 +420,14 @@ def main(argv=None):
                                    "run_minutes": round(run["elapsed"] / 60, 2),
                                    "acc": [round(x, 4) for x in acc], "accept_proxy": round(proxy, 4)})
         if improved:
-            export(model, d)
+            # The start evaluation only sets the score to beat: the weights there are the ones the run
+            # warm-started from (or a new drafter), already exported with their own token count. It
+            # writes them only when the directory has none yet, so the directory always loads.
+            if at_start and os.path.exists(os.path.join(d, "model.safetensors")):
+                improved = False
+            else:
+                export(model, d)
+        if improved:
             state["exported"] = {"run": run["id"], "tokens_seen": run["base_tokens"] + run["tokens"],
                                  "acc": [round(x, 4) for x in acc], "accept_proxy": round(proxy, 4)}
         state["tokens_seen"] = run["base_tokens"] + run["tokens"]
@@ -437,7 +449,7 @@ def main(argv=None):
         if improved:
             run["best"] = r[1]
         log(f"eval {tag}: acc {fmt_acc(r[0])} accept-proxy {r[1]:.3f}" + (" (best)" if improved else ""))
-        record(r, improved)
+        record(r, improved, at_start=tag == "start")
         return r
 
     last_acc1 = None
