@@ -33,7 +33,9 @@ def section(d: str) -> str:
     L.append(f"Tokens seen over all runs: {state.get('tokens_seen', 0):,} (window tokens, prompts included); "
              f"optimiser steps: {state.get('steps', 0):,}.")
     if ex:
-        L.append(f"The weights here are those the drafter had after {ex['tokens_seen']:,} tokens (evaluated in run "
+        trained = ex.get("weights_tokens", ex["tokens_seen"])
+        L.append(f"The weights here are those the drafter had after {trained:,} tokens of their own lineage "
+                 f"(runs whose weights were never exported do not count; evaluated in run "
                  f"`{ex['run']}`; a run exports only weights that beat every earlier evaluation): held-out top-1 "
                  f"accuracy of slots 1-4 {fmt_acc(ex['acc'])}, acceptance proxy {ex['accept_proxy']:.3f}.")
     L.append("")

@@ -370,7 +370,11 @@ def main(argv=None):
     state = run_state.read_state(args.export_best or args.init_from)
     run = {"id": run_state.new_run_id(), "step": 0, "elapsed": 0.0, "tokens": 0, "best": None,
            "chain": None, "rank": None, "base_tokens": int(state.get("tokens_seen", 0)),
-           "base_steps": int(state.get("steps", 0))}
+           "base_steps": int(state.get("steps", 0)),
+           # Tokens behind the weights this run starts from (runs whose weights were never exported
+           # do not count): a warm start continues the exported record, a new drafter starts at 0.
+           "weights_base": int((state.get("exported") or {}).get(
+               "weights_tokens", (state.get("exported") or {}).get("tokens_seen", 0))) if args.init_from else 0}
     if args.resume and os.path.exists(ckpt_path):
         ck = torch.load(ckpt_path, map_location=device, weights_only=False)
         if ck["method"] != args.method:
@@ -429,6 +433,7 @@ def main(argv=None):
                 export(model, d)
         if improved:
             state["exported"] = {"run": run["id"], "tokens_seen": run["base_tokens"] + run["tokens"],
+                                 "weights_tokens": run.get("weights_base", 0) + run["tokens"],
                                  "acc": [round(x, 4) for x in acc], "accept_proxy": round(proxy, 4)}
         state["tokens_seen"] = run["base_tokens"] + run["tokens"]
         state["steps"] = run["base_steps"] + run["step"]
