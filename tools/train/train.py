@@ -368,13 +368,14 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     ckpt_path = os.path.join(args.out, "ckpt.pt")
     state = run_state.read_state(args.export_best or args.init_from)
+    exported = state.get("exported") or {}
     run = {"id": run_state.new_run_id(), "step": 0, "elapsed": 0.0, "tokens": 0, "best": None,
            "chain": None, "rank": None, "base_tokens": int(state.get("tokens_seen", 0)),
            "base_steps": int(state.get("steps", 0)),
            # Tokens behind the weights this run starts from (runs whose weights were never exported
            # do not count): a warm start continues the exported record, a new drafter starts at 0.
-           "weights_base": int((state.get("exported") or {}).get(
-               "weights_tokens", (state.get("exported") or {}).get("tokens_seen", 0))) if args.init_from else 0}
+           "weights_base": int(exported.get("weights_tokens", exported.get("tokens_seen", 0)))
+           if args.init_from else 0}
     if args.resume and os.path.exists(ckpt_path):
         ck = torch.load(ckpt_path, map_location=device, weights_only=False)
         if ck["method"] != args.method:

@@ -2,7 +2,7 @@
 //! benchmark's setting: greedy speculative output is token for token the plain greedy output, and the
 //! drafters really draft — their mean accept length is well above an untrained drafter's 1.0.
 
-#[allow(dead_code)] // this binary uses the prompts, the bf16 model and the plain answers
+#[allow(dead_code)] // this binary uses the prompts, the bf16 model and the greedy check
 mod speculation;
 mod support;
 
@@ -10,10 +10,9 @@ use std::path::PathBuf;
 
 use specblock::drafter::eagle3::{Eagle3Drafter, Eagle3Policy, Eagle3Session};
 use specblock::drafter::{DraftPolicy, SpecBlockDrafter, SpecBlockSession};
-use specblock::verify::Sampling;
 use specblock_engine::model::Llama;
-use specblock_engine::speculate::{DraftSession, speculative_generate};
-use speculation::{PROMPTS, model_bf16, plain_greedy};
+use specblock_engine::speculate::DraftSession;
+use speculation::{PROMPTS, assert_greedy_matches_plain, model_bf16};
 
 fn committed(name: &str) -> PathBuf {
     PathBuf::from(concat!(
@@ -23,34 +22,10 @@ fn committed(name: &str) -> PathBuf {
     .join(name)
 }
 
-/// Greedy speculation over `prompts` (`n` tokens each) equals plain greedy decoding; returns the
-/// mean accept length over all iterations.
-fn greedy_accept_length_on(
-    m: &Llama,
-    session: &mut dyn DraftSession,
-    prompts: &[&[u32]],
-    n: usize,
-    what: &str,
-) -> f64 {
-    let greedy = Sampling {
-        temperature: 0.0,
-        top_k: 0,
-        top_p: 1.0,
-    };
-    let (mut emitted, mut iterations) = (0usize, 0usize);
-    for &prompt in prompts {
-        let plain = plain_greedy(m, prompt, n);
-        let spec = speculative_generate(m, session, prompt, n, &greedy, 0, None, |_| {}).unwrap();
-        assert_eq!(spec.tokens, plain, "{what}, prompt {prompt:?}");
-        emitted += spec.accepted + spec.iterations;
-        iterations += spec.iterations;
-    }
-    emitted as f64 / iterations as f64
-}
-
-/// [`greedy_accept_length_on`] over every test prompt, 96 tokens each.
+/// Greedy speculation over every test prompt (96 tokens each) equals plain greedy decoding; returns
+/// the mean accept length over all iterations.
 fn greedy_accept_length(m: &Llama, session: &mut dyn DraftSession, what: &str) -> f64 {
-    greedy_accept_length_on(m, session, &PROMPTS, 96, what)
+    assert_greedy_matches_plain(m, session, &PROMPTS, 96, what)
 }
 
 #[test]
@@ -87,7 +62,7 @@ fn trained_specblock_is_lossless_and_accepts() {
         };
         let mut s = SpecBlockSession::new(&d, 512, policy).unwrap();
         let what = format!("trained SpecBlock budget {budget}");
-        let tau = greedy_accept_length_on(m, &mut s, prompts, n, &what);
+        let tau = assert_greedy_matches_plain(m, &mut s, prompts, n, &what);
         eprintln!("trained SpecBlock budget {budget}: tau {tau:.3}");
         assert!(tau > 1.3, "trained SpecBlock budget {budget}: tau {tau:.3}");
     }

@@ -73,25 +73,29 @@ pub fn plain_greedy(m: &Llama, prompt: &[u32], n: usize) -> Vec<u32> {
 }
 
 /// Greedy speculative output equals plain greedy output, `n` tokens per prompt, with `session`
-/// reused across the prompts.
+/// reused across the prompts. Returns the mean accept length over all iterations.
 pub fn assert_greedy_matches_plain(
     m: &Llama,
     session: &mut dyn DraftSession,
     prompts: &[&[u32]],
     n: usize,
     what: &str,
-) {
+) -> f64 {
     let greedy = Sampling {
         temperature: 0.0,
         top_k: 0,
         top_p: 1.0,
     };
+    let (mut emitted, mut iterations) = (0usize, 0usize);
     for &prompt in prompts {
         let plain = plain_greedy(m, prompt, n);
         let spec = speculative_generate(m, session, prompt, n, &greedy, 0, None, |_| {}).unwrap();
         assert_eq!(spec.tokens, plain, "{what}, prompt {prompt:?}");
         assert!(spec.iterations > 0);
+        emitted += spec.accepted + spec.iterations;
+        iterations += spec.iterations;
     }
+    emitted as f64 / iterations as f64
 }
 
 /// Plain and speculative sampling of the first `new_tokens` tokens after `prompt` over `runs` seeds
