@@ -16,6 +16,10 @@ const L: usize = 16;
 const TILE_R: usize = 4;
 /// Activation rows per register tile (`TILE_R * TILE_C` accumulators).
 const TILE_C: usize = 6;
+/// A parallel matmul's chunks hold a multiple of this many weight rows: a multiple of every kernel's
+/// weight-row tile (4 for f32, `vdpbf16ps` and AVX2 decoding, 3 for split bf16, 2 for AVX2 batches),
+/// so only the last chunk ends in a partial tile.
+const CHUNK_ROWS_MULTIPLE: usize = 12;
 
 /// Weights of one linear layer, `[out, in]` row-major, in f32 or bf16.
 pub enum Matrix {
@@ -167,13 +171,15 @@ pub enum Isa {
 }
 
 impl Isa {
-    /// The best instruction set this CPU offers (checked once).
+    /// The fastest instruction set this CPU offers (checked once). [`Isa::Avx512Bf16`] only where its
+    /// bf16 pair products are the faster way to multiply bf16 weights: see [`bf16_pairs_are_fast`].
     pub fn detect() -> Isa {
         use std::sync::OnceLock;
         static ISA: OnceLock<Isa> = OnceLock::new();
         *ISA.get_or_init(|| {
             [Isa::Avx512Bf16, Isa::Avx512, Isa::Avx2]
                 .into_iter()
+                .filter(|&isa| isa != Isa::Avx512Bf16 || bf16_pairs_are_fast())
                 .find(|isa| isa.is_supported())
                 .unwrap_or(Isa::Portable)
         })
@@ -224,6 +230,30 @@ impl Isa {
     fn has_avx512(self) -> bool {
         matches!(self, Isa::Avx512Bf16 | Isa::Avx512)
     }
+}
+
+/// Whether `vdpbf16ps` multiplies bf16 weights faster than widening them to f32 for `vfmadd`.
+///
+/// AMD Zen 4 issues one 512-bit `vdpbf16ps` (64 FLOP) per cycle against one 512-bit f32 FMA (32 FLOP),
+/// so there pairs win. A 2-core Intel Emerald Rapids VM measured the opposite: two 512-bit FMAs per
+/// cycle and one `vdpbf16ps` every two (87 against 175 GFLOP/s per core), and the matmul of 16
+/// activation rows ran 1.5x faster with widened weights (docs/performance.md). Only AMD is known to
+/// gain, so only AMD gets pairs; other vendors widen. Widening also keeps the activations in f32
+/// instead of rounding them to bf16. `SPECBLOCK_BF16_PAIRS=1|0` overrides the choice (read when
+/// [`Isa::detect`] first runs).
+fn bf16_pairs_are_fast() -> bool {
+    if let Some(v) = std::env::var_os("SPECBLOCK_BF16_PAIRS") {
+        return v != "0";
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        // CPUID leaf 0 (the vendor string) exists on every x86-64 CPU.
+        let id = core::arch::x86_64::__cpuid(0);
+        let vendor = [id.ebx, id.edx, id.ecx];
+        vendor == [0x6874_7541, 0x6974_6e65, 0x444d_4163] // "AuthenticAMD"
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 /// Whether the AVX-512 kernels can run here (checked once).
@@ -288,32 +318,64 @@ pub fn matmul_with(
         Matrix::Bf16(d) => assert_eq!(d.len(), out * k, "matmul weight shape"),
     }
     assert!(isa.is_supported(), "{isa:?} is not available on this CPU");
-    // bf16 weights on a CPU with AVX512_BF16: round the activations to bf16 once and multiply pairs.
-    // The rounded copy lives in a per-thread buffer that only grows, so steady-state calls (a
+    // bf16 weights with AVX-512: the activations are copied once per call into the order the kernel
+    // reads, rounded to bf16 for `vdpbf16ps` pairs or split into even and odd columns for widened
+    // weights. The copy lives in a per-thread buffer that only grows, so steady-state calls (a
     // drafter session's draft and commit) allocate nothing.
-    if let Matrix::Bf16(_) = w
-        && isa == Isa::Avx512Bf16
-    {
-        ACTIVATIONS_BF16.with_borrow_mut(|xb| {
-            xb.clear();
-            xb.extend(x[..n * k].iter().map(|&v| f32_to_bf16(v)));
-            matmul_impl(isa, pool, w, out, k, x, n, y, Some(xb));
-        });
-        return;
+    #[cfg(target_arch = "x86_64")]
+    if let Matrix::Bf16(_) = w {
+        match isa {
+            Isa::Avx512Bf16 => {
+                ACTIVATIONS_BF16.with_borrow_mut(|xb| {
+                    xb.clear();
+                    xb.extend(x[..n * k].iter().map(|&v| f32_to_bf16(v)));
+                    matmul_impl(isa, pool, w, out, k, x, n, y, Prepared::Bf16(xb));
+                });
+                return;
+            }
+            Isa::Avx512 => {
+                ACTIVATIONS_SPLIT.with_borrow_mut(|xs| {
+                    super::simd::split_activations(x, n, k, xs);
+                    matmul_impl(isa, pool, w, out, k, x, n, y, Prepared::Split(xs));
+                });
+                return;
+            }
+            _ => {}
+        }
     }
-    matmul_impl(isa, pool, w, out, k, x, n, y, None);
+    matmul_impl(isa, pool, w, out, k, x, n, y, Prepared::None);
+}
+
+/// Activations as a bf16 matmul's kernel reads them (see [`matmul_with`]).
+#[derive(Clone, Copy)]
+enum Prepared<'a> {
+    /// The caller's f32 rows as they are.
+    None,
+    /// Rounded to bf16, for `vdpbf16ps`.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    Bf16(&'a [u16]),
+    /// In split order (even then odd columns of each 32), for widened bf16 weights.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    Split(&'a [f32]),
 }
 
 std::thread_local! {
-    /// The bf16 copy of a matmul's activations (see [`matmul`]).
+    /// The bf16 copy of a matmul's activations (see [`matmul_with`]).
     static ACTIVATIONS_BF16: core::cell::RefCell<Vec<u16>> = const { core::cell::RefCell::new(Vec::new()) };
+    /// The split-order copy of a matmul's activations (see [`matmul_with`]).
+    static ACTIVATIONS_SPLIT: core::cell::RefCell<Vec<f32>> = const { core::cell::RefCell::new(Vec::new()) };
 }
 
-/// Grows the calling thread's bf16 activation buffer of [`matmul`] to `elements` (rows x input width)
-/// now, so later bf16 matmuls of up to that size on this thread allocate nothing. Drafter sessions call
-/// it at creation.
+/// Grows the calling thread's activation buffers of bf16 [`matmul`]s to `elements` (rows x input
+/// width) now, so later bf16 matmuls of up to that size on this thread allocate nothing. Drafter
+/// sessions call it at creation.
 pub fn reserve_bf16_activations(elements: usize) {
     ACTIVATIONS_BF16.with_borrow_mut(|v| {
+        if v.capacity() < elements {
+            v.reserve_exact(elements - v.len());
+        }
+    });
+    ACTIVATIONS_SPLIT.with_borrow_mut(|v| {
         if v.capacity() < elements {
             v.reserve_exact(elements - v.len());
         }
@@ -321,14 +383,14 @@ pub fn reserve_bf16_activations(elements: usize) {
 }
 
 /// One thread's share of a matmul: weight rows `rows` against every activation row, on `isa`.
-/// `x_bf16` is the bf16-rounded copy of `x` that `Isa::Avx512Bf16` multiplies with bf16 weights.
+/// `prepared` is the copy of `x` that the AVX-512 kernels multiply with bf16 weights.
 #[allow(clippy::too_many_arguments)]
 fn matmul_rows_on(
     isa: Isa,
     w: &Matrix,
     k: usize,
     x: &[f32],
-    x_bf16: Option<&[u16]>,
+    prepared: Prepared<'_>,
     n: usize,
     out: usize,
     rows: std::ops::Range<usize>,
@@ -339,15 +401,15 @@ fn matmul_rows_on(
     #[cfg(target_arch = "x86_64")]
     unsafe {
         use super::simd::{avx2, avx512};
-        match (w, isa, x_bf16) {
-            (Matrix::Bf16(d), Isa::Avx512Bf16, Some(xb)) => {
+        match (w, isa, prepared) {
+            (Matrix::Bf16(d), Isa::Avx512Bf16, Prepared::Bf16(xb)) => {
                 return avx512::matmul_rows_bf16_dot(d, k, xb, n, out, rows, y);
+            }
+            (Matrix::Bf16(d), Isa::Avx512, Prepared::Split(xs)) => {
+                return avx512::matmul_rows_split(d, k, xs, n, out, rows, y);
             }
             (Matrix::F32(d), Isa::Avx512Bf16 | Isa::Avx512, _) => {
                 return avx512::matmul_rows::<avx512::F32>(d, k, x, n, out, rows, y);
-            }
-            (Matrix::Bf16(d), Isa::Avx512Bf16 | Isa::Avx512, _) => {
-                return avx512::matmul_rows::<avx512::Bf16>(d, k, x, n, out, rows, y);
             }
             (Matrix::F32(d), Isa::Avx2, _) => {
                 return avx2::matmul_rows::<avx2::F32>(d, k, x, n, out, rows, y);
@@ -359,14 +421,14 @@ fn matmul_rows_on(
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = (isa, x_bf16);
+    let _ = (isa, prepared);
     match w {
         Matrix::F32(d) => matmul_rows(d.as_slice(), k, x, n, out, rows, y),
         Matrix::Bf16(d) => matmul_rows(d.as_slice(), k, x, n, out, rows, y),
     }
 }
 
-/// [`matmul_with`] after the activations were rounded to bf16 where `isa` multiplies bf16 pairs.
+/// [`matmul_with`] after the activations were prepared for the kernel (`prepared`).
 #[allow(clippy::too_many_arguments)]
 fn matmul_impl(
     isa: Isa,
@@ -377,17 +439,19 @@ fn matmul_impl(
     x: &[f32],
     n: usize,
     y: &mut [f32],
-    x_bf16: Option<&[u16]>,
+    prepared: Prepared<'_>,
 ) {
     let yp = SendPtr(y.as_mut_ptr());
     let threads = pool.threads();
     // Chunks of whole register tiles, several per thread, so a slow thread does not hold up the rest.
-    let chunk_rows = (out.div_ceil(threads * 8)).max(16).next_multiple_of(TILE_R);
+    let chunk_rows = (out.div_ceil(threads * 8))
+        .max(16)
+        .next_multiple_of(CHUNK_ROWS_MULTIPLE);
     let chunks = out.div_ceil(chunk_rows);
     pool.for_each_chunk(chunks, &|c| {
         let rows = c * chunk_rows..((c + 1) * chunk_rows).min(out);
         if !rows.is_empty() {
-            matmul_rows_on(isa, w, k, x, x_bf16, n, out, rows, yp.get());
+            matmul_rows_on(isa, w, k, x, prepared, n, out, rows, yp.get());
         }
     });
 }
@@ -436,6 +500,48 @@ pub fn stream_sum(buf: &[f32]) -> f32 {
         return unsafe { stream_sum_avx2(buf) };
     }
     stream_sum_generic(buf)
+}
+
+/// The matmul's arithmetic peak on this CPU in GFLOP/s, measured: `threads` threads each run the
+/// multiply-add the bf16 matmul uses (`vdpbf16ps` pairs where [`Isa::detect`] picks them, else f32
+/// FMAs) on 24 independent accumulators for about `millis` milliseconds. The compute floor of a
+/// verification of N tokens is N x 2 x parameters / this. 0 on hosts without AVX2.
+pub fn arithmetic_peak_gflops(threads: usize, millis: u64) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let isa = Isa::detect();
+        let (wide, pairs) = (isa.has_avx512(), isa == Isa::Avx512Bf16);
+        if !wide && isa != Isa::Avx2 {
+            return 0.0;
+        }
+        let flop_per_round = 24.0
+            * if pairs {
+                64.0
+            } else if wide {
+                32.0
+            } else {
+                16.0
+            };
+        // SAFETY (both calls): the instructions are those of `isa`, which the CPU has.
+        let run = |iters: usize| unsafe { super::simd::peak_probe(iters, wide, pairs) };
+        // Calibrate the round count to the time asked for, then time all threads together.
+        let t = std::time::Instant::now();
+        std::hint::black_box(run(100_000));
+        let per_round = t.elapsed().as_secs_f64() / 100_000.0;
+        let iters = ((millis as f64 / 1e3) / per_round.max(1e-12)) as usize;
+        let t = std::time::Instant::now();
+        std::thread::scope(|s| {
+            for _ in 0..threads.max(1) {
+                s.spawn(move || std::hint::black_box(run(iters)));
+            }
+        });
+        flop_per_round * iters as f64 * threads.max(1) as f64 / t.elapsed().as_secs_f64() / 1e9
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (threads, millis);
+        0.0
+    }
 }
 
 /// Single-threaded `y[n, out] = x[n, k] * w[out, k]^T` (for work already split across threads).
@@ -537,19 +643,27 @@ fn softmax_by_position_avx512(row: &mut [f32], prefix: usize, tail_positions: &[
 
 #[inline(always)]
 fn softmax_by_position_generic(row: &mut [f32], prefix: usize, tail_positions: &[u32]) {
-    let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    let max = row_max(row);
     if max == f32::NEG_INFINITY {
         row.fill(0.0);
         return;
     }
     // 16 partial sums so the prefix loop vectorises; exp_nonpositive is branch-free (and -inf -> 0).
+    // Whole chunks go through fixed-size arrays: with a slice of unknown length per chunk the
+    // compiler kept this loop scalar (13% of a 16-token verification at a 512-token prefix).
     let mut sums = [0f32; L];
     let (head, tail) = row.split_at_mut(prefix);
-    for chunk in head.chunks_mut(L) {
-        for (i, x) in chunk.iter_mut().enumerate() {
-            *x = exp_nonpositive(*x - max);
-            sums[i] += *x;
+    let mut chunks = head.chunks_exact_mut(L);
+    for chunk in &mut chunks {
+        let chunk: &mut [f32; L] = chunk.try_into().expect("chunks_exact yields L values");
+        for i in 0..L {
+            chunk[i] = exp_nonpositive(chunk[i] - max);
+            sums[i] += chunk[i];
         }
+    }
+    for (i, x) in chunks.into_remainder().iter_mut().enumerate() {
+        *x = exp_nonpositive(*x - max);
+        sums[i] += *x;
     }
     for x in tail.iter_mut() {
         *x = exp_nonpositive(*x - max);
@@ -561,6 +675,29 @@ fn softmax_by_position_generic(row: &mut [f32], prefix: usize, tail_positions: &
     for x in row.iter_mut() {
         *x *= inv;
     }
+}
+
+/// The largest value of `row` (NaN ignored, `-inf` for an empty row), over 16 lanes so it vectorises
+/// (a single running `f32::max` is a serial chain of compare-and-blend).
+#[inline(always)]
+fn row_max(row: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; L];
+    let mut chunks = row.chunks_exact(L);
+    for chunk in &mut chunks {
+        for i in 0..L {
+            // `>` rather than `f32::max`: the compiler turns it into one vector max per chunk. A NaN
+            // never wins the comparison, so NaN entries are skipped as `f32::max` skips them.
+            if chunk[i] > lanes[i] {
+                lanes[i] = chunk[i];
+            }
+        }
+    }
+    for (i, &x) in chunks.remainder().iter().enumerate() {
+        if x > lanes[i] {
+            lanes[i] = x;
+        }
+    }
+    lanes.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x))
 }
 
 /// The whole row is prefix: lanes are indices.

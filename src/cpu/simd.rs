@@ -26,21 +26,38 @@ pub trait Kernel {
     type Acc: Copy;
     /// Columns per step.
     const STEP: usize;
+    /// Operand pairs per step: a step's columns may be multiplied in `PARTS` passes, each with its own
+    /// weight and activation operands (see [`avx512::Bf16Split`]).
+    const PARTS: usize = 1;
     /// # Safety
     /// The target features are available.
     unsafe fn zero() -> Self::Acc;
+    /// Part `part` of the weights of the step at `p`.
+    ///
     /// # Safety
     /// `p` points to `STEP` readable weights; the target features are available.
-    unsafe fn load_w(p: *const Self::W) -> Self::V;
+    unsafe fn load_w(p: *const Self::W, part: usize) -> Self::V;
+    /// Part `part` of the activations of the step at `p`.
+    ///
     /// # Safety
     /// `p` points to `STEP` readable activations; the target features are available.
-    unsafe fn load_x(p: *const Self::X) -> Self::V;
+    unsafe fn load_x(p: *const Self::X, part: usize) -> Self::V;
     /// # Safety
     /// The target features are available.
     unsafe fn fma(acc: Self::Acc, w: Self::V, x: Self::V) -> Self::Acc;
     /// # Safety
     /// The target features are available.
     unsafe fn reduce(acc: Self::Acc) -> f32;
+    /// Four accumulators reduced at once; each sum bit-identical to [`Kernel::reduce`]'s (same
+    /// pairing of lanes), so how a tile groups its accumulators cannot change a result.
+    ///
+    /// # Safety
+    /// The target features are available.
+    #[inline(always)]
+    unsafe fn reduce4(acc: [Self::Acc; 4]) -> [f32; 4] {
+        // SAFETY: caller contract.
+        unsafe { acc.map(|a| Self::reduce(a)) }
+    }
     /// # Safety
     /// Both pointers are readable.
     unsafe fn product(w: *const Self::W, x: *const Self::X) -> f32;
@@ -84,30 +101,50 @@ unsafe fn tile<K: Kernel, const R: usize, const C: usize, const PREFETCH: bool>(
         let k_vec = k / K::STEP * K::STEP;
         let mut j = 0;
         while j < k_vec {
-            let mut wv = [K::load_w(w.add(j)); R];
-            for r in 1..R {
-                wv[r] = K::load_w(w.add(r * k + j));
-            }
-            if PREFETCH {
-                for r in 0..R {
-                    _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add((R + r) * k + j) as *const i8);
+            for part in 0..K::PARTS {
+                let mut wv = [K::load_w(w.add(j), part); R];
+                for r in 1..R {
+                    wv[r] = K::load_w(w.add(r * k + j), part);
                 }
-            }
-            for c in 0..C {
-                let xv = K::load_x(x.add(c * k + j));
-                for r in 0..R {
-                    acc[r][c] = K::fma(acc[r][c], wv[r], xv);
+                // After the loads, as before the split kernel existed: placing the prefetches first
+                // made the compiler spill accumulators of the 6-row tiles (1.4x slower at 16 rows).
+                if PREFETCH && part == 0 {
+                    for r in 0..R {
+                        _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add((R + r) * k + j) as *const i8);
+                    }
+                }
+                for c in 0..C {
+                    let xv = K::load_x(x.add(c * k + j), part);
+                    for r in 0..R {
+                        acc[r][c] = K::fma(acc[r][c], wv[r], xv);
+                    }
                 }
             }
             j += K::STEP;
         }
+        // Accumulators four at a time: a batched reduction shares its shuffles (5% at 16 rows; with
+        // k = 64, as in attention scores, reducing costs more than the products). Written per weight
+        // row without a temporary array: collecting the sums first made the compiler spill.
         for r in 0..R {
-            for c in 0..C {
+            let mut c = 0;
+            while c + 4 <= C {
+                let s4 = K::reduce4([acc[r][c], acc[r][c + 1], acc[r][c + 2], acc[r][c + 3]]);
+                for g in 0..4 {
+                    let mut s = s4[g];
+                    for jj in k_vec..k {
+                        s += K::product(w.add(r * k + jj), x.add((c + g) * k + jj));
+                    }
+                    *y.add((c + g) * out + r) = s;
+                }
+                c += 4;
+            }
+            while c < C {
                 let mut s = K::reduce(acc[r][c]);
                 for jj in k_vec..k {
                     s += K::product(w.add(r * k + jj), x.add(c * k + jj));
                 }
                 *y.add(c * out + r) = s;
+                c += 1;
             }
         }
     }
@@ -201,16 +238,102 @@ unsafe fn rows_impl<K: Kernel, const R: usize, const C: usize>(
     }
 }
 
+/// Copies `n` rows of `k` activations from `x` into `out` in split order: within each whole step of
+/// 32 columns, the 16 even columns, then the 16 odd ones; the columns after the last whole step stay
+/// in order. ([`avx512::Bf16Split`] reads this order.)
+pub fn split_activations(x: &[f32], n: usize, k: usize, out: &mut std::vec::Vec<f32>) {
+    out.clear();
+    out.extend_from_slice(&x[..n * k]);
+    let whole = k / 32 * 32;
+    for (dst, src) in out.chunks_exact_mut(k).zip(x.chunks_exact(k)) {
+        for (d, s) in dst[..whole]
+            .chunks_exact_mut(32)
+            .zip(src[..whole].chunks_exact(32))
+        {
+            for i in 0..16 {
+                d[i] = s[2 * i];
+                d[16 + i] = s[2 * i + 1];
+            }
+        }
+    }
+}
+
+/// The arithmetic peak probe: `iters` rounds of 24 independent multiply-adds (the tile's accumulator
+/// count) of the kind the matmul runs, `vdpbf16ps` with `pairs`, else f32 `vfmadd` (512-bit where
+/// `wide`, else 256-bit). Returns a value that depends on every result so nothing is optimised away;
+/// the caller times it. FLOP per round: 24 x 64 (pairs), 24 x 32 (512-bit FMA), 24 x 16 (256-bit).
+///
+/// # Safety
+/// The instructions are available: AVX-512F (+ AVX512_BF16 with `pairs`) where `wide`, else AVX2 + FMA.
+pub unsafe fn peak_probe(iters: usize, wide: bool, pairs: bool) -> f32 {
+    // SAFETY: caller contract.
+    unsafe {
+        match (wide, pairs) {
+            (true, true) => avx512::peak_dot(iters),
+            (true, false) => avx512::peak_fma(iters),
+            _ => avx2::peak_fma(iters),
+        }
+    }
+}
+
 /// AVX-512 kernels (32 vector registers: 4 x 6 tiles).
 pub mod avx512 {
     use super::*;
 
     /// f32 weights and activations.
     pub struct F32;
-    /// bf16 weights widened to f32 (exact), f32 activations.
-    pub struct Bf16;
+    /// bf16 weights widened to f32 (exact) and f32 activations in split order: each step of 32
+    /// columns holds the even columns, then the odd ones, so one 64-byte weight load widens to two f32
+    /// vectors with one instruction each (`vpslld` for the even weights, `vpandd` for the odd).
+    pub struct Bf16Split;
     /// bf16 weights and bf16-rounded activations, products summed in f32 by `vdpbf16ps`.
     pub struct Bf16Dot;
+
+    /// Sum of 16 lanes: lanes `i` and `i + 8` first, then `i + 4`, `i + 2`, `i + 1` ([`reduce512x4`]
+    /// pairs them the same way).
+    #[inline(always)]
+    unsafe fn reduce512(a: __m512) -> f32 {
+        // SAFETY: AVX-512F available (caller contract).
+        unsafe {
+            let h = _mm256_add_ps(
+                _mm512_castps512_ps256(a),
+                _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(a))),
+            );
+            let q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps::<1>(h));
+            let d = _mm_add_ps(q, _mm_movehl_ps(q, q));
+            _mm_cvtss_f32(d) + _mm_cvtss_f32(_mm_shuffle_ps::<0b01>(d, d))
+        }
+    }
+
+    /// [`reduce512`] of four registers with shared shuffles (about 4 instructions each instead of 8).
+    #[inline(always)]
+    unsafe fn reduce512x4(a: [__m512; 4]) -> [f32; 4] {
+        // SAFETY: AVX-512F available (caller contract).
+        unsafe {
+            // Halves: [a lo8 | b lo8] + [a hi8 | b hi8] gives a's and b's lanes i + (i + 8).
+            let pair = |x: __m512, y: __m512| {
+                let lo = _mm512_shuffle_f32x4::<0b01_00_01_00>(x, y);
+                let hi = _mm512_shuffle_f32x4::<0b11_10_11_10>(x, y);
+                _mm512_add_ps(lo, hi)
+            };
+            let ab = pair(a[0], a[1]);
+            let cd = pair(a[2], a[3]);
+            // Quarters: 128-bit lanes [a0-3 b0-3 c0-3 d0-3] + [a4-7 b4-7 c4-7 d4-7].
+            let lo = _mm512_shuffle_f32x4::<0b10_00_10_00>(ab, cd);
+            let hi = _mm512_shuffle_f32x4::<0b11_01_11_01>(ab, cd);
+            let q = _mm512_add_ps(lo, hi);
+            // Within each 128-bit lane: (q0 + q2, q1 + q3), then their sum in element 0.
+            let d = _mm512_add_ps(q, _mm512_permute_ps::<0b01_00_11_10>(q));
+            let s = _mm512_add_ps(d, _mm512_permute_ps::<0b10_11_00_01>(d));
+            let picked = _mm512_permutexvar_ps(
+                _mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0),
+                s,
+            );
+            let mut out = [0f32; 4];
+            _mm_storeu_ps(out.as_mut_ptr(), _mm512_castps512_ps128(picked));
+            out
+        }
+    }
 
     impl Kernel for F32 {
         type W = f32;
@@ -224,12 +347,12 @@ pub mod avx512 {
             unsafe { _mm512_setzero_ps() }
         }
         #[inline(always)]
-        unsafe fn load_w(p: *const f32) -> __m512 {
+        unsafe fn load_w(p: *const f32, _part: usize) -> __m512 {
             // SAFETY: caller contract.
             unsafe { load(p as *const __m512) }
         }
         #[inline(always)]
-        unsafe fn load_x(p: *const f32) -> __m512 {
+        unsafe fn load_x(p: *const f32, _part: usize) -> __m512 {
             // SAFETY: caller contract.
             unsafe { load(p as *const __m512) }
         }
@@ -241,7 +364,12 @@ pub mod avx512 {
         #[inline(always)]
         unsafe fn reduce(acc: __m512) -> f32 {
             // SAFETY: caller contract.
-            unsafe { _mm512_reduce_add_ps(acc) }
+            unsafe { reduce512(acc) }
+        }
+        #[inline(always)]
+        unsafe fn reduce4(acc: [__m512; 4]) -> [f32; 4] {
+            // SAFETY: caller contract.
+            unsafe { reduce512x4(acc) }
         }
         #[inline(always)]
         unsafe fn product(w: *const f32, x: *const f32) -> f32 {
@@ -250,29 +378,37 @@ pub mod avx512 {
         }
     }
 
-    impl Kernel for Bf16 {
+    impl Kernel for Bf16Split {
         type W = u16;
         type X = f32;
         type V = __m512;
         type Acc = __m512;
-        const STEP: usize = 16;
+        const STEP: usize = 32;
+        const PARTS: usize = 2;
         #[inline(always)]
         unsafe fn zero() -> __m512 {
             // SAFETY: caller contract.
             unsafe { _mm512_setzero_ps() }
         }
         #[inline(always)]
-        unsafe fn load_w(p: *const u16) -> __m512 {
-            // SAFETY: caller contract; bf16 -> f32 is a 16-bit left shift.
+        unsafe fn load_w(p: *const u16, part: usize) -> __m512 {
+            // SAFETY: caller contract (64 readable bytes). Lane i holds weights 2i (low half) and
+            // 2i + 1 (high half); a bf16 is the high half of its f32, so one shift or one mask widens
+            // sixteen of them. Both parts load the same line; the compiler keeps one load.
             unsafe {
-                let h = load(p as *const __m256i);
-                _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+                let v = load(p as *const __m512i);
+                if part == 0 {
+                    _mm512_castsi512_ps(_mm512_slli_epi32::<16>(v))
+                } else {
+                    _mm512_castsi512_ps(_mm512_and_si512(v, _mm512_set1_epi32(-65536)))
+                }
             }
         }
         #[inline(always)]
-        unsafe fn load_x(p: *const f32) -> __m512 {
-            // SAFETY: caller contract.
-            unsafe { load(p as *const __m512) }
+        unsafe fn load_x(p: *const f32, part: usize) -> __m512 {
+            // SAFETY: caller contract: a step of split activations is the 16 even columns, then the
+            // 16 odd ones (see `split_activations`).
+            unsafe { load(p.add(16 * part) as *const __m512) }
         }
         #[inline(always)]
         unsafe fn fma(acc: __m512, w: __m512, x: __m512) -> __m512 {
@@ -282,11 +418,16 @@ pub mod avx512 {
         #[inline(always)]
         unsafe fn reduce(acc: __m512) -> f32 {
             // SAFETY: caller contract.
-            unsafe { _mm512_reduce_add_ps(acc) }
+            unsafe { reduce512(acc) }
+        }
+        #[inline(always)]
+        unsafe fn reduce4(acc: [__m512; 4]) -> [f32; 4] {
+            // SAFETY: caller contract.
+            unsafe { reduce512x4(acc) }
         }
         #[inline(always)]
         unsafe fn product(w: *const u16, x: *const f32) -> f32 {
-            // SAFETY: caller contract.
+            // SAFETY: caller contract (the columns after the last whole step are not split).
             unsafe { bf16(*w) * *x }
         }
     }
@@ -303,12 +444,12 @@ pub mod avx512 {
             unsafe { _mm512_setzero_ps() }
         }
         #[inline(always)]
-        unsafe fn load_w(p: *const u16) -> __m512bh {
+        unsafe fn load_w(p: *const u16, _part: usize) -> __m512bh {
             // SAFETY: caller contract (64 readable bytes).
             unsafe { load(p as *const __m512bh) }
         }
         #[inline(always)]
-        unsafe fn load_x(p: *const u16) -> __m512bh {
+        unsafe fn load_x(p: *const u16, _part: usize) -> __m512bh {
             // SAFETY: as above.
             unsafe { load(p as *const __m512bh) }
         }
@@ -320,7 +461,12 @@ pub mod avx512 {
         #[inline(always)]
         unsafe fn reduce(acc: __m512) -> f32 {
             // SAFETY: caller contract.
-            unsafe { _mm512_reduce_add_ps(acc) }
+            unsafe { reduce512(acc) }
+        }
+        #[inline(always)]
+        unsafe fn reduce4(acc: [__m512; 4]) -> [f32; 4] {
+            // SAFETY: caller contract.
+            unsafe { reduce512x4(acc) }
         }
         #[inline(always)]
         unsafe fn product(w: *const u16, x: *const u16) -> f32 {
@@ -329,7 +475,7 @@ pub mod avx512 {
         }
     }
 
-    /// [`rows_impl`] for f32 or widened-bf16 kernels. # Safety: as `rows_impl`, with AVX-512F/BW, FMA.
+    /// [`rows_impl`] for f32 weights. # Safety: as `rows_impl`, with AVX-512F/BW and FMA.
     #[target_feature(enable = "avx512f,avx512bw,fma")]
     pub unsafe fn matmul_rows<K: Kernel>(
         w: &[K::W],
@@ -342,6 +488,32 @@ pub mod avx512 {
     ) {
         // SAFETY: forwarded.
         unsafe { rows_impl::<K, 4, 6>(w, k, x, n, out, rows, y) }
+    }
+
+    /// [`rows_impl`] for [`Bf16Split`]. Decoding (one or two activation rows) takes 4 x 2 tiles: four
+    /// weight streams in flight (3 x 6 tiles decoded 5-9% slower). More rows take 3 x 6 tiles: each
+    /// raw weight vector stays in a register while its even half multiplies, so 4 x 6 would need 34
+    /// registers; 3 x 6 (26) leaves the compiler room and measured within 3% of 4 x 6 at 16 rows.
+    /// Every output is the same sum in the same order whatever the tile, so the choice by row count
+    /// keeps batch invariance. # Safety: as `rows_impl`, with AVX-512F/BW and FMA, `x` in split order.
+    #[target_feature(enable = "avx512f,avx512bw,fma")]
+    pub unsafe fn matmul_rows_split(
+        w: &[u16],
+        k: usize,
+        x: &[f32],
+        n: usize,
+        out: usize,
+        rows: core::ops::Range<usize>,
+        y: *mut f32,
+    ) {
+        // SAFETY: forwarded.
+        unsafe {
+            if n <= 2 {
+                rows_impl::<Bf16Split, 4, 2>(w, k, x, n, out, rows, y)
+            } else {
+                rows_impl::<Bf16Split, 3, 6>(w, k, x, n, out, rows, y)
+            }
+        }
     }
 
     /// [`rows_impl`] with `vdpbf16ps`. # Safety: as `rows_impl`, with AVX-512F/BW and AVX512_BF16.
@@ -392,6 +564,211 @@ pub mod avx512 {
                 }
             }
         }
+    }
+
+    /// See [`peak_probe`]. In assembly: compiled from intrinsics, the loop came out with register
+    /// moves and spills between the multiply-adds (the accumulators' phis were not coalesced).
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub unsafe fn peak_dot(iters: usize) -> f32 {
+        peak_asm_512::<true>(iters)
+    }
+
+    /// See [`peak_probe`].
+    #[target_feature(enable = "avx512f,fma")]
+    pub unsafe fn peak_fma(iters: usize) -> f32 {
+        peak_asm_512::<false>(iters)
+    }
+
+    /// 24 independent 512-bit multiply-adds per round (`vdpbf16ps` with `PAIRS`, else `vfmadd231ps`)
+    /// on operands of 1.0 and 1e-9 into zeroed accumulators (no subnormals, which would take slow
+    /// paths); returns lane 0 of the first accumulator.
+    #[inline(always)]
+    fn peak_asm_512<const PAIRS: bool>(iters: usize) -> f32 {
+        let mut first = [0f32; 16];
+        if iters == 0 {
+            return 0.0;
+        }
+        let ops = [1.0f32, 1e-9];
+        // SAFETY: the callers enable AVX-512F (and AVX512_BF16 for PAIRS); the asm reads `ops` (two
+        // floats) and writes `first` (16 floats), and declares every register it changes.
+        unsafe {
+            if PAIRS {
+                core::arch::asm!(
+                "vbroadcastss zmm30, dword ptr [{ops}]",
+                "vbroadcastss zmm31, dword ptr [{ops} + 4]",
+                "vpxord zmm0, zmm0, zmm0",
+                "vpxord zmm1, zmm1, zmm1",
+                "vpxord zmm2, zmm2, zmm2",
+                "vpxord zmm3, zmm3, zmm3",
+                "vpxord zmm4, zmm4, zmm4",
+                "vpxord zmm5, zmm5, zmm5",
+                "vpxord zmm6, zmm6, zmm6",
+                "vpxord zmm7, zmm7, zmm7",
+                "vpxord zmm8, zmm8, zmm8",
+                "vpxord zmm9, zmm9, zmm9",
+                "vpxord zmm10, zmm10, zmm10",
+                "vpxord zmm11, zmm11, zmm11",
+                "vpxord zmm12, zmm12, zmm12",
+                "vpxord zmm13, zmm13, zmm13",
+                "vpxord zmm14, zmm14, zmm14",
+                "vpxord zmm15, zmm15, zmm15",
+                "vpxord zmm16, zmm16, zmm16",
+                "vpxord zmm17, zmm17, zmm17",
+                "vpxord zmm18, zmm18, zmm18",
+                "vpxord zmm19, zmm19, zmm19",
+                "vpxord zmm20, zmm20, zmm20",
+                "vpxord zmm21, zmm21, zmm21",
+                "vpxord zmm22, zmm22, zmm22",
+                "vpxord zmm23, zmm23, zmm23",
+                "2:",
+                "vdpbf16ps zmm0, zmm30, zmm31",
+                "vdpbf16ps zmm1, zmm30, zmm31",
+                "vdpbf16ps zmm2, zmm30, zmm31",
+                "vdpbf16ps zmm3, zmm30, zmm31",
+                "vdpbf16ps zmm4, zmm30, zmm31",
+                "vdpbf16ps zmm5, zmm30, zmm31",
+                "vdpbf16ps zmm6, zmm30, zmm31",
+                "vdpbf16ps zmm7, zmm30, zmm31",
+                "vdpbf16ps zmm8, zmm30, zmm31",
+                "vdpbf16ps zmm9, zmm30, zmm31",
+                "vdpbf16ps zmm10, zmm30, zmm31",
+                "vdpbf16ps zmm11, zmm30, zmm31",
+                "vdpbf16ps zmm12, zmm30, zmm31",
+                "vdpbf16ps zmm13, zmm30, zmm31",
+                "vdpbf16ps zmm14, zmm30, zmm31",
+                "vdpbf16ps zmm15, zmm30, zmm31",
+                "vdpbf16ps zmm16, zmm30, zmm31",
+                "vdpbf16ps zmm17, zmm30, zmm31",
+                "vdpbf16ps zmm18, zmm30, zmm31",
+                "vdpbf16ps zmm19, zmm30, zmm31",
+                "vdpbf16ps zmm20, zmm30, zmm31",
+                "vdpbf16ps zmm21, zmm30, zmm31",
+                "vdpbf16ps zmm22, zmm30, zmm31",
+                "vdpbf16ps zmm23, zmm30, zmm31",
+                "dec {n}",
+                "jnz 2b",
+                "vmovups [{first}], zmm0",
+                ops = in(reg) ops.as_ptr(),
+                first = in(reg) first.as_mut_ptr(),
+                n = inout(reg) iters => _,
+                out("zmm30") _,
+                out("zmm31") _,
+                out("zmm0") _,
+                out("zmm1") _,
+                out("zmm2") _,
+                out("zmm3") _,
+                out("zmm4") _,
+                out("zmm5") _,
+                out("zmm6") _,
+                out("zmm7") _,
+                out("zmm8") _,
+                out("zmm9") _,
+                out("zmm10") _,
+                out("zmm11") _,
+                out("zmm12") _,
+                out("zmm13") _,
+                out("zmm14") _,
+                out("zmm15") _,
+                out("zmm16") _,
+                out("zmm17") _,
+                out("zmm18") _,
+                out("zmm19") _,
+                out("zmm20") _,
+                out("zmm21") _,
+                out("zmm22") _,
+                out("zmm23") _,
+                options(nostack),
+                );
+            } else {
+                core::arch::asm!(
+                "vbroadcastss zmm30, dword ptr [{ops}]",
+                "vbroadcastss zmm31, dword ptr [{ops} + 4]",
+                "vpxord zmm0, zmm0, zmm0",
+                "vpxord zmm1, zmm1, zmm1",
+                "vpxord zmm2, zmm2, zmm2",
+                "vpxord zmm3, zmm3, zmm3",
+                "vpxord zmm4, zmm4, zmm4",
+                "vpxord zmm5, zmm5, zmm5",
+                "vpxord zmm6, zmm6, zmm6",
+                "vpxord zmm7, zmm7, zmm7",
+                "vpxord zmm8, zmm8, zmm8",
+                "vpxord zmm9, zmm9, zmm9",
+                "vpxord zmm10, zmm10, zmm10",
+                "vpxord zmm11, zmm11, zmm11",
+                "vpxord zmm12, zmm12, zmm12",
+                "vpxord zmm13, zmm13, zmm13",
+                "vpxord zmm14, zmm14, zmm14",
+                "vpxord zmm15, zmm15, zmm15",
+                "vpxord zmm16, zmm16, zmm16",
+                "vpxord zmm17, zmm17, zmm17",
+                "vpxord zmm18, zmm18, zmm18",
+                "vpxord zmm19, zmm19, zmm19",
+                "vpxord zmm20, zmm20, zmm20",
+                "vpxord zmm21, zmm21, zmm21",
+                "vpxord zmm22, zmm22, zmm22",
+                "vpxord zmm23, zmm23, zmm23",
+                "2:",
+                "vfmadd231ps zmm0, zmm30, zmm31",
+                "vfmadd231ps zmm1, zmm30, zmm31",
+                "vfmadd231ps zmm2, zmm30, zmm31",
+                "vfmadd231ps zmm3, zmm30, zmm31",
+                "vfmadd231ps zmm4, zmm30, zmm31",
+                "vfmadd231ps zmm5, zmm30, zmm31",
+                "vfmadd231ps zmm6, zmm30, zmm31",
+                "vfmadd231ps zmm7, zmm30, zmm31",
+                "vfmadd231ps zmm8, zmm30, zmm31",
+                "vfmadd231ps zmm9, zmm30, zmm31",
+                "vfmadd231ps zmm10, zmm30, zmm31",
+                "vfmadd231ps zmm11, zmm30, zmm31",
+                "vfmadd231ps zmm12, zmm30, zmm31",
+                "vfmadd231ps zmm13, zmm30, zmm31",
+                "vfmadd231ps zmm14, zmm30, zmm31",
+                "vfmadd231ps zmm15, zmm30, zmm31",
+                "vfmadd231ps zmm16, zmm30, zmm31",
+                "vfmadd231ps zmm17, zmm30, zmm31",
+                "vfmadd231ps zmm18, zmm30, zmm31",
+                "vfmadd231ps zmm19, zmm30, zmm31",
+                "vfmadd231ps zmm20, zmm30, zmm31",
+                "vfmadd231ps zmm21, zmm30, zmm31",
+                "vfmadd231ps zmm22, zmm30, zmm31",
+                "vfmadd231ps zmm23, zmm30, zmm31",
+                "dec {n}",
+                "jnz 2b",
+                "vmovups [{first}], zmm0",
+                ops = in(reg) ops.as_ptr(),
+                first = in(reg) first.as_mut_ptr(),
+                n = inout(reg) iters => _,
+                out("zmm30") _,
+                out("zmm31") _,
+                out("zmm0") _,
+                out("zmm1") _,
+                out("zmm2") _,
+                out("zmm3") _,
+                out("zmm4") _,
+                out("zmm5") _,
+                out("zmm6") _,
+                out("zmm7") _,
+                out("zmm8") _,
+                out("zmm9") _,
+                out("zmm10") _,
+                out("zmm11") _,
+                out("zmm12") _,
+                out("zmm13") _,
+                out("zmm14") _,
+                out("zmm15") _,
+                out("zmm16") _,
+                out("zmm17") _,
+                out("zmm18") _,
+                out("zmm19") _,
+                out("zmm20") _,
+                out("zmm21") _,
+                out("zmm22") _,
+                out("zmm23") _,
+                options(nostack),
+                );
+            }
+        }
+        first[0]
     }
 
     /// Attention's weighted sum for head_dim 64. # Safety: AVX-512F and FMA available; `p` holds
@@ -449,12 +826,12 @@ pub mod avx2 {
             unsafe { _mm256_setzero_ps() }
         }
         #[inline(always)]
-        unsafe fn load_w(p: *const f32) -> __m256 {
+        unsafe fn load_w(p: *const f32, _part: usize) -> __m256 {
             // SAFETY: caller contract.
             unsafe { load(p as *const __m256) }
         }
         #[inline(always)]
-        unsafe fn load_x(p: *const f32) -> __m256 {
+        unsafe fn load_x(p: *const f32, _part: usize) -> __m256 {
             // SAFETY: caller contract.
             unsafe { load(p as *const __m256) }
         }
@@ -487,7 +864,7 @@ pub mod avx2 {
             unsafe { _mm256_setzero_ps() }
         }
         #[inline(always)]
-        unsafe fn load_w(p: *const u16) -> __m256 {
+        unsafe fn load_w(p: *const u16, _part: usize) -> __m256 {
             // SAFETY: caller contract; bf16 -> f32 is a 16-bit left shift.
             unsafe {
                 let h = load(p as *const __m128i);
@@ -495,7 +872,7 @@ pub mod avx2 {
             }
         }
         #[inline(always)]
-        unsafe fn load_x(p: *const f32) -> __m256 {
+        unsafe fn load_x(p: *const f32, _part: usize) -> __m256 {
             // SAFETY: caller contract.
             unsafe { load(p as *const __m256) }
         }
@@ -514,6 +891,72 @@ pub mod avx2 {
             // SAFETY: caller contract.
             unsafe { bf16(*w) * *x }
         }
+    }
+
+    /// See [`peak_probe`] (12 accumulators: AVX2 has 16 registers; two rounds per iteration).
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn peak_fma(iters: usize) -> f32 {
+        let mut first = [0f32; 8];
+        if iters == 0 {
+            return 0.0;
+        }
+        let ops = [1.0f32, 1e-9];
+        let n = iters * 2;
+        // SAFETY: AVX2 and FMA are enabled; the asm reads `ops` (two floats) and writes `first`
+        // (8 floats), and declares every register it changes.
+        unsafe {
+            core::arch::asm!(
+            "vbroadcastss ymm14, dword ptr [{ops}]",
+            "vbroadcastss ymm15, dword ptr [{ops} + 4]",
+            "vpxor ymm0, ymm0, ymm0",
+            "vpxor ymm1, ymm1, ymm1",
+            "vpxor ymm2, ymm2, ymm2",
+            "vpxor ymm3, ymm3, ymm3",
+            "vpxor ymm4, ymm4, ymm4",
+            "vpxor ymm5, ymm5, ymm5",
+            "vpxor ymm6, ymm6, ymm6",
+            "vpxor ymm7, ymm7, ymm7",
+            "vpxor ymm8, ymm8, ymm8",
+            "vpxor ymm9, ymm9, ymm9",
+            "vpxor ymm10, ymm10, ymm10",
+            "vpxor ymm11, ymm11, ymm11",
+            "2:",
+            "vfmadd231ps ymm0, ymm14, ymm15",
+            "vfmadd231ps ymm1, ymm14, ymm15",
+            "vfmadd231ps ymm2, ymm14, ymm15",
+            "vfmadd231ps ymm3, ymm14, ymm15",
+            "vfmadd231ps ymm4, ymm14, ymm15",
+            "vfmadd231ps ymm5, ymm14, ymm15",
+            "vfmadd231ps ymm6, ymm14, ymm15",
+            "vfmadd231ps ymm7, ymm14, ymm15",
+            "vfmadd231ps ymm8, ymm14, ymm15",
+            "vfmadd231ps ymm9, ymm14, ymm15",
+            "vfmadd231ps ymm10, ymm14, ymm15",
+            "vfmadd231ps ymm11, ymm14, ymm15",
+            "dec {n}",
+            "jnz 2b",
+            "vmovups [{first}], ymm0",
+            ops = in(reg) ops.as_ptr(),
+            first = in(reg) first.as_mut_ptr(),
+            n = inout(reg) n => _,
+            out("ymm14") _,
+            out("ymm15") _,
+            out("ymm0") _,
+            out("ymm1") _,
+            out("ymm2") _,
+            out("ymm3") _,
+            out("ymm4") _,
+            out("ymm5") _,
+            out("ymm6") _,
+            out("ymm7") _,
+            out("ymm8") _,
+            out("ymm9") _,
+            out("ymm10") _,
+            out("ymm11") _,
+            options(nostack),
+            );
+        }
+        first[0]
     }
 
     /// [`rows_impl`] for f32 or widened-bf16 kernels. One or two activation rows (decoding) take

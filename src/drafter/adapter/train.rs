@@ -1124,7 +1124,10 @@ mod tests {
         max + logits.iter().map(|l| (l - max).exp()).sum::<f64>().ln() - logits[y]
     }
 
-    /// The loss in the straightforward form: n' = n + B (A n), logits = W n' + bias, in f64.
+    /// The loss in the straightforward form: n' = n + B (A n), logits = W n' + bias, in f64, with
+    /// `W n` taken from the records' base logits as the trainer takes it. (Recomputing `W n` in f64
+    /// differs from the runtime's matmul where it rounds the activations to bf16, as `vdpbf16ps` does,
+    /// by more than this check's tolerance.)
     fn naive_loss(c: &Case, p: &P64, idx: &[usize], rank_weight: f64) -> f64 {
         let s = c.s;
         let (h, v, r) = (s.hidden, s.draft_vocab, s.rank);
@@ -1141,11 +1144,17 @@ mod tests {
             let z: Vec<f64> = (0..r)
                 .map(|k| (0..h).map(|j| a[k * h + j] * n[j]).sum())
                 .collect();
-            let n2: Vec<f64> = (0..h)
-                .map(|j| n[j] + (0..r).map(|k| b[j * r + k] * z[k]).sum::<f64>())
+            let delta: Vec<f64> = (0..h)
+                .map(|j| (0..r).map(|k| b[j * r + k] * z[k]).sum::<f64>())
                 .collect();
             let logits: Vec<f64> = (0..v)
-                .map(|o| bias[o] + (0..h).map(|j| c.w[o * h + j] as f64 * n2[j]).sum::<f64>())
+                .map(|o| {
+                    c.base[i * v + o] as f64
+                        + bias[o]
+                        + (0..h)
+                            .map(|j| c.w[o * h + j] as f64 * delta[j])
+                            .sum::<f64>()
+                })
                 .collect();
             lm += ce(&logits, y);
             m += 1;

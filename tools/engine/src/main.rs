@@ -445,11 +445,32 @@ fn cmd_bench(o: &ModelArgs) -> Result<()> {
         bytes / 1e6,
         tps / floor
     );
+    // The compute floor of N tokens: the matmuls' 2 x parameters FLOP per token at the arithmetic
+    // peak of the instruction the bf16 (or f32) matmul runs, measured now like the bandwidth.
+    let peak = specblock::cpu::kernels::arithmetic_peak_gflops(o.threads, 300);
+    let params = bytes / if o.bf16 { 2.0 } else { 4.0 };
+    println!(
+        "arithmetic peak: {peak:.0} GFLOP/s ({} threads, {} multiply-adds); {:.2} GFLOP per token",
+        o.threads,
+        specblock::cpu::Isa::detect().name(),
+        2.0 * params / 1e9
+    );
     let ns = [1usize, 4, 8, 16, 32, 64];
     let ms = bench::verify_ms(&m, 512, &ns, 7)?;
-    println!("\n| N | t(N) ms | t(N)/t(1) |\n|---:|---:|---:|");
+    // Floor of one forward of N tokens: the weights read once at the measured bandwidth, or the
+    // arithmetic at the measured peak, whichever is longer (attention not counted).
+    let floor_ms =
+        |n: usize| (bytes / (bw * 1e9)).max(n as f64 * 2.0 * params / (peak * 1e9)) * 1e3;
+    println!(
+        "\n| N | t(N) ms | t(N)/t(1) | floor ms | floor(N)/t(1) |\n|---:|---:|---:|---:|---:|"
+    );
     for (n, t) in ns.iter().zip(&ms) {
-        println!("| {n} | {t:.1} | {:.2} |", t / ms[0]);
+        println!(
+            "| {n} | {t:.1} | {:.2} | {:.1} | {:.2} |",
+            t / ms[0],
+            floor_ms(*n),
+            floor_ms(*n) / ms[0]
+        );
     }
     Ok(())
 }
