@@ -382,6 +382,14 @@ pub fn reserve_bf16_activations(elements: usize) {
     });
 }
 
+/// [`reserve_bf16_activations`] that reports an allocation failure instead of aborting.
+pub fn try_reserve_bf16_activations(
+    elements: usize,
+) -> Result<(), std::collections::TryReserveError> {
+    ACTIVATIONS_BF16.with_borrow_mut(|v| v.try_reserve_exact(elements.saturating_sub(v.len())))?;
+    ACTIVATIONS_SPLIT.with_borrow_mut(|v| v.try_reserve_exact(elements.saturating_sub(v.len())))
+}
+
 /// One thread's share of a matmul: weight rows `rows` against every activation row, on `isa`.
 /// `prepared` is the copy of `x` that the AVX-512 kernels multiply with bf16 weights.
 #[allow(clippy::too_many_arguments)]

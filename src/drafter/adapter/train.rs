@@ -583,6 +583,10 @@ impl Trainer {
                 ));
             }
         };
+        // The matmuls W B (r rows of h) and W^T G (r rows of v) copy their activations into this
+        // thread's buffer for bf16 weights: grow it now so training allocates nothing.
+        crate::cpu::kernels::try_reserve_bf16_activations(r.saturating_mul(h.max(v)))
+            .map_err(|_| Error::OutOfMemory)?;
         let isa = Isa::detect();
         let mm_isa = if isa == Isa::Avx512Bf16 {
             Isa::Avx512
