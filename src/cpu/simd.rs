@@ -260,8 +260,9 @@ pub fn split_activations(x: &[f32], n: usize, k: usize, out: &mut std::vec::Vec<
 
 /// The arithmetic peak probe: `iters` rounds of 24 independent multiply-adds (the tile's accumulator
 /// count) of the kind the matmul runs, `vdpbf16ps` with `pairs`, else f32 `vfmadd` (512-bit where
-/// `wide`, else 256-bit). Returns a value that depends on every result so nothing is optimised away;
-/// the caller times it. FLOP per round: 24 x 64 (pairs), 24 x 32 (512-bit FMA), 24 x 16 (256-bit).
+/// `wide`, else 256-bit), written in assembly so the compiler can neither fold nor spill them. Returns
+/// one lane of one accumulator; the caller times the call. FLOP per round: 24 x 64 (pairs), 24 x 32
+/// (512-bit FMA), 24 x 16 (256-bit: 12 registers, two passes).
 ///
 /// # Safety
 /// The instructions are available: AVX-512F (+ AVX512_BF16 with `pairs`) where `wide`, else AVX2 + FMA.
