@@ -965,6 +965,35 @@ mod tests {
         }
     }
 
+    /// The assembly probes behind [`arithmetic_peak_gflops`] run the multiply-adds they claim: each
+    /// round adds 1.0 x 1e-9 to accumulator 0 (the 256-bit probe runs two rounds per iteration). With
+    /// `vdpbf16ps` each f32 operand reads as a bf16 pair: the high halves (1.0 and 1e-9 truncated)
+    /// multiply, and the low half of 1.0 is zero.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn peak_probes_accumulate_their_products() {
+        let iters = 1000;
+        let x_bf16 = f32::from_bits(1e-9f32.to_bits() & 0xffff_0000) as f64;
+        let mut cases = Vec::new();
+        if Isa::Avx2.is_supported() {
+            cases.push((false, false, 2.0 * iters as f64 * 1e-9));
+        }
+        if Isa::Avx512.is_supported() {
+            cases.push((true, false, iters as f64 * 1e-9));
+        }
+        if Isa::Avx512Bf16.is_supported() {
+            cases.push((true, true, iters as f64 * x_bf16));
+        }
+        for (wide, pairs, want) in cases {
+            // SAFETY: each case's instructions were checked above.
+            let got = unsafe { crate::cpu::simd::peak_probe(iters, wide, pairs) } as f64;
+            assert!(
+                (got - want).abs() <= 1e-3 * want,
+                "wide {wide} pairs {pairs}: {got} vs {want}"
+            );
+        }
+    }
+
     #[test]
     fn bf16_rounding() {
         assert_eq!(f32_to_bf16(1.0), 0x3f80);

@@ -258,6 +258,42 @@ pub fn split_activations(x: &[f32], n: usize, k: usize, out: &mut std::vec::Vec<
     }
 }
 
+/// The probe loop of [`peak_probe`] in assembly (compiled from intrinsics, the loop came out with
+/// register moves and spills between the multiply-adds): broadcasts 1.0 and 1e-9 into registers `$w`
+/// and `$x` of kind `$reg` (`zmm` or `ymm`), zeroes the listed accumulator registers with `$zero` (no
+/// subnormals, which take slow paths), then runs `$iters` rounds of `$insn acc, w, x` on each. Returns
+/// lane 0 of register 0 (every caller lists it). Every vector register is declared clobbered
+/// (`clobber_abi("C")`: on x86-64 all of them are caller-saved).
+///
+/// Safety: use inside an `unsafe` block of a function whose target features provide `$insn` and
+/// `$zero` on `$reg` registers.
+macro_rules! peak_loop {
+    ($insn:literal, $zero:literal, $reg:literal, $w:literal, $x:literal, $iters:expr,
+     $($acc:literal)+) => {{
+        let iters: usize = $iters;
+        let ops = [1.0f32, 1e-9];
+        let mut first = [0f32; 16];
+        if iters > 0 {
+            core::arch::asm!(
+                concat!("vbroadcastss ", $reg, $w, ", dword ptr [{ops}]"),
+                concat!("vbroadcastss ", $reg, $x, ", dword ptr [{ops} + 4]"),
+                $(concat!($zero, " ", $reg, $acc, ", ", $reg, $acc, ", ", $reg, $acc),)+
+                "2:",
+                $(concat!($insn, " ", $reg, $acc, ", ", $reg, $w, ", ", $reg, $x),)+
+                "dec rcx",
+                "jnz 2b",
+                concat!("vmovups [{first}], ", $reg, "0"),
+                ops = in(reg) ops.as_ptr(),
+                first = in(reg) first.as_mut_ptr(),
+                inout("rcx") iters => _,
+                clobber_abi("C"),
+                options(nostack),
+            );
+        }
+        first[0]
+    }};
+}
+
 /// The arithmetic peak probe: `iters` rounds of 24 independent multiply-adds (the tile's accumulator
 /// count) of the kind the matmul runs, `vdpbf16ps` with `pairs`, else f32 `vfmadd` (512-bit where
 /// `wide`, else 256-bit), written in assembly so the compiler can neither fold nor spill them. Returns
@@ -567,209 +603,24 @@ pub mod avx512 {
         }
     }
 
-    /// See [`peak_probe`]. In assembly: compiled from intrinsics, the loop came out with register
-    /// moves and spills between the multiply-adds (the accumulators' phis were not coalesced).
+    /// See [`peak_probe`]: 24 independent `vdpbf16ps` per round.
     #[target_feature(enable = "avx512f,avx512bf16")]
     pub unsafe fn peak_dot(iters: usize) -> f32 {
-        peak_asm_512::<true>(iters)
+        // SAFETY: AVX-512F and AVX512_BF16 are enabled.
+        unsafe {
+            peak_loop!("vdpbf16ps", "vpxord", "zmm", 30, 31, iters,
+                0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23)
+        }
     }
 
-    /// See [`peak_probe`].
+    /// See [`peak_probe`]: 24 independent 512-bit `vfmadd231ps` per round.
     #[target_feature(enable = "avx512f,fma")]
     pub unsafe fn peak_fma(iters: usize) -> f32 {
-        peak_asm_512::<false>(iters)
-    }
-
-    /// 24 independent 512-bit multiply-adds per round (`vdpbf16ps` with `PAIRS`, else `vfmadd231ps`)
-    /// on operands of 1.0 and 1e-9 into zeroed accumulators (no subnormals, which would take slow
-    /// paths); returns lane 0 of the first accumulator.
-    #[inline(always)]
-    fn peak_asm_512<const PAIRS: bool>(iters: usize) -> f32 {
-        let mut first = [0f32; 16];
-        if iters == 0 {
-            return 0.0;
-        }
-        let ops = [1.0f32, 1e-9];
-        // SAFETY: the callers enable AVX-512F (and AVX512_BF16 for PAIRS); the asm reads `ops` (two
-        // floats) and writes `first` (16 floats), and declares every register it changes.
+        // SAFETY: AVX-512F is enabled.
         unsafe {
-            if PAIRS {
-                core::arch::asm!(
-                "vbroadcastss zmm30, dword ptr [{ops}]",
-                "vbroadcastss zmm31, dword ptr [{ops} + 4]",
-                "vpxord zmm0, zmm0, zmm0",
-                "vpxord zmm1, zmm1, zmm1",
-                "vpxord zmm2, zmm2, zmm2",
-                "vpxord zmm3, zmm3, zmm3",
-                "vpxord zmm4, zmm4, zmm4",
-                "vpxord zmm5, zmm5, zmm5",
-                "vpxord zmm6, zmm6, zmm6",
-                "vpxord zmm7, zmm7, zmm7",
-                "vpxord zmm8, zmm8, zmm8",
-                "vpxord zmm9, zmm9, zmm9",
-                "vpxord zmm10, zmm10, zmm10",
-                "vpxord zmm11, zmm11, zmm11",
-                "vpxord zmm12, zmm12, zmm12",
-                "vpxord zmm13, zmm13, zmm13",
-                "vpxord zmm14, zmm14, zmm14",
-                "vpxord zmm15, zmm15, zmm15",
-                "vpxord zmm16, zmm16, zmm16",
-                "vpxord zmm17, zmm17, zmm17",
-                "vpxord zmm18, zmm18, zmm18",
-                "vpxord zmm19, zmm19, zmm19",
-                "vpxord zmm20, zmm20, zmm20",
-                "vpxord zmm21, zmm21, zmm21",
-                "vpxord zmm22, zmm22, zmm22",
-                "vpxord zmm23, zmm23, zmm23",
-                "2:",
-                "vdpbf16ps zmm0, zmm30, zmm31",
-                "vdpbf16ps zmm1, zmm30, zmm31",
-                "vdpbf16ps zmm2, zmm30, zmm31",
-                "vdpbf16ps zmm3, zmm30, zmm31",
-                "vdpbf16ps zmm4, zmm30, zmm31",
-                "vdpbf16ps zmm5, zmm30, zmm31",
-                "vdpbf16ps zmm6, zmm30, zmm31",
-                "vdpbf16ps zmm7, zmm30, zmm31",
-                "vdpbf16ps zmm8, zmm30, zmm31",
-                "vdpbf16ps zmm9, zmm30, zmm31",
-                "vdpbf16ps zmm10, zmm30, zmm31",
-                "vdpbf16ps zmm11, zmm30, zmm31",
-                "vdpbf16ps zmm12, zmm30, zmm31",
-                "vdpbf16ps zmm13, zmm30, zmm31",
-                "vdpbf16ps zmm14, zmm30, zmm31",
-                "vdpbf16ps zmm15, zmm30, zmm31",
-                "vdpbf16ps zmm16, zmm30, zmm31",
-                "vdpbf16ps zmm17, zmm30, zmm31",
-                "vdpbf16ps zmm18, zmm30, zmm31",
-                "vdpbf16ps zmm19, zmm30, zmm31",
-                "vdpbf16ps zmm20, zmm30, zmm31",
-                "vdpbf16ps zmm21, zmm30, zmm31",
-                "vdpbf16ps zmm22, zmm30, zmm31",
-                "vdpbf16ps zmm23, zmm30, zmm31",
-                "dec {n}",
-                "jnz 2b",
-                "vmovups [{first}], zmm0",
-                ops = in(reg) ops.as_ptr(),
-                first = in(reg) first.as_mut_ptr(),
-                n = inout(reg) iters => _,
-                out("zmm30") _,
-                out("zmm31") _,
-                out("zmm0") _,
-                out("zmm1") _,
-                out("zmm2") _,
-                out("zmm3") _,
-                out("zmm4") _,
-                out("zmm5") _,
-                out("zmm6") _,
-                out("zmm7") _,
-                out("zmm8") _,
-                out("zmm9") _,
-                out("zmm10") _,
-                out("zmm11") _,
-                out("zmm12") _,
-                out("zmm13") _,
-                out("zmm14") _,
-                out("zmm15") _,
-                out("zmm16") _,
-                out("zmm17") _,
-                out("zmm18") _,
-                out("zmm19") _,
-                out("zmm20") _,
-                out("zmm21") _,
-                out("zmm22") _,
-                out("zmm23") _,
-                options(nostack),
-                );
-            } else {
-                core::arch::asm!(
-                "vbroadcastss zmm30, dword ptr [{ops}]",
-                "vbroadcastss zmm31, dword ptr [{ops} + 4]",
-                "vpxord zmm0, zmm0, zmm0",
-                "vpxord zmm1, zmm1, zmm1",
-                "vpxord zmm2, zmm2, zmm2",
-                "vpxord zmm3, zmm3, zmm3",
-                "vpxord zmm4, zmm4, zmm4",
-                "vpxord zmm5, zmm5, zmm5",
-                "vpxord zmm6, zmm6, zmm6",
-                "vpxord zmm7, zmm7, zmm7",
-                "vpxord zmm8, zmm8, zmm8",
-                "vpxord zmm9, zmm9, zmm9",
-                "vpxord zmm10, zmm10, zmm10",
-                "vpxord zmm11, zmm11, zmm11",
-                "vpxord zmm12, zmm12, zmm12",
-                "vpxord zmm13, zmm13, zmm13",
-                "vpxord zmm14, zmm14, zmm14",
-                "vpxord zmm15, zmm15, zmm15",
-                "vpxord zmm16, zmm16, zmm16",
-                "vpxord zmm17, zmm17, zmm17",
-                "vpxord zmm18, zmm18, zmm18",
-                "vpxord zmm19, zmm19, zmm19",
-                "vpxord zmm20, zmm20, zmm20",
-                "vpxord zmm21, zmm21, zmm21",
-                "vpxord zmm22, zmm22, zmm22",
-                "vpxord zmm23, zmm23, zmm23",
-                "2:",
-                "vfmadd231ps zmm0, zmm30, zmm31",
-                "vfmadd231ps zmm1, zmm30, zmm31",
-                "vfmadd231ps zmm2, zmm30, zmm31",
-                "vfmadd231ps zmm3, zmm30, zmm31",
-                "vfmadd231ps zmm4, zmm30, zmm31",
-                "vfmadd231ps zmm5, zmm30, zmm31",
-                "vfmadd231ps zmm6, zmm30, zmm31",
-                "vfmadd231ps zmm7, zmm30, zmm31",
-                "vfmadd231ps zmm8, zmm30, zmm31",
-                "vfmadd231ps zmm9, zmm30, zmm31",
-                "vfmadd231ps zmm10, zmm30, zmm31",
-                "vfmadd231ps zmm11, zmm30, zmm31",
-                "vfmadd231ps zmm12, zmm30, zmm31",
-                "vfmadd231ps zmm13, zmm30, zmm31",
-                "vfmadd231ps zmm14, zmm30, zmm31",
-                "vfmadd231ps zmm15, zmm30, zmm31",
-                "vfmadd231ps zmm16, zmm30, zmm31",
-                "vfmadd231ps zmm17, zmm30, zmm31",
-                "vfmadd231ps zmm18, zmm30, zmm31",
-                "vfmadd231ps zmm19, zmm30, zmm31",
-                "vfmadd231ps zmm20, zmm30, zmm31",
-                "vfmadd231ps zmm21, zmm30, zmm31",
-                "vfmadd231ps zmm22, zmm30, zmm31",
-                "vfmadd231ps zmm23, zmm30, zmm31",
-                "dec {n}",
-                "jnz 2b",
-                "vmovups [{first}], zmm0",
-                ops = in(reg) ops.as_ptr(),
-                first = in(reg) first.as_mut_ptr(),
-                n = inout(reg) iters => _,
-                out("zmm30") _,
-                out("zmm31") _,
-                out("zmm0") _,
-                out("zmm1") _,
-                out("zmm2") _,
-                out("zmm3") _,
-                out("zmm4") _,
-                out("zmm5") _,
-                out("zmm6") _,
-                out("zmm7") _,
-                out("zmm8") _,
-                out("zmm9") _,
-                out("zmm10") _,
-                out("zmm11") _,
-                out("zmm12") _,
-                out("zmm13") _,
-                out("zmm14") _,
-                out("zmm15") _,
-                out("zmm16") _,
-                out("zmm17") _,
-                out("zmm18") _,
-                out("zmm19") _,
-                out("zmm20") _,
-                out("zmm21") _,
-                out("zmm22") _,
-                out("zmm23") _,
-                options(nostack),
-                );
-            }
+            peak_loop!("vfmadd231ps", "vpxord", "zmm", 30, 31, iters,
+                0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23)
         }
-        first[0]
     }
 
     /// Attention's weighted sum for head_dim 64. # Safety: AVX-512F and FMA available; `p` holds
@@ -897,67 +748,10 @@ pub mod avx2 {
     /// See [`peak_probe`] (12 accumulators: AVX2 has 16 registers; two rounds per iteration).
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn peak_fma(iters: usize) -> f32 {
-        let mut first = [0f32; 8];
-        if iters == 0 {
-            return 0.0;
-        }
-        let ops = [1.0f32, 1e-9];
-        let n = iters * 2;
-        // SAFETY: AVX2 and FMA are enabled; the asm reads `ops` (two floats) and writes `first`
-        // (8 floats), and declares every register it changes.
+        // SAFETY: AVX2 and FMA are enabled.
         unsafe {
-            core::arch::asm!(
-            "vbroadcastss ymm14, dword ptr [{ops}]",
-            "vbroadcastss ymm15, dword ptr [{ops} + 4]",
-            "vpxor ymm0, ymm0, ymm0",
-            "vpxor ymm1, ymm1, ymm1",
-            "vpxor ymm2, ymm2, ymm2",
-            "vpxor ymm3, ymm3, ymm3",
-            "vpxor ymm4, ymm4, ymm4",
-            "vpxor ymm5, ymm5, ymm5",
-            "vpxor ymm6, ymm6, ymm6",
-            "vpxor ymm7, ymm7, ymm7",
-            "vpxor ymm8, ymm8, ymm8",
-            "vpxor ymm9, ymm9, ymm9",
-            "vpxor ymm10, ymm10, ymm10",
-            "vpxor ymm11, ymm11, ymm11",
-            "2:",
-            "vfmadd231ps ymm0, ymm14, ymm15",
-            "vfmadd231ps ymm1, ymm14, ymm15",
-            "vfmadd231ps ymm2, ymm14, ymm15",
-            "vfmadd231ps ymm3, ymm14, ymm15",
-            "vfmadd231ps ymm4, ymm14, ymm15",
-            "vfmadd231ps ymm5, ymm14, ymm15",
-            "vfmadd231ps ymm6, ymm14, ymm15",
-            "vfmadd231ps ymm7, ymm14, ymm15",
-            "vfmadd231ps ymm8, ymm14, ymm15",
-            "vfmadd231ps ymm9, ymm14, ymm15",
-            "vfmadd231ps ymm10, ymm14, ymm15",
-            "vfmadd231ps ymm11, ymm14, ymm15",
-            "dec {n}",
-            "jnz 2b",
-            "vmovups [{first}], ymm0",
-            ops = in(reg) ops.as_ptr(),
-            first = in(reg) first.as_mut_ptr(),
-            n = inout(reg) n => _,
-            out("ymm14") _,
-            out("ymm15") _,
-            out("ymm0") _,
-            out("ymm1") _,
-            out("ymm2") _,
-            out("ymm3") _,
-            out("ymm4") _,
-            out("ymm5") _,
-            out("ymm6") _,
-            out("ymm7") _,
-            out("ymm8") _,
-            out("ymm9") _,
-            out("ymm10") _,
-            out("ymm11") _,
-            options(nostack),
-            );
+            peak_loop!("vfmadd231ps", "vpxor", "ymm", 14, 15, iters * 2, 0 1 2 3 4 5 6 7 8 9 10 11)
         }
-        first[0]
     }
 
     /// [`rows_impl`] for f32 or widened-bf16 kernels. One or two activation rows (decoding) take
