@@ -70,6 +70,10 @@ def plot_curve(model_dir: str, title: str) -> str | None:
     xs = [p["tokens_seen"] / 1e6 for p in points]
     for s in range(slots):
         ax1.plot(xs, [p["acc"][s] for p in points], marker=".", label=f"slot {s + 1}")
+    greedy = [(x, p["acc_greedy"][0]) for x, p in zip(xs, points) if p.get("acc_greedy")]
+    if greedy:
+        ax1.plot([x for x, _ in greedy], [y for _, y in greedy], marker="x", ls=":", color="k",
+                 label="slot 1, greedy windows")
     ax1.set_xlabel("tokens seen (M)")
     ax1.set_ylabel("held-out top-1 accuracy")
     ax1.set_ylim(0, 1)

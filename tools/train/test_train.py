@@ -12,6 +12,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 torch.set_num_threads(1)
 
+import feature_scale  # noqa: E402
 import losses  # noqa: E402
 import train  # noqa: E402
 from data import Dataset, DraftVocab, target_labels  # noqa: E402
@@ -272,6 +273,66 @@ def test_export_roundtrip(method, tmp_path):
     assert torch.equal(back.d2t, model.d2t) and torch.equal(back.t2d, model.t2d)
 
 
+@pytest.mark.parametrize("method", ["specblock", "eagle3"])
+def test_feature_scale_is_a_reparameterisation(method, tmp_path):
+    """Training form (features * s, W' = W / s) computes what the raw model computes, and the export folds
+    back the weights of raw features."""
+    model, embed = tiny_model(method, seed=5)
+    model.eval()
+    wins = [synthetic_window(9, seed=i) for i in range(3)]
+    for w in wins:
+        w["features"][:, 3] *= 300.0     # a massive-activation dimension
+        w["features"][0] *= 50.0         # an attention-sink row, left out of the statistics
+    scale = feature_scale.estimate(wins)
+    assert scale.shape == (3 * HT,)
+    assert 1 / scale[3] > 100 and 1 / scale[3] < 600, "the sink row must not set the massive dimension's RMS"
+    E = 8
+    win = wins[1]
+
+    def run(m, feats):
+        if method == "specblock":
+            return m.context_forward(DrafterCache(m.config), feats[:E], win["tokens"][1:E + 1], torch.arange(E) + 1)[0]
+        return m.context_forward(Eagle3Cache(m.config), feats[:E], win["tokens"][1:E + 1], torch.arange(E)).logits
+
+    raw = run(model, win["features"])
+    feature_scale.to_training(model, method, scale)
+    scaled = run(model, win["features"] * scale)
+    assert torch.allclose(raw, scaled, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(raw, run(model, win["features"]), atol=1e-2), "the scale must matter"
+    train.export(model, str(tmp_path), dtype=torch.float32,
+                 fold=lambda sd: feature_scale.folded(sd, method, scale))
+    back = (load_specblock if method == "specblock" else load_eagle3)(str(tmp_path), embed)
+    assert torch.allclose(raw, run(back, win["features"]), atol=1e-4, rtol=1e-4)
+
+
+def test_greedy_window():
+    """A window whose next tokens are the target's argmax is greedy; one with sampled tokens is not."""
+    g = torch.Generator().manual_seed(7)
+    embed = torch.randn(V, H, generator=g)
+    vocab = tiny_vocab()
+    tokens = vocab.ids[torch.randint(0, VD, (40,), generator=g)]
+    hidden = torch.zeros(40, H)
+    hidden[:-1] = 5.0 * embed[tokens[1:]]
+    mask = torch.ones(40, dtype=torch.int64)
+    mask[:4] = 0
+    _, arg_d, pm = target_labels(hidden, mask, embed, vocab)
+    assert int(pm.sum()) > 20
+    assert train.greedy_window(tokens, arg_d, pm, vocab)
+    sampled = tokens.clone()
+    sampled[10:20] = vocab.ids[(vocab.t2d_index[tokens[10:20]] + 1) % VD]   # 10 tokens that are not the argmax
+    assert not train.greedy_window(sampled, arg_d, pm, vocab)
+    assert not train.greedy_window(tokens, arg_d, torch.zeros_like(pm), vocab)
+
+
+def test_bf16_autocast_rule():
+    intel = "vendor_id\t: GenuineIntel\nflags\t\t: fpu avx2 avx512f avx512_bf16\n"
+    amd = "vendor_id\t: AuthenticAMD\nflags\t\t: fpu avx2 avx512f avx512_bf16\n"
+    assert not train.cpu_bf16_is_faster("vendor_id\t: AuthenticAMD\nflags\t\t: fpu avx2\n")
+    assert not train.cpu_bf16_is_faster(intel), "vdpbf16ps runs at half the f32 FMA rate on Intel"
+    assert train.cpu_bf16_is_faster(amd)
+    assert train.cpu_bf16_is_faster(intel.replace("avx512_bf16", "avx512_bf16 amx_bf16 amx_tile"))
+
+
 # --- the data reader and the CLI on a synthetic datagen directory ---
 
 def write_datagen(dirpath, n_seqs=12, seed=0):
@@ -343,7 +404,9 @@ def test_cli_train_resume_export(method, tmp_path, capsys):
     assert ck["run"]["step"] == 4
     loader = load_specblock if method == "specblock" else load_eagle3
     m = loader(str(tmp_path / "exp"), embed)
-    for k, v in ck["model"].items():
+    # The checkpoint holds the training form (feature_scale.py); the export, the weights of raw features.
+    assert ck["feature_scale"] is not None
+    for k, v in feature_scale.folded(ck["model"], method, ck["feature_scale"]).items():
         if v.is_floating_point():
             assert torch.equal(m.state_dict()[k], v.to(torch.bfloat16).float()), k
 

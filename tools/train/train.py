@@ -27,7 +27,7 @@ mask and rank loss on from the start, never, or once held-out slot-1 accuracy re
 Progress lines every --log-every steps (loss, draft / rank loss, per-slot accuracy on the training batch,
 tokens/s, ETA); held-out metrics (per-slot accuracy and the acceptance proxy 1 + correct greedy prefix).
 Runs on the CPU, or unchanged on a CUDA GPU (--device cuda; the default picks CUDA when present). The
-forward runs under bf16 autocast with --amp bf16 (faster on CPUs with AVX512_BF16 and on GPUs; the weights,
+forward runs under bf16 autocast with --amp bf16 (faster on GPUs and CPUs with AMX; the weights,
 optimiser state, labels and losses stay f32); --amp off trains all in f32.
 Fixed recipe parts (docs/training.md): AdamW betas (0.9, 0.95), weight decay 0, gradient-norm
 clip 0.5; SpecBlock 3 blocks, K 4, slot weight 0.8, rank weight 1, rank budget 10 per class; EAGLE-3 7 TTT
@@ -48,6 +48,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import feature_scale  # noqa: E402
 import losses  # noqa: E402
 import run_state  # noqa: E402
 import target  # noqa: E402
@@ -121,8 +122,12 @@ class WindowLoss(torch.nn.Module):
                                          step_weight=args.slot_weight)
 
 
-def to_device(win, device):
-    return {k: v.to(device) for k, v in win.items()}
+def to_device(win, device, scale=None):
+    """The window on `device`; with `scale` (feature_scale.py), its features in training form."""
+    win = {k: v.to(device) for k, v in win.items()}
+    if scale is not None:
+        win["features"] = win["features"] * scale
+    return win
 
 
 def lr_factor(progress: float, warmup: float, schedule: str, min_ratio: float) -> float:
@@ -135,12 +140,16 @@ def lr_factor(progress: float, warmup: float, schedule: str, min_ratio: float) -
     return min_ratio + (1.0 - min_ratio) * decay
 
 
-def export(model, out_dir: str, dtype=torch.bfloat16):
-    """config.json + model.safetensors (float tensors in `dtype`, d2t int64, t2d bool; no embedding)."""
+def export(model, out_dir: str, dtype=torch.bfloat16, fold=None):
+    """config.json + model.safetensors (float tensors in `dtype`, d2t int64, t2d bool; no embedding).
+    `fold` maps the training-form state dict to the weights of raw features (feature_scale.folded)."""
     from safetensors.torch import save_file
     os.makedirs(out_dir, exist_ok=True)
+    state = model.state_dict()
+    if fold is not None:
+        state = fold(state)
     sd = {}
-    for k, v in model.state_dict().items():
+    for k, v in state.items():
         v = v.detach().cpu()
         sd[k] = (v.to(dtype) if v.is_floating_point() else v).contiguous()
     tmp = os.path.join(out_dir, "model.safetensors.partial")
@@ -154,16 +163,34 @@ def autocast(args, device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp == "bf16")
 
 
+def greedy_window(tokens: torch.Tensor, arg_d: torch.Tensor, pm: torch.Tensor, vocab: DraftVocab) -> bool:
+    """Whether a window's answer was decoded greedily: at least GREEDY_MATCH of its counted next tokens are
+    the target's argmax. Datagen answers half the prompts greedily and samples the other half at T in
+    [0.5, 1); a runtime measured at T = 0 only meets greedy contexts, so its first-token acceptance compares
+    with the accuracy on these windows (sampled ones match the argmax far less often; the stored f16 hidden
+    can flip a near-tie, hence the margin)."""
+    rows = torch.nonzero(pm).flatten()
+    if rows.numel() == 0:
+        return False
+    match = arg_d[rows] == vocab.t2d_index[tokens[rows + 1]]
+    return float(match.float().mean()) >= GREEDY_MATCH
+
+
+GREEDY_MATCH = 0.98
+
+
 def evaluate(method, model, ds, embed, vocab, args, dist: Dist):
     """Per-slot (per-step) accuracy and the acceptance proxy over the first --eval-windows held-out windows,
-    split over the ranks. Returns (accuracies, proxy) or None without held-out windows."""
+    split over the ranks, and the per-slot accuracy on the greedy ones among them (greedy_window).
+    Returns (accuracies, proxy, greedy accuracies) or None without held-out windows."""
     model.eval()
     device = dist.device
     correct = counted = None
+    g_correct = g_counted = None
     sums = torch.zeros(2, dtype=torch.float64, device=device)
     with torch.no_grad(), autocast(args, device):
         for w in dist.shard(ds.eval[: args.eval_windows]):
-            win = to_device(ds.load(w), device)
+            win = to_device(ds.load(w), device, args._feature_scale)
             labels = target_labels(win["hidden"], win["loss_mask"], embed, vocab, args._embed_draft)
             if method == "specblock":
                 _, st = losses.specblock_window_loss(model, win, labels, blocks=args.eval_blocks,
@@ -175,6 +202,9 @@ def evaluate(method, model, ds, embed, vocab, args, dist: Dist):
             n = torch.cat(st["counted"]).double()
             correct = c if correct is None else correct + c
             counted = n if counted is None else counted + n
+            greedy = float(greedy_window(win["tokens"], labels[1], labels[2], vocab))
+            g_correct = c * greedy if g_correct is None else g_correct + c * greedy
+            g_counted = n * greedy if g_counted is None else g_counted + n * greedy
             a, k = losses.accept_proxy(st)
             sums += torch.tensor([a, k], dtype=torch.float64, device=device)
     model.train()
@@ -182,23 +212,34 @@ def evaluate(method, model, ds, embed, vocab, args, dist: Dist):
     if correct is None:
         correct = torch.zeros(width, dtype=torch.float64, device=device)
         counted = torch.zeros(width, dtype=torch.float64, device=device)
-    dist.sum(correct)
-    dist.sum(counted)
-    dist.sum(sums)
+        g_correct = torch.zeros_like(correct)
+        g_counted = torch.zeros_like(counted)
+    for x in (correct, counted, g_correct, g_counted, sums):
+        dist.sum(x)
     if float(sums[1]) == 0:
         return None
-    return (correct / counted.clamp(min=1)).tolist(), float(sums[0] / sums[1])
+    return ((correct / counted.clamp(min=1)).tolist(), float(sums[0] / sums[1]),
+            (g_correct / g_counted.clamp(min=1)).tolist())
 
 
-def cpu_has_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively. Without it, bf16 autocast emulates the arithmetic and runs
-    about 10x slower than f32 (measured on an AVX2-only AMD EPYC: 2.5 against 27 tokens/s)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+def cpu_bf16_is_faster(cpuinfo: str | None = None) -> bool:
+    """Whether bf16 autocast should beat f32 on this CPU (`cpuinfo`: the text of /proc/cpuinfo).
+    - Without native bf16 arithmetic autocast emulates it, about 10x slower than f32 (AVX2-only AMD EPYC:
+      2.5 against 27 tokens/s).
+    - AVX512_BF16 without AMX on Intel: `vdpbf16ps` runs at half the rate of f32 FMA (the engine's probe,
+      docs/performance.md), and bf16 autocast trained SpecBlock at 271 against 370 tokens/s in f32
+      (Xeon, Emerald Rapids, 2 cores; docs/training.md). The same rule as the engine's `Isa::detect`:
+      bf16 pairs only on AMD, where the instruction runs at full rate.
+    - AMX tiles multiply bf16 at many times the f32 rate."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return False
+    if "amx_bf16" in cpuinfo:
+        return True
+    return "avx512_bf16" in cpuinfo and "AuthenticAMD" in cpuinfo
 
 
 def fmt_acc(a):
@@ -275,7 +316,10 @@ def parser():
     ap.add_argument("--device", default=None)
     ap.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto",
                     help="bf16 autocast of the forward (f32 master weights, f32 losses); off = all f32; auto = "
-                         "bf16 on GPUs and on CPUs with native bf16 arithmetic (AVX512_BF16 or AMX), else off")
+                         "bf16 on GPUs, on CPUs with AMX and on AMD CPUs with AVX512_BF16, else off")
+    ap.add_argument("--feature-scale", choices=["rms", "off"], default="rms",
+                    help="rms: train on per-dimension standardised target features, the first projection's "
+                         "weights rescaled to match and folded back on export (feature_scale.py); off: raw")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--export", default=None, metavar="DIR", help="export the final weights here")
     ap.add_argument("--export-best", default=None, metavar="DIR",
@@ -306,7 +350,7 @@ def main(argv=None):
     dist = Dist.from_env(args.device)
     device = dist.device
     if args.amp == "auto":
-        args.amp = "bf16" if device.type == "cuda" or cpu_has_bf16() else "off"
+        args.amp = "bf16" if device.type == "cuda" or cpu_bf16_is_faster() else "off"
     log = (lambda *a: print(*a, flush=True)) if dist.main else (lambda *a: None)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -365,8 +409,28 @@ def main(argv=None):
         step_fn = DDP(step_fn, find_unused_parameters=True,
                       device_ids=[device.index] if device.type == "cuda" else None)
 
+    ds = Dataset(args.data, max_len=args.max_len, eval_every=args.eval_every_seq, max_shards=args.max_shards)
+    log(f"data: {ds.num_sequences} sequences, {len(ds.train)} train / {len(ds.eval)} held-out windows "
+        f"of <= {args.max_len} tokens")
+
     os.makedirs(args.out, exist_ok=True)
     ckpt_path = os.path.join(args.out, "ckpt.pt")
+    ck = None
+    if args.resume and os.path.exists(ckpt_path):
+        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+        if ck["method"] != args.method:
+            sys.exit(f"{ckpt_path} is a {ck['method']} checkpoint, not {args.method}")
+    # The scale a run starts with stays for the whole run (its checkpoints hold weights in training form).
+    scale = None
+    if ck is not None and ck.get("feature_scale") is not None:
+        scale = ck["feature_scale"].to(device)
+    elif args.feature_scale == "rms" and ds.train:
+        scale = feature_scale.estimate(ds.load(w) for w in ds.train[:64]).to(device)
+        feature_scale.to_training(model, args.method, scale)
+        log(f"feature scale: per-dimension RMS of {min(64, len(ds.train))} windows, "
+            f"{float(1 / scale.max()):.3g} .. {float(1 / scale.min()):.3g}")
+    args._feature_scale = scale
+    fold = (lambda sd: feature_scale.folded(sd, args.method, scale)) if scale is not None else None
     state = run_state.read_state(args.export_best or args.init_from)
     exported = state.get("exported") or {}
     run = {"id": run_state.new_run_id(), "step": 0, "elapsed": 0.0, "tokens": 0, "best": None,
@@ -376,10 +440,7 @@ def main(argv=None):
            # do not count): a warm start continues the exported record, a new drafter starts at 0.
            "weights_base": int(exported.get("weights_tokens", exported.get("tokens_seen", 0)))
            if args.init_from else 0}
-    if args.resume and os.path.exists(ckpt_path):
-        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
-        if ck["method"] != args.method:
-            sys.exit(f"{ckpt_path} is a {ck['method']} checkpoint, not {args.method}")
+    if ck is not None:
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
         run.update(ck["run"])
@@ -390,17 +451,13 @@ def main(argv=None):
             return
         tmp = ckpt_path + ".partial"
         torch.save({"method": args.method, "config": cfg.to_dict(), "model": model.state_dict(),
-                    "opt": opt.state_dict(), "run": run,
+                    "opt": opt.state_dict(), "run": run, "feature_scale": scale,
                     "args": {k: v for k, v in vars(args).items() if not k.startswith("_")}}, tmp)
         os.replace(tmp, ckpt_path)
 
-    ds = Dataset(args.data, max_len=args.max_len, eval_every=args.eval_every_seq, max_shards=args.max_shards)
-    log(f"data: {ds.num_sequences} sequences, {len(ds.train)} train / {len(ds.eval)} held-out windows "
-        f"of <= {args.max_len} tokens")
-
     recipe = {k: getattr(args, k) for k in ("lr", "min_lr", "warmup", "schedule", "batch", "max_len",
                                             "head_init", "head", "layer_init", "chain_mask", "rank_loss",
-                                            "amp", "minutes", "steps")}
+                                            "amp", "minutes", "steps", "feature_scale")}
     recipe["lr"] = lr
     # Predictions per token: SpecBlock trains --blocks blocks of K slots, EAGLE-3 --ttt-steps steps.
     if args.method == "specblock":
@@ -417,13 +474,14 @@ def main(argv=None):
         """Curve point, state and (when improved) weights into --export-best (rank 0)."""
         if not (args.export_best and dist.main):
             return
-        acc, proxy = result
+        acc, proxy, greedy_acc = result
         d = args.export_best
         run_state.append_curve(d, {"run": run["id"], "method": args.method,
                                    "tokens_seen": run["base_tokens"] + run["tokens"],
                                    "step": run["base_steps"] + run["step"], "run_step": run["step"],
                                    "run_minutes": round(run["elapsed"] / 60, 2),
-                                   "acc": [round(x, 4) for x in acc], "accept_proxy": round(proxy, 4)})
+                                   "acc": [round(x, 4) for x in acc], "accept_proxy": round(proxy, 4),
+                                   "acc_greedy": [round(x, 4) for x in greedy_acc]})
         if improved:
             # The start evaluation only sets the score to beat: the weights there are the ones the run
             # warm-started from (or a new drafter), already exported with their own token count. It
@@ -431,7 +489,7 @@ def main(argv=None):
             if at_start and os.path.exists(os.path.join(d, "model.safetensors")):
                 improved = False
             else:
-                export(model, d)
+                export(model, d, fold=fold)
         if improved:
             state["exported"] = {"run": run["id"], "tokens_seen": run["base_tokens"] + run["tokens"],
                                  "weights_tokens": run.get("weights_base", 0) + run["tokens"],
@@ -454,7 +512,8 @@ def main(argv=None):
         improved = run["best"] is None or r[1] > run["best"]
         if improved:
             run["best"] = r[1]
-        log(f"eval {tag}: acc {fmt_acc(r[0])} accept-proxy {r[1]:.3f}" + (" (best)" if improved else ""))
+        log(f"eval {tag}: acc {fmt_acc(r[0])} accept-proxy {r[1]:.3f} greedy-windows acc {fmt_acc(r[2])}"
+            + (" (best)" if improved else ""))
         record(r, improved, at_start=tag == "start")
         return r
 
@@ -505,7 +564,7 @@ def main(argv=None):
             if args.method == "specblock" else None
         opt.zero_grad(set_to_none=True)
         for i, win in enumerate(batch):
-            win = to_device(win, device)
+            win = to_device(win, device, args._feature_scale)
             labels = target_labels(win["hidden"], win["loss_mask"], embed, vocab, args._embed_draft)
             last = i == len(batch) - 1
             ctx = step_fn.no_sync() if (dist.enabled and not last) else contextlib.nullcontext()
@@ -558,7 +617,7 @@ def main(argv=None):
         eval_and_record(f"step {run['step']} (end)")
     save()
     if args.export and dist.main:
-        export(model, args.export)
+        export(model, args.export, fold=fold)
         log(f"exported {args.method} drafter to {args.export}")
     if args.export_best:
         log(f"best held-out accept-proxy {run['best']:.3f}; {args.export_best} holds the best weights "
