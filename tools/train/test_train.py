@@ -552,6 +552,23 @@ def _cli_common(tmp_path, method, d):
             "--ttt-steps", "3", "--amp", "off", "--lr", "3e-3", "--threads", "1"]
 
 
+def test_resume_keeps_the_checkpoints_feature_form(tmp_path):
+    """A checkpoint written without a feature scale holds raw-form weights: resuming it under the default
+    --feature-scale rms must go on with raw features, not scale them under weights that expect raw ones."""
+    d = tmp_path / "data"
+    d.mkdir()
+    embed = write_datagen(str(d))
+    common = _cli_common(tmp_path, "eagle3", d) + ["--out", str(tmp_path / "run"), "--eval-every", "100"]
+    train.main(common + ["--steps", "2", "--feature-scale", "off"])
+    raw = torch.load(tmp_path / "run" / "ckpt.pt", weights_only=False)
+    assert raw["feature_scale"] is None
+    train.main(common + ["--steps", "3", "--resume", "--export", str(tmp_path / "exp")])
+    ck = torch.load(tmp_path / "run" / "ckpt.pt", weights_only=False)
+    assert ck["run"]["step"] == 3 and ck["feature_scale"] is None
+    m = load_eagle3(str(tmp_path / "exp"), embed)
+    assert torch.equal(m.state_dict()["fc.weight"], ck["model"]["fc.weight"].to(torch.bfloat16).float())
+
+
 @pytest.mark.parametrize("method", ["specblock", "eagle3"])
 def test_time_budget_warm_start_and_best_export(method, tmp_path, capsys):
     import run_state

@@ -163,6 +163,9 @@ def autocast(args, device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp == "bf16")
 
 
+GREEDY_MATCH = 0.98
+
+
 def greedy_window(tokens: torch.Tensor, arg_d: torch.Tensor, pm: torch.Tensor, vocab: DraftVocab) -> bool:
     """Whether a window's answer was decoded greedily: at least GREEDY_MATCH of its counted next tokens are
     the target's argmax. Datagen answers half the prompts greedily and samples the other half at T in
@@ -174,9 +177,6 @@ def greedy_window(tokens: torch.Tensor, arg_d: torch.Tensor, pm: torch.Tensor, v
         return False
     match = arg_d[rows] == vocab.t2d_index[tokens[rows + 1]]
     return float(match.float().mean()) >= GREEDY_MATCH
-
-
-GREEDY_MATCH = 0.98
 
 
 def evaluate(method, model, ds, embed, vocab, args, dist: Dist):
@@ -420,10 +420,12 @@ def main(argv=None):
         ck = torch.load(ckpt_path, map_location=device, weights_only=False)
         if ck["method"] != args.method:
             sys.exit(f"{ckpt_path} is a {ck['method']} checkpoint, not {args.method}")
-    # The scale a run starts with stays for the whole run (its checkpoints hold weights in training form).
+    # The scale a run starts with stays for the whole run: its checkpoints hold weights in that form, and a
+    # checkpoint written without a scale (raw form, or a run from before feature_scale.py) resumes raw.
     scale = None
-    if ck is not None and ck.get("feature_scale") is not None:
-        scale = ck["feature_scale"].to(device)
+    if ck is not None:
+        if ck.get("feature_scale") is not None:
+            scale = ck["feature_scale"].to(device)
     elif args.feature_scale == "rms" and ds.train:
         scale = feature_scale.estimate(ds.load(w) for w in ds.train[:64]).to(device)
         feature_scale.to_training(model, args.method, scale)
