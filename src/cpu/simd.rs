@@ -83,8 +83,16 @@ unsafe fn load<T: Copy>(p: *const T) -> T {
     unsafe { (*(p as *const Unaligned<T>)).0 }
 }
 
+/// How many weight tiles ahead the first activation tile prefetches, into L2 (`_MM_HINT_T1`).
+/// On AMD Zen 4 the previous choice, the next tile into L1 (`_MM_HINT_T0`), held one-row decoding at
+/// 0.5-0.6 of the bandwidth floor: an L1 prefetch occupies one of the core's few L1 miss buffers, and
+/// one tile ahead is issued only tens of nanoseconds before it is needed. Into L2, 2-6 tiles ahead,
+/// plain decoding ran 30-40% faster there (docs/performance.md, "AMD Zen 4"); on the Intel host
+/// hint and distance made no measurable difference.
+const PREFETCH_TILES: usize = 4;
+
 /// One `R x C` tile: `y[c][r] = w[r] . x[c]` over `k` columns. With `PREFETCH`, also pulls the
-/// next `R` weight rows toward L1 while this tile computes, so the memory stream overlaps the
+/// weight rows [`PREFETCH_TILES`] tiles ahead toward L2 while this tile computes, so the memory stream overlaps the
 /// arithmetic (used on the first activation tile of each weight tile).
 #[inline(always)]
 unsafe fn tile<K: Kernel, const R: usize, const C: usize, const PREFETCH: bool>(
@@ -110,7 +118,8 @@ unsafe fn tile<K: Kernel, const R: usize, const C: usize, const PREFETCH: bool>(
                 // made the compiler spill accumulators of the 6-row tiles (1.4x slower at 16 rows).
                 if PREFETCH && part == 0 {
                     for r in 0..R {
-                        _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add((R + r) * k + j) as *const i8);
+                        let ahead = (PREFETCH_TILES * R + r) * k + j;
+                        _mm_prefetch::<_MM_HINT_T1>(w.wrapping_add(ahead) as *const i8);
                     }
                 }
                 for c in 0..C {
