@@ -62,6 +62,34 @@ impl Pool {
         Self::build(n, true)
     }
 
+    /// The process's live pool of `n` threads, or a new unpinned one: components that run one after
+    /// another (the target's forward, the drafter's, an online adapter) share one set of helper threads.
+    /// With a pool each, every pool's helpers spin for [`SPIN`] after each job, so on a machine with
+    /// as many cores as threads a spinning helper of one pool takes a core from the pool that is
+    /// running. Callers on several threads take turns, as with any pool.
+    pub fn shared(n: usize) -> Arc<Pool> {
+        Self::shared_with(n, false)
+    }
+
+    /// [`Pool::shared`], creating a pinned pool ([`Pool::pinned`]) if none of `n` threads is alive.
+    /// A live unpinned pool of `n` threads is returned as it is.
+    pub fn shared_pinned(n: usize) -> Arc<Pool> {
+        Self::shared_with(n, true)
+    }
+
+    fn shared_with(n: usize, pin: bool) -> Arc<Pool> {
+        static LIVE: Mutex<Vec<std::sync::Weak<Pool>>> = Mutex::new(Vec::new());
+        let n = n.max(1);
+        let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+        live.retain(|w| w.strong_count() > 0);
+        if let Some(pool) = live.iter().filter_map(|w| w.upgrade()).find(|p| p.n == n) {
+            return pool;
+        }
+        let pool = Arc::new(Self::build(n, pin));
+        live.push(Arc::downgrade(&pool));
+        pool
+    }
+
     fn build(n: usize, pin: bool) -> Self {
         let n = n.max(1);
         let shared = Arc::new(Shared {
@@ -245,6 +273,27 @@ impl Pool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shared_pools_are_one_per_thread_count_while_alive() {
+        let a = Pool::shared(3);
+        let b = Pool::shared_pinned(3);
+        assert!(Arc::ptr_eq(&a, &b), "a live pool of 3 threads is reused");
+        let c = Pool::shared(2);
+        assert!(!Arc::ptr_eq(&a, &c));
+        assert_eq!((a.threads(), c.threads()), (3, 2));
+        let hits = AtomicUsize::new(0);
+        a.run(&|_| {
+            hits.fetch_add(1, Ordering::SeqCst);
+        });
+        assert_eq!(hits.load(Ordering::SeqCst), 3);
+        let weak = Arc::downgrade(&a);
+        drop((a, b));
+        assert!(
+            weak.upgrade().is_none(),
+            "the registry holds no strong reference"
+        );
+    }
 
     #[test]
     fn every_thread_runs_each_job_once() {

@@ -55,7 +55,7 @@ pub struct SpecBlockDrafter {
     w: Weights,
     /// `rope_inv_freq[i] = f32(1 / theta^(2i/d))`, computed in f64.
     inv_freq: Vec<f32>,
-    pool: std::sync::Mutex<Pool>,
+    pool: std::sync::Mutex<std::sync::Arc<Pool>>,
 }
 
 /// The drafter's per-sequence context cache: for each layer, post-RoPE keys and values of every slot of
@@ -178,7 +178,7 @@ impl SpecBlockDrafter {
             cfg,
             w,
             inv_freq,
-            pool: std::sync::Mutex::new(Pool::new(threads)),
+            pool: std::sync::Mutex::new(Pool::shared(threads)),
         })
     }
 

@@ -38,7 +38,7 @@ pub struct Eagle3Drafter {
     w: Weights,
     /// `f32(1 / theta^(2i/d))`, computed in f64 (docs/drafter-forward.md).
     inv_freq: Vec<f32>,
-    pool: std::sync::Mutex<Pool>,
+    pool: std::sync::Mutex<std::sync::Arc<Pool>>,
 }
 
 impl Eagle3Drafter {
@@ -68,7 +68,7 @@ impl Eagle3Drafter {
             inv_freq: crate::drafter::ops::rope_inv_freq(cfg.head_dim, cfg.rope_theta),
             cfg,
             w,
-            pool: std::sync::Mutex::new(Pool::new(threads)),
+            pool: std::sync::Mutex::new(Pool::shared(threads)),
         })
     }
 

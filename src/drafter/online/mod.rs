@@ -237,7 +237,7 @@ pub struct OnlineAdapter {
     trainer: Trainer,
     ring: FeedbackRing,
     bandit: UpdateBandit,
-    pool: Pool,
+    pool: std::sync::Arc<Pool>,
     stats: AdapterStats,
     new_since_decision: u32,
     /// Running means of the stream: seconds per iteration, draft depth.
@@ -342,7 +342,7 @@ impl OnlineAdapter {
             lm_head: copy_matrix(lm_head)?,
             ring: FeedbackRing::new(params.capacity, &shape)?,
             bandit: UpdateBandit::new(params.update)?,
-            pool: Pool::new(threads.max(1)),
+            pool: Pool::shared(threads.max(1)),
             kind: drafter.kind(),
             shape,
             params,

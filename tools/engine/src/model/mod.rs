@@ -2,7 +2,7 @@
 //! several sequences at once, with a KV cache per sequence, an arbitrary ancestor mask among the new
 //! tokens (tree verification), and capture of intermediate layers' outputs.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 pub mod kv;
 
@@ -43,7 +43,7 @@ pub struct Llama {
     /// RoPE inverse frequencies, `head_dim / 2`.
     inv_freq: Vec<f64>,
     /// One forward pass at a time uses the pool (it is not re-entrant); concurrent callers wait.
-    pool: Mutex<Pool>,
+    pool: Mutex<Arc<Pool>>,
 }
 
 /// Which new tokens of a sequence may attend to which (all cached rows are always visible).
@@ -159,7 +159,7 @@ impl Llama {
             norm,
             lm_head,
             inv_freq,
-            pool: Mutex::new(Pool::pinned(threads)),
+            pool: Mutex::new(Pool::shared_pinned(threads)),
         })
     }
 
