@@ -45,6 +45,10 @@ pub struct Pool {
     helpers: Vec<JoinHandle<()>>,
 }
 
+/// The pools [`Pool::shared`] handed out, by thread count. Entries go when their pool drops, and the
+/// list's memory with the last one: a host that unloads everything leaves nothing allocated.
+static LIVE: Mutex<Vec<(usize, std::sync::Weak<Pool>)>> = Mutex::new(Vec::new());
+
 /// How long a helper spins for the next job before sleeping: long enough to cover the gap between
 /// the matmuls of one forward pass.
 const SPIN: Duration = Duration::from_millis(2);
@@ -78,15 +82,19 @@ impl Pool {
     }
 
     fn shared_with(n: usize, pin: bool) -> Arc<Pool> {
-        static LIVE: Mutex<Vec<std::sync::Weak<Pool>>> = Mutex::new(Vec::new());
         let n = n.max(1);
         let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
-        live.retain(|w| w.strong_count() > 0);
-        if let Some(pool) = live.iter().filter_map(|w| w.upgrade()).find(|p| p.n == n) {
+        // Only the match is upgraded, so no pool can be dropped (and lock LIVE) while it is held.
+        if let Some(pool) = live
+            .iter()
+            .find(|(threads, w)| *threads == n && w.strong_count() > 0)
+            .and_then(|(_, w)| w.upgrade())
+        {
             return pool;
         }
         let pool = Arc::new(Self::build(n, pin));
-        live.push(Arc::downgrade(&pool));
+        live.retain(|(_, w)| w.strong_count() > 0);
+        live.push((n, Arc::downgrade(&pool)));
         pool
     }
 
@@ -249,6 +257,13 @@ impl Drop for Pool {
         }
         for h in self.helpers.drain(..) {
             let _ = h.join();
+        }
+        // This pool's strong count is already 0: drop its registry entry (which keeps the Arc's
+        // allocation alive) and, with the last entry, the list's buffer.
+        let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+        live.retain(|(_, w)| w.strong_count() > 0);
+        if live.is_empty() {
+            *live = Vec::new();
         }
     }
 }
