@@ -404,11 +404,20 @@ impl Llama {
         let (qd, kvd) = (nh * hd, nkv * hd);
         let group = nh / nkv;
         let scale = 1.0 / (hd as f32).sqrt();
+        // Work items (segment, KV head, first row, rows). A segment of up to 2 x QUERY_BLOCK rows is
+        // cut into two equal blocks: with 3 KV heads and 2 threads, one block per head left one
+        // thread a third of the attention to itself.
         let mut items = Vec::new();
         for (s, seg) in segs.iter().enumerate() {
+            let n = seg.tokens.len();
+            let block = if n <= 2 * QUERY_BLOCK {
+                n.div_ceil(2).max(1)
+            } else {
+                QUERY_BLOCK
+            };
             for kvh in 0..nkv {
-                for i0 in (0..seg.tokens.len()).step_by(QUERY_BLOCK) {
-                    items.push((s, kvh, i0));
+                for i0 in (0..n).step_by(block) {
+                    items.push((s, kvh, i0, block.min(n - i0)));
                 }
             }
         }
@@ -417,11 +426,10 @@ impl Llama {
         pool.for_each_chunk(items.len(), &|item| {
             let (mut q, mut scores, mut acc) = (Vec::new(), Vec::new(), Vec::new());
             {
-                let (s, kvh, i0) = items[item];
+                let (s, kvh, i0, rows) = items[item];
                 let seg = &segs[s];
                 let kv = &*seg.kv;
                 let n = seg.tokens.len();
-                let rows = (n - i0).min(QUERY_BLOCK);
                 let m = rows * group;
                 // New rows only see new rows at or before themselves (tree ancestors come first in
                 // topological order), so keys past the block's last row are never needed.
