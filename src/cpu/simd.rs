@@ -92,8 +92,8 @@ unsafe fn load<T: Copy>(p: *const T) -> T {
 const PREFETCH_TILES: usize = 4;
 
 /// One `R x C` tile: `y[c][r] = w[r] . x[c]` over `k` columns. With `PREFETCH`, also pulls the
-/// weight rows [`PREFETCH_TILES`] tiles ahead toward L2 while this tile computes, so the memory stream overlaps the
-/// arithmetic (used on the first activation tile of each weight tile).
+/// weight rows [`PREFETCH_TILES`] tiles ahead toward L2 while this tile computes, so the memory
+/// stream overlaps the arithmetic (used on the first activation tile of each weight tile).
 #[inline(always)]
 unsafe fn tile<K: Kernel, const R: usize, const C: usize, const PREFETCH: bool>(
     w: *const K::W,
