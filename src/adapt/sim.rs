@@ -103,28 +103,60 @@ fn arm_model(arm: &Arm) -> (f64, u32, u32, f64) {
 /// A synthetic decoding stream.
 pub struct Environment {
     cost: fn(f64) -> f64,
-    /// Per-level acceptance of a one-wide chain before and after `shift`.
-    accept: [f64; 2],
-    shift: usize,
+    /// Per-level acceptance of a one-wide chain from each iteration on, `(first iteration, p)` in
+    /// ascending order starting at 0; with `period > 0` the schedule repeats every `period` iterations.
+    schedule: Vec<(usize, f64)>,
+    period: usize,
 }
 
 impl Environment {
     /// A stream with verification cost `cost`, acceptance `accept[0]` (and `accept[1]` from
     /// iteration `shift` on; 0 = never).
     pub fn new(cost: fn(f64) -> f64, accept: [f64; 2], shift: usize) -> Self {
+        let mut schedule = alloc::vec![(0, accept[0])];
+        if shift > 0 {
+            schedule.push((shift, accept[1]));
+        }
         Environment {
             cost,
-            accept,
-            shift,
+            schedule,
+            period: 0,
         }
     }
 
-    fn level_accept(&self, iteration: usize, width: u32, level: u32) -> f64 {
-        let p = if self.shift > 0 && iteration >= self.shift {
-            self.accept[1]
+    /// A stream that alternates `good_len` iterations at acceptance `good` with `bad_len` at `bad`:
+    /// the bursts of rejections real text has (a prompt whose answer the drafter cannot guess
+    /// between prompts it can), which an i.i.d. acceptance never produces.
+    pub fn bursts(
+        cost: fn(f64) -> f64,
+        good: f64,
+        good_len: usize,
+        bad: f64,
+        bad_len: usize,
+    ) -> Self {
+        Environment {
+            cost,
+            schedule: alloc::vec![(0, good), (good_len, bad)],
+            period: good_len + bad_len,
+        }
+    }
+
+    /// The per-level acceptance at `iteration`.
+    pub fn acceptance(&self, iteration: usize) -> f64 {
+        let it = if self.period > 0 {
+            iteration % self.period
         } else {
-            self.accept[0]
+            iteration
         };
+        self.schedule
+            .iter()
+            .take_while(|(from, _)| *from <= it)
+            .last()
+            .map_or(0.0, |&(_, p)| p)
+    }
+
+    fn level_accept(&self, iteration: usize, width: u32, level: u32) -> f64 {
+        let p = self.acceptance(iteration);
         // Wider levels hold the right token more often; deeper levels are harder.
         let mut miss = 1.0;
         for _ in 0..width {
@@ -139,13 +171,36 @@ impl Environment {
 
     /// Expected tokens per second of arm `arm` at `iteration`.
     pub fn throughput(&self, arm: &Arm, iteration: usize) -> f64 {
-        let (rows, depth, width, draft) = arm_model(arm);
+        let (rows, _, _, draft) = arm_model(arm);
+        self.expected_tokens(arm, iteration) / ((self.cost)(rows) + draft)
+    }
+
+    /// Expected tokens per second of `arm` run alone over iterations `from..to` (tokens over seconds,
+    /// so slow stretches weigh by their time).
+    pub fn static_throughput(&self, arm: &Arm, from: usize, to: usize) -> f64 {
+        let (rows, _, _, draft) = arm_model(arm);
+        let tokens: f64 = (from..to).map(|i| self.expected_tokens(arm, i)).sum();
+        tokens / (((self.cost)(rows) + draft) * (to - from).max(1) as f64)
+    }
+
+    /// The best single ladder arm over iterations `from..to` (the best static shape in hindsight)
+    /// and its expected tokens per second.
+    pub fn best_static(&self, from: usize, to: usize) -> (usize, f64) {
+        let arms = ladder();
+        (0..arms.len())
+            .map(|a| (a, self.static_throughput(&arms[a], from, to)))
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .unwrap_or((0, 0.0))
+    }
+
+    fn expected_tokens(&self, arm: &Arm, iteration: usize) -> f64 {
+        let (_, depth, width, _) = arm_model(arm);
         let (mut tau, mut reach) = (1.0, 1.0);
         for level in 0..depth {
             reach *= self.level_accept(iteration, width, level);
             tau += reach;
         }
-        tau / ((self.cost)(rows) + draft)
+        tau
     }
 
     /// The best ladder arm at `iteration`.

@@ -66,10 +66,14 @@ fn flat_gpu_cost_chooses_large_trees() {
         "{:?}",
         ladder()[best]
     );
+    let mut sum = 0.0;
     for seed in 0..8 {
         let mut p = policy(Algorithm::CostModel);
         let (r, pulls) = ratio(&env, &mut p, 1000, 3000, seed);
-        assert!(r >= 0.95, "seed {seed}: {r:.3} of the best arm");
+        // The 17- and 33-row trees are within 5% of each other here: a seed that settles on the
+        // smaller one is a near tie, not a failure; the mean over seeds must stay near the best.
+        assert!(r >= 0.93, "seed {seed}: {r:.3} of the best arm");
+        sum += r;
         // On this curve the trees of 9, 17 and 33 rows are within 6% of each other, too close to
         // rank reliably in 2000 iterations: the policy must stay off the CPU's small shapes and
         // spend most of its iterations on the trees of 17+ rows.
@@ -90,6 +94,7 @@ fn flat_gpu_cost_chooses_large_trees() {
             "trees of 17+ rows: {pulls:?}"
         );
     }
+    assert!(sum / 8.0 >= 0.97, "mean {:.3} of the best arm", sum / 8.0);
 }
 
 /// The text becomes predictable halfway (acceptance 0.05 -> 0.75) and unpredictable again: the policy
@@ -199,4 +204,37 @@ fn cost_model_fits_a_line() {
         (b - 0.002).abs() < 1e-9 && (a - 0.008).abs() < 1e-9,
         "{a} {b}"
     );
+}
+
+/// Bursts of rejections between predictable stretches, repeatedly (prompts the drafter cannot guess
+/// between prompts it can), which an i.i.d. acceptance never produces: over the stream the policy
+/// must stay near the best static shape in hindsight. Measured over 32 seeds: 0.964 and 0.973 of it
+/// on average, 0.89-0.90 in the worst seed (docs/adaptive.md).
+#[test]
+fn stays_near_the_best_static_shape_through_repeated_bursts() {
+    const N: usize = 6000;
+    const SEEDS: u64 = 16;
+    for (good, good_len, bad, bad_len) in [(0.75, 600, 0.03, 150), (0.6, 300, 0.03, 300)] {
+        let env = Environment::bursts(cpu_cost, good, good_len, bad, bad_len);
+        let (_, best) = env.best_static(0, N);
+        let mut sum = 0.0;
+        for seed in 0..SEEDS {
+            let mut p = policy(Algorithm::CostModel);
+            let r = run(&env, &mut p, N, seed);
+            let (tok, sec) = r.trace.iter().fold((0.0, 0.0), |(a, b), it| {
+                (a + it.tokens as f64, b + it.seconds)
+            });
+            let x = tok / sec / best;
+            assert!(
+                x >= 0.85,
+                "{good}/{bad} seed {seed}: {x:.3} of the best static shape"
+            );
+            sum += x;
+        }
+        let mean = sum / SEEDS as f64;
+        assert!(
+            mean >= 0.95,
+            "{good}/{bad}: mean {mean:.3} of the best static shape"
+        );
+    }
 }
