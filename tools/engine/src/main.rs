@@ -302,6 +302,11 @@ struct DatagenArgs {
     /// Seed for temperatures and sampling
     #[arg(long, value_name = "S", default_value_t = 0)]
     seed: u64,
+    /// Teacher forcing: feed each line's "answer" (the original reply, e.g. from
+    /// data/prompts/sharegpt_train_answers.jsonl) after its prompt in one prefill instead of
+    /// generating; the target's features and soft labels are stored as in generation
+    #[arg(long)]
+    answers: bool,
 }
 
 #[derive(Debug, Args)]
@@ -657,21 +662,25 @@ fn cmd_datagen(a: &DatagenArgs) -> Result<()> {
             path.display()
         ))
     })?;
-    let prompts: Vec<String> = text
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l)
-                .ok()
-                .and_then(|v| v["prompt"].as_str().map(str::to_string))
-                .ok_or_else(|| {
-                    Error::Format(format!(
-                        "{}: a line without a \"prompt\" string",
-                        path.display()
-                    ))
-                })
-        })
-        .collect::<Result<_>>()?;
+    let field = |name: &'static str| -> Result<Vec<String>> {
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .enumerate()
+            .map(|(n, l)| {
+                serde_json::from_str::<serde_json::Value>(l)
+                    .ok()
+                    .and_then(|v| v[name].as_str().map(str::to_string))
+                    .ok_or_else(|| {
+                        Error::Format(format!(
+                            "{}: line {} has no \"{name}\" string",
+                            path.display(),
+                            n + 1
+                        ))
+                    })
+            })
+            .collect()
+    };
+    let prompts = field("prompt")?;
     let cfg = specblock_engine::datagen::DatagenConfig {
         max_new_tokens: a.max_tokens.max_tokens,
         batch: a.batch,
@@ -679,7 +688,12 @@ fn cmd_datagen(a: &DatagenArgs) -> Result<()> {
         shard_sequences: 64,
         seed: a.seed,
     };
-    specblock_engine::datagen::run(&model, &tok, &prompts, &a.out, &cfg)
+    if a.answers {
+        let answers = field("answer")?;
+        specblock_engine::datagen::run_with_answers(&model, &tok, &prompts, &answers, &a.out, &cfg)
+    } else {
+        specblock_engine::datagen::run(&model, &tok, &prompts, &a.out, &cfg)
+    }
 }
 
 /// The request of `specblock generate`: the method's drafter and arms from --drafter, --budget and the

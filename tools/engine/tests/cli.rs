@@ -54,6 +54,7 @@ fn help_lists_subcommands_and_each_subcommand_has_its_own() {
             &["--methods", "--eagle3-drafter", "--temperature"],
         ),
         ("fetch-model", &["--models-dir"]),
+        ("datagen", &["--answers", "--batch", "--target-tokens"]),
     ] {
         let out = specblock(&[sub, "--help"]);
         assert!(out.status.success(), "{sub} --help");

@@ -112,3 +112,72 @@ fn shards_are_consistent_and_runs_resume() {
         "no prompt generated twice: {done:?}"
     );
 }
+
+/// Teacher forcing: each sequence is the prompt, then the given answer (cut at `max_new_tokens`, or
+/// closed by the end-of-turn token), with the target's features over all but its last token.
+#[test]
+fn teacher_forced_shards_hold_the_given_answers() {
+    let Some(path) = support::model_path("datagen_real") else {
+        return;
+    };
+    let (loaded, gguf) = specblock_engine::load::load_gguf(&path).unwrap();
+    let tok = Tokenizer::from_gguf(&gguf).unwrap();
+    let m = Llama::new(loaded, WeightFormat::F32, 2).unwrap();
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("datagen-answers");
+    let _ = std::fs::remove_dir_all(&out);
+    let prompts: Vec<String> = ["Say hi.", "Name a colour."].map(String::from).to_vec();
+    let answers: Vec<String> = [
+        "Hi!",
+        "Blue is a colour, and so are red, green and many others.",
+    ]
+    .map(String::from)
+    .to_vec();
+    let cfg = DatagenConfig {
+        max_new_tokens: 6,
+        batch: 2,
+        target_tokens: 1000,
+        shard_sequences: 8,
+        seed: 3,
+    };
+    assert!(
+        specblock_engine::datagen::run_with_answers(&m, &tok, &prompts, &answers[..1], &out, &cfg)
+            .is_err(),
+        "one answer per prompt"
+    );
+    specblock_engine::datagen::run_with_answers(&m, &tok, &prompts, &answers, &out, &cfg).unwrap();
+    let shard = SafeTensors::open(&out.join("shard-00000.safetensors")).unwrap();
+    let tokens = shard.i64("tokens").unwrap().1;
+    let mask = shard.i64("loss_mask").unwrap().1;
+    let offsets = shard.i64("seq_offsets").unwrap().1;
+    let (_, feats) = shard.f32("features").unwrap();
+    let fw = 3 * m.config().hidden;
+    assert_eq!(offsets.len(), 3, "both sequences: {offsets:?}");
+    let mut seen = Vec::new();
+    for s in 0..2 {
+        let (a, b) = (offsets[s] as usize, offsets[s + 1] as usize);
+        let seq: Vec<u32> = tokens[a..b].iter().map(|&t| t as u32).collect();
+        let p = mask[a..b].iter().position(|&x| x == 1).unwrap();
+        let i = prompts
+            .iter()
+            .position(|q| {
+                tok.encode(&tok.apply_chat_template(&[("user", q)], true), true) == seq[..p]
+            })
+            .expect("the sequence starts with one of the prompts");
+        let mut want = tok.encode(&answers[i], false);
+        if want.len() >= 6 {
+            want.truncate(6);
+        } else {
+            want.push(tok.eos().unwrap());
+        }
+        assert_eq!(seq[p..], want[..], "answer {i}");
+        assert!(feats[a * fw..(b - 1) * fw].iter().any(|&x| x != 0.0));
+        assert!(feats[(b - 1) * fw..b * fw].iter().all(|&x| x == 0.0));
+        seen.push(i);
+    }
+    seen.sort();
+    assert_eq!(seen, [0, 1]);
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    let answer_tokens = mask.iter().filter(|&&x| x == 1).count() as u64;
+    assert_eq!(manifest["assistant_tokens"].as_u64(), Some(answer_tokens));
+}
