@@ -5,7 +5,7 @@
 //! --release --example policy_sim` prints the tables in docs/adaptive.md.
 
 use specblock::adapt::sim::{Environment, cpu_cost, gpu_cost, ladder, run};
-use specblock::adapt::{Algorithm, Policy, PolicyParams};
+use specblock::adapt::{Algorithm, Arm, Policy, PolicyParams};
 
 /// A named environment: cost curve, acceptance before and after the shift, shift iteration.
 type Env = (&'static str, fn(f64) -> f64, [f64; 2], usize);
@@ -48,22 +48,10 @@ fn main() {
         for alg in [Algorithm::CostModel, Algorithm::Throughput] {
             let (mut sum, mut pulls) = (0.0, vec![0u64; arms.len()]);
             for seed in 0..seeds() {
-                let mut p = Policy::new(
-                    &arms,
-                    PolicyParams {
-                        algorithm: alg,
-                        exploration: c,
-                        discount: g,
-                        ..PolicyParams::default()
-                    },
-                )
-                .unwrap();
+                let mut p = policy(&arms, alg, c, g);
                 let r = run(&env, &mut p, 3000, seed);
                 let from = if shift > 0 { shift } else { 0 };
-                let (tok, sec) = r.trace[from..].iter().fold((0.0, 0.0), |(a, b), it| {
-                    (a + it.tokens as f64, b + it.seconds)
-                });
-                sum += tok / sec / env.best_throughput(2999);
+                sum += r.tokens_per_second(from, 3000) / env.best_throughput(2999);
                 for (i, n) in r.pulls_after(from).into_iter().enumerate() {
                     pulls[i] += n;
                 }
@@ -107,23 +95,13 @@ fn bursts(c: f64, g: f64) {
         let (mut sum, mut worst, mut sum_plain, mut pulls) =
             (0.0, f64::MAX, 0.0, vec![0u64; arms.len()]);
         for seed in 0..seeds() {
-            let mut p = Policy::new(
-                &arms,
-                PolicyParams {
-                    exploration: c,
-                    discount: g,
-                    ..PolicyParams::default()
-                },
-            )
-            .unwrap();
+            let mut p = policy(&arms, Algorithm::CostModel, c, g);
             let r = run(&env, &mut p, N, seed);
-            let (tok, sec) = r.trace.iter().fold((0.0, 0.0), |(a, b), it| {
-                (a + it.tokens as f64, b + it.seconds)
-            });
-            let x = tok / sec / best_tput;
+            let speed = r.tokens_per_second(0, N);
+            let x = speed / best_tput;
             sum += x;
             worst = worst.min(x);
-            sum_plain += tok / sec / plain;
+            sum_plain += speed / plain;
             for (i, n) in r.pulls_after(0).into_iter().enumerate() {
                 pulls[i] += n;
             }
@@ -135,6 +113,20 @@ fn bursts(c: f64, g: f64) {
             sum_plain / seeds() as f64
         );
     }
+}
+
+/// A policy over `arms` with exploration `c` and discount `g`, the other parameters at their defaults.
+fn policy(arms: &[Arm], algorithm: Algorithm, c: f64, g: f64) -> Policy {
+    Policy::new(
+        arms,
+        PolicyParams {
+            algorithm,
+            exploration: c,
+            discount: g,
+            ..PolicyParams::default()
+        },
+    )
+    .unwrap()
 }
 
 fn env_or(name: &str, default: f64) -> f64 {

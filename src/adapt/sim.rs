@@ -171,16 +171,20 @@ impl Environment {
 
     /// Expected tokens per second of arm `arm` at `iteration`.
     pub fn throughput(&self, arm: &Arm, iteration: usize) -> f64 {
+        self.expected_tokens(arm, iteration) / self.iteration_seconds(arm)
+    }
+
+    /// Seconds of one iteration of `arm`: verification plus drafting.
+    fn iteration_seconds(&self, arm: &Arm) -> f64 {
         let (rows, _, _, draft) = arm_model(arm);
-        self.expected_tokens(arm, iteration) / ((self.cost)(rows) + draft)
+        (self.cost)(rows) + draft
     }
 
     /// Expected tokens per second of `arm` run alone over iterations `from..to` (tokens over seconds,
     /// so slow stretches weigh by their time).
     pub fn static_throughput(&self, arm: &Arm, from: usize, to: usize) -> f64 {
-        let (rows, _, _, draft) = arm_model(arm);
         let tokens: f64 = (from..to).map(|i| self.expected_tokens(arm, i)).sum();
-        tokens / (((self.cost)(rows) + draft) * (to - from).max(1) as f64)
+        tokens / (self.iteration_seconds(arm) * (to - from).max(1) as f64)
     }
 
     /// The best single ladder arm over iterations `from..to` (the best static shape in hindsight)
@@ -268,6 +272,14 @@ pub struct Run {
 }
 
 impl Run {
+    /// Tokens per second over iterations `from..to` (all tokens over all seconds).
+    pub fn tokens_per_second(&self, from: usize, to: usize) -> f64 {
+        let (tokens, seconds) = self.trace[from..to].iter().fold((0.0, 0.0), |(t, s), it| {
+            (t + it.tokens as f64, s + it.seconds)
+        });
+        tokens / seconds
+    }
+
     /// Pulls of each arm from iteration `from` on.
     pub fn pulls_after(&self, from: usize) -> Vec<u64> {
         let mut v = alloc::vec![0u64; self.arms];

@@ -19,11 +19,8 @@ fn policy(algorithm: Algorithm) -> Policy {
 /// Throughput of the policy over iterations `from..to` against the best arm's expected throughput.
 fn ratio(env: &Environment, p: &mut Policy, from: usize, to: usize, seed: u64) -> (f64, Vec<u64>) {
     let r = run(env, p, to, seed);
-    let (tok, sec): (f64, f64) = r.trace[from..to].iter().fold((0.0, 0.0), |(a, b), it| {
-        (a + it.tokens as f64, b + it.seconds)
-    });
     let best = env.best_throughput(to - 1);
-    (tok / sec / best, r.pulls_after(from))
+    (r.tokens_per_second(from, to) / best, r.pulls_after(from))
 }
 
 #[test]
@@ -66,14 +63,10 @@ fn flat_gpu_cost_chooses_large_trees() {
         "{:?}",
         ladder()[best]
     );
-    let mut sum = 0.0;
     for seed in 0..8 {
         let mut p = policy(Algorithm::CostModel);
         let (r, pulls) = ratio(&env, &mut p, 1000, 3000, seed);
-        // The 17- and 33-row trees are within 5% of each other here: a seed that settles on the
-        // smaller one is a near tie, not a failure; the mean over seeds must stay near the best.
-        assert!(r >= 0.93, "seed {seed}: {r:.3} of the best arm");
-        sum += r;
+        assert!(r >= 0.95, "seed {seed}: {r:.3} of the best arm");
         // On this curve the trees of 9, 17 and 33 rows are within 6% of each other, too close to
         // rank reliably in 2000 iterations: the policy must stay off the CPU's small shapes and
         // spend most of its iterations on the trees of 17+ rows.
@@ -94,7 +87,6 @@ fn flat_gpu_cost_chooses_large_trees() {
             "trees of 17+ rows: {pulls:?}"
         );
     }
-    assert!(sum / 8.0 >= 0.97, "mean {:.3} of the best arm", sum / 8.0);
 }
 
 /// The text becomes predictable halfway (acceptance 0.05 -> 0.75) and unpredictable again: the policy
@@ -108,12 +100,8 @@ fn tracks_an_acceptance_shift_both_ways() {
         for seed in 0..8 {
             let mut p = policy(Algorithm::CostModel);
             let r = run(&env, &mut p, 2 * SHIFT, seed);
-            let (tok, sec) = r.trace[SHIFT + TRACK..2 * SHIFT]
-                .iter()
-                .fold((0.0, 0.0), |(a, b), it| {
-                    (a + it.tokens as f64, b + it.seconds)
-                });
-            let got = tok / sec / env.best_throughput(2 * SHIFT - 1);
+            let got =
+                r.tokens_per_second(SHIFT + TRACK, 2 * SHIFT) / env.best_throughput(2 * SHIFT - 1);
             assert!(
                 got >= 0.95,
                 "{before}->{after} seed {seed}: {got:.3} of the new best arm"
@@ -220,11 +208,7 @@ fn stays_near_the_best_static_shape_through_repeated_bursts() {
         let mut sum = 0.0;
         for seed in 0..SEEDS {
             let mut p = policy(Algorithm::CostModel);
-            let r = run(&env, &mut p, N, seed);
-            let (tok, sec) = r.trace.iter().fold((0.0, 0.0), |(a, b), it| {
-                (a + it.tokens as f64, b + it.seconds)
-            });
-            let x = tok / sec / best;
+            let x = run(&env, &mut p, N, seed).tokens_per_second(0, N) / best;
             assert!(
                 x >= 0.85,
                 "{good}/{bad} seed {seed}: {x:.3} of the best static shape"

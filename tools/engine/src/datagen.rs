@@ -152,7 +152,6 @@ fn run_inner(
                 continue;
             }
             let mut tokens = ids.clone();
-            let mut pending = ids.clone();
             if let Some(answers) = answers {
                 let mut answer = tok.encode(&answers[i], false);
                 if answer.len() >= cfg.max_new_tokens {
@@ -164,9 +163,13 @@ fn run_inner(
                     continue;
                 }
                 tokens.extend_from_slice(&answer);
-                // Every token but the last is fed, as in generation (the last is never an input).
-                pending = tokens[..tokens.len() - 1].to_vec();
             }
+            // Generation feeds the prompt; teacher forcing every token but the last, which (as in
+            // generation) is never an input.
+            let pending = match answers {
+                None => ids.clone(),
+                Some(_) => tokens[..tokens.len() - 1].to_vec(),
+            };
             // Half the conversations greedy, half sampled at a temperature in [0.5, 1.0).
             let u = rng.uniform(2 * i as u64);
             let sampling = if u < 0.5 {
@@ -211,7 +214,12 @@ fn run_inner(
                 tokens: p,
                 positions: pos,
                 mask: Mask::Causal,
-                logits: Logits::Last,
+                // Teacher forcing samples nothing: no logits to compute.
+                logits: if answers.is_some() {
+                    Logits::None
+                } else {
+                    Logits::Last
+                },
             })
             .collect();
         let out = model.forward_batch(&mut segs, &cap)?;

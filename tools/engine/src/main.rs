@@ -662,13 +662,17 @@ fn cmd_datagen(a: &DatagenArgs) -> Result<()> {
             path.display()
         ))
     })?;
+    // Each line parsed once (None: not JSON), then each wanted field taken from it.
+    let rows: Vec<Option<serde_json::Value>> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).ok())
+        .collect();
     let field = |name: &'static str| -> Result<Vec<String>> {
-        text.lines()
-            .filter(|l| !l.trim().is_empty())
+        rows.iter()
             .enumerate()
-            .map(|(n, l)| {
-                serde_json::from_str::<serde_json::Value>(l)
-                    .ok()
+            .map(|(n, row)| {
+                row.as_ref()
                     .and_then(|v| v[name].as_str().map(str::to_string))
                     .ok_or_else(|| {
                         Error::Format(format!(

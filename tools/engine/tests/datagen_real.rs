@@ -12,16 +12,23 @@ use specblock_engine::model::{Capture, Llama, Logits, Mask, Segment, WeightForma
 use specblock_engine::speculate::aux_layers;
 use specblock_engine::tokenizer::Tokenizer;
 
-#[test]
-fn shards_are_consistent_and_runs_resume() {
-    let Some(path) = support::model_path("datagen_real") else {
-        return;
-    };
+/// The real model (f32) and its tokenizer, and an emptied output directory `dir` under the target's
+/// temporary folder; `None` when the model is absent and may be skipped.
+fn setup(dir: &str) -> Option<(Llama, Tokenizer, PathBuf)> {
+    let path = support::model_path("datagen_real")?;
     let (loaded, gguf) = specblock_engine::load::load_gguf(&path).unwrap();
     let tok = Tokenizer::from_gguf(&gguf).unwrap();
     let m = Llama::new(loaded, WeightFormat::F32, 2).unwrap();
-    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("datagen");
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(dir);
     let _ = std::fs::remove_dir_all(&out);
+    Some((m, tok, out))
+}
+
+#[test]
+fn shards_are_consistent_and_runs_resume() {
+    let Some((m, tok, out)) = setup("datagen") else {
+        return;
+    };
     let prompts: Vec<String> = [
         "Name a prime number.",
         "Say hi.",
@@ -117,14 +124,9 @@ fn shards_are_consistent_and_runs_resume() {
 /// closed by the end-of-turn token), with the target's features over all but its last token.
 #[test]
 fn teacher_forced_shards_hold_the_given_answers() {
-    let Some(path) = support::model_path("datagen_real") else {
+    let Some((m, tok, out)) = setup("datagen-answers") else {
         return;
     };
-    let (loaded, gguf) = specblock_engine::load::load_gguf(&path).unwrap();
-    let tok = Tokenizer::from_gguf(&gguf).unwrap();
-    let m = Llama::new(loaded, WeightFormat::F32, 2).unwrap();
-    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("datagen-answers");
-    let _ = std::fs::remove_dir_all(&out);
     let prompts: Vec<String> = ["Say hi.", "Name a colour."].map(String::from).to_vec();
     let answers: Vec<String> = [
         "Hi!",
