@@ -10,7 +10,7 @@ STATIC_LIBS := -lpthread -ldl -lm
 
 .PHONY: train-specblock train-eagle3 train-venv train-test
 .PHONY: fuzz fuzz-smoke asan-kernels llamacpp llamacpp-check bench-llamacpp-spec
-.PHONY: all build demo test check deps check-tools fmt-check clippy cargo-test cuda-toolchain kernels gpu-bundle gpu-check nostd header bench bench-adapt bench-replot bench-core bench-engine bench-llamacpp bench-drafter prompts datagen datagen-answers model install clean
+.PHONY: all build demo test check deps check-tools fmt-check clippy cargo-test cuda-toolchain kernels gpu-bundle gpu-check nostd header bench bench-adapt bench-replot bench-core bench-engine bench-llamacpp bench-drafter prompts datagen datagen-answers datagen-turns model install clean
 
 MODEL := models/SmolLM2-135M-Instruct.Q4_1.gguf
 # llama-cpp-python for the llama.cpp reference numbers (bench, bench-llamacpp).
@@ -264,6 +264,15 @@ datagen: build model prompts
 		--batch 16 --bf16 --max-tokens 256 --target-tokens $(DATAGEN_TOKENS) --seed 20261206
 	python3 tools/train/draft_vocab.py --data data/datagen --out data/vocab/draft_vocab.json
 
+## datagen-turns: later turns (issue 11): the target answers the second and later user turns of the ShareGPT
+## training conversations (data/prompts/sharegpt_train_turns.jsonl; earlier replies are ShareGPT's own, at most
+## 3,000 characters of conversation), storing rows from the last user turn on, into data/datagen-turns (resumable).
+## Train on both with TRAIN_DATA=data/datagen,data/datagen-turns.
+DATAGEN_TURNS_TOKENS ?= 1000000
+datagen-turns: build model prompts
+	$(ENGINE) datagen --model $(MODEL) --prompts data/prompts/sharegpt_train_turns.jsonl --out data/datagen-turns \
+		--batch 16 --bf16 --max-tokens 256 --target-tokens $(DATAGEN_TURNS_TOKENS) --seed 20261207
+
 ## datagen-answers: the cheaper alternative, teacher forcing: ShareGPT's original replies to the training prompts
 ## fed through the bf16 target in one prefill each (`specblock datagen --answers`; the target's features and soft
 ## labels, a human's or another model's text) into data/datagen-answers. Measured 1.2-1.3x the answer tokens/s of
@@ -307,8 +316,9 @@ TRAIN_DEVICE ?= cpu
 TRAIN_LR ?= 3e-4
 TRAIN_EVAL_MINUTES ?= 10
 TRAIN_EXTRA ?=
+TRAIN_DATA ?= data/datagen
 TORCHRUN = $(TRAIN_PY) -m torch.distributed.run --standalone --nproc_per_node $(TRAIN_PROCS)
-TRAIN_ARGS = --data data/datagen --batch 8 --max-len 256 --lr $(TRAIN_LR) --minutes $(TRAIN_MINUTES) \
+TRAIN_ARGS = --data $(TRAIN_DATA) --batch 8 --max-len 256 --lr $(TRAIN_LR) --minutes $(TRAIN_MINUTES) \
 	--eval-minutes $(TRAIN_EVAL_MINUTES) --eval-every 1000000 --ckpt-minutes 5 --device $(TRAIN_DEVICE) \
 	--embed $(MODEL) $(if $(TRAIN_TOKENS),--tokens $(TRAIN_TOKENS)) $(TRAIN_EXTRA)
 train-specblock train-eagle3: train-%: train-venv model

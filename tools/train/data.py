@@ -28,7 +28,7 @@ import torch
 
 @dataclass
 class Window:
-    shard: str
+    shard: str   # the shard file's path
     start: int   # absolute row in the shard
     end: int     # exclusive
     seq: int     # global sequence index
@@ -66,16 +66,31 @@ def _held_out(seq_key: bytes, eval_every: int) -> bool:
     return h % eval_every == 0
 
 
-class Dataset:
-    """Windows over every shard of a datagen directory, with a train / held-out split by sequence."""
+def data_dirs(spec: str | list[str]) -> list[str]:
+    """The datagen directories of a `--data` value: one path, or several separated by commas."""
+    dirs = spec if isinstance(spec, list) else [d for d in spec.split(",") if d]
+    if not dirs:
+        raise ValueError(f"no datagen directory in {spec!r}")
+    return dirs
 
-    def __init__(self, data_dir: str, max_len: int = 256, eval_every: int = 50, max_shards: int | None = None):
-        self.dir = data_dir
-        with open(os.path.join(data_dir, "manifest.json")) as f:
-            manifest = json.load(f)
-        shards = [s["file"] for s in manifest["shards"]]
-        if max_shards is not None:
-            shards = shards[:max_shards]
+
+class Dataset:
+    """Windows over every shard of one or more datagen directories (a comma-separated list: e.g. first turns,
+    then later turns), with a train / held-out split by sequence. The held-out windows come in directory order,
+    so adding a directory after the first leaves the first `eval_windows` of an existing run unchanged."""
+
+    def __init__(self, data_dir: str | list[str], max_len: int = 256, eval_every: int = 50,
+                 max_shards: int | None = None):
+        self.dirs = data_dirs(data_dir)
+        shards = []
+        for d in self.dirs:
+            path = os.path.join(d, "manifest.json")
+            if not os.path.exists(path):
+                raise FileNotFoundError(f"{path}: no datagen output here (run `make datagen` first)")
+            with open(path) as f:
+                manifest = json.load(f)
+            names = [os.path.join(d, s["file"]) for s in manifest["shards"]]
+            shards += names[:max_shards] if max_shards is not None else names
         self.train: list[Window] = []
         self.eval: list[Window] = []
         self._handles = {}
@@ -100,7 +115,7 @@ class Dataset:
     def _open(self, name):
         if name not in self._handles:
             from safetensors import safe_open
-            self._handles[name] = safe_open(os.path.join(self.dir, name), "pt")
+            self._handles[name] = safe_open(name, "pt")
         return self._handles[name]
 
     def load(self, w: Window) -> dict:

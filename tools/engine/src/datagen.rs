@@ -7,6 +7,10 @@
 //! reply), it feeds prompt and answer through the target in one prefill (teacher forcing) instead of
 //! generating, and stores the same rows. The soft labels (the final hidden) are still the target's;
 //! the text the drafter conditions on is a human's or another model's, not the target's own.
+//!
+//! [`run_conversations`] answers later turns: each item is a whole conversation so far (earlier replies
+//! included) ending on a user turn. The whole conversation is prefilled, but only the rows from the last
+//! user turn on are stored, so a shard row costs the same whatever the turn.
 
 use std::io::Write;
 use std::path::Path;
@@ -37,11 +41,16 @@ pub struct DatagenConfig {
     pub seed: u64,
 }
 
+/// One chat message of a training conversation: (role, content), e.g. ("user", "Hi").
+pub type Message = (String, String);
+
 /// One sequence being generated.
 struct Active {
     prompt_index: usize,
     tokens: Vec<u32>,
     prompt_len: usize,
+    /// Rows before this (the earlier turns of a conversation) are fed but not stored.
+    keep_from: usize,
     kv: KvCache,
     /// Rows of features / final hidden, one per fed position.
     features: Vec<f32>,
@@ -77,7 +86,55 @@ pub fn run(
     out_dir: &Path,
     cfg: &DatagenConfig,
 ) -> Result<()> {
-    run_inner(model, tok, prompts, None, out_dir, cfg)
+    run_inner(model, tok, &single_turns(prompts), None, out_dir, cfg)
+}
+
+/// Runs data generation over whole `conversations` into `out_dir`, resuming from its manifest: the
+/// target answers each conversation's last message, which must be a user turn. The earlier turns are
+/// fed as context; the stored sequence starts at the last user turn (see the module docs).
+pub fn run_conversations(
+    model: &Llama,
+    tok: &Tokenizer,
+    conversations: &[Vec<Message>],
+    out_dir: &Path,
+    cfg: &DatagenConfig,
+) -> Result<()> {
+    for (n, conv) in conversations.iter().enumerate() {
+        match conv.last() {
+            Some((role, _)) if role == "user" => {}
+            _ => {
+                return Err(Error::Format(format!(
+                    "conversation {n} does not end on a user turn"
+                )));
+            }
+        }
+    }
+    run_inner(model, tok, conversations, None, out_dir, cfg)
+}
+
+fn single_turns(prompts: &[String]) -> Vec<Vec<Message>> {
+    prompts
+        .iter()
+        .map(|p| vec![("user".to_string(), p.clone())])
+        .collect()
+}
+
+/// Where the stored rows of a conversation start: the first token of its last turn when the earlier
+/// turns tokenise to a prefix of the whole (the chat template's special tokens make that the rule);
+/// otherwise 0, storing everything.
+fn last_turn_start(tok: &Tokenizer, conv: &[Message], ids: &[u32]) -> usize {
+    if conv.len() < 2 {
+        return 0;
+    }
+    let earlier = tok.encode(
+        &tok.apply_chat_template(&conv[..conv.len() - 1], false),
+        true,
+    );
+    if earlier.len() < ids.len() && ids[..earlier.len()] == earlier[..] {
+        earlier.len()
+    } else {
+        0
+    }
 }
 
 /// Teacher-forced data over `prompts` and their `answers` (one per prompt) into `out_dir`, resuming
@@ -98,13 +155,20 @@ pub fn run_with_answers(
             prompts.len()
         )));
     }
-    run_inner(model, tok, prompts, Some(answers), out_dir, cfg)
+    run_inner(
+        model,
+        tok,
+        &single_turns(prompts),
+        Some(answers),
+        out_dir,
+        cfg,
+    )
 }
 
 fn run_inner(
     model: &Llama,
     tok: &Tokenizer,
-    prompts: &[String],
+    prompts: &[Vec<Message>],
     answers: Option<&[String]>,
     out_dir: &Path,
     cfg: &DatagenConfig,
@@ -146,11 +210,12 @@ fn run_inner(
         // Refill the batch with new prompts until the target is reached; then finish what is in flight.
         while total < cfg.target_tokens && active.len() < cfg.batch {
             let Some(i) = queue.next() else { break };
-            let text = tok.apply_chat_template(&[("user", prompts[i].as_str())], true);
+            let text = tok.apply_chat_template(&prompts[i], true);
             let ids = tok.encode(&text, true);
             if ids.len() + cfg.max_new_tokens + 1 > c.max_ctx {
                 continue;
             }
+            let keep_from = last_turn_start(tok, &prompts[i], &ids);
             let mut tokens = ids.clone();
             if let Some(answers) = answers {
                 let mut answer = tok.encode(&answers[i], false);
@@ -188,6 +253,7 @@ fn run_inner(
             active.push(Active {
                 prompt_index: i,
                 prompt_len: ids.len(),
+                keep_from,
                 kv: model.new_cache(ids.len() + cfg.max_new_tokens + 1),
                 pending,
                 tokens,
@@ -254,12 +320,13 @@ fn run_inner(
             }
         }
         for a in active.iter_mut().filter(|a| a.done) {
+            let k = a.keep_from;
             finished.push(Finished {
                 prompt_index: a.prompt_index,
-                tokens: std::mem::take(&mut a.tokens),
-                prompt_len: a.prompt_len,
-                features: std::mem::take(&mut a.features),
-                hidden: std::mem::take(&mut a.hidden),
+                tokens: a.tokens.split_off(k),
+                prompt_len: a.prompt_len - k,
+                features: a.features.split_off(k * fw),
+                hidden: a.hidden.split_off(k * h),
             });
         }
         active.retain(|a| !a.done);

@@ -281,7 +281,8 @@ struct BenchDrafterArgs {
 struct DatagenArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// JSON-lines training prompts ({prompt} per line)
+    /// JSON-lines training prompts: {prompt} per line, or {messages: [{role, content}, ...]} ending on
+    /// a user turn for later turns (e.g. data/prompts/sharegpt_train_turns.jsonl)
     #[arg(
         long,
         value_name = "FILE",
@@ -684,7 +685,6 @@ fn cmd_datagen(a: &DatagenArgs) -> Result<()> {
             })
             .collect()
     };
-    let prompts = field("prompt")?;
     let cfg = specblock_engine::datagen::DatagenConfig {
         max_new_tokens: a.max_tokens.max_tokens,
         batch: a.batch,
@@ -692,12 +692,61 @@ fn cmd_datagen(a: &DatagenArgs) -> Result<()> {
         shard_sequences: 64,
         seed: a.seed,
     };
+    let has_messages = rows
+        .first()
+        .and_then(|r| r.as_ref())
+        .is_some_and(|v| v.get("messages").is_some());
+    if has_messages {
+        if a.answers {
+            return Err(Error::Format(format!(
+                "{}: --answers takes single-turn {{prompt, answer}} lines, not messages",
+                path.display()
+            )));
+        }
+        let conversations = rows
+            .iter()
+            .enumerate()
+            .map(|(n, row)| {
+                row.as_ref().and_then(parse_messages).ok_or_else(|| {
+                    Error::Format(format!(
+                        "{}: line {} has no \"messages\" array of {{role, content}} strings \
+                             ending on a user turn",
+                        path.display(),
+                        n + 1
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        return specblock_engine::datagen::run_conversations(
+            &model,
+            &tok,
+            &conversations,
+            &a.out,
+            &cfg,
+        );
+    }
+    let prompts = field("prompt")?;
     if a.answers {
         let answers = field("answer")?;
         specblock_engine::datagen::run_with_answers(&model, &tok, &prompts, &answers, &a.out, &cfg)
     } else {
         specblock_engine::datagen::run(&model, &tok, &prompts, &a.out, &cfg)
     }
+}
+
+/// A `messages` array of `{role, content}` strings, non-empty and ending on a user turn.
+fn parse_messages(v: &serde_json::Value) -> Option<Vec<specblock_engine::datagen::Message>> {
+    let messages = v.get("messages")?.as_array()?;
+    let conv: Vec<_> = messages
+        .iter()
+        .map(|m| {
+            Some((
+                m["role"].as_str()?.to_string(),
+                m["content"].as_str()?.to_string(),
+            ))
+        })
+        .collect::<Option<_>>()?;
+    (conv.last()?.0 == "user").then_some(conv)
 }
 
 /// The request of `specblock generate`: the method's drafter and arms from --drafter, --budget and the

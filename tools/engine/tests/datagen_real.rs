@@ -183,3 +183,92 @@ fn teacher_forced_shards_hold_the_given_answers() {
     let answer_tokens = mask.iter().filter(|&&x| x == 1).count() as u64;
     assert_eq!(manifest["assistant_tokens"].as_u64(), Some(answer_tokens));
 }
+
+/// Later turns: the whole conversation is the context, but the stored sequence starts at its last user
+/// turn, and its features are those of the full-context prefill (not of the last turn alone).
+#[test]
+fn later_turns_store_the_last_turn_with_the_whole_context() {
+    let Some((m, tok, out)) = setup("datagen-turns") else {
+        return;
+    };
+    let msg = |role: &str, text: &str| (role.to_string(), text.to_string());
+    let conv = vec![
+        msg("user", "My name is Ada. Say hi."),
+        msg("assistant", "Hi Ada! How can I help you today?"),
+        msg("user", "What is my name?"),
+    ];
+    let cfg = DatagenConfig {
+        max_new_tokens: 6,
+        batch: 1,
+        target_tokens: 1000,
+        shard_sequences: 8,
+        seed: 3,
+    };
+    let bad = vec![conv[..2].to_vec()];
+    assert!(
+        specblock_engine::datagen::run_conversations(&m, &tok, &bad, &out, &cfg).is_err(),
+        "a conversation must end on a user turn"
+    );
+    specblock_engine::datagen::run_conversations(&m, &tok, std::slice::from_ref(&conv), &out, &cfg)
+        .unwrap();
+
+    let full = tok.encode(&tok.apply_chat_template(&conv, true), true);
+    let earlier = tok.encode(&tok.apply_chat_template(&conv[..2], false), true);
+    assert_eq!(
+        full[..earlier.len()],
+        earlier[..],
+        "the template's turns are token prefixes"
+    );
+    let shard = SafeTensors::open(&out.join("shard-00000.safetensors")).unwrap();
+    let tokens: Vec<u32> = shard
+        .i64("tokens")
+        .unwrap()
+        .1
+        .iter()
+        .map(|&t| t as u32)
+        .collect();
+    let mask = shard.i64("loss_mask").unwrap().1;
+    let (_, feats) = shard.f32("features").unwrap();
+    let fw = 3 * m.config().hidden;
+    let p = mask.iter().position(|&x| x == 1).unwrap();
+    assert_eq!(
+        tokens[..p],
+        full[earlier.len()..],
+        "the stored prompt is the last turn"
+    );
+    assert!(tokens.len() > p);
+
+    // The features of the stored rows equal a prefill over the whole conversation and the answer.
+    let seq: Vec<u32> = earlier.iter().chain(&tokens).copied().collect();
+    let mut kv = m.new_cache(seq.len());
+    let pos: Vec<u32> = (0..seq.len() as u32 - 1).collect();
+    let cap = Capture {
+        layers: aux_layers(m.config().n_layers),
+        final_hidden: false,
+    };
+    let ctx = m
+        .forward(
+            Segment {
+                kv: &mut kv,
+                tokens: &seq[..seq.len() - 1],
+                positions: &pos,
+                mask: Mask::Causal,
+                logits: Logits::None,
+            },
+            &cap,
+        )
+        .unwrap();
+    let want = &ctx.features[earlier.len() * fw..];
+    let stored = &feats[..(tokens.len() - 1) * fw];
+    assert_eq!(stored.len(), want.len());
+    let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
+    for (x, y) in stored.iter().zip(want) {
+        assert!((x - y).abs() <= 2e-3 * scale, "{x} vs {y}");
+    }
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(
+        manifest["assistant_tokens"].as_u64(),
+        Some((tokens.len() - p) as u64)
+    );
+}
