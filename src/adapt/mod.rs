@@ -26,6 +26,7 @@
 mod cost;
 pub mod online;
 mod policy;
+pub mod replay;
 pub mod sim;
 #[cfg(test)]
 mod tests;

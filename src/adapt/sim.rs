@@ -272,6 +272,10 @@ pub struct Run {
 }
 
 impl Run {
+    pub(crate) fn new(trace: Vec<Iteration>, arms: usize) -> Self {
+        Run { trace, arms }
+    }
+
     /// Tokens per second over iterations `from..to` (all tokens over all seconds).
     pub fn tokens_per_second(&self, from: usize, to: usize) -> f64 {
         let (tokens, seconds) = self.trace[from..to].iter().fold((0.0, 0.0), |(t, s), it| {

@@ -18,6 +18,7 @@ pub mod quant;
 pub mod safetensors;
 pub mod speculate;
 pub mod tokenizer;
+pub mod trace;
 pub mod weights;
 
 pub use error::{Error, Result};

@@ -62,6 +62,19 @@ enum Command {
     Tokenize(TokenizeArgs),
     /// Write an untrained SpecBlock drafter, or EAGLE-3 baseline, shaped for the model
     RandomDrafter(RandomDrafterArgs),
+    /// Record what every default arm would accept at every position of real greedy answers
+    ///
+    /// For the draft-shape policy's replay (`specblock replay-policy`): per prompt, plain greedy
+    /// decoding, then per arm of the method's default ladder and per answer position the draft tokens
+    /// an iteration starting there accepts and the rows it verifies; then each arm's drafting time and
+    /// the verification time by rows (run it on an idle machine for those).
+    TraceArms(TraceArmsArgs),
+    /// Replay the draft-shape policy over a trace from `specblock trace-arms`
+    ///
+    /// Prints every arm's static tokens/s over the recorded answers, the best static arm in
+    /// hindsight, and the default policy's speed relative to it (mean and worst over --seeds runs
+    /// with timing noise) and to plain decoding.
+    ReplayPolicy(ReplayPolicyArgs),
 }
 
 /// `--model` alone (commands that only read the tokenizer).
@@ -353,6 +366,48 @@ struct TokenizeArgs {
     /// Do not apply the chat template
     #[arg(long)]
     raw: bool,
+}
+
+#[derive(Debug, Args)]
+struct TraceArmsArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// JSON-lines prompt file ({id, prompt} per line)
+    #[arg(long, value_name = "FILE")]
+    prompts: PathBuf,
+    /// Use at most this many prompts (the first ones); 0 = all
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    limit: usize,
+    /// specblock or eagle3: whose default arm ladder
+    #[arg(long, value_name = "NAME", default_value = "specblock", value_parser = ["specblock", "eagle3"])]
+    method: String,
+    /// Drafter directory (default: the committed drafter of --method)
+    #[arg(long, value_name = "DIR")]
+    drafter: Option<PathBuf>,
+    /// Write the trace (JSON) here
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+    #[command(flatten)]
+    max_tokens: MaxTokens,
+}
+
+#[derive(Debug, Args)]
+struct ReplayPolicyArgs {
+    /// A trace file from `specblock trace-arms`
+    #[arg(long, value_name = "FILE")]
+    trace: PathBuf,
+    /// Policy runs, each with its own timing noise
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    seeds: u64,
+    /// Relative timing noise (uniform; 0.1 = +-5%)
+    #[arg(long, value_name = "X", default_value_t = 0.1)]
+    noise: f64,
+    /// The policy's exploration width (default: the library's)
+    #[arg(long, value_name = "C")]
+    exploration: Option<f64>,
+    /// The policy's per-iteration discount (default: the library's)
+    #[arg(long, value_name = "G")]
+    discount: Option<f64>,
 }
 
 #[derive(Debug, Args)]
@@ -833,7 +888,75 @@ fn run(command: Command) -> Result<()> {
         Command::BenchSpec(a) => cmd_bench_spec(&a),
         Command::Tokenize(a) => cmd_tokenize(&a),
         Command::RandomDrafter(a) => cmd_random_drafter(&a),
+        Command::TraceArms(a) => cmd_trace_arms(&a),
+        Command::ReplayPolicy(a) => cmd_replay_policy(&a),
     }
+}
+
+/// `specblock trace-arms`.
+fn cmd_trace_arms(a: &TraceArmsArgs) -> Result<()> {
+    use specblock::drafter::DrafterKind;
+    let (kind, default_dir) = match a.method.as_str() {
+        "eagle3" => (DrafterKind::Eagle3, DEFAULT_EAGLE3_DRAFTER),
+        _ => (DrafterKind::SpecBlock, DEFAULT_SPECBLOCK_DRAFTER),
+    };
+    let dir = a
+        .drafter
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(default_dir));
+    let prompts = specblock_engine::evaluate::read_prompts(&a.prompts, a.limit)?;
+    let (model, gguf) = load_model(&a.model)?;
+    let tok = specblock_engine::tokenizer::Tokenizer::from_gguf(&gguf)?;
+    let drafter = specblock_engine::generate::load_drafter(&model, &dir, kind, a.model.bf16)?;
+    let encoded: Vec<(String, Vec<u32>)> = prompts
+        .iter()
+        .map(|p| {
+            let text = tok.apply_chat_template(&[("user", p.text.as_str())], true);
+            (p.id.clone(), tok.encode(&text, true))
+        })
+        .collect();
+    let cfg = specblock_engine::trace::RecordConfig {
+        prompts: &encoded,
+        method: &a.method,
+        max_tokens: a.max_tokens.max_tokens,
+        eos: tok.eos(),
+        about: serde_json::json!({"prompts": a.prompts.display().to_string(),
+            "drafter": dir.display().to_string(), "bf16": a.model.bf16,
+            "max_tokens": a.max_tokens.max_tokens}),
+    };
+    let v = specblock_engine::trace::record_all(&model, &drafter, &cfg)?;
+    std::fs::write(&a.out, serde_json::to_string(&v).unwrap_or_default())
+        .map_err(|e| Error::Io(format!("{}: {e}", a.out.display())))?;
+    println!("{}", a.out.display());
+    Ok(())
+}
+
+/// `specblock replay-policy`.
+fn cmd_replay_policy(a: &ReplayPolicyArgs) -> Result<()> {
+    let text = std::fs::read_to_string(&a.trace)
+        .map_err(|e| Error::Io(format!("trace {}: {e}", a.trace.display())))?;
+    let method: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::Format(format!("trace {}: {e}", a.trace.display())))?;
+    let eagle3 = method["method"].as_str() == Some("eagle3");
+    let arms = specblock::drafter::default_arms(eagle3);
+    let replay = specblock_engine::trace::read_json(&a.trace, arms)?;
+    let mut params = specblock::adapt::PolicyParams::default();
+    if let Some(c) = a.exploration {
+        params.exploration = c;
+    }
+    if let Some(g) = a.discount {
+        params.discount = g;
+    }
+    if !(a.noise >= 0.0 && a.noise < 2.0) || a.seeds == 0 {
+        return Err(Error::InvalidArgument(
+            "--noise must be in [0, 2) and --seeds >= 1".into(),
+        ));
+    }
+    print!(
+        "{}",
+        specblock_engine::trace::replay_report(&replay, arms, params, a.seeds, a.noise)?
+    );
+    Ok(())
 }
 
 /// The command line of [`Cli`], where in every subcommand an option given twice takes its last value

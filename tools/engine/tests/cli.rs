@@ -40,6 +40,8 @@ fn help_lists_subcommands_and_each_subcommand_has_its_own() {
             "bench-spec",
             "tokenize",
             "random-drafter",
+            "trace-arms",
+            "replay-policy",
         ] {
             assert!(text.contains(sub), "{args:?} lists {sub}: {text}");
         }
@@ -55,6 +57,11 @@ fn help_lists_subcommands_and_each_subcommand_has_its_own() {
         ),
         ("fetch-model", &["--models-dir"]),
         ("datagen", &["--answers", "--batch", "--target-tokens"]),
+        (
+            "trace-arms",
+            &["--prompts", "--method", "--drafter", "--out"],
+        ),
+        ("replay-policy", &["--trace", "--seeds", "--noise"]),
     ] {
         let out = specblock(&[sub, "--help"]);
         assert!(out.status.success(), "{sub} --help");
@@ -228,4 +235,87 @@ fn prompt_file_runs_every_method_with_identical_greedy_answers() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.jsonl:1"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn trace_arms_then_replay_policy() {
+    let Some(model) = support::model_path("trace_arms_then_replay_policy") else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("sb-trace-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let prompts = dir.join("prompts.jsonl");
+    std::fs::write(
+        &prompts,
+        "{\"id\": \"a\", \"prompt\": \"Count from one to ten.\"}\n",
+    )
+    .unwrap();
+    let trace = dir.join("trace.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_specblock"))
+        .args([
+            "trace-arms",
+            "--bf16",
+            "--max-tokens",
+            "16",
+            "--method",
+            "eagle3",
+        ])
+        .arg("--drafter")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../models/drafters/eagle3"
+        ))
+        .arg("--model")
+        .arg(&model)
+        .arg("--prompts")
+        .arg(&prompts)
+        .arg("--out")
+        .arg(&trace)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&trace).unwrap()).unwrap();
+    assert_eq!(v["method"], "eagle3");
+    assert_eq!(v["arms"][0], "ar");
+    let seq = &v["sequences"][0];
+    let len = seq["len"].as_u64().unwrap() as usize;
+    assert!(len > 1);
+    assert_eq!(seq["accepted"][1].as_array().unwrap().len(), len - 1);
+
+    let replay = |file: &std::path::Path| {
+        Command::new(env!("CARGO_BIN_EXE_specblock"))
+            .args(["replay-policy", "--seeds", "2", "--trace"])
+            .arg(file)
+            .output()
+            .unwrap()
+    };
+    let out = replay(&trace);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("best") && text.contains("of the best static"),
+        "{text}"
+    );
+
+    // A trace cut short is refused with a message, not a panic.
+    let mut bad = v.clone();
+    bad["sequences"][0]["accepted"][1]
+        .as_array_mut()
+        .unwrap()
+        .pop();
+    let bad_file = dir.join("bad.json");
+    std::fs::write(&bad_file, bad.to_string()).unwrap();
+    let out = replay(&bad_file);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("trace"));
+    let _ = std::fs::remove_dir_all(&dir);
 }

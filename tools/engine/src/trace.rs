@@ -1,0 +1,410 @@
+//! Arm traces of real answers (`specblock trace-arms`) and policy replays over them (`specblock
+//! replay-policy`), the library's [`specblock::adapt::replay`] fed by this engine.
+//!
+//! A trace is recorded per prompt: plain greedy decoding gives the answer; one prefill over prompt and
+//! answer gives the target's features at every position; then, for each drafting arm, a fixed-shape
+//! session drafts at every position `p`, the tree is walked against the answer (greedy verification
+//! accepts exactly the path that matches it, since the target's argmax at a matching node is the
+//! answer's next token), and the position is committed as a fully rejected iteration would commit it
+//! (the root's features and the answer's token as the bonus). The drafter's context at `p` is the
+//! same whichever iterations led there, so each (arm, position) is drafted once. Timings: each arm's
+//! mean drafting seconds per iteration and the verification cost by rows, measured at the end; both
+//! need an idle machine, the acceptance does not.
+
+use std::path::Path;
+use std::time::Instant;
+
+use serde_json::{Value, json};
+use specblock::adapt::replay::{ArmTrace, Replay, SequenceTrace};
+use specblock::adapt::{Arm, Shape};
+use specblock::drafter::AnyDrafter;
+use specblock::tree::{DraftTree, TreeParams};
+use specblock::verify::{self, Sampling};
+
+use crate::error::{Error, Result};
+use crate::evaluate::arm_label;
+use crate::generate::new_speculator;
+use crate::model::{Capture, Llama, Logits, Mask, Segment};
+use crate::speculate::DraftSession;
+
+/// One answer's trace: per arm (in `arms` order) what an iteration starting at each position
+/// accepts and verifies, and the seconds the drafting arms spent.
+pub struct Recorded {
+    /// The answer's tokens (plain greedy decoding; the prefill's first token included).
+    pub answer: Vec<u32>,
+    /// The library's form: per arm, `None` for plain decoding.
+    pub trace: SequenceTrace,
+    /// Per arm: (drafting seconds, iterations) spent recording it.
+    pub draft: Vec<(f64, usize)>,
+}
+
+/// Records every arm of `arms` over the greedy answer to `prompt` (token ids, chat template applied)
+/// of up to `max_tokens` tokens, stopping after `eos`.
+pub fn record(
+    model: &Llama,
+    drafter: &AnyDrafter,
+    arms: &[Arm],
+    prompt: &[u32],
+    max_tokens: usize,
+    eos: Option<u32>,
+) -> Result<Recorded> {
+    let greedy = Sampling {
+        temperature: 0.0,
+        top_k: 0,
+        top_p: 1.0,
+    };
+    let mut answer = Vec::new();
+    crate::decode::generate_ids(model, prompt, max_tokens, &greedy, 0, eos, |t| {
+        answer.push(t)
+    })?;
+    let cfg = model.config();
+    let fw = 3 * cfg.hidden;
+    let cap = Capture {
+        layers: drafter.aux_layers(cfg.n_layers)?,
+        final_hidden: false,
+    };
+    // The target's features at every position but the answer's last (never fed).
+    let fed: Vec<u32> = prompt
+        .iter()
+        .chain(&answer[..answer.len() - 1])
+        .copied()
+        .collect();
+    let mut kv = model.new_cache(fed.len());
+    let pos: Vec<u32> = (0..fed.len() as u32).collect();
+    let feats = model
+        .forward(
+            Segment {
+                kv: &mut kv,
+                tokens: &fed,
+                positions: &pos,
+                mask: Mask::Causal,
+                logits: Logits::None,
+            },
+            &cap,
+        )?
+        .features;
+    let embed = model.embedding();
+    let n = answer.len();
+    let mut tree = DraftTree::new(TreeParams {
+        max_nodes: 4096,
+        max_depth: 64,
+    })?;
+    let mut trace = SequenceTrace {
+        len: n,
+        arms: Vec::with_capacity(arms.len()),
+    };
+    let mut draft = Vec::with_capacity(arms.len());
+    for arm in arms {
+        if arm.shape == Shape::Plain {
+            trace.arms.push(None);
+            draft.push((0.0, 0));
+            continue;
+        }
+        let mut spec = new_speculator(drafter, prompt.len() + n + 1, std::slice::from_ref(arm))?;
+        let mut chain = prompt.to_vec();
+        chain.push(answer[0]);
+        spec.prefill(embed, &feats[..prompt.len() * fw], &chain)?;
+        let mut t = ArmTrace::default();
+        let mut seconds = 0.0;
+        for p in 1..n {
+            let clock = Instant::now();
+            DraftSession::draft(&mut spec, embed, &mut tree)?;
+            seconds += clock.elapsed().as_secs_f64();
+            // The target's argmax at a node on the answer's path is the answer's next token; off it,
+            // nothing matches.
+            let argmax: Vec<i32> = tree
+                .depths()
+                .iter()
+                .map(|&d| answer.get(p + d as usize).map_or(i32::MAX, |&x| x as i32))
+                .collect();
+            let acc = verify::greedy(&tree, &argmax)?;
+            t.accepted.push(acc.n_accepted.min(u8::MAX as u32) as u8);
+            t.rows.push(tree.len().min(u16::MAX as usize) as u16);
+            let root = prompt.len() + p - 1;
+            let clock = Instant::now();
+            DraftSession::commit(
+                &mut spec,
+                embed,
+                &[],
+                answer[p],
+                &feats[root * fw..(root + 1) * fw],
+            )?;
+            seconds += clock.elapsed().as_secs_f64();
+            DraftSession::feedback(&mut spec, tree.len() as u32, 1, 0.0)?;
+        }
+        draft.push((seconds, n - 1));
+        trace.arms.push(Some(t));
+    }
+    Ok(Recorded {
+        answer,
+        trace,
+        draft,
+    })
+}
+
+/// The trace file: method, arm labels, timings and sequences (see [`write_json`]).
+pub fn to_json(method: &str, arms: &[Arm], replay: &Replay, ids: &[String], extra: Value) -> Value {
+    let seqs: Vec<Value> = replay
+        .sequences
+        .iter()
+        .zip(ids)
+        .map(|(s, id)| {
+            let acc: Vec<Value> = s
+                .arms
+                .iter()
+                .map(|t| t.as_ref().map_or(json!([]), |t| json!(t.accepted)))
+                .collect();
+            let rows: Vec<Value> = s
+                .arms
+                .iter()
+                .map(|t| t.as_ref().map_or(json!([]), |t| json!(t.rows)))
+                .collect();
+            json!({"id": id, "len": s.len, "accepted": acc, "rows": rows})
+        })
+        .collect();
+    json!({
+        "method": method,
+        "arms": arms.iter().map(arm_label).collect::<Vec<_>>(),
+        "draft_seconds": replay.draft_s,
+        "verify_seconds": replay.verify_s.iter().map(|&(r, s)| json!([r, s])).collect::<Vec<_>>(),
+        "recording": extra,
+        "sequences": seqs,
+    })
+}
+
+/// Reads a trace file written by `specblock trace-arms` for the arms `arms` (their labels must match
+/// the file's, in order).
+pub fn read_json(path: &Path, arms: &[Arm]) -> Result<Replay> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::Io(format!("trace {}: {e}", path.display())))?;
+    let v: Value = serde_json::from_str(&text)
+        .map_err(|e| Error::Format(format!("trace {}: {e}", path.display())))?;
+    let bad = |what: &str| Error::Format(format!("trace {}: {what}", path.display()));
+    let labels: Vec<String> = arms.iter().map(arm_label).collect();
+    let file_labels: Vec<&str> = v["arms"]
+        .as_array()
+        .ok_or_else(|| bad("no \"arms\" array"))?
+        .iter()
+        .map(|x| x.as_str().unwrap_or_default())
+        .collect();
+    if file_labels != labels {
+        return Err(bad(&format!(
+            "arms {file_labels:?} are not this build's {labels:?} (record it again)"
+        )));
+    }
+    let floats =
+        |x: &Value| -> Option<Vec<f64>> { x.as_array()?.iter().map(Value::as_f64).collect() };
+    let draft_s = floats(&v["draft_seconds"]).ok_or_else(|| bad("\"draft_seconds\""))?;
+    let verify_s = v["verify_seconds"]
+        .as_array()
+        .and_then(|a| {
+            a.iter()
+                .map(|p| Some((u32::try_from(p[0].as_u64()?).ok()?, p[1].as_f64()?)))
+                .collect::<Option<Vec<_>>>()
+        })
+        .ok_or_else(|| bad("\"verify_seconds\" must be [[rows, seconds], ...]"))?;
+    let ints = |x: &Value, max: u64| -> Option<Vec<u64>> {
+        x.as_array()?
+            .iter()
+            .map(|e| e.as_u64().filter(|&u| u <= max))
+            .collect()
+    };
+    let mut sequences = Vec::new();
+    for (k, s) in v["sequences"]
+        .as_array()
+        .ok_or_else(|| bad("no \"sequences\" array"))?
+        .iter()
+        .enumerate()
+    {
+        let what = format!("sequence {k}: \"len\", and per arm \"accepted\" and \"rows\"");
+        let len = s["len"].as_u64().ok_or_else(|| bad(&what))? as usize;
+        let (acc, rows) = (s["accepted"].as_array(), s["rows"].as_array());
+        let (Some(acc), Some(rows)) = (acc, rows) else {
+            return Err(bad(&what));
+        };
+        if acc.len() != arms.len() || rows.len() != arms.len() {
+            return Err(bad(&what));
+        }
+        let mut traces = Vec::with_capacity(arms.len());
+        for ((arm, a), r) in arms.iter().zip(acc).zip(rows) {
+            if arm.shape == Shape::Plain {
+                traces.push(None);
+                continue;
+            }
+            let a = ints(a, u8::MAX as u64).ok_or_else(|| bad(&what))?;
+            let r = ints(r, u16::MAX as u64).ok_or_else(|| bad(&what))?;
+            traces.push(Some(ArmTrace {
+                accepted: a.into_iter().map(|x| x as u8).collect(),
+                rows: r.into_iter().map(|x| x as u16).collect(),
+            }));
+        }
+        sequences.push(SequenceTrace { len, arms: traces });
+    }
+    let replay = Replay {
+        draft_s,
+        verify_s,
+        sequences,
+    };
+    replay.validate(arms).map_err(|e| bad(&format!("{e:?}")))?;
+    Ok(replay)
+}
+
+/// What `specblock trace-arms` records.
+pub struct RecordConfig<'a> {
+    /// The prompts' ids and token ids (chat template applied).
+    pub prompts: &'a [(String, Vec<u32>)],
+    /// `"specblock"` or `"eagle3"`: which default arm ladder.
+    pub method: &'a str,
+    /// Most answer tokens.
+    pub max_tokens: usize,
+    /// The end-of-turn token.
+    pub eos: Option<u32>,
+    /// Stored with the trace (drafter, prompt file, weights).
+    pub about: Value,
+}
+
+/// Records the default arms of `cfg.method` over every prompt, then measures the verification cost
+/// by rows; returns the trace file's JSON. Progress goes to stderr.
+pub fn record_all(model: &Llama, drafter: &AnyDrafter, cfg: &RecordConfig) -> Result<Value> {
+    let arms = specblock::drafter::default_arms(cfg.method == "eagle3");
+    let mut replay = Replay {
+        draft_s: vec![0.0; arms.len()],
+        ..Replay::default()
+    };
+    let mut draft = vec![(0.0, 0usize); arms.len()];
+    let mut ids = Vec::new();
+    let started = Instant::now();
+    for (k, (id, prompt)) in cfg.prompts.iter().enumerate() {
+        let r = record(model, drafter, arms, prompt, cfg.max_tokens, cfg.eos)?;
+        for (total, (s, n)) in draft.iter_mut().zip(&r.draft) {
+            total.0 += s;
+            total.1 += n;
+        }
+        eprintln!(
+            "trace-arms: {}/{} {id}: {} tokens, {:.0} s so far",
+            k + 1,
+            cfg.prompts.len(),
+            r.answer.len(),
+            started.elapsed().as_secs_f64()
+        );
+        replay.sequences.push(r.trace);
+        ids.push(id.clone());
+    }
+    for (d, (s, n)) in replay.draft_s.iter_mut().zip(&draft) {
+        *d = if *n > 0 { s / *n as f64 } else { 0.0 };
+    }
+    let most_rows = replay
+        .sequences
+        .iter()
+        .flat_map(|s| s.arms.iter().flatten())
+        .flat_map(|t| t.rows.iter().copied())
+        .max()
+        .unwrap_or(1) as usize;
+    let mut ns: Vec<usize> = [
+        1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 13, 17, 21, 25, 33, 41, 49, 60, 65, 80, 91,
+    ]
+    .into_iter()
+    .filter(|&n| n < most_rows)
+    .collect();
+    ns.push(most_rows);
+    ns.dedup();
+    let mean_prompt =
+        cfg.prompts.iter().map(|p| p.1.len()).sum::<usize>() / cfg.prompts.len().max(1);
+    let ms = crate::bench::verify_ms(model, mean_prompt + cfg.max_tokens / 2, &ns, 5)?;
+    replay.verify_s = ns
+        .iter()
+        .zip(&ms)
+        .map(|(&n, &m)| (n as u32, m / 1e3))
+        .collect();
+    eprintln!(
+        "trace-arms: verification ms by rows {:?}: {:?}",
+        ns,
+        ms.iter()
+            .map(|m| (m * 10.0).round() / 10.0)
+            .collect::<Vec<_>>()
+    );
+    Ok(to_json(cfg.method, arms, &replay, &ids, cfg.about.clone()))
+}
+
+/// What `specblock replay-policy` reports: every arm's static speed over the trace, the best one, and
+/// the default policy's speed over `seeds` timing-noise seeds, as text.
+pub fn replay_report(
+    replay: &Replay,
+    arms: &[Arm],
+    params: specblock::adapt::PolicyParams,
+    seeds: u64,
+    noise: f64,
+) -> Result<String> {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let plain = arms.iter().position(|a| a.shape == Shape::Plain);
+    let statics: Vec<f64> = (0..arms.len())
+        .map(|a| replay.static_throughput(a))
+        .collect();
+    let (best, best_tps) = replay.best_static();
+    let base = plain.map_or(best_tps, |p| statics[p]);
+    let tokens: usize = replay
+        .sequences
+        .iter()
+        .map(|s| s.len.saturating_sub(1))
+        .sum();
+    let _ = writeln!(
+        out,
+        "{} answers, {tokens} tokens after the first; static arms (tok/s, x plain):",
+        replay.sequences.len()
+    );
+    for (a, tps) in statics.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "  {:<22} {tps:8.1}  {:.3}{}",
+            arm_label(&arms[a]),
+            tps / base,
+            if a == best { "  best" } else { "" }
+        );
+    }
+    let mut ratios = Vec::new();
+    let mut shares = vec![0u64; arms.len()];
+    for seed in 0..seeds {
+        let mut policy = specblock::adapt::Policy::new(arms, params)?;
+        let run = replay.run(&mut policy, noise, seed)?;
+        let n = run.trace.len();
+        ratios.push(run.tokens_per_second(0, n) / best_tps);
+        for (s, p) in shares.iter_mut().zip(run.pulls_after(0)) {
+            *s += p;
+        }
+    }
+    let mean = ratios.iter().sum::<f64>() / ratios.len().max(1) as f64;
+    let min = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+    let total: u64 = shares.iter().sum::<u64>().max(1);
+    let mut used: Vec<(usize, u64)> = shares
+        .iter()
+        .copied()
+        .enumerate()
+        .filter(|x| x.1 > 0)
+        .collect();
+    used.sort_by_key(|x| std::cmp::Reverse(x.1));
+    let used: Vec<String> = used
+        .iter()
+        .take(5)
+        .map(|&(a, s)| {
+            format!(
+                "{} {:.0}%",
+                arm_label(&arms[a]),
+                100.0 * s as f64 / total as f64
+            )
+        })
+        .collect();
+    let _ = writeln!(
+        out,
+        "policy (exploration {}, discount {}), {seeds} seeds, {:.0}% timing noise: {:.3} of the best \
+         static (min {:.3}), {:.3}x plain; arms: {}",
+        params.exploration,
+        params.discount,
+        noise * 100.0,
+        mean,
+        min,
+        mean * best_tps / base,
+        used.join(", ")
+    );
+    Ok(out)
+}
