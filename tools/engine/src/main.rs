@@ -402,6 +402,11 @@ struct ReplayPolicyArgs {
     /// Relative timing noise (uniform; 0.1 = +-5%)
     #[arg(long, value_name = "X", default_value_t = 0.1)]
     noise: f64,
+    /// Take the drafting and verification times from this trace instead (the same method's arms):
+    /// acceptance is a property of the drafter and the text, timings of the machine, so a long trace
+    /// recorded beside other work can be timed by a short one recorded on an idle machine
+    #[arg(long, value_name = "FILE")]
+    timings: Option<PathBuf>,
     /// The policy's exploration width (default: the library's)
     #[arg(long, value_name = "C")]
     exploration: Option<f64>,
@@ -939,7 +944,12 @@ fn cmd_replay_policy(a: &ReplayPolicyArgs) -> Result<()> {
         .map_err(|e| Error::Format(format!("trace {}: {e}", a.trace.display())))?;
     let eagle3 = method["method"].as_str() == Some("eagle3");
     let arms = specblock::drafter::default_arms(eagle3);
-    let replay = specblock_engine::trace::read_json(&a.trace, arms)?;
+    let mut replay = specblock_engine::trace::read_json(&a.trace, arms)?;
+    if let Some(path) = &a.timings {
+        let timed = specblock_engine::trace::read_json(path, arms)?;
+        replay.draft_s = timed.draft_s;
+        replay.verify_s = timed.verify_s;
+    }
     let mut params = specblock::adapt::PolicyParams::default();
     if let Some(c) = a.exploration {
         params.exploration = c;

@@ -61,7 +61,10 @@ fn help_lists_subcommands_and_each_subcommand_has_its_own() {
             "trace-arms",
             &["--prompts", "--method", "--drafter", "--out"],
         ),
-        ("replay-policy", &["--trace", "--seeds", "--noise"]),
+        (
+            "replay-policy",
+            &["--trace", "--seeds", "--noise", "--timings"],
+        ),
     ] {
         let out = specblock(&[sub, "--help"]);
         assert!(out.status.success(), "{sub} --help");
