@@ -302,7 +302,8 @@ train-test: train-venv
 ## train-specblock / train-eagle3: continue training the committed drafter (models/drafters/NAME) for
 ## TRAIN_MINUTES of wall clock on the datagen shards, under torchrun with TRAIN_PROCS processes (DDP: gloo on
 ## CPUs, nccl on GPUs). A run warm-starts from the committed weights (or resumes runs/NAME/ckpt.pt when one
-## exists: an interrupted run continues where it stopped; checkpoints every 5 minutes and on SIGINT/SIGTERM),
+## exists: an interrupted run continues where it stopped, after a finished one a new run keeps its optimizer moments;
+## checkpoints every 5 minutes and on SIGINT/SIGTERM),
 ## evaluates held-out per-slot accuracy every TRAIN_EVAL_MINUTES, appends each evaluation to
 ## models/drafters/NAME/curve.jsonl (+ curve.svg), and writes the weights back only when the held-out
 ## acceptance proxy improves. Commit models/drafters/NAME afterwards. The draft vocabulary is the committed

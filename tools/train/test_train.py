@@ -651,6 +651,39 @@ def test_time_budget_warm_start_and_best_export(method, tmp_path, capsys):
         assert all(torch.equal(again[k], v) for k, v in exported.items()), "not improved: weights kept"
 
 
+def test_a_finished_run_is_continued_by_a_new_run_with_its_optimizer_moments(tmp_path, capsys):
+    """`make train-*` passes --resume whenever OUT/ckpt.pt exists. An interrupted run continues; after a run
+    that finished, a new run (new budget and schedule) starts from the --init-from weights and keeps the
+    optimizer's moments, so the warm start does not pay for re-estimating them."""
+    d = tmp_path / "data"
+    d.mkdir()
+    write_datagen(str(d))
+    common = _cli_common(tmp_path, "eagle3", d) + ["--out", str(tmp_path / "run"), "--eval-every", "100"]
+    best = tmp_path / "drafter"
+    train.main(common + ["--steps", "2", "--export-best", str(best)])
+    first = torch.load(tmp_path / "run" / "ckpt.pt", weights_only=False)
+    assert first["run"]["finished"] and train.run_finished(first)
+    capsys.readouterr()
+    train.main(common + ["--steps", "3", "--resume", "--init-from", str(best), "--export-best", str(best),
+                         "--vocab", "/nonexistent"])
+    out = capsys.readouterr().out
+    assert "is of a finished run" in out and "optimizer moments from" in out, out
+    second = torch.load(tmp_path / "run" / "ckpt.pt", weights_only=False)
+    # A new run of 3 steps whose moments have seen the first run's 2 (a continued run would be at 3).
+    steps = [float(s["step"]) for s in second["opt"]["state"].values()]
+    assert second["run"]["step"] == 3 and steps and all(x == 2 + 3 for x in steps), steps
+    # Interrupted (not finished): --resume continues the same run.
+    second["run"]["finished"] = False
+    torch.save(second, tmp_path / "run" / "ckpt.pt")
+    train.main(common + ["--steps", "4", "--resume", "--init-from", str(best), "--vocab", "/nonexistent"])
+    third = torch.load(tmp_path / "run" / "ckpt.pt", weights_only=False)
+    steps = [float(s["step"]) for s in third["opt"]["state"].values()]
+    assert third["run"]["step"] == 4 and all(x == 2 + 4 for x in steps), steps
+    # Checkpoints from before the mark: finished when the budget they started with was spent.
+    assert train.run_finished({"run": {"elapsed": 600.0}, "args": {"minutes": 10}})
+    assert not train.run_finished({"run": {"elapsed": 300.0, "step": 5}, "args": {"minutes": 10}})
+
+
 def test_model_card_section_is_regenerated(tmp_path):
     import model_card
     import run_state

@@ -13,7 +13,10 @@ or linear decay to `--min-lr` x peak) runs over whichever budget ends first, mea
 Continuing across runs: `--init-from DIR` warm-starts from an exported drafter (its weights, and its draft
 vocabulary, which then overrides --vocab); `--resume` continues this run from OUT/ckpt.pt (written every
 --ckpt-minutes, every --ckpt-every steps, at the end, and on SIGINT/SIGTERM), with its schedule, step,
-elapsed time and best metric. `--export-best DIR` evaluates the starting weights, then after every held-out
+elapsed time and best metric; when that run had finished (its budget spent) and --init-from is given, a new
+run starts from the --init-from weights with the checkpoint's optimizer moments instead (`--resume-optimizer`
+asks for that explicitly), so that a warm restart does not re-estimate Adam's moments from scratch. Each run
+shuffles the data its own way. `--export-best DIR` evaluates the starting weights, then after every held-out
 evaluation (every --eval-every steps or --eval-minutes) appends the point to DIR/curve.jsonl, and writes
 the weights into DIR (config.json, model.safetensors) only when the acceptance proxy beats the best so far;
 DIR/training_state.json counts the tokens seen over all runs, and DIR/curve.svg plots the curve.
@@ -268,6 +271,17 @@ def switch_state(v, acc1: float | None) -> bool:
     return acc1 is not None and acc1 >= v
 
 
+def run_finished(ck) -> bool:
+    """Whether a checkpoint's run ended by its budget (not interrupted): marked at the end, or, for checkpoints
+    written before the mark, its elapsed time or steps reached the budget it was started with."""
+    run, a = ck.get("run", {}), ck.get("args", {})
+    if "finished" in run:
+        return bool(run["finished"])
+    by_time = a.get("minutes") and run.get("elapsed", 0) >= a["minutes"] * 60 - 1
+    by_steps = a.get("steps") and run.get("step", 0) >= a["steps"]
+    return bool(by_time or by_steps)
+
+
 def parser():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--method", choices=["specblock", "eagle3"], required=True)
@@ -323,6 +337,10 @@ def parser():
                     help="rms: train on per-dimension standardised target features, the first projection's "
                          "weights rescaled to match and folded back on export (feature_scale.py); off: raw")
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--resume-optimizer", action="store_true",
+                    help="a new run (new budget and schedule) from the --init-from weights, with the optimizer's "
+                         "moments of OUT/ckpt.pt (the last run's): skips the re-estimation of Adam's moments that "
+                         "costs every warm restart a dip")
     ap.add_argument("--export", default=None, metavar="DIR", help="export the final weights here")
     ap.add_argument("--export-best", default=None, metavar="DIR",
                     help="drafter directory to keep the best weights, the learning curve and the state in")
@@ -418,17 +436,34 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     ckpt_path = os.path.join(args.out, "ckpt.pt")
     ck = None
-    if args.resume and os.path.exists(ckpt_path):
+    if (args.resume or args.resume_optimizer) and os.path.exists(ckpt_path):
         ck = torch.load(ckpt_path, map_location=device, weights_only=False)
         if ck["method"] != args.method:
             sys.exit(f"{ckpt_path} is a {ck['method']} checkpoint, not {args.method}")
+    # --resume-optimizer, or --resume after a run that finished: a new run from --init-from that takes only
+    # the last run's optimizer moments (and the feature scale they were computed under).
+    moments, scale = None, None
+    new_run = args.resume_optimizer and not args.resume
+    if args.resume and ck is not None and run_finished(ck) and args.init_from:
+        log(f"{ckpt_path} is of a finished run: a new run from {args.init_from} with its optimizer moments")
+        new_run = True
+    if new_run:
+        if ck is None:
+            log(f"--resume-optimizer: no {ckpt_path}; the optimizer starts fresh")
+        elif not args.init_from:
+            sys.exit("--resume-optimizer needs --init-from (the weights to start from)")
+        else:
+            moments, ck = ck, None
+            if moments.get("feature_scale") is not None:
+                scale = moments["feature_scale"].to(device)
+                feature_scale.to_training(model, args.method, scale)
+                log("feature scale: the last run's (its optimizer moments were computed under it)")
     # The scale a run starts with stays for the whole run: its checkpoints hold weights in that form, and a
     # checkpoint written without a scale (raw form, or a run from before feature_scale.py) resumes raw.
-    scale = None
     if ck is not None:
         if ck.get("feature_scale") is not None:
             scale = ck["feature_scale"].to(device)
-    elif args.feature_scale == "rms" and ds.train:
+    elif moments is None and args.feature_scale == "rms" and ds.train:
         scale = feature_scale.estimate(ds.load(w) for w in ds.train[:64]).to(device)
         feature_scale.to_training(model, args.method, scale)
         log(f"feature scale: per-dimension RMS of {min(64, len(ds.train))} windows, "
@@ -449,6 +484,9 @@ def main(argv=None):
         opt.load_state_dict(ck["opt"])
         run.update(ck["run"])
         log(f"resumed from {ckpt_path} at step {run['step']} ({run['elapsed'] / 60:.1f} min of this run done)")
+    elif moments is not None:
+        opt.load_state_dict(moments["opt"])
+        log(f"optimizer moments from {ckpt_path} (its run's step {moments['run']['step']}); a new run and schedule")
 
     def save():
         if not dist.main:
@@ -527,7 +565,9 @@ def main(argv=None):
         last_acc1 = r[0][0] if r else None
     stop = Stop()
     stop.install()
-    stream = ds.batches(args.batch, args.seed, run["step"])
+    # Each run its own shuffle (its first steps would otherwise repeat every earlier run's), fixed within a
+    # run so that an interrupted one resumes the same order.
+    stream = ds.batches(args.batch, args.seed + run["base_steps"], run["step"])
     t_start = time.time() - run["elapsed"]
     t_log = time.time()
     tok_log = 0
@@ -619,6 +659,7 @@ def main(argv=None):
     run["elapsed"] = time.time() - t_start
     if run["step"] > 0 and not stop.requested and run["step"] % args.eval_every != 0:
         eval_and_record(f"step {run['step']} (end)")
+    run["finished"] = not stop.requested
     save()
     if args.export and dist.main:
         export(model, args.export, fold=fold)

@@ -7,9 +7,9 @@
 //! accepts exactly the path that matches it, since the target's argmax at a matching node is the
 //! answer's next token), and the position is committed as a fully rejected iteration would commit it
 //! (the root's features and the answer's token as the bonus). The drafter's context at `p` is the
-//! same whichever iterations led there, so each (arm, position) is drafted once. Timings: each arm's
-//! mean drafting seconds per iteration and the verification cost by rows, measured at the end; both
-//! need an idle machine, the acceptance does not.
+//! same whichever iterations led there, so each (arm, position) is drafted once. Timings come from real
+//! fixed-shape decoding of the first prompts with each arm ([`measure_timings`]); they need an idle
+//! machine, the acceptance does not.
 
 use std::path::Path;
 use std::time::Instant;
@@ -22,20 +22,21 @@ use specblock::tree::{DraftTree, TreeParams};
 use specblock::verify::{self, Sampling};
 
 use crate::error::{Error, Result};
+
+/// The library's result, which [`DraftSession`] methods return.
+type LibResult<T> = core::result::Result<T, specblock::Error>;
 use crate::evaluate::arm_label;
 use crate::generate::new_speculator;
 use crate::model::{Capture, Llama, Logits, Mask, Segment};
 use crate::speculate::DraftSession;
 
 /// One answer's trace: per arm (in `arms` order) what an iteration starting at each position
-/// accepts and verifies, and the seconds the drafting arms spent.
+/// accepts and verifies.
 pub struct Recorded {
     /// The answer's tokens (plain greedy decoding; the prefill's first token included).
     pub answer: Vec<u32>,
     /// The library's form: per arm, `None` for plain decoding.
     pub trace: SequenceTrace,
-    /// Per arm: (drafting seconds, iterations) spent recording it.
-    pub draft: Vec<(f64, usize)>,
 }
 
 /// Records every arm of `arms` over the greedy answer to `prompt` (token ids, chat template applied)
@@ -93,11 +94,9 @@ pub fn record(
         len: n,
         arms: Vec::with_capacity(arms.len()),
     };
-    let mut draft = Vec::with_capacity(arms.len());
     for arm in arms {
         if arm.shape == Shape::Plain {
             trace.arms.push(None);
-            draft.push((0.0, 0));
             continue;
         }
         let mut spec = new_speculator(drafter, prompt.len() + n + 1, std::slice::from_ref(arm))?;
@@ -105,11 +104,8 @@ pub fn record(
         chain.push(answer[0]);
         spec.prefill(embed, &feats[..prompt.len() * fw], &chain)?;
         let mut t = ArmTrace::default();
-        let mut seconds = 0.0;
         for p in 1..n {
-            let clock = Instant::now();
             DraftSession::draft(&mut spec, embed, &mut tree)?;
-            seconds += clock.elapsed().as_secs_f64();
             // The target's argmax at a node on the answer's path is the answer's next token; off it,
             // nothing matches.
             let argmax: Vec<i32> = tree
@@ -121,7 +117,6 @@ pub fn record(
             t.accepted.push(acc.n_accepted.min(u8::MAX as u32) as u8);
             t.rows.push(tree.len().min(u16::MAX as usize) as u16);
             let root = prompt.len() + p - 1;
-            let clock = Instant::now();
             DraftSession::commit(
                 &mut spec,
                 embed,
@@ -129,17 +124,11 @@ pub fn record(
                 answer[p],
                 &feats[root * fw..(root + 1) * fw],
             )?;
-            seconds += clock.elapsed().as_secs_f64();
             DraftSession::feedback(&mut spec, tree.len() as u32, 1, 0.0)?;
         }
-        draft.push((seconds, n - 1));
         trace.arms.push(Some(t));
     }
-    Ok(Recorded {
-        answer,
-        trace,
-        draft,
-    })
+    Ok(Recorded { answer, trace })
 }
 
 /// The trace file: method, arm labels, timings and sequences (see [`write_json`]).
@@ -263,23 +252,111 @@ pub struct RecordConfig<'a> {
     pub about: Value,
 }
 
-/// Records the default arms of `cfg.method` over every prompt, then measures the verification cost
-/// by rows; returns the trace file's JSON. Progress goes to stderr.
+/// Prompts whose real decoding times the arms (see [`measure_timings`]).
+const TIMED_PROMPTS: usize = 2;
+
+/// Forwards to a session and counts the rows of its drafts.
+struct RowCounter<'a, S: DraftSession> {
+    inner: &'a mut S,
+    rows: usize,
+}
+
+impl<S: DraftSession> DraftSession for RowCounter<'_, S> {
+    fn prefill(&mut self, e: &[f32], f: &[f32], t: &[u32]) -> LibResult<()> {
+        self.inner.prefill(e, f, t)
+    }
+    fn draft(&mut self, e: &[f32], tree: &mut DraftTree) -> LibResult<()> {
+        let r = self.inner.draft(e, tree);
+        self.rows += tree.len();
+        r
+    }
+    fn commit(&mut self, e: &[f32], a: &[u32], b: u32, f: &[f32]) -> LibResult<()> {
+        self.inner.commit(e, a, b, f)
+    }
+    fn feedback(&mut self, rows: u32, tokens: u32, verify_s: f64) -> LibResult<()> {
+        self.inner.feedback(rows, tokens, verify_s)
+    }
+    fn current_arm(&self) -> Option<usize> {
+        self.inner.current_arm()
+    }
+    fn aux_layers(&self, n: usize) -> LibResult<Vec<usize>> {
+        self.inner.aux_layers(n)
+    }
+}
+
+/// Each arm's real cost, timed as the benchmark times it: one fixed-shape greedy speculative run per
+/// arm over `prompts`. Returns per arm the drafting seconds per iteration (draft, commit, feedback: the
+/// commit's cost grows with the tokens accepted, which a trace's one-token commits would miss), and
+/// the verification cost by rows: each arm's mean rows (rounded) against its mean verification
+/// seconds per iteration (forward, acceptance, KV compaction), averaged where arms share a size.
+pub fn measure_timings(
+    model: &Llama,
+    drafter: &AnyDrafter,
+    arms: &[Arm],
+    prompts: &[(String, Vec<u32>)],
+    max_tokens: usize,
+    eos: Option<u32>,
+) -> Result<(Vec<f64>, Vec<(u32, f64)>)> {
+    let greedy = Sampling {
+        temperature: 0.0,
+        top_k: 0,
+        top_p: 1.0,
+    };
+    let max_entries = prompts.iter().map(|p| p.1.len()).max().unwrap_or(0) + max_tokens + 1;
+    let mut draft_s = Vec::with_capacity(arms.len());
+    let mut by_rows: Vec<(u32, f64, usize)> = Vec::new();
+    for arm in arms {
+        let mut spec = new_speculator(drafter, max_entries, std::slice::from_ref(arm))?;
+        let mut counter = RowCounter {
+            inner: &mut spec,
+            rows: 0,
+        };
+        let (mut draft, mut verify, mut iterations) = (0.0, 0.0, 0usize);
+        for (_, prompt) in prompts {
+            let st = crate::speculate::speculative_generate(
+                model,
+                &mut counter,
+                prompt,
+                max_tokens,
+                &greedy,
+                0,
+                eos,
+                |_| {},
+            )?;
+            draft += st.draft_s;
+            verify += st.verify_s;
+            iterations += st.iterations;
+        }
+        let n = iterations.max(1) as f64;
+        draft_s.push(if arm.shape == Shape::Plain { 0.0 } else { draft / n });
+        let rows = ((counter.rows as f64 / n).round() as u32).max(1);
+        match by_rows.iter_mut().find(|e| e.0 == rows) {
+            Some(e) => {
+                e.1 += verify / n;
+                e.2 += 1;
+            }
+            None => by_rows.push((rows, verify / n, 1)),
+        }
+    }
+    by_rows.sort_by_key(|e| e.0);
+    Ok((
+        draft_s,
+        by_rows.into_iter().map(|(r, s, k)| (r, s / k as f64)).collect(),
+    ))
+}
+
+/// Records the default arms of `cfg.method` over every prompt, then times each arm in real decoding
+/// of the first prompts ([`measure_timings`]); returns the trace file's JSON. Progress goes to stderr.
 pub fn record_all(model: &Llama, drafter: &AnyDrafter, cfg: &RecordConfig) -> Result<Value> {
     let arms = specblock::drafter::default_arms(cfg.method == "eagle3");
     let mut replay = Replay {
         draft_s: vec![0.0; arms.len()],
         ..Replay::default()
     };
-    let mut draft = vec![(0.0, 0usize); arms.len()];
     let mut ids = Vec::new();
     let started = Instant::now();
     for (k, (id, prompt)) in cfg.prompts.iter().enumerate() {
         let r = record(model, drafter, arms, prompt, cfg.max_tokens, cfg.eos)?;
-        for (total, (s, n)) in draft.iter_mut().zip(&r.draft) {
-            total.0 += s;
-            total.1 += n;
-        }
         eprintln!(
             "trace-arms: {}/{} {id}: {} tokens, {:.0} s so far",
             k + 1,
@@ -290,37 +367,17 @@ pub fn record_all(model: &Llama, drafter: &AnyDrafter, cfg: &RecordConfig) -> Re
         replay.sequences.push(r.trace);
         ids.push(id.clone());
     }
-    for (d, (s, n)) in replay.draft_s.iter_mut().zip(&draft) {
-        *d = if *n > 0 { s / *n as f64 } else { 0.0 };
-    }
-    let most_rows = replay
-        .sequences
-        .iter()
-        .flat_map(|s| s.arms.iter().flatten())
-        .flat_map(|t| t.rows.iter().copied())
-        .max()
-        .unwrap_or(1) as usize;
-    let mut ns: Vec<usize> = [
-        1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 13, 17, 21, 25, 33, 41, 49, 60, 65, 80, 91,
-    ]
-    .into_iter()
-    .filter(|&n| n < most_rows)
-    .collect();
-    ns.push(most_rows);
-    ns.dedup();
-    let mean_prompt =
-        cfg.prompts.iter().map(|p| p.1.len()).sum::<usize>() / cfg.prompts.len().max(1);
-    let ms = crate::bench::verify_ms(model, mean_prompt + cfg.max_tokens / 2, &ns, 5)?;
-    replay.verify_s = ns
-        .iter()
-        .zip(&ms)
-        .map(|(&n, &m)| (n as u32, m / 1e3))
-        .collect();
+    let timed = &cfg.prompts[..cfg.prompts.len().min(TIMED_PROMPTS)];
+    let (draft_s, verify_s) = measure_timings(model, drafter, arms, timed, cfg.max_tokens, cfg.eos)?;
+    replay.draft_s = draft_s;
+    replay.verify_s = verify_s;
     eprintln!(
-        "trace-arms: verification ms by rows {:?}: {:?}",
-        ns,
-        ms.iter()
-            .map(|m| (m * 10.0).round() / 10.0)
+        "trace-arms: drafting ms per iteration {:?}; verification ms by rows {:?}",
+        replay.draft_s.iter().map(|s| (s * 1e4).round() / 10.0).collect::<Vec<_>>(),
+        replay
+            .verify_s
+            .iter()
+            .map(|&(r, s)| (r, (s * 1e4).round() / 10.0))
             .collect::<Vec<_>>()
     );
     Ok(to_json(cfg.method, arms, &replay, &ids, cfg.about.clone()))
