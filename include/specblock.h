@@ -448,7 +448,7 @@ typedef struct sb_session_params {
    */
   float discount;
   /**
-   * Adaptive: width of the upper confidence bound in standard deviations (default 0.5; 0 = greedy).
+   * Adaptive: width of the upper confidence bound in standard deviations (default 0.35; 0 = greedy).
    */
   float exploration;
   /**

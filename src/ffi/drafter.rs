@@ -118,7 +118,7 @@ pub struct sb_session_params {
     pub min_confidence: f32,
     /// Adaptive: per-iteration decay of the policy's statistics, in (0, 1] (default 0.997).
     pub discount: f32,
-    /// Adaptive: width of the upper confidence bound in standard deviations (default 0.5; 0 = greedy).
+    /// Adaptive: width of the upper confidence bound in standard deviations (default 0.35; 0 = greedy).
     pub exploration: f32,
     /// Adaptive: the arms to choose from, `n_arms` of them (NULL = the default ladder for the drafter's
     /// kind). Read by `sb_session_new` only.
