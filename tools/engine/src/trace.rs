@@ -54,10 +54,20 @@ pub fn record(
         top_k: 0,
         top_p: 1.0,
     };
+    if prompt.is_empty() || max_tokens == 0 {
+        return Err(Error::InvalidArgument(
+            "trace-arms: an empty prompt or --max-tokens 0".into(),
+        ));
+    }
     let mut answer = Vec::new();
     crate::decode::generate_ids(model, prompt, max_tokens, &greedy, 0, eos, |t| {
         answer.push(t)
     })?;
+    if answer.is_empty() {
+        return Err(Error::Format(
+            "trace-arms: plain decoding gave no token".into(),
+        ));
+    }
     let cfg = model.config();
     let fw = 3 * cfg.hidden;
     let cap = Capture {
@@ -229,6 +239,9 @@ pub fn read_json(path: &Path, arms: &[Arm]) -> Result<Replay> {
         }
         sequences.push(SequenceTrace { len, arms: traces });
     }
+    if sequences.iter().all(|s| s.len < 2) {
+        return Err(bad("no answer longer than one token: nothing to replay"));
+    }
     let replay = Replay {
         draft_s,
         verify_s,
@@ -284,6 +297,14 @@ impl<S: DraftSession> DraftSession for RowCounter<'_, S> {
     }
 }
 
+/// Per arm, drafting seconds per iteration; verification seconds by rows, `(rows, seconds)` ascending.
+pub struct Timings {
+    /// Drafting, commit and feedback seconds per iteration of each arm (0 for plain decoding).
+    pub draft_s: Vec<f64>,
+    /// Verification seconds per iteration by rows verified.
+    pub verify_s: Vec<(u32, f64)>,
+}
+
 /// Each arm's real cost, timed as the benchmark times it: one fixed-shape greedy speculative run per
 /// arm over `prompts`. Returns per arm the drafting seconds per iteration (draft, commit, feedback: the
 /// commit's cost grows with the tokens accepted, which a trace's one-token commits would miss), and
@@ -296,7 +317,7 @@ pub fn measure_timings(
     prompts: &[(String, Vec<u32>)],
     max_tokens: usize,
     eos: Option<u32>,
-) -> Result<(Vec<f64>, Vec<(u32, f64)>)> {
+) -> Result<Timings> {
     let greedy = Sampling {
         temperature: 0.0,
         top_k: 0,
@@ -328,7 +349,11 @@ pub fn measure_timings(
             iterations += st.iterations;
         }
         let n = iterations.max(1) as f64;
-        draft_s.push(if arm.shape == Shape::Plain { 0.0 } else { draft / n });
+        draft_s.push(if arm.shape == Shape::Plain {
+            0.0
+        } else {
+            draft / n
+        });
         let rows = ((counter.rows as f64 / n).round() as u32).max(1);
         match by_rows.iter_mut().find(|e| e.0 == rows) {
             Some(e) => {
@@ -339,10 +364,13 @@ pub fn measure_timings(
         }
     }
     by_rows.sort_by_key(|e| e.0);
-    Ok((
+    Ok(Timings {
         draft_s,
-        by_rows.into_iter().map(|(r, s, k)| (r, s / k as f64)).collect(),
-    ))
+        verify_s: by_rows
+            .into_iter()
+            .map(|(r, s, k)| (r, s / k as f64))
+            .collect(),
+    })
 }
 
 /// Records the default arms of `cfg.method` over every prompt, then times each arm in real decoding
@@ -368,12 +396,16 @@ pub fn record_all(model: &Llama, drafter: &AnyDrafter, cfg: &RecordConfig) -> Re
         ids.push(id.clone());
     }
     let timed = &cfg.prompts[..cfg.prompts.len().min(TIMED_PROMPTS)];
-    let (draft_s, verify_s) = measure_timings(model, drafter, arms, timed, cfg.max_tokens, cfg.eos)?;
-    replay.draft_s = draft_s;
-    replay.verify_s = verify_s;
+    let timings = measure_timings(model, drafter, arms, timed, cfg.max_tokens, cfg.eos)?;
+    replay.draft_s = timings.draft_s;
+    replay.verify_s = timings.verify_s;
     eprintln!(
         "trace-arms: drafting ms per iteration {:?}; verification ms by rows {:?}",
-        replay.draft_s.iter().map(|s| (s * 1e4).round() / 10.0).collect::<Vec<_>>(),
+        replay
+            .draft_s
+            .iter()
+            .map(|s| (s * 1e4).round() / 10.0)
+            .collect::<Vec<_>>(),
         replay
             .verify_s
             .iter()

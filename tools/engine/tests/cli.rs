@@ -309,6 +309,39 @@ fn trace_arms_then_replay_policy() {
         "{text}"
     );
 
+    // Nothing to record or replay: a message, not a panic.
+    let out = Command::new(env!("CARGO_BIN_EXE_specblock"))
+        .args([
+            "trace-arms",
+            "--bf16",
+            "--max-tokens",
+            "0",
+            "--method",
+            "eagle3",
+        ])
+        .arg("--drafter")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../models/drafters/eagle3"
+        ))
+        .arg("--model")
+        .arg(&model)
+        .arg("--prompts")
+        .arg(&prompts)
+        .arg("--out")
+        .arg(dir.join("none.json"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--max-tokens 0"));
+    let mut empty = v.clone();
+    empty["sequences"] = serde_json::json!([]);
+    let empty_file = dir.join("empty.json");
+    std::fs::write(&empty_file, empty.to_string()).unwrap();
+    let out = replay(&empty_file);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing to replay"));
+
     // A trace cut short is refused with a message, not a panic.
     let mut bad = v.clone();
     bad["sequences"][0]["accepted"][1]
