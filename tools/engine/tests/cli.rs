@@ -253,29 +253,35 @@ fn trace_arms_then_replay_policy() {
         "{\"id\": \"a\", \"prompt\": \"Count from one to ten.\"}\n",
     )
     .unwrap();
+    // `specblock trace-arms` with the committed EAGLE-3 drafter, and `specblock replay-policy`.
+    let trace_arms = |max_tokens: &str, out: &std::path::Path| {
+        Command::new(env!("CARGO_BIN_EXE_specblock"))
+            .args(["trace-arms", "--bf16", "--method", "eagle3"])
+            .args(["--max-tokens", max_tokens])
+            .arg("--drafter")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../models/drafters/eagle3"
+            ))
+            .arg("--model")
+            .arg(&model)
+            .arg("--prompts")
+            .arg(&prompts)
+            .arg("--out")
+            .arg(out)
+            .output()
+            .unwrap()
+    };
+    let replay = |file: &std::path::Path, extra: &[&std::ffi::OsStr]| {
+        Command::new(env!("CARGO_BIN_EXE_specblock"))
+            .args(["replay-policy", "--seeds", "2", "--trace"])
+            .arg(file)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
     let trace = dir.join("trace.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_specblock"))
-        .args([
-            "trace-arms",
-            "--bf16",
-            "--max-tokens",
-            "16",
-            "--method",
-            "eagle3",
-        ])
-        .arg("--drafter")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../models/drafters/eagle3"
-        ))
-        .arg("--model")
-        .arg(&model)
-        .arg("--prompts")
-        .arg(&prompts)
-        .arg("--out")
-        .arg(&trace)
-        .output()
-        .unwrap();
+    let out = trace_arms("16", &trace);
     assert!(
         out.status.success(),
         "{}",
@@ -290,15 +296,8 @@ fn trace_arms_then_replay_policy() {
     assert!(len > 1);
     assert_eq!(seq["accepted"][1].as_array().unwrap().len(), len - 1);
 
-    let replay = |file: &std::path::Path| {
-        Command::new(env!("CARGO_BIN_EXE_specblock"))
-            .args(["replay-policy", "--seeds", "2", "--trace"])
-            .arg(file)
-            .output()
-            .unwrap()
-    };
-    let out = replay(&trace);
-    let text = String::from_utf8_lossy(&out.stdout);
+    let out = replay(&trace, &[]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
         "{}",
@@ -309,36 +308,35 @@ fn trace_arms_then_replay_policy() {
         "{text}"
     );
 
+    // Timings from another trace: the same acceptance, other seconds (here 10x the verification).
+    let mut slow = v.clone();
+    for x in slow["verify_seconds"].as_array_mut().unwrap() {
+        x[1] = serde_json::json!(x[1].as_f64().unwrap() * 10.0);
+    }
+    let slow_file = dir.join("slow.json");
+    std::fs::write(&slow_file, slow.to_string()).unwrap();
+    let out = replay(&trace, &["--timings".as_ref(), slow_file.as_os_str()]);
+    assert!(out.status.success());
+    let slow_text = String::from_utf8_lossy(&out.stdout);
+    let plain_tps = |t: &str| -> f64 {
+        let line = t
+            .lines()
+            .find(|l| l.trim_start().starts_with("ar "))
+            .unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    let ratio = plain_tps(&text) / plain_tps(&slow_text);
+    assert!((ratio - 10.0).abs() < 0.1, "{text}\n{slow_text}");
+
     // Nothing to record or replay: a message, not a panic.
-    let out = Command::new(env!("CARGO_BIN_EXE_specblock"))
-        .args([
-            "trace-arms",
-            "--bf16",
-            "--max-tokens",
-            "0",
-            "--method",
-            "eagle3",
-        ])
-        .arg("--drafter")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../models/drafters/eagle3"
-        ))
-        .arg("--model")
-        .arg(&model)
-        .arg("--prompts")
-        .arg(&prompts)
-        .arg("--out")
-        .arg(dir.join("none.json"))
-        .output()
-        .unwrap();
+    let out = trace_arms("0", &dir.join("none.json"));
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--max-tokens 0"));
     let mut empty = v.clone();
     empty["sequences"] = serde_json::json!([]);
     let empty_file = dir.join("empty.json");
     std::fs::write(&empty_file, empty.to_string()).unwrap();
-    let out = replay(&empty_file);
+    let out = replay(&empty_file, &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("nothing to replay"));
 
@@ -350,7 +348,7 @@ fn trace_arms_then_replay_policy() {
         .pop();
     let bad_file = dir.join("bad.json");
     std::fs::write(&bad_file, bad.to_string()).unwrap();
-    let out = replay(&bad_file);
+    let out = replay(&bad_file, &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("trace"));
     let _ = std::fs::remove_dir_all(&dir);
