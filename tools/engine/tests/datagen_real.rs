@@ -24,6 +24,38 @@ fn setup(dir: &str) -> Option<(Llama, Tokenizer, PathBuf)> {
     Some((m, tok, out))
 }
 
+/// The target's aux features from one causal prefill over all but the last token of `seq` (the rows
+/// datagen stores for that sequence).
+fn prefill_features(m: &Llama, seq: &[u32]) -> Vec<f32> {
+    let mut kv = m.new_cache(seq.len());
+    let pos: Vec<u32> = (0..seq.len() as u32 - 1).collect();
+    let cap = Capture {
+        layers: aux_layers(m.config().n_layers),
+        final_hidden: false,
+    };
+    m.forward(
+        Segment {
+            kv: &mut kv,
+            tokens: &seq[..seq.len() - 1],
+            positions: &pos,
+            mask: Mask::Causal,
+            logits: Logits::None,
+        },
+        &cap,
+    )
+    .unwrap()
+    .features
+}
+
+/// Stored features (f16 in the shard) equal `want` within f16 rounding of its largest value.
+fn assert_f16_close(stored: &[f32], want: &[f32]) {
+    assert_eq!(stored.len(), want.len());
+    let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
+    for (x, y) in stored.iter().zip(want) {
+        assert!((x - y).abs() <= 2e-3 * scale, "{x} vs {y}");
+    }
+}
+
 #[test]
 fn shards_are_consistent_and_runs_resume() {
     let Some((m, tok, out)) = setup("datagen") else {
@@ -66,30 +98,10 @@ fn shards_are_consistent_and_runs_resume() {
         mask[a..b].contains(&1) && mask[a] == 0,
         "prompt then assistant tokens"
     );
-    let mut kv = m.new_cache(seq.len());
-    let pos: Vec<u32> = (0..seq.len() as u32 - 1).collect();
-    let cap = Capture {
-        layers: aux_layers(m.config().n_layers),
-        final_hidden: false,
-    };
-    let full = m
-        .forward(
-            Segment {
-                kv: &mut kv,
-                tokens: &seq[..seq.len() - 1],
-                positions: &pos,
-                mask: Mask::Causal,
-                logits: Logits::None,
-            },
-            &cap,
-        )
-        .unwrap();
-    let stored = &feats[a * 3 * h..(b - 1) * 3 * h];
-    let scale = full.features.iter().fold(1f32, |m, v| m.max(v.abs()));
-    for (x, y) in stored.iter().zip(&full.features) {
-        // Stored in f16.
-        assert!((x - y).abs() <= 2e-3 * scale, "{x} vs {y}");
-    }
+    assert_f16_close(
+        &feats[a * 3 * h..(b - 1) * 3 * h],
+        &prefill_features(&m, &seq),
+    );
     assert!(
         feats[(b - 1) * 3 * h..b * 3 * h].iter().all(|&x| x == 0.0),
         "the last token was never fed"
@@ -240,31 +252,10 @@ fn later_turns_store_the_last_turn_with_the_whole_context() {
 
     // The features of the stored rows equal a prefill over the whole conversation and the answer.
     let seq: Vec<u32> = earlier.iter().chain(&tokens).copied().collect();
-    let mut kv = m.new_cache(seq.len());
-    let pos: Vec<u32> = (0..seq.len() as u32 - 1).collect();
-    let cap = Capture {
-        layers: aux_layers(m.config().n_layers),
-        final_hidden: false,
-    };
-    let ctx = m
-        .forward(
-            Segment {
-                kv: &mut kv,
-                tokens: &seq[..seq.len() - 1],
-                positions: &pos,
-                mask: Mask::Causal,
-                logits: Logits::None,
-            },
-            &cap,
-        )
-        .unwrap();
-    let want = &ctx.features[earlier.len() * fw..];
-    let stored = &feats[..(tokens.len() - 1) * fw];
-    assert_eq!(stored.len(), want.len());
-    let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
-    for (x, y) in stored.iter().zip(want) {
-        assert!((x - y).abs() <= 2e-3 * scale, "{x} vs {y}");
-    }
+    assert_f16_close(
+        &feats[..(tokens.len() - 1) * fw],
+        &prefill_features(&m, &seq)[earlier.len() * fw..],
+    );
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(
