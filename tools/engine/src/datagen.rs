@@ -238,11 +238,7 @@ fn run_inner(
             // Half the conversations greedy, half sampled at a temperature in [0.5, 1.0).
             let u = rng.uniform(2 * i as u64);
             let sampling = if u < 0.5 {
-                Sampling {
-                    temperature: 0.0,
-                    top_k: 0,
-                    top_p: 1.0,
-                }
+                Sampling::GREEDY
             } else {
                 Sampling {
                     temperature: u as f32,

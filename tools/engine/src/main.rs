@@ -660,11 +660,7 @@ fn bench_row<'a>(
     budget: u32,
     make: &mut dyn FnMut() -> Result<Box<dyn DraftSession + 'a>>,
 ) -> Result<f64> {
-    let greedy = specblock::verify::Sampling {
-        temperature: 0.0,
-        top_k: 0,
-        top_p: 1.0,
-    };
+    let greedy = specblock::verify::Sampling::GREEDY;
     let mut rows = Vec::new();
     for _ in 0..3 {
         let mut session = make()?;
@@ -938,15 +934,15 @@ fn cmd_trace_arms(a: &TraceArmsArgs) -> Result<()> {
 
 /// `specblock replay-policy`.
 fn cmd_replay_policy(a: &ReplayPolicyArgs) -> Result<()> {
-    let text = std::fs::read_to_string(&a.trace)
-        .map_err(|e| Error::Io(format!("trace {}: {e}", a.trace.display())))?;
-    let method: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| Error::Format(format!("trace {}: {e}", a.trace.display())))?;
-    let eagle3 = method["method"].as_str() == Some("eagle3");
-    let arms = specblock::drafter::default_arms(eagle3);
-    let mut replay = specblock_engine::trace::read_json(&a.trace, arms)?;
+    let (arms, mut replay) = specblock_engine::trace::read_json(&a.trace)?;
     if let Some(path) = &a.timings {
-        let timed = specblock_engine::trace::read_json(path, arms)?;
+        let (timed_arms, timed) = specblock_engine::trace::read_json(path)?;
+        if timed_arms != arms {
+            return Err(Error::InvalidArgument(format!(
+                "--timings {}: a trace of the other method's arms",
+                path.display()
+            )));
+        }
         replay.draft_s = timed.draft_s;
         replay.verify_s = timed.verify_s;
     }

@@ -49,18 +49,13 @@ pub fn record(
     max_tokens: usize,
     eos: Option<u32>,
 ) -> Result<Recorded> {
-    let greedy = Sampling {
-        temperature: 0.0,
-        top_k: 0,
-        top_p: 1.0,
-    };
     if prompt.is_empty() || max_tokens == 0 {
         return Err(Error::InvalidArgument(
             "trace-arms: an empty prompt or --max-tokens 0".into(),
         ));
     }
     let mut answer = Vec::new();
-    crate::decode::generate_ids(model, prompt, max_tokens, &greedy, 0, eos, |t| {
+    crate::decode::generate_ids(model, prompt, max_tokens, &Sampling::GREEDY, 0, eos, |t| {
         answer.push(t)
     })?;
     if answer.is_empty() {
@@ -171,14 +166,15 @@ pub fn to_json(method: &str, arms: &[Arm], replay: &Replay, ids: &[String], extr
     })
 }
 
-/// Reads a trace file written by `specblock trace-arms` for the arms `arms` (their labels must match
-/// the file's, in order).
-pub fn read_json(path: &Path, arms: &[Arm]) -> Result<Replay> {
+/// Reads a trace file written by `specblock trace-arms`: the default arms of its method (their labels
+/// must match the file's, in order) and the replay.
+pub fn read_json(path: &Path) -> Result<(&'static [Arm], Replay)> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| Error::Io(format!("trace {}: {e}", path.display())))?;
     let v: Value = serde_json::from_str(&text)
         .map_err(|e| Error::Format(format!("trace {}: {e}", path.display())))?;
     let bad = |what: &str| Error::Format(format!("trace {}: {what}", path.display()));
+    let arms = specblock::drafter::default_arms(v["method"].as_str() == Some("eagle3"));
     let labels: Vec<String> = arms.iter().map(arm_label).collect();
     let file_labels: Vec<&str> = v["arms"]
         .as_array()
@@ -248,7 +244,7 @@ pub fn read_json(path: &Path, arms: &[Arm]) -> Result<Replay> {
         sequences,
     };
     replay.validate(arms).map_err(|e| bad(&format!("{e:?}")))?;
-    Ok(replay)
+    Ok((arms, replay))
 }
 
 /// What `specblock trace-arms` records.
@@ -268,13 +264,29 @@ pub struct RecordConfig<'a> {
 /// Prompts whose real decoding times the arms (see [`measure_timings`]).
 const TIMED_PROMPTS: usize = 2;
 
-/// Forwards to a session and counts the rows of its drafts.
-struct RowCounter<'a, S: DraftSession> {
+/// Forwards every call to a drafting session and keeps what it saw: the rows of its drafts and the
+/// accepted count of each commit (for timing arms, and for tests that compare real iterations with a
+/// trace).
+pub struct Observed<'a, S: DraftSession> {
     inner: &'a mut S,
-    rows: usize,
+    /// Rows of every draft so far, summed.
+    pub rows: usize,
+    /// Accepted draft tokens of each commit, in order.
+    pub accepted: Vec<usize>,
 }
 
-impl<S: DraftSession> DraftSession for RowCounter<'_, S> {
+impl<'a, S: DraftSession> Observed<'a, S> {
+    /// Observes `inner`.
+    pub fn new(inner: &'a mut S) -> Self {
+        Observed {
+            inner,
+            rows: 0,
+            accepted: Vec::new(),
+        }
+    }
+}
+
+impl<S: DraftSession> DraftSession for Observed<'_, S> {
     fn prefill(&mut self, e: &[f32], f: &[f32], t: &[u32]) -> LibResult<()> {
         self.inner.prefill(e, f, t)
     }
@@ -284,6 +296,7 @@ impl<S: DraftSession> DraftSession for RowCounter<'_, S> {
         r
     }
     fn commit(&mut self, e: &[f32], a: &[u32], b: u32, f: &[f32]) -> LibResult<()> {
+        self.accepted.push(a.len());
         self.inner.commit(e, a, b, f)
     }
     fn feedback(&mut self, rows: u32, tokens: u32, verify_s: f64) -> LibResult<()> {
@@ -318,20 +331,12 @@ pub fn measure_timings(
     max_tokens: usize,
     eos: Option<u32>,
 ) -> Result<Timings> {
-    let greedy = Sampling {
-        temperature: 0.0,
-        top_k: 0,
-        top_p: 1.0,
-    };
     let max_entries = prompts.iter().map(|p| p.1.len()).max().unwrap_or(0) + max_tokens + 1;
     let mut draft_s = Vec::with_capacity(arms.len());
     let mut by_rows: Vec<(u32, f64, usize)> = Vec::new();
     for arm in arms {
         let mut spec = new_speculator(drafter, max_entries, std::slice::from_ref(arm))?;
-        let mut counter = RowCounter {
-            inner: &mut spec,
-            rows: 0,
-        };
+        let mut counter = Observed::new(&mut spec);
         let (mut draft, mut verify, mut iterations) = (0.0, 0.0, 0usize);
         for (_, prompt) in prompts {
             let st = crate::speculate::speculative_generate(
@@ -339,7 +344,7 @@ pub fn measure_timings(
                 &mut counter,
                 prompt,
                 max_tokens,
-                &greedy,
+                &Sampling::GREEDY,
                 0,
                 eos,
                 |_| {},

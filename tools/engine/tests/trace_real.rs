@@ -8,33 +8,10 @@ use std::path::PathBuf;
 
 use specblock::adapt::{Arm, Shape};
 use specblock::drafter::{AnyDrafter, DrafterKind};
-use specblock::tree::DraftTree;
 use specblock::verify::Sampling;
 use specblock_engine::model::{Llama, WeightFormat};
-use specblock_engine::speculate::{DraftSession, speculative_generate};
+use specblock_engine::speculate::speculative_generate;
 use specblock_engine::tokenizer::Tokenizer;
-
-/// Forwards to a session and keeps every commit's accepted count.
-struct Spy<'a, S: DraftSession> {
-    inner: &'a mut S,
-    accepted: Vec<usize>,
-}
-
-impl<S: DraftSession> DraftSession for Spy<'_, S> {
-    fn prefill(&mut self, e: &[f32], f: &[f32], t: &[u32]) -> Result<(), specblock::Error> {
-        self.inner.prefill(e, f, t)
-    }
-    fn draft(&mut self, e: &[f32], tree: &mut DraftTree) -> Result<(), specblock::Error> {
-        self.inner.draft(e, tree)
-    }
-    fn commit(&mut self, e: &[f32], a: &[u32], b: u32, f: &[f32]) -> Result<(), specblock::Error> {
-        self.accepted.push(a.len());
-        self.inner.commit(e, a, b, f)
-    }
-    fn aux_layers(&self, n: usize) -> Result<Vec<usize>, specblock::Error> {
-        self.inner.aux_layers(n)
-    }
-}
 
 fn committed(name: &str) -> PathBuf {
     PathBuf::from(concat!(
@@ -87,15 +64,8 @@ fn a_trace_predicts_what_real_iterations_accept() {
         let mut spec = d
             .new_speculator(512, &arms[1..], Default::default())
             .unwrap();
-        let mut spy = Spy {
-            inner: &mut spec,
-            accepted: Vec::new(),
-        };
-        let greedy = Sampling {
-            temperature: 0.0,
-            top_k: 0,
-            top_p: 1.0,
-        };
+        let mut spy = specblock_engine::trace::Observed::new(&mut spec);
+        let greedy = Sampling::GREEDY;
         let st =
             speculative_generate(&m, &mut spy, &prompt, 40, &greedy, 0, tok.eos(), |_| {}).unwrap();
         assert_eq!(st.tokens, rec.answer, "{name}: the same greedy answer");
