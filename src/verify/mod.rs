@@ -49,13 +49,6 @@ impl Default for Sampling {
 }
 
 impl Sampling {
-    /// Greedy decoding: temperature 0 (argmax), no top-k, no top-p.
-    pub const GREEDY: Sampling = Sampling {
-        temperature: 0.0,
-        top_k: 0,
-        top_p: 1.0,
-    };
-
     /// Checks the documented ranges.
     pub fn validate(&self) -> Result<(), Error> {
         if !(self.temperature.is_finite() && self.temperature >= 0.0) {

@@ -238,7 +238,7 @@ fn run_inner(
             // Half the conversations greedy, half sampled at a temperature in [0.5, 1.0).
             let u = rng.uniform(2 * i as u64);
             let sampling = if u < 0.5 {
-                Sampling::GREEDY
+                crate::decode::GREEDY
             } else {
                 Sampling {
                     temperature: u as f32,

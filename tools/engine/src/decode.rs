@@ -21,6 +21,13 @@ pub struct Stats {
     pub decode_s: f64,
 }
 
+/// Greedy decoding: temperature 0 (argmax), no top-k, no top-p.
+pub const GREEDY: Sampling = Sampling {
+    temperature: 0.0,
+    top_k: 0,
+    top_p: 1.0,
+};
+
 /// Plain decoding of `prompt` for up to `max_tokens` tokens, stopping after `eos`. `on_token` sees each
 /// token as it is produced.
 pub fn generate_ids(

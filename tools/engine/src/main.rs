@@ -660,7 +660,7 @@ fn bench_row<'a>(
     budget: u32,
     make: &mut dyn FnMut() -> Result<Box<dyn DraftSession + 'a>>,
 ) -> Result<f64> {
-    let greedy = specblock::verify::Sampling::GREEDY;
+    let greedy = specblock_engine::decode::GREEDY;
     let mut rows = Vec::new();
     for _ in 0..3 {
         let mut session = make()?;

@@ -19,7 +19,7 @@ use specblock::adapt::replay::{ArmTrace, Replay, SequenceTrace};
 use specblock::adapt::{Arm, Shape};
 use specblock::drafter::AnyDrafter;
 use specblock::tree::{DraftTree, TreeParams};
-use specblock::verify::{self, Sampling};
+use specblock::verify;
 
 use crate::error::{Error, Result};
 
@@ -55,9 +55,15 @@ pub fn record(
         ));
     }
     let mut answer = Vec::new();
-    crate::decode::generate_ids(model, prompt, max_tokens, &Sampling::GREEDY, 0, eos, |t| {
-        answer.push(t)
-    })?;
+    crate::decode::generate_ids(
+        model,
+        prompt,
+        max_tokens,
+        &crate::decode::GREEDY,
+        0,
+        eos,
+        |t| answer.push(t),
+    )?;
     if answer.is_empty() {
         return Err(Error::Format(
             "trace-arms: plain decoding gave no token".into(),
@@ -344,7 +350,7 @@ pub fn measure_timings(
                 &mut counter,
                 prompt,
                 max_tokens,
-                &Sampling::GREEDY,
+                &crate::decode::GREEDY,
                 0,
                 eos,
                 |_| {},

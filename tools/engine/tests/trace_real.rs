@@ -8,7 +8,6 @@ use std::path::PathBuf;
 
 use specblock::adapt::{Arm, Shape};
 use specblock::drafter::{AnyDrafter, DrafterKind};
-use specblock::verify::Sampling;
 use specblock_engine::model::{Llama, WeightFormat};
 use specblock_engine::speculate::speculative_generate;
 use specblock_engine::tokenizer::Tokenizer;
@@ -65,7 +64,7 @@ fn a_trace_predicts_what_real_iterations_accept() {
             .new_speculator(512, &arms[1..], Default::default())
             .unwrap();
         let mut spy = specblock_engine::trace::Observed::new(&mut spec);
-        let greedy = Sampling::GREEDY;
+        let greedy = specblock_engine::decode::GREEDY;
         let st =
             speculative_generate(&m, &mut spy, &prompt, 40, &greedy, 0, tok.eos(), |_| {}).unwrap();
         assert_eq!(st.tokens, rec.answer, "{name}: the same greedy answer");
