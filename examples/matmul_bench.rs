@@ -3,6 +3,9 @@
 //! the time of one `matmul` call with the weights in cache (the same matrix every call) and streamed
 //! from memory (copies rotated through about 600 MB), as GFLOP/s and weight GB/s.
 //!
+//! Each case runs twice, with the bf16 weights row-major and packed for the broadcast kernel
+//! (`Matrix::try_pack`; where the host does not run that kernel, both rows are row-major).
+//!
 //! `cargo run --release --example matmul_bench` uses the kernel `Isa::detect` picks;
 //! `SPECBLOCK_BF16_PAIRS=1` (or `=0`) forces `vdpbf16ps` pairs (or widened weights) where AVX512_BF16
 //! exists. Run it on an idle machine.
@@ -33,7 +36,7 @@ fn main() {
     );
     let pool = Pool::pinned(threads);
     println!(
-        "\n| weights | place | N = 1 | N = 4 | N = 8 | N = 16 |\n|---|---|---:|---:|---:|---:|"
+        "\n| weights | place | layout | N = 1 | N = 4 | N = 8 | N = 16 |\n|---|---|---|---:|---:|---:|---:|"
     );
     for &(out, k, name) in &SHAPES {
         for streamed in [false, true] {
@@ -42,43 +45,54 @@ fn main() {
             } else {
                 1
             };
-            let mats: Vec<Matrix> = (0..copies)
-                .map(|c| {
-                    let w = (0..out * k)
-                        .map(|i| ((i * 7 + c) % 13) as f32 * 0.01 - 0.06)
-                        .collect();
-                    Matrix::new(w, true)
-                })
-                .collect();
-            let mut line = format!(
-                "| {name} {out} x {k} | {} |",
-                if streamed { "memory" } else { "cache" }
-            );
-            for n in [1usize, 4, 8, 16] {
-                let x: Vec<f32> = (0..n * k).map(|i| (i % 11) as f32 * 0.1).collect();
-                let mut y = vec![0f32; n * out];
-                let calls = if streamed {
-                    copies * 3
-                } else {
-                    (2_000_000_000 / (out * k * n * 2)).clamp(5, 3000)
-                };
-                // One untimed pass over every copy (page faults, first touches).
-                for m in &mats {
-                    matmul(&pool, m, out, k, &x, n, &mut y);
-                }
-                let t = Instant::now();
-                for call in 0..calls {
-                    matmul(&pool, &mats[call % copies], out, k, &x, n, &mut y);
-                }
-                let secs = t.elapsed().as_secs_f64() / calls as f64;
-                let gflops = 2.0 * (out * k * n) as f64 / secs / 1e9;
-                let gbs = (out * k * 2) as f64 / secs / 1e9;
-                line += &format!(
-                    " {:.0} us, {gflops:.0} GFLOP/s, {gbs:.0} GB/s |",
-                    secs * 1e6
+            for packed in [false, true] {
+                let mats: Vec<Matrix> = (0..copies)
+                    .map(|c| {
+                        let w = (0..out * k)
+                            .map(|i| ((i * 7 + c) % 13) as f32 * 0.01 - 0.06)
+                            .collect();
+                        let mut m = Matrix::new(w, true);
+                        if packed {
+                            m.try_pack(out, k).expect("memory for the packed copy");
+                        }
+                        m
+                    })
+                    .collect();
+                let mut line = format!(
+                    "| {name} {out} x {k} | {} | {} |",
+                    if streamed { "memory" } else { "cache" },
+                    if matches!(mats[0], Matrix::Bf16Packed(_)) {
+                        "packed"
+                    } else {
+                        "row-major"
+                    }
                 );
+                for n in [1usize, 4, 8, 16] {
+                    let x: Vec<f32> = (0..n * k).map(|i| (i % 11) as f32 * 0.1).collect();
+                    let mut y = vec![0f32; n * out];
+                    let calls = if streamed {
+                        copies * 3
+                    } else {
+                        (2_000_000_000 / (out * k * n * 2)).clamp(5, 3000)
+                    };
+                    // One untimed pass over every copy (page faults, first touches).
+                    for m in &mats {
+                        matmul(&pool, m, out, k, &x, n, &mut y);
+                    }
+                    let t = Instant::now();
+                    for call in 0..calls {
+                        matmul(&pool, &mats[call % copies], out, k, &x, n, &mut y);
+                    }
+                    let secs = t.elapsed().as_secs_f64() / calls as f64;
+                    let gflops = 2.0 * (out * k * n) as f64 / secs / 1e9;
+                    let gbs = (out * k * 2) as f64 / secs / 1e9;
+                    line += &format!(
+                        " {:.0} us, {gflops:.0} GFLOP/s, {gbs:.0} GB/s |",
+                        secs * 1e6
+                    );
+                }
+                println!("{line}");
             }
-            println!("{line}");
         }
     }
 }

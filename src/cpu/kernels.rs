@@ -27,6 +27,8 @@ pub enum Matrix {
     F32(Vec<f32>),
     /// bf16 weights (upper halves of f32), f32 accumulation.
     Bf16(Vec<u16>),
+    /// bf16 weights in the packed layout of the broadcast `vdpbf16ps` kernel ([`Matrix::try_pack`]).
+    Bf16Packed(super::packed::PackedBf16),
 }
 
 impl Matrix {
@@ -46,12 +48,79 @@ impl Matrix {
         }
     }
 
+    /// Number of weights (`out * k`).
+    pub fn elements(&self) -> usize {
+        match self {
+            Matrix::F32(w) => w.len(),
+            Matrix::Bf16(w) => w.len(),
+            Matrix::Bf16Packed(p) => p.out() * p.k(),
+        }
+    }
+
+    /// [`Matrix::convert_to_bf16`], then [`Matrix::try_pack`] as `k` columns (`out = elements / k`).
+    /// Packing is an optimisation: where it does not happen (another kernel, `k` not dividing the
+    /// weights, or no memory for the packed copy) the row-major bf16 weights give the same results
+    /// at the row-major kernel's speed.
+    pub fn convert_to_bf16_packed(&mut self, k: usize) {
+        self.convert_to_bf16();
+        let n = self.elements();
+        if k > 0 && n.is_multiple_of(k) {
+            let _ = self.try_pack(n / k, k);
+        }
+    }
+
     /// Bytes the weights occupy.
     pub fn bytes(&self) -> usize {
         match self {
             Matrix::F32(w) => w.len() * 4,
             Matrix::Bf16(w) => w.len() * 2,
+            Matrix::Bf16Packed(p) => p.bytes(),
         }
+    }
+
+    /// Repacks `[out, k]` bf16 weights into the layout of the broadcast kernel where that kernel is
+    /// the one [`Isa::detect`] runs (AVX512_BF16 pairs); returns whether it did. f32 weights, other
+    /// hosts and packed weights stay as they are. An allocation failure leaves the weights unchanged.
+    /// `SPECBLOCK_PACKED=0` (read once) turns packing off, for measuring against the row-major kernel.
+    ///
+    /// Callers opt in because the packed layout no longer hands out rows as a slice: code that reads
+    /// the weights itself (the online adapter's trainer) keeps the row-major form.
+    ///
+    /// # Panics
+    /// If bf16 weights do not hold `out * k` values.
+    pub fn try_pack(
+        &mut self,
+        out: usize,
+        k: usize,
+    ) -> Result<bool, std::collections::TryReserveError> {
+        match self {
+            Matrix::Bf16(w) if Isa::detect() == Isa::Avx512Bf16 && packing_enabled() => {
+                *self = Matrix::Bf16Packed(super::packed::PackedBf16::try_pack(w, out, k)?);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// The weights in row-major order, widened to f32 (any storage). Reports an allocation failure
+    /// instead of aborting.
+    pub fn try_to_f32(&self) -> Result<Vec<f32>, std::collections::TryReserveError> {
+        let mut v = Vec::new();
+        match self {
+            Matrix::F32(w) => {
+                v.try_reserve_exact(w.len())?;
+                v.extend_from_slice(w);
+            }
+            Matrix::Bf16(w) => {
+                v.try_reserve_exact(w.len())?;
+                v.extend(w.iter().map(|&x| bf16_to_f32(x)));
+            }
+            Matrix::Bf16Packed(p) => {
+                v.try_reserve_exact(p.out() * p.k())?;
+                v.extend(p.try_to_row_major()?.iter().map(|&x| bf16_to_f32(x)));
+            }
+        }
+        Ok(v)
     }
 }
 
@@ -256,6 +325,13 @@ fn bf16_pairs_are_fast() -> bool {
     false
 }
 
+/// Whether [`Matrix::try_pack`] packs: not when `SPECBLOCK_PACKED=0` (checked once).
+fn packing_enabled() -> bool {
+    use std::sync::OnceLock;
+    static ENABLED: OnceLock<bool> = OnceLock::new();
+    *ENABLED.get_or_init(|| std::env::var_os("SPECBLOCK_PACKED").is_none_or(|v| v != "0"))
+}
+
 /// Whether the AVX-512 kernels can run here (checked once).
 fn have_avx512() -> bool {
     Isa::detect().has_avx512()
@@ -316,8 +392,12 @@ pub fn matmul_with(
     match w {
         Matrix::F32(d) => assert_eq!(d.len(), out * k, "matmul weight shape"),
         Matrix::Bf16(d) => assert_eq!(d.len(), out * k, "matmul weight shape"),
+        Matrix::Bf16Packed(p) => assert!(p.out() == out && p.k() == k, "matmul weight shape"),
     }
     assert!(isa.is_supported(), "{isa:?} is not available on this CPU");
+    if let Matrix::Bf16Packed(p) = w {
+        return matmul_packed(isa, pool, p, out, k, x, n, y);
+    }
     // bf16 weights with AVX-512: the activations are copied once per call into the order the kernel
     // reads, rounded to bf16 for `vdpbf16ps` pairs or split into even and odd columns for widened
     // weights. The copy lives in a per-thread buffer that only grows, so steady-state calls (a
@@ -344,6 +424,60 @@ pub fn matmul_with(
         }
     }
     matmul_impl(isa, pool, w, out, k, x, n, y, Prepared::None);
+}
+
+/// [`matmul_with`] for packed weights: the activations are copied once per call into rows of
+/// `2 * pairs` values (a zero after an odd `k`), rounded to bf16 for the broadcast kernel on AVX512_BF16,
+/// kept in f32 for the portable fallback (any other instruction set, which tests force). Threads split
+/// the output rows by tiles of 64.
+#[allow(clippy::too_many_arguments)]
+fn matmul_packed(
+    isa: Isa,
+    pool: &super::Pool,
+    w: &super::packed::PackedBf16,
+    out: usize,
+    k: usize,
+    x: &[f32],
+    n: usize,
+    y: &mut [f32],
+) {
+    let stride = 2 * w.pairs();
+    let yp = SendPtr(y.as_mut_ptr());
+    let tiles = w.out().div_ceil(super::packed::TILE_ROWS);
+    // Several chunks of whole tiles per thread, so a slow thread does not hold up the rest.
+    let chunk = tiles.div_ceil(pool.threads() * 8).max(1);
+    let chunks = tiles.div_ceil(chunk);
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512Bf16 {
+        ACTIVATIONS_BF16.with_borrow_mut(|xb| {
+            xb.clear();
+            for row in x[..n * k].chunks_exact(k) {
+                xb.extend(row.iter().map(|&v| f32_to_bf16(v)));
+                xb.resize(xb.len() + stride - k, 0);
+            }
+            let xb: &[u16] = xb;
+            pool.for_each_chunk(chunks, &|c| {
+                let range = c * chunk..((c + 1) * chunk).min(tiles);
+                // SAFETY: AVX512_BF16 is available (asserted by matmul_with); xb holds n rows of
+                // `stride`; y holds n * out values (asserted); chunks are disjoint tile ranges.
+                unsafe { super::packed::avx512::matmul_tiles(w, xb, n, out, range, yp.get()) };
+            });
+        });
+        return;
+    }
+    ACTIVATIONS_SPLIT.with_borrow_mut(|xf| {
+        xf.clear();
+        for row in x[..n * k].chunks_exact(k) {
+            xf.extend_from_slice(row);
+            xf.resize(xf.len() + stride - k, 0.0);
+        }
+        let xf: &[f32] = xf;
+        pool.for_each_chunk(chunks, &|c| {
+            let range = c * chunk..((c + 1) * chunk).min(tiles);
+            super::packed::matmul_tiles_portable(w, xf, n, out, range, yp.get());
+        });
+    });
+    let _ = isa;
 }
 
 /// Activations as a bf16 matmul's kernel reads them (see [`matmul_with`]).
@@ -433,6 +567,7 @@ fn matmul_rows_on(
     match w {
         Matrix::F32(d) => matmul_rows(d.as_slice(), k, x, n, out, rows, y),
         Matrix::Bf16(d) => matmul_rows(d.as_slice(), k, x, n, out, rows, y),
+        Matrix::Bf16Packed(_) => unreachable!("packed weights go through matmul_packed"),
     }
 }
 

@@ -3,6 +3,7 @@
 //! RMSNorm, SwiGLU, softmax, attention's weighted sum).
 
 pub mod kernels;
+pub mod packed;
 pub mod pool;
 #[cfg(target_arch = "x86_64")]
 mod simd;

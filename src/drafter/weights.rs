@@ -45,24 +45,29 @@ pub(crate) struct Weights {
 }
 
 impl Weights {
-    /// Every matrix to bf16 (norms, queries and maps stay f32 / integer).
+    /// Every matrix to bf16 (norms, queries and maps stay f32 / integer), packed for the broadcast
+    /// kernel where the host runs it ([`Matrix::convert_to_bf16_packed`]).
     pub(crate) fn convert_to_bf16(&mut self) {
-        for m in [
-            &mut self.condition_proj,
-            &mut self.fuse,
-            &mut self.lm_head,
-            &mut self.rank1,
-            &mut self.rank2,
-        ] {
-            m.convert_to_bf16();
-        }
+        let h = self.norm.len();
+        // Matrices with `h` output rows: their width is what remains.
+        let to_h = |m: &mut Matrix| {
+            let k = m.elements() / h.max(1);
+            m.convert_to_bf16_packed(k);
+        };
+        to_h(&mut self.condition_proj);
+        to_h(&mut self.fuse);
+        self.lm_head.convert_to_bf16_packed(h);
+        let rank1_k = self.rank1.elements() / RANK_HIDDEN;
+        self.rank1.convert_to_bf16_packed(rank1_k);
+        self.rank2.convert_to_bf16_packed(RANK_HIDDEN);
         for m in &mut self.shift {
-            m.convert_to_bf16();
+            to_h(m);
         }
         for l in &mut self.layers {
-            for m in [&mut l.wqkv, &mut l.wo, &mut l.w_gate_up, &mut l.w_down] {
-                m.convert_to_bf16();
-            }
+            l.wqkv.convert_to_bf16_packed(h);
+            to_h(&mut l.wo);
+            l.w_gate_up.convert_to_bf16_packed(h);
+            to_h(&mut l.w_down);
         }
     }
 }

@@ -265,8 +265,10 @@ impl Core {
         let (len, same_dtype) = match (lm_head, &self.wt) {
             (Matrix::F32(d), Matrix::F32(_)) => (d.len(), true),
             (Matrix::Bf16(d), Matrix::Bf16(_)) => (d.len(), true),
+            (Matrix::Bf16Packed(p), Matrix::Bf16(_)) => (p.out() * p.k(), true),
             (Matrix::F32(d), _) => (d.len(), false),
             (Matrix::Bf16(d), _) => (d.len(), false),
+            (Matrix::Bf16Packed(p), _) => (p.out() * p.k(), false),
         };
         if len != s.draft_vocab * s.hidden || !same_dtype {
             return Err(Error::InvalidArgument(
@@ -577,6 +579,10 @@ impl Trainer {
         let wt = match lm_head {
             Matrix::F32(d) if d.len() == v * h => Matrix::F32(transpose(d, v, h)?),
             Matrix::Bf16(d) if d.len() == v * h => Matrix::Bf16(transpose(d, v, h)?),
+            Matrix::Bf16Packed(p) if p.out() == v && p.k() == h => {
+                let rows = p.try_to_row_major().map_err(|_| Error::OutOfMemory)?;
+                Matrix::Bf16(transpose(&rows, v, h)?)
+            }
             _ => {
                 return Err(Error::InvalidArgument(
                     "lm_head must hold draft_vocab x hidden weights",
@@ -1051,10 +1057,7 @@ mod tests {
         fn new(s: AdapterShape, rows: usize, seed: u64, bf16: bool) -> (Case, Matrix) {
             let w = uniform(s.draft_vocab * s.hidden, seed, 1.0);
             let lm = Matrix::new(w.clone(), bf16);
-            let w = match &lm {
-                Matrix::F32(d) => d.clone(),
-                Matrix::Bf16(d) => d.iter().map(|&x| crate::num::bf16_to_f32(x)).collect(),
-            };
+            let w = lm.try_to_f32().unwrap();
             let normed = uniform(rows * s.hidden, seed + 1, 1.5);
             let mut base = vec![0f32; rows * s.draft_vocab];
             Trainer::base_logits(&Pool::new(1), &lm, &s, &normed, rows, &mut base);

@@ -35,18 +35,20 @@ pub(crate) struct Weights {
 }
 
 impl Weights {
-    /// Every matrix to bf16 (norms, maps and the optional embedding stay f32).
+    /// Every matrix to bf16 (norms, maps and the optional embedding stay f32), packed for the
+    /// broadcast kernel where the host runs it ([`Matrix::convert_to_bf16_packed`]).
     pub(crate) fn convert_to_bf16(&mut self) {
-        for m in [
-            &mut self.fc,
-            &mut self.wqkv,
-            &mut self.wo,
-            &mut self.w_gate_up,
-            &mut self.w_down,
-            &mut self.lm_head,
-        ] {
-            m.convert_to_bf16();
-        }
+        let h = self.norm.len();
+        let fc_k = self.fc.elements() / h.max(1);
+        self.fc.convert_to_bf16_packed(fc_k);
+        // The layer's attention reads the embedding and the fused features side by side: 2h wide.
+        self.wqkv.convert_to_bf16_packed(2 * h);
+        let wo_k = self.wo.elements() / h.max(1);
+        self.wo.convert_to_bf16_packed(wo_k);
+        self.w_gate_up.convert_to_bf16_packed(h);
+        let down_k = self.w_down.elements() / h.max(1);
+        self.w_down.convert_to_bf16_packed(down_k);
+        self.lm_head.convert_to_bf16_packed(h);
     }
 }
 

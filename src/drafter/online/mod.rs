@@ -289,6 +289,7 @@ fn copy_matrix(m: &Matrix) -> Result<Matrix, Error> {
             out.extend_from_slice(v);
             Matrix::Bf16(out)
         }
+        Matrix::Bf16Packed(p) => Matrix::Bf16Packed(p.try_clone().map_err(|_| Error::OutOfMemory)?),
     })
 }
 

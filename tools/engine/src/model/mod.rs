@@ -104,6 +104,17 @@ pub struct Output {
     pub final_hidden: Vec<f32>,
 }
 
+/// One `[out, k]` weight matrix in the requested storage, bf16 packed for the broadcast kernel where
+/// that is the kernel this host runs (`Matrix::try_pack`).
+fn weights(data: Vec<f32>, out: usize, k: usize, bf16: bool) -> Matrix {
+    debug_assert_eq!(data.len(), out * k);
+    let mut m = Matrix::new(data, false);
+    if bf16 {
+        m.convert_to_bf16_packed(k);
+    }
+    m
+}
+
 impl Llama {
     /// Builds the model from loaded tensors, using `threads` threads for every pass.
     pub fn new(mut m: LoadedModel, format: WeightFormat, threads: usize) -> Result<Self> {
@@ -132,18 +143,18 @@ impl Llama {
             gate_up.extend(m.take(&p("mlp.up_proj"), &[c.ffn, h])?);
             layers.push(Layer {
                 attn_norm: m.take(&p("input_layernorm"), &[h])?,
-                wqkv: Matrix::new(wqkv, bf16),
-                wo: Matrix::new(m.take(&p("self_attn.o_proj"), &[h, qd])?, bf16),
+                wqkv: weights(wqkv, qd + 2 * kvd, h, bf16),
+                wo: weights(m.take(&p("self_attn.o_proj"), &[h, qd])?, h, qd, bf16),
                 ffn_norm: m.take(&p("post_attention_layernorm"), &[h])?,
-                w_gate_up: Matrix::new(gate_up, bf16),
-                w_down: Matrix::new(m.take(&p("mlp.down_proj"), &[h, c.ffn])?, bf16),
+                w_gate_up: weights(gate_up, 2 * c.ffn, h, bf16),
+                w_down: weights(m.take(&p("mlp.down_proj"), &[h, c.ffn])?, h, c.ffn, bf16),
             });
         }
         let norm = m.take("model.norm.weight", &[h])?;
         let lm_head = if m.tensors.contains_key("lm_head.weight") {
-            Matrix::new(m.take("lm_head.weight", &[c.vocab, h])?, bf16)
+            weights(m.take("lm_head.weight", &[c.vocab, h])?, c.vocab, h, bf16)
         } else if c.tie_embeddings {
-            Matrix::new(embed.clone(), bf16)
+            weights(embed.clone(), c.vocab, h, bf16)
         } else {
             return Err(Error::Format(
                 "lm_head.weight is missing and embeddings are not tied".into(),
