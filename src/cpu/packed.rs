@@ -191,11 +191,13 @@ pub(crate) mod avx512 {
     /// (docs/performance.md, "Packed weights"), with 5-row and one-row forwards unchanged.
     const TILE_C: usize = 7;
 
-    /// How far ahead of the weights being read the first activation tile prefetches into L2, in
-    /// bf16 values (3 KB). On AMD Zen 4 (docs/performance.md, "Packed weights") 2-4 KB into L2 beat
-    /// 8 KB and an L1 prefetch, which there again slowed the stream; prefetching the next tile over
-    /// every activation tile instead of the first (so that memory keeps streaming while later tiles
-    /// reuse the weights from cache) measured no faster at 16 rows and 15% slower at one.
+    /// How far ahead of the weights being read the first activation tile prefetches, in bf16 values
+    /// (3 KB). On AMD Zen 4 (docs/performance.md, "Packed weights"): for one activation row, 2-4 KB
+    /// into L2 beat 8 KB and an L1 prefetch, which there again slowed the stream; for several rows a
+    /// non-temporal prefetch made 5- and 7-row verifications 2-15% faster over two A/B runs (less
+    /// reused data evicted by the weight stream), while for one row it made decoding 9% slower.
+    /// Prefetching the next tile over every activation tile instead of the first measured no faster
+    /// at 16 rows and 15% slower at one.
     const PREFETCH_AHEAD: usize = 1536;
 
     /// An unaligned `i32` read (two bf16 values) without `read_unaligned`'s debug-build checks (see
@@ -206,7 +208,7 @@ pub(crate) mod avx512 {
 
     /// One register tile: the 4 blocks of the tile at `w` times activation rows `0..C` from `x`
     /// (stride `stride`), written to `y` (row stride `out`) for the first `valid` rows only. With
-    /// `PREFETCH`, pulls the lines [`PREFETCH_AHEAD`] values ahead into L2.
+    /// `PREFETCH`, prefetches the lines [`PREFETCH_AHEAD`] values ahead.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     unsafe fn tile<const C: usize, const PREFETCH: bool>(
@@ -232,8 +234,16 @@ pub(crate) mod avx512 {
                 }
                 if PREFETCH {
                     for b in 0..B {
-                        let ahead = wp.wrapping_add(PREFETCH_AHEAD + b * BLOCK_ROWS * 2);
-                        _mm_prefetch::<_MM_HINT_T1>(ahead as *const i8);
+                        let ahead =
+                            wp.wrapping_add(PREFETCH_AHEAD + b * BLOCK_ROWS * 2) as *const i8;
+                        // One row (plain decoding) into L2; several rows non-temporally, which
+                        // keeps the weights from evicting what the verification and the drafter
+                        // reuse (see PREFETCH_AHEAD).
+                        if C == 1 {
+                            _mm_prefetch::<_MM_HINT_T1>(ahead);
+                        } else {
+                            _mm_prefetch::<_MM_HINT_NTA>(ahead);
+                        }
                     }
                 }
                 for c in 0..C {
