@@ -139,6 +139,7 @@ impl PackedBf16 {
     }
 
     /// The packed values from tile 0 on.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(crate) fn values(&self) -> &[u16] {
         &self.data[self.start..]
     }
