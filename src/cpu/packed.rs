@@ -50,11 +50,7 @@ impl PackedBf16 {
     pub fn try_pack(w: &[u16], out: usize, k: usize) -> Result<Self, TryReserveError> {
         assert_eq!(w.len(), out * k, "packed matrix shape");
         let pairs = k.div_ceil(2);
-        let len = out.div_ceil(TILE_ROWS) * TILE_ROWS * 2 * pairs;
-        let mut data = Vec::new();
-        data.try_reserve_exact(len + ALIGN_BYTES / 2)?;
-        data.resize(len + ALIGN_BYTES / 2, 0);
-        let start = data.as_ptr().align_offset(ALIGN_BYTES).min(ALIGN_BYTES / 2);
+        let (data, start) = aligned_zeros(out.div_ceil(TILE_ROWS) * TILE_ROWS * 2 * pairs)?;
         let mut p = PackedBf16 {
             data,
             start,
@@ -87,7 +83,12 @@ impl PackedBf16 {
 
     /// Bytes the packed values occupy (with the zero padding).
     pub fn bytes(&self) -> usize {
-        (self.data.len() - ALIGN_BYTES / 2) * 2
+        self.len() * 2
+    }
+
+    /// Packed values, padding included (`data` less the alignment slack).
+    fn len(&self) -> usize {
+        self.data.len() - ALIGN_BYTES / 2
     }
 
     /// Position of row `r`, column `c` in `data`.
@@ -124,11 +125,8 @@ impl PackedBf16 {
 
     /// A copy. Reports an allocation failure instead of aborting.
     pub fn try_clone(&self) -> Result<Self, TryReserveError> {
-        let mut data = Vec::new();
-        data.try_reserve_exact(self.data.len())?;
-        data.resize(self.data.len(), 0);
-        let start = data.as_ptr().align_offset(ALIGN_BYTES).min(ALIGN_BYTES / 2);
-        let len = self.data.len() - ALIGN_BYTES / 2;
+        let len = self.len();
+        let (mut data, start) = aligned_zeros(len)?;
         data[start..start + len].copy_from_slice(&self.data[self.start..self.start + len]);
         Ok(PackedBf16 {
             data,
@@ -143,6 +141,16 @@ impl PackedBf16 {
     pub(crate) fn values(&self) -> &[u16] {
         &self.data[self.start..]
     }
+}
+
+/// A zeroed store for `len` values that start on a cache line, and that start: `len` plus the slack
+/// alignment may need. Reports an allocation failure instead of aborting.
+fn aligned_zeros(len: usize) -> Result<(Vec<u16>, usize), TryReserveError> {
+    let mut data = Vec::new();
+    data.try_reserve_exact(len + ALIGN_BYTES / 2)?;
+    data.resize(len + ALIGN_BYTES / 2, 0);
+    let start = data.as_ptr().align_offset(ALIGN_BYTES).min(ALIGN_BYTES / 2);
+    Ok((data, start))
 }
 
 /// `y[c, r] = w[r] . x[c]` for the rows of tiles `tiles` and activation rows `0..n`, without SIMD

@@ -49,16 +49,11 @@ impl Weights {
     /// kernel where the host runs it ([`Matrix::convert_to_bf16_packed`]).
     pub(crate) fn convert_to_bf16(&mut self) {
         let h = self.norm.len();
-        // Matrices with `h` output rows: their width is what remains.
-        let to_h = |m: &mut Matrix| {
-            let k = m.elements() / h.max(1);
-            m.convert_to_bf16_packed(k);
-        };
+        let to_h = |m: &mut Matrix| to_bf16_with_rows(m, h);
         to_h(&mut self.condition_proj);
         to_h(&mut self.fuse);
         self.lm_head.convert_to_bf16_packed(h);
-        let rank1_k = self.rank1.elements() / RANK_HIDDEN;
-        self.rank1.convert_to_bf16_packed(rank1_k);
+        to_bf16_with_rows(&mut self.rank1, RANK_HIDDEN);
         self.rank2.convert_to_bf16_packed(RANK_HIDDEN);
         for m in &mut self.shift {
             to_h(m);
@@ -70,6 +65,12 @@ impl Weights {
             to_h(&mut l.w_down);
         }
     }
+}
+
+/// [`Matrix::convert_to_bf16_packed`] for a matrix of `rows` output rows: its width is what remains.
+pub(crate) fn to_bf16_with_rows(m: &mut Matrix, rows: usize) {
+    let k = m.elements() / rows.max(1);
+    m.convert_to_bf16_packed(k);
 }
 
 fn take(st: &SafeTensors, name: &str, shape: &[usize]) -> Result<Vec<f32>, LoadError> {

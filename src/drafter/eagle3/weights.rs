@@ -38,16 +38,14 @@ impl Weights {
     /// Every matrix to bf16 (norms, maps and the optional embedding stay f32), packed for the
     /// broadcast kernel where the host runs it ([`Matrix::convert_to_bf16_packed`]).
     pub(crate) fn convert_to_bf16(&mut self) {
+        use crate::drafter::weights::to_bf16_with_rows;
         let h = self.norm.len();
-        let fc_k = self.fc.elements() / h.max(1);
-        self.fc.convert_to_bf16_packed(fc_k);
+        to_bf16_with_rows(&mut self.fc, h);
         // The layer's attention reads the embedding and the fused features side by side: 2h wide.
         self.wqkv.convert_to_bf16_packed(2 * h);
-        let wo_k = self.wo.elements() / h.max(1);
-        self.wo.convert_to_bf16_packed(wo_k);
+        to_bf16_with_rows(&mut self.wo, h);
         self.w_gate_up.convert_to_bf16_packed(h);
-        let down_k = self.w_down.elements() / h.max(1);
-        self.w_down.convert_to_bf16_packed(down_k);
+        to_bf16_with_rows(&mut self.w_down, h);
         self.lm_head.convert_to_bf16_packed(h);
     }
 }
